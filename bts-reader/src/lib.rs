@@ -1,0 +1,27 @@
+//! Branch sources for `bts`. Today: the self-contained, versioned trace file
+//! (`.bts`) that every recorder writes and every command reads.
+
+pub mod tracefile;
+
+pub use tracefile::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile, FORMAT_VERSION};
+
+/// Errors of the branch sources.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not a bts trace file (bad magic)")]
+    BadMagic,
+    #[error("trace file format version {found} is not supported (this bts reads version {FORMAT_VERSION})")]
+    UnsupportedVersion { found: u32 },
+    #[error("trace file is truncated: {0}")]
+    Truncated(String),
+    #[error("trace file is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

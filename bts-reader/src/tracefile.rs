@@ -1,0 +1,453 @@
+//! The `.bts` trace file: self-contained and versioned.
+//!
+//! ```text
+//! header   "BTSTRACE" | version u32 | reserved u32
+//! section  tag u32 | crc32(payload) u32 | length u64 | payload
+//! ...
+//! end      tag 0xFFFF_FFFF, crc 0, length 0
+//! ```
+//! All integers are little-endian. Sections: META (JSON), MODULES (JSON),
+//! STREAM (u32 header length, JSON header, then 24-byte BTS records oldest
+//! first), CODE (pid u32, generation u32, address u64, bytes). Sections
+//! whose tag has bit 31 set are optional: a reader that does not know them
+//! skips them; any other unknown tag is an error.
+
+use std::io::Write;
+use std::path::Path;
+
+use ds_alloc::{BtsRecord, BTS_RECORD_SIZE};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+pub const FORMAT_VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"BTSTRACE";
+const TAG_META: u32 = 1;
+const TAG_MODULES: u32 = 2;
+const TAG_STREAM: u32 = 3;
+const TAG_CODE: u32 = 4;
+const TAG_END: u32 = 0xFFFF_FFFF;
+/// Tags with this bit set may be skipped by a reader that does not know them.
+const OPTIONAL: u32 = 0x8000_0000;
+const SECTION_HEADER: usize = 16;
+
+/// What was traced and how it ended.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub command: Vec<String>,
+    pub pid: i32,
+    pub backend: String,
+    /// "signal", "exit", "detached" or "running".
+    pub outcome: String,
+    pub signal: Option<i32>,
+    pub signal_name: Option<String>,
+    pub fault_addr: Option<u64>,
+    pub si_code: Option<i32>,
+    /// The crashing thread.
+    pub tid: Option<i32>,
+    /// Exit code, for an exit.
+    pub code: Option<i32>,
+    /// The crashing thread's instruction pointer.
+    pub pc: Option<u64>,
+}
+
+/// An executable mapping of a traced image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Module {
+    pub pid: i32,
+    pub generation: u32,
+    pub path: String,
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    /// GNU build-id, hex.
+    pub build_id: Option<String>,
+}
+
+/// Whose records a stream holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StreamKind {
+    Thread {
+        pid: i32,
+        generation: u32,
+        tid: i32,
+        crashed: bool,
+        last_pc: Option<u64>,
+    },
+    Cpu {
+        cpu: u32,
+    },
+}
+
+/// One circular buffer's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    pub kind: StreamKind,
+    /// Records the buffer holds when full.
+    pub capacity: u64,
+    /// Records overwritten before the snapshot.
+    pub overwritten: u64,
+    /// Records lost for other reasons (the source said so).
+    pub lost: u64,
+    /// Oldest first.
+    pub records: Vec<BtsRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StreamHeader {
+    #[serde(flatten)]
+    kind: StreamKind,
+    capacity: u64,
+    overwritten: u64,
+    lost: u64,
+    count: u64,
+}
+
+/// Original code bytes of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRange {
+    pub pid: i32,
+    pub generation: u32,
+    pub addr: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// A whole trace file in memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TraceFile {
+    pub meta: Meta,
+    pub modules: Vec<Module>,
+    pub streams: Vec<Stream>,
+    pub code: Vec<CodeRange>,
+}
+
+fn section(out: &mut Vec<u8>, tag: u32, payload: &[u8]) {
+    out.extend_from_slice(&tag.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("trace metadata serializes")
+}
+
+struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| {
+                Error::Truncated(format!(
+                    "{what} needs {n} bytes at offset {}, file has {}",
+                    self.pos,
+                    self.data.len()
+                ))
+            })?;
+        let s = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+}
+
+impl TraceFile {
+    /// The file's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        section(&mut out, TAG_META, &json(&self.meta));
+        section(&mut out, TAG_MODULES, &json(&self.modules));
+        for s in &self.streams {
+            let header = json(&StreamHeader {
+                kind: s.kind.clone(),
+                capacity: s.capacity,
+                overwritten: s.overwritten,
+                lost: s.lost,
+                count: s.records.len() as u64,
+            });
+            let mut p = Vec::with_capacity(4 + header.len() + s.records.len() * BTS_RECORD_SIZE);
+            p.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            p.extend_from_slice(&header);
+            for r in &s.records {
+                p.extend_from_slice(&r.to_bytes());
+            }
+            section(&mut out, TAG_STREAM, &p);
+        }
+        for c in &self.code {
+            let mut p = Vec::with_capacity(16 + c.bytes.len());
+            p.extend_from_slice(&(c.pid as u32).to_le_bytes());
+            p.extend_from_slice(&c.generation.to_le_bytes());
+            p.extend_from_slice(&c.addr.to_le_bytes());
+            p.extend_from_slice(&c.bytes);
+            section(&mut out, TAG_CODE, &p);
+        }
+        section(&mut out, TAG_END, &[]);
+        out
+    }
+
+    /// Parses a whole file. Every length is checked against the data and
+    /// every section against its checksum: bad input is an error, never a panic.
+    pub fn from_bytes(data: &[u8]) -> Result<TraceFile> {
+        let mut c = Cursor { data, pos: 0 };
+        let magic = c.take(8, "the file header").map_err(|_| {
+            if MAGIC.starts_with(data) && !data.is_empty() {
+                Error::Truncated("the file ends inside its header".into())
+            } else {
+                Error::BadMagic
+            }
+        })?;
+        if magic != MAGIC {
+            return Err(Error::BadMagic);
+        }
+        let version = c.u32("the format version")?;
+        if version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion { found: version });
+        }
+        c.u32("the header")?;
+        let mut tf = TraceFile::default();
+        let mut saw_meta = false;
+        loop {
+            if c.pos == data.len() {
+                return Err(Error::Truncated(format!(
+                    "no end marker after {} bytes (the recording was cut short)",
+                    data.len()
+                )));
+            }
+            let at = c.pos;
+            if data.len() - at < SECTION_HEADER {
+                return Err(Error::Truncated(format!(
+                    "section header at offset {at} is cut short"
+                )));
+            }
+            let tag = c.u32("a section tag")?;
+            let crc = c.u32("a section checksum")?;
+            let len = c.u64("a section length")?;
+            let len = usize::try_from(len).map_err(|_| {
+                Error::Corrupt(format!("section at offset {at} claims {len} bytes"))
+            })?;
+            let payload = c.take(len, &format!("section {tag} at offset {at}"))?;
+            if crc32fast::hash(payload) != crc {
+                return Err(Error::Corrupt(format!(
+                    "checksum mismatch in section {tag} at offset {at}"
+                )));
+            }
+            match tag {
+                TAG_END => break,
+                TAG_META => {
+                    tf.meta = serde_json::from_slice(payload)
+                        .map_err(|e| Error::Corrupt(format!("metadata: {e}")))?;
+                    saw_meta = true;
+                }
+                TAG_MODULES => {
+                    tf.modules = serde_json::from_slice(payload)
+                        .map_err(|e| Error::Corrupt(format!("module list: {e}")))?;
+                }
+                TAG_STREAM => tf.streams.push(parse_stream(payload, at)?),
+                TAG_CODE => {
+                    let mut p = Cursor {
+                        data: payload,
+                        pos: 0,
+                    };
+                    let pid = p.u32("code pid")? as i32;
+                    let generation = p.u32("code generation")?;
+                    let addr = p.u64("code address")?;
+                    let bytes = payload[p.pos..].to_vec();
+                    if addr.checked_add(bytes.len() as u64).is_none() {
+                        return Err(Error::Corrupt(format!(
+                            "code range at {addr:#x} wraps the address space"
+                        )));
+                    }
+                    tf.code.push(CodeRange {
+                        pid,
+                        generation,
+                        addr,
+                        bytes,
+                    });
+                }
+                t if t & OPTIONAL != 0 => {}
+                t => {
+                    return Err(Error::Corrupt(format!(
+                        "unknown section tag {t:#x} at offset {at}"
+                    )))
+                }
+            }
+        }
+        if !saw_meta {
+            return Err(Error::Corrupt("no metadata section".into()));
+        }
+        Ok(tf)
+    }
+
+    /// Writes the file atomically (a temporary file renamed into place).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let io = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let tmp = path.with_extension("bts.partial");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&self.to_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    pub fn read(path: &Path) -> Result<TraceFile> {
+        let data = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        TraceFile::from_bytes(&data)
+    }
+
+    /// Branch streams of threads, in file order.
+    pub fn thread_streams(&self) -> impl Iterator<Item = &Stream> {
+        self.streams
+            .iter()
+            .filter(|s| matches!(s.kind, StreamKind::Thread { .. }))
+    }
+}
+
+fn parse_stream(payload: &[u8], at: usize) -> Result<Stream> {
+    let mut p = Cursor {
+        data: payload,
+        pos: 0,
+    };
+    let hlen = p.u32("stream header length")? as usize;
+    let header = p.take(hlen, "stream header")?;
+    let h: StreamHeader = serde_json::from_slice(header)
+        .map_err(|e| Error::Corrupt(format!("stream header at offset {at}: {e}")))?;
+    let body = &payload[p.pos..];
+    let expect = usize::try_from(h.count)
+        .ok()
+        .and_then(|n| n.checked_mul(BTS_RECORD_SIZE));
+    if expect != Some(body.len()) {
+        return Err(Error::Corrupt(format!(
+            "stream at offset {at} says {} records but holds {} bytes",
+            h.count,
+            body.len()
+        )));
+    }
+    let records = BtsRecord::parse_all(body).map_err(|e| Error::Corrupt(e.to_string()))?;
+    Ok(Stream {
+        kind: h.kind,
+        capacity: h.capacity,
+        overwritten: h.overwritten,
+        lost: h.lost,
+        records,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> TraceFile {
+        TraceFile {
+            meta: Meta {
+                command: vec!["./crash".into()],
+                pid: 42,
+                backend: "fast".into(),
+                outcome: "signal".into(),
+                signal: Some(11),
+                signal_name: Some("SIGSEGV".into()),
+                fault_addr: Some(0),
+                tid: Some(42),
+                ..Meta::default()
+            },
+            modules: vec![Module {
+                pid: 42,
+                generation: 1,
+                path: "/bin/x".into(),
+                start: 0x1000,
+                end: 0x2000,
+                offset: 0,
+                build_id: Some("abcd".into()),
+            }],
+            streams: vec![Stream {
+                kind: StreamKind::Thread {
+                    pid: 42,
+                    generation: 1,
+                    tid: 42,
+                    crashed: true,
+                    last_pc: Some(0),
+                },
+                capacity: 100,
+                overwritten: 7,
+                lost: 0,
+                records: vec![
+                    BtsRecord::branch(0x1000, 0x1010),
+                    BtsRecord::branch(0x1012, 0),
+                ],
+            }],
+            code: vec![CodeRange {
+                pid: 42,
+                generation: 1,
+                addr: 0x1000,
+                bytes: vec![0x90; 64],
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let t = sample();
+        assert_eq!(TraceFile::from_bytes(&t.to_bytes()).unwrap(), t);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let bytes = sample().to_bytes();
+        for n in 0..bytes.len() {
+            let r = TraceFile::from_bytes(&bytes[..n]);
+            assert!(r.is_err(), "prefix of {n} bytes parsed");
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let bytes = sample().to_bytes();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x5a;
+            // A flip may land in a reserved header word and be harmless;
+            // it must never panic, and a flip in any section is detected.
+            let r = TraceFile::from_bytes(&b);
+            if (20..).contains(&i) {
+                assert!(r.is_err(), "flip at {i} went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_other_files_and_versions() {
+        assert!(matches!(
+            TraceFile::from_bytes(b"ELF\x7f not a trace"),
+            Err(Error::BadMagic)
+        ));
+        let mut b = sample().to_bytes();
+        b[8] = 9;
+        assert!(matches!(
+            TraceFile::from_bytes(&b),
+            Err(Error::UnsupportedVersion { found: 9 })
+        ));
+    }
+}

@@ -1,0 +1,125 @@
+//! The kind of a branch record, decided by decoding the instruction at `from`.
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
+
+use crate::CodeMap;
+
+/// What kind of control transfer a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchKind {
+    Call,
+    Return,
+    Jump,
+    Conditional,
+    Syscall,
+    /// An asynchronous transfer (signal delivery, interrupt): `from` is the
+    /// interrupted instruction, which did not execute.
+    Async,
+}
+
+impl BranchKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BranchKind::Call => "call",
+            BranchKind::Return => "return",
+            BranchKind::Jump => "jump",
+            BranchKind::Conditional => "conditional",
+            BranchKind::Syscall => "syscall",
+            BranchKind::Async => "async",
+        }
+    }
+}
+
+/// Decodes the instruction at `addr` from the trace's code.
+pub fn decode_at(code: &CodeMap, addr: u64) -> Option<Instruction> {
+    let mut buf = [0u8; 15];
+    let n = code.read(addr, &mut buf);
+    if n == 0 {
+        return None;
+    }
+    let insn = Decoder::with_ip(64, &buf[..n], addr, DecoderOptions::NONE).decode();
+    (!insn.is_invalid()).then_some(insn)
+}
+
+/// Classifies the record `from -> to`.
+pub fn classify(code: &CodeMap, from: u64, to: u64) -> BranchKind {
+    match decode_at(code, from) {
+        Some(insn) => classify_insn(&insn, to),
+        None => BranchKind::Async,
+    }
+}
+
+/// Classifies a transfer by the instruction at its source.
+pub fn classify_insn(insn: &Instruction, to: u64) -> BranchKind {
+    let direct = |k| {
+        if insn.near_branch_target() == to {
+            k
+        } else {
+            BranchKind::Async
+        }
+    };
+    match insn.flow_control() {
+        _ if insn.mnemonic() == Mnemonic::Syscall
+            || insn.mnemonic() == Mnemonic::Int && insn.immediate8() == 0x80
+            || insn.mnemonic() == Mnemonic::Sysenter =>
+        {
+            BranchKind::Syscall
+        }
+        FlowControl::Call if insn.is_call_near() => direct(BranchKind::Call),
+        FlowControl::Call | FlowControl::IndirectCall => BranchKind::Call,
+        FlowControl::UnconditionalBranch if insn.is_jmp_short_or_near() => direct(BranchKind::Jump),
+        FlowControl::UnconditionalBranch | FlowControl::IndirectBranch => BranchKind::Jump,
+        FlowControl::ConditionalBranch => {
+            if to == insn.near_branch_target() {
+                BranchKind::Conditional
+            } else {
+                BranchKind::Async
+            }
+        }
+        FlowControl::Return => BranchKind::Return,
+        FlowControl::Interrupt | FlowControl::Exception | FlowControl::XbeginXabortXend => {
+            BranchKind::Async
+        }
+        FlowControl::Next => BranchKind::Async,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(bytes: &[u8]) -> CodeMap {
+        let mut m = CodeMap::new();
+        m.insert(0x1000, bytes.to_vec());
+        m
+    }
+
+    #[test]
+    fn kinds() {
+        // call rel32 to 0x1105
+        let m = code(&[0xe8, 0x00, 0x01, 0x00, 0x00]);
+        assert_eq!(classify(&m, 0x1000, 0x1105), BranchKind::Call);
+        assert_eq!(classify(&m, 0x1000, 0x2000), BranchKind::Async);
+        assert_eq!(classify(&code(&[0xc3]), 0x1000, 0x5555), BranchKind::Return);
+        assert_eq!(
+            classify(&code(&[0x0f, 0x05]), 0x1000, 0x1002),
+            BranchKind::Syscall
+        );
+        assert_eq!(
+            classify(&code(&[0x74, 0x10]), 0x1000, 0x1012),
+            BranchKind::Conditional
+        );
+        assert_eq!(
+            classify(&code(&[0xff, 0xe0]), 0x1000, 0x7777),
+            BranchKind::Jump
+        );
+        assert_eq!(classify(&code(&[0xff, 0xd0]), 0x1000, 0), BranchKind::Call);
+        // A signal delivered at a mov.
+        assert_eq!(
+            classify(&code(&[0x48, 0x89, 0xc7]), 0x1000, 0x4000),
+            BranchKind::Async
+        );
+        // No code at all.
+        assert_eq!(classify(&code(&[]), 0x9000, 0x4000), BranchKind::Async);
+    }
+}

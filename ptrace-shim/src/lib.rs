@@ -1,0 +1,73 @@
+//! ptrace for `bts`: launch or attach, record every taken branch of every
+//! thread in software, hold a crashing thread at signal delivery, and leave
+//! a detached process exactly as it was.
+//!
+//! Two recorders:
+//! - [`Backend::Step`] single-steps every instruction: slow, exact by
+//!   construction, the oracle the others are checked against.
+//! - [`Backend::Fast`] plants an int3 at each branch site met so far,
+//!   evaluates the branch from registers and memory at the stop and
+//!   emulates it, so it costs one stop per branch executed; system calls
+//!   are seen as syscall stops. It single-steps only what it cannot evaluate.
+
+mod eval;
+pub mod maps;
+mod signals;
+mod space;
+pub mod sys;
+mod tracer;
+
+pub use maps::Mapping;
+pub use signals::{install_stop_handlers, stop_requested};
+pub use tracer::{Crash, ImageTrace, Options, Outcome, Recording, Session, Stop, ThreadTrace};
+
+/// Which software recorder to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Single-step every instruction.
+    Step,
+    /// One stop per branch instruction.
+    Fast,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Step => "step",
+            Backend::Fast => "fast",
+        }
+    }
+}
+
+/// Errors of the ptrace layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("no process with pid {pid}")]
+    NoSuchProcess { pid: i32 },
+    #[error("not allowed to trace pid {pid}: {cause}")]
+    PermissionDenied { pid: i32, cause: String },
+    #[error("cannot execute {program}: {source}")]
+    Exec {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Os {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn os(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Os {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

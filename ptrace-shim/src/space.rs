@@ -1,0 +1,284 @@
+//! One traced address space: its memory, the original bytes of every code
+//! page read so far, the breakpoints planted in it, and decoded-code caches.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
+
+use crate::maps::{self, Mapping};
+use crate::sys::Pid;
+
+pub const PAGE: u64 = 4096;
+const INT3: u8 = 0xCC;
+/// A straight-line walk longer than this ends in a "continue" site.
+const MAX_BLOCK_INSNS: usize = 4096;
+
+/// How a straight-line run of code ends, as the fast recorder sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum BlockEnd {
+    /// The first branch instruction of the run, at this address.
+    Branch(u64),
+    /// The code on the way could not be read or decoded.
+    Unreadable,
+}
+
+pub struct Space {
+    pub pid: Pid,
+    mem: File,
+    /// Original bytes of code pages; `None` for a page that cannot be read.
+    pages: HashMap<u64, Option<Box<[u8]>>>,
+    /// Planted int3 sites and the byte each replaced.
+    bps: HashMap<u64, u8>,
+    insns: HashMap<u64, Instruction>,
+    blocks: HashMap<u64, BlockEnd>,
+    /// Every executable mapping seen since the image was loaded.
+    pub maps: Vec<Mapping>,
+    /// Process-unique counter of the image (bumped at exec).
+    pub generation: u32,
+}
+
+fn open_mem(pid: Pid) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+}
+
+impl Space {
+    pub fn new(pid: Pid, generation: u32) -> io::Result<Space> {
+        Ok(Space {
+            pid,
+            mem: open_mem(pid)?,
+            pages: HashMap::new(),
+            bps: HashMap::new(),
+            insns: HashMap::new(),
+            blocks: HashMap::new(),
+            maps: Vec::new(),
+            generation,
+        })
+    }
+
+    /// The address space of a forked child: a copy of ours, breakpoints included
+    /// (the child inherited the int3 bytes).
+    pub fn fork_copy(&self, child: Pid) -> io::Result<Space> {
+        Ok(Space {
+            pid: child,
+            mem: open_mem(child)?,
+            pages: self.pages.clone(),
+            bps: self.bps.clone(),
+            insns: self.insns.clone(),
+            blocks: self.blocks.clone(),
+            maps: self.maps.clone(),
+            generation: 0,
+        })
+    }
+
+    /// Reads live memory (what the process sees, our int3 bytes included).
+    pub fn read_live(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.mem.read_exact_at(buf, addr)
+    }
+
+    pub fn read_u64(&self, addr: u64) -> io::Result<u64> {
+        let mut b = [0u8; 8];
+        self.read_live(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    pub fn write_live(&self, addr: u64, data: &[u8]) -> io::Result<()> {
+        self.mem.write_all_at(data, addr)
+    }
+
+    /// The original bytes of the code page at `page` (page-aligned).
+    fn page(&mut self, page: u64) -> Option<&[u8]> {
+        if !self.pages.contains_key(&page) {
+            let mut buf = vec![0u8; PAGE as usize].into_boxed_slice();
+            let got = match self.mem.read_exact_at(&mut buf, page) {
+                Ok(()) => {
+                    for (&a, &orig) in &self.bps {
+                        if a & !(PAGE - 1) == page {
+                            buf[(a - page) as usize] = orig;
+                        }
+                    }
+                    Some(buf)
+                }
+                Err(_) => None,
+            };
+            self.pages.insert(page, got);
+            if !self.maps.iter().any(|m| m.contains(page)) {
+                self.refresh_maps();
+            }
+        }
+        self.pages.get(&page).and_then(|p| p.as_deref())
+    }
+
+    /// Original code bytes at `addr`, up to `buf.len()`, stopping at the
+    /// first unreadable page. Returns the count read.
+    pub fn read_code(&mut self, addr: u64, buf: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < buf.len() {
+            let a = addr.wrapping_add(done as u64);
+            let page = a & !(PAGE - 1);
+            let Some(bytes) = self.page(page) else { break };
+            let off = (a - page) as usize;
+            let n = (bytes.len() - off).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&bytes[off..off + n]);
+            done += n;
+        }
+        done
+    }
+
+    /// The instruction at `addr`, decoded from the original code bytes.
+    pub fn insn(&mut self, addr: u64) -> Option<Instruction> {
+        if let Some(i) = self.insns.get(&addr) {
+            return Some(*i);
+        }
+        let mut buf = [0u8; 15];
+        let n = self.read_code(addr, &mut buf);
+        if n == 0 {
+            return None;
+        }
+        let mut dec = Decoder::with_ip(64, &buf[..n], addr, DecoderOptions::NONE);
+        let insn = dec.decode();
+        if insn.is_invalid() {
+            return None;
+        }
+        self.insns.insert(addr, insn);
+        Some(insn)
+    }
+
+    /// Where the straight-line run starting at `pc` ends.
+    pub fn block_end(&mut self, pc: u64) -> BlockEnd {
+        if let Some(e) = self.blocks.get(&pc) {
+            return *e;
+        }
+        let mut a = pc;
+        let mut end = BlockEnd::Unreadable;
+        for _ in 0..MAX_BLOCK_INSNS {
+            let Some(insn) = self.insn(a) else {
+                end = BlockEnd::Unreadable;
+                break;
+            };
+            if ends_block(&insn) {
+                end = BlockEnd::Branch(a);
+                break;
+            }
+            a = insn.next_ip();
+            end = BlockEnd::Branch(a);
+        }
+        self.blocks.insert(pc, end);
+        end
+    }
+
+    pub fn is_breakpoint(&self, addr: u64) -> bool {
+        self.bps.contains_key(&addr)
+    }
+
+    /// Plants an int3 at `addr` (idempotent).
+    pub fn plant(&mut self, addr: u64) -> io::Result<()> {
+        if self.bps.contains_key(&addr) {
+            return Ok(());
+        }
+        let mut orig = [0u8; 1];
+        if self.read_code(addr, &mut orig) != 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "unreadable code",
+            ));
+        }
+        self.write_live(addr, &[INT3])?;
+        self.bps.insert(addr, orig[0]);
+        Ok(())
+    }
+
+    /// Puts the original byte back at `addr` while keeping the site known.
+    pub fn lift(&mut self, addr: u64) -> io::Result<()> {
+        match self.bps.get(&addr) {
+            Some(&orig) => self.write_live(addr, &[orig]),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the int3 back at a lifted site.
+    pub fn relower(&mut self, addr: u64) -> io::Result<()> {
+        if self.bps.contains_key(&addr) {
+            self.write_live(addr, &[INT3])?;
+        }
+        Ok(())
+    }
+
+    /// Removes every breakpoint from memory. Errors are collected, not fatal:
+    /// the caller reports them, and every site that can be restored is.
+    pub fn remove_all_breakpoints(&mut self) -> Vec<(u64, io::Error)> {
+        let mut errors = Vec::new();
+        for (&addr, &orig) in &self.bps {
+            if let Err(e) = self.write_live(addr, &[orig]) {
+                errors.push((addr, e));
+            }
+        }
+        self.bps.clear();
+        errors
+    }
+
+    /// Forgets breakpoints that were never written into this space's memory
+    /// (a fork child whose bytes are handled elsewhere).
+    pub fn forget_breakpoints(&mut self) {
+        self.bps.clear();
+    }
+
+    /// The memory in `[lo, hi)` changed (munmap, mmap over it, mremap): drop
+    /// what we knew of it.
+    pub fn invalidate(&mut self, lo: u64, hi: u64) {
+        let before = self.pages.len();
+        self.pages.retain(|&p, _| p + PAGE <= lo || p >= hi);
+        self.bps.retain(|&a, _| a < lo || a >= hi);
+        if self.pages.len() != before {
+            self.insns.clear();
+            self.blocks.clear();
+        }
+    }
+
+    pub fn refresh_maps(&mut self) {
+        if let Ok(now) = maps::read_exec_maps(self.pid) {
+            for m in now {
+                if !self.maps.contains(&m) {
+                    self.maps.push(m);
+                }
+            }
+        }
+    }
+
+    /// Original bytes of the page at `page` if it was ever read.
+    pub fn cached_page(&mut self, page: u64) -> Option<Vec<u8>> {
+        self.page(page).map(|p| p.to_vec())
+    }
+}
+
+/// True for an instruction that ends a straight-line run for the fast
+/// recorder. System calls do not: the fast recorder sees them as syscall stops.
+pub fn ends_block(insn: &Instruction) -> bool {
+    match insn.flow_control() {
+        FlowControl::Next => false,
+        FlowControl::Call if is_syscall(insn) => false,
+        FlowControl::Interrupt if is_syscall(insn) => false,
+        _ => true,
+    }
+}
+
+/// `syscall`, or `int 0x80`.
+pub fn is_syscall(insn: &Instruction) -> bool {
+    match insn.mnemonic() {
+        Mnemonic::Syscall => true,
+        Mnemonic::Int => insn.immediate8() == 0x80,
+        _ => false,
+    }
+}
+
+impl Space {
+    /// Addresses of every planted breakpoint.
+    pub fn breakpoint_sites(&self) -> Vec<u64> {
+        self.bps.keys().copied().collect()
+    }
+}

@@ -1,0 +1,349 @@
+//! Thin wrappers over the raw ptrace and wait calls. Every `unsafe` block of
+//! the crate that talks to the kernel lives here.
+
+use std::io;
+
+pub type Pid = i32;
+pub type Regs = libc::user_regs_struct;
+
+pub const PTRACE_O_TRACESYSGOOD: i32 = 0x01;
+pub const PTRACE_O_TRACEFORK: i32 = 0x02;
+pub const PTRACE_O_TRACEVFORK: i32 = 0x04;
+pub const PTRACE_O_TRACECLONE: i32 = 0x08;
+pub const PTRACE_O_TRACEEXEC: i32 = 0x10;
+pub const PTRACE_O_TRACEEXIT: i32 = 0x40;
+pub const PTRACE_O_EXITKILL: i32 = 0x10_0000;
+
+pub const EVENT_FORK: i32 = 1;
+pub const EVENT_VFORK: i32 = 2;
+pub const EVENT_CLONE: i32 = 3;
+pub const EVENT_EXEC: i32 = 4;
+pub const EVENT_EXIT: i32 = 6;
+pub const EVENT_STOP: i32 = 128;
+
+const PTRACE_GET_SYSCALL_INFO: libc::c_uint = 0x420e;
+pub const SYSCALL_INFO_ENTRY: u8 = 1;
+pub const SYSCALL_INFO_EXIT: u8 = 2;
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret == -1 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error().unwrap_or(0) != 0 {
+            return Err(e);
+        }
+    }
+    Ok(ret)
+}
+
+/// Issues one ptrace request.
+fn ptrace(req: libc::c_uint, pid: Pid, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    // SAFETY: every caller passes either integers or a pointer to a live,
+    // correctly sized buffer for the request, as documented in ptrace(2).
+    unsafe {
+        *libc::__errno_location() = 0;
+        check(libc::ptrace(
+            req,
+            pid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        ))
+    }
+}
+
+pub fn seize(pid: Pid, options: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_SEIZE, pid, 0, options as usize).map(drop)
+}
+pub fn interrupt(pid: Pid) -> io::Result<()> {
+    ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0).map(drop)
+}
+pub fn cont(pid: Pid, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_CONT, pid, 0, sig as usize).map(drop)
+}
+pub fn syscall(pid: Pid, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_SYSCALL, pid, 0, sig as usize).map(drop)
+}
+pub fn singlestep(pid: Pid, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_SINGLESTEP, pid, 0, sig as usize).map(drop)
+}
+pub fn listen(pid: Pid) -> io::Result<()> {
+    ptrace(libc::PTRACE_LISTEN, pid, 0, 0).map(drop)
+}
+pub fn detach(pid: Pid, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_DETACH, pid, 0, sig as usize).map(drop)
+}
+pub fn set_options(pid: Pid, options: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETOPTIONS, pid, 0, options as usize).map(drop)
+}
+
+pub fn get_event_msg(pid: Pid) -> io::Result<u64> {
+    let mut msg: libc::c_ulong = 0;
+    ptrace(
+        libc::PTRACE_GETEVENTMSG,
+        pid,
+        0,
+        &mut msg as *mut _ as usize,
+    )?;
+    Ok(msg)
+}
+
+pub fn get_regs(pid: Pid) -> io::Result<Regs> {
+    // SAFETY: user_regs_struct is plain old data; all-zero is a valid value.
+    let mut regs: Regs = unsafe { std::mem::zeroed() };
+    ptrace(
+        libc::PTRACE_GETREGS,
+        pid,
+        0,
+        &mut regs as *mut Regs as usize,
+    )?;
+    Ok(regs)
+}
+
+pub fn set_regs(pid: Pid, regs: &Regs) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETREGS, pid, 0, regs as *const Regs as usize).map(drop)
+}
+
+/// The parts of `siginfo_t` a crash report needs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SigInfo {
+    pub signo: i32,
+    pub code: i32,
+    /// `si_addr` for the fault signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP).
+    pub addr: u64,
+    /// `si_pid` for signals sent by a process.
+    pub sender: i32,
+}
+
+pub fn get_siginfo(pid: Pid) -> io::Result<SigInfo> {
+    // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+    let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    ptrace(libc::PTRACE_GETSIGINFO, pid, 0, &mut si as *mut _ as usize)?;
+    let fault = matches!(
+        si.si_signo,
+        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
+    );
+    // SAFETY: the union member read matches the signal class just checked.
+    let (addr, sender) = unsafe {
+        if fault {
+            (si.si_addr() as u64, 0)
+        } else {
+            (0, si.si_pid())
+        }
+    };
+    Ok(SigInfo {
+        signo: si.si_signo,
+        code: si.si_code,
+        addr,
+        sender,
+    })
+}
+
+/// What `PTRACE_GET_SYSCALL_INFO` says about a syscall stop.
+#[derive(Debug, Clone, Copy)]
+pub struct SyscallInfo {
+    pub op: u8,
+    /// Address after the syscall instruction.
+    pub ip: u64,
+}
+
+pub fn get_syscall_info(pid: Pid) -> io::Result<SyscallInfo> {
+    // struct ptrace_syscall_info: op u8, pad[3], arch u32, ip u64, sp u64, union...
+    let mut buf = [0u64; 11];
+    ptrace(
+        PTRACE_GET_SYSCALL_INFO,
+        pid,
+        std::mem::size_of_val(&buf),
+        buf.as_mut_ptr() as usize,
+    )?;
+    Ok(SyscallInfo {
+        op: (buf[0] & 0xff) as u8,
+        ip: buf[1],
+    })
+}
+
+/// A decoded wait status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Exited(Pid, i32),
+    Signaled(Pid, i32),
+    /// A signal-delivery-stop (or the stop of a not-yet-seized child).
+    Signal(Pid, i32),
+    /// A syscall-stop (SIGTRAP|0x80).
+    Syscall(Pid),
+    /// A PTRACE_EVENT stop: the event and the stopping signal.
+    Event(Pid, i32, i32),
+}
+
+/// `waitpid(pid, __WALL)`; `Ok(None)` when interrupted by a signal.
+pub fn wait(pid: Pid) -> io::Result<Option<Wait>> {
+    let mut status = 0;
+    // SAFETY: status is a valid out-pointer for the call's duration.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(decode_status(r, status)))
+}
+
+fn decode_status(pid: Pid, status: i32) -> Wait {
+    if libc::WIFEXITED(status) {
+        Wait::Exited(pid, libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Wait::Signaled(pid, libc::WTERMSIG(status))
+    } else {
+        let sig = libc::WSTOPSIG(status);
+        let event = status >> 16;
+        if event != 0 {
+            Wait::Event(pid, event, sig)
+        } else if sig == libc::SIGTRAP | 0x80 {
+            Wait::Syscall(pid)
+        } else {
+            Wait::Signal(pid, sig)
+        }
+    }
+}
+
+/// Sends `sig` to one thread.
+pub fn tgkill(tgid: Pid, tid: Pid, sig: i32) -> io::Result<()> {
+    // SAFETY: a plain syscall with integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) };
+    check(r).map(drop)
+}
+
+/// Name of a signal, `SIGSEGV` style.
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSTKFLT => "SIGSTKFLT",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGTTIN => "SIGTTIN",
+        libc::SIGTTOU => "SIGTTOU",
+        libc::SIGURG => "SIGURG",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGVTALRM => "SIGVTALRM",
+        libc::SIGPROF => "SIGPROF",
+        libc::SIGWINCH => "SIGWINCH",
+        libc::SIGIO => "SIGIO",
+        libc::SIGPWR => "SIGPWR",
+        libc::SIGSYS => "SIGSYS",
+        s if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&s) => {
+            return format!("SIGRT{}", s - libc::SIGRTMIN());
+        }
+        s => return format!("signal {s}"),
+    };
+    name.to_string()
+}
+
+/// True if the default action of `sig` ends the process.
+pub fn default_is_fatal(sig: i32) -> bool {
+    !matches!(
+        sig,
+        libc::SIGCHLD
+            | libc::SIGCONT
+            | libc::SIGURG
+            | libc::SIGWINCH
+            | libc::SIGSTOP
+            | libc::SIGTSTP
+            | libc::SIGTTIN
+            | libc::SIGTTOU
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_status_decoding() {
+        assert_eq!(decode_status(5, 3 << 8), Wait::Exited(5, 3));
+        assert_eq!(
+            decode_status(5, libc::SIGSEGV),
+            Wait::Signaled(5, libc::SIGSEGV)
+        );
+        assert_eq!(
+            decode_status(5, 0x7f | (libc::SIGSEGV << 8)),
+            Wait::Signal(5, libc::SIGSEGV)
+        );
+        assert_eq!(
+            decode_status(5, 0x7f | ((libc::SIGTRAP | 0x80) << 8)),
+            Wait::Syscall(5)
+        );
+        assert_eq!(
+            decode_status(5, 0x7f | (libc::SIGTRAP << 8) | (EVENT_EXEC << 16)),
+            Wait::Event(5, EVENT_EXEC, libc::SIGTRAP)
+        );
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(libc::SIGSEGV), "SIGSEGV");
+        assert_eq!(signal_name(libc::SIGRTMIN() + 1), "SIGRT1");
+        assert!(default_is_fatal(libc::SIGABRT));
+        assert!(!default_is_fatal(libc::SIGCHLD));
+    }
+}
+
+/// A thread's CPU affinity mask.
+pub fn get_affinity(tid: Pid) -> io::Result<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain old data; the kernel fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(set)
+    }
+}
+
+pub fn set_affinity(tid: Pid, set: &libc::cpu_set_t) -> io::Result<()> {
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A mask of one CPU.
+pub fn single_cpu(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: all-zero is an empty set; CPU_SET stays within the set's size
+    // for any cpu below CPU_SETSIZE, which the caller's cpu number is.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        set
+    }
+}
+
+/// The CPU this thread runs on, and the first CPU of `allowed` if it is not in it.
+pub fn pick_cpu(allowed: &libc::cpu_set_t) -> Option<usize> {
+    // SAFETY: sched_getcpu has no arguments.
+    let here = unsafe { libc::sched_getcpu() };
+    // SAFETY: CPU_ISSET reads within the set for cpu < CPU_SETSIZE.
+    let in_set =
+        |c: usize| c < libc::CPU_SETSIZE as usize && unsafe { libc::CPU_ISSET(c, allowed) };
+    if here >= 0 && in_set(here as usize) {
+        return Some(here as usize);
+    }
+    (0..libc::CPU_SETSIZE as usize).find(|&c| in_set(c))
+}

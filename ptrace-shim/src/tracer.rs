@@ -1,0 +1,1336 @@
+//! The event loop: every traced thread's stops, the two recorders, crash
+//! capture, following clones/forks/execs, and clean detaching.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::{CString, OsString};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::FromRawFd;
+
+use ds_alloc::{BtsBuffer, BtsRecord};
+
+use crate::eval::{self, Outcome as Eval};
+use crate::maps::Mapping;
+use crate::space::{is_syscall, BlockEnd, Space, PAGE};
+use crate::sys::{self, Pid, Regs, Wait};
+use crate::{signals, Backend, Error, Result};
+
+const SI_KERNEL: i32 = 0x80;
+const SI_USER: i32 = 0;
+const SI_TKILL: i32 = -6;
+/// The longest straight-line run whose code pages a trace keeps whole.
+const MAX_SPAN: u64 = 64 * 1024;
+
+/// How to record.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub backend: Backend,
+    /// Bytes of each thread's circular buffer.
+    pub buffer_bytes: usize,
+    /// Also trace child processes.
+    pub follow_fork: bool,
+    /// Launch with address-space randomisation off.
+    pub no_aslr: bool,
+    /// Run the tracer and every traced thread on one CPU. A ptrace stop is
+    /// a cross-CPU wake-up otherwise, which costs 3-5x more under a
+    /// hypervisor. Attached threads get their own masks back at detach.
+    pub pin_cpu: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            backend: Backend::Fast,
+            buffer_bytes: 64 * 1024,
+            follow_fork: false,
+            no_aslr: false,
+            pin_cpu: true,
+        }
+    }
+}
+
+/// A fatal signal held at delivery.
+#[derive(Debug, Clone)]
+pub struct Crash {
+    pub pid: Pid,
+    pub tid: Pid,
+    pub signal: i32,
+    pub si_code: i32,
+    /// The fault address, for the signals that have one.
+    pub fault_addr: Option<u64>,
+    /// Where the thread stood.
+    pub pc: u64,
+}
+
+/// How the traced program (the first process) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    Signaled(i32),
+    /// bts detached on request; the process runs on.
+    Detached(i32),
+}
+
+/// What the event loop stopped for.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    /// A thread is held at delivery of a fatal signal; call
+    /// [`Session::deliver_crash`] to let it take its course.
+    Crash(Crash),
+    /// Tracing is over.
+    Finished(Outcome),
+}
+
+/// The recorded branches of one thread.
+#[derive(Debug, Clone)]
+pub struct ThreadTrace {
+    pub tid: Pid,
+    pub buffer: BtsBuffer,
+    pub crashed: bool,
+    /// The thread's last known instruction pointer.
+    pub last_pc: Option<u64>,
+}
+
+/// Everything recorded for one program image (a pid between two execs).
+#[derive(Debug, Clone)]
+pub struct ImageTrace {
+    pub pid: Pid,
+    pub generation: u32,
+    pub maps: Vec<Mapping>,
+    /// Original bytes of every code page the kept records touch, by address.
+    pub code: Vec<(u64, Vec<u8>)>,
+    pub threads: Vec<ThreadTrace>,
+}
+
+/// A snapshot of everything recorded.
+#[derive(Debug, Clone)]
+pub struct Recording {
+    pub backend: Backend,
+    pub root_pid: Pid,
+    pub images: Vec<ImageTrace>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    None,
+    /// Single-stepping the instruction at this address (fast: site lifted
+    /// when `lifted`).
+    Step {
+        from: u64,
+        lifted: bool,
+    },
+    /// A signal was delivered with a single step: the next trap is at the
+    /// handler's first instruction.
+    Handler {
+        from: u64,
+    },
+}
+
+struct Thread {
+    tid: Pid,
+    space: usize,
+    /// Records of this thread are kept (false for a vfork child that is not followed).
+    record: bool,
+    buffer: BtsBuffer,
+    pending: Pending,
+    /// The syscall instruction seen at a syscall-entry stop.
+    syscall_site: Option<u64>,
+    last_pc: Option<u64>,
+    crashed: bool,
+    /// Stopped by us and not yet resumed (detaching).
+    held: Option<i32>,
+    /// The thread reported its exit event.
+    exiting: bool,
+}
+
+struct SpaceSlot {
+    space: Space,
+    /// The int3 bytes are gone: after a crash, or while detaching.
+    released: bool,
+    released_sites: HashSet<u64>,
+    /// Traced for its records (false: a not-followed vfork child's view).
+    followed: bool,
+}
+
+/// A tracing session over one program and, with `follow_fork`, its children.
+pub struct Session {
+    opts: Options,
+    root: Pid,
+    launched: bool,
+    threads: HashMap<Pid, Thread>,
+    spaces: Vec<SpaceSlot>,
+    finished: Vec<ImageTrace>,
+    /// New tasks whose first stop came before their parent's event.
+    early_stops: HashSet<Pid>,
+    /// Fork children that are not followed, waiting for their first stop.
+    to_release: HashSet<Pid>,
+    crash: Option<Crash>,
+    outcome: Option<Outcome>,
+    detach_requested: bool,
+    /// Affinity masks to give back at detach: per thread, and for new threads.
+    saved_affinity: HashMap<Pid, libc::cpu_set_t>,
+    default_affinity: Option<libc::cpu_set_t>,
+}
+
+fn trace_options(launched: bool) -> i32 {
+    let mut o = sys::PTRACE_O_TRACESYSGOOD
+        | sys::PTRACE_O_TRACECLONE
+        | sys::PTRACE_O_TRACEFORK
+        | sys::PTRACE_O_TRACEVFORK
+        | sys::PTRACE_O_TRACEEXEC
+        | sys::PTRACE_O_TRACEEXIT;
+    if launched {
+        o |= sys::PTRACE_O_EXITKILL;
+    }
+    o
+}
+
+fn status_field(tid: Pid, field: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(field)
+            .map(|v| v.trim_start_matches(':').trim().to_string())
+    })
+}
+
+fn sig_mask(tid: Pid, field: &str) -> u64 {
+    status_field(tid, field)
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
+        .unwrap_or(0)
+}
+
+fn is_restart(rax: u64) -> bool {
+    // -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK
+    matches!(rax as i64, -512 | -513 | -514 | -516)
+}
+
+/// Forks and execs `argv` with the child held until the parent has seized it.
+fn spawn_seized(argv: &[OsString], no_aslr: bool, options: i32) -> Result<Pid> {
+    let program = argv
+        .first()
+        .ok_or_else(|| Error::Invalid("no command given".into()))?;
+    let cargs: Vec<CString> = argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::Invalid("an argument contains a NUL byte".into()))?;
+    let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let mut gate = [0i32; 2];
+    let mut errpipe = [0i32; 2];
+    // SAFETY: pipe2 writes two fds into the arrays.
+    unsafe {
+        if libc::pipe2(gate.as_mut_ptr(), libc::O_CLOEXEC) != 0
+            || libc::pipe2(errpipe.as_mut_ptr(), libc::O_CLOEXEC) != 0
+        {
+            return Err(Error::os("pipe", std::io::Error::last_os_error()));
+        }
+    }
+    // SAFETY: the child only calls async-signal-safe functions (read,
+    // personality, execvp, write, _exit) on data prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::os("fork", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: see above; the child never returns.
+        unsafe {
+            libc::close(gate[1]);
+            libc::close(errpipe[0]);
+            let mut b = 0u8;
+            libc::read(gate[0], &mut b as *mut u8 as *mut libc::c_void, 1);
+            if no_aslr {
+                libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
+            }
+            libc::execvp(ptrs[0], ptrs.as_ptr());
+            let e = *libc::__errno_location();
+            libc::write(errpipe[1], &e as *const i32 as *const libc::c_void, 4);
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: closing our copies of the child's ends; the fds are ours.
+    unsafe {
+        libc::close(gate[0]);
+        libc::close(errpipe[1]);
+    }
+    let seized = sys::seize(pid, options);
+    // SAFETY: closing the gate lets the child run; the fd is ours.
+    unsafe { libc::close(gate[1]) };
+    // SAFETY: errpipe[0] is an open fd we own; File takes it over.
+    let mut errf = unsafe { std::fs::File::from_raw_fd(errpipe[0]) };
+    let mut buf = Vec::new();
+    let _ = errf.read_to_end(&mut buf);
+    if buf.len() >= 4 {
+        let errno = i32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let mut st = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
+        return Err(Error::Exec {
+            program: program.to_string_lossy().into_owned(),
+            source: std::io::Error::from_raw_os_error(errno),
+        });
+    }
+    if let Err(e) = seized {
+        // SAFETY: killing our own child that we could not trace.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        return Err(Error::os("ptrace(PTRACE_SEIZE) of the launched program", e));
+    }
+    Ok(pid)
+}
+
+fn permission_cause(pid: Pid, e: &std::io::Error) -> String {
+    if let Some(t) = status_field(pid, "TracerPid") {
+        if t != "0" {
+            return format!("it is already traced by pid {t}");
+        }
+    }
+    if let Ok(scope) = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
+        let scope = scope.trim();
+        if scope != "0" {
+            return format!(
+                "{e}; kernel.yama.ptrace_scope is {scope} (run bts as root, or set it to 0)"
+            );
+        }
+    }
+    format!("{e} (it may belong to another user: run bts as that user or as root)")
+}
+
+impl Session {
+    fn new(opts: Options, root: Pid, launched: bool) -> Session {
+        Session {
+            opts,
+            root,
+            launched,
+            threads: HashMap::new(),
+            spaces: Vec::new(),
+            finished: Vec::new(),
+            early_stops: HashSet::new(),
+            to_release: HashSet::new(),
+            crash: None,
+            outcome: None,
+            detach_requested: false,
+            saved_affinity: HashMap::new(),
+            default_affinity: None,
+        }
+    }
+
+    /// Pins bts to one CPU the target may use; returns that CPU's mask.
+    fn pin_self(target: Pid) -> Option<libc::cpu_set_t> {
+        let allowed = sys::get_affinity(target).ok()?;
+        let cpu = sys::pick_cpu(&allowed)?;
+        let one = sys::single_cpu(cpu);
+        sys::set_affinity(0, &one).ok()?;
+        Some(one)
+    }
+
+    /// Launches `argv` traced from its first instruction.
+    pub fn launch(argv: &[OsString], opts: Options) -> Result<Session> {
+        ds_alloc::BtsBuffer::with_bytes(opts.buffer_bytes)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        if opts.pin_cpu {
+            // The child inherits the mask across fork and exec.
+            Session::pin_self(0);
+        }
+        let pid = spawn_seized(argv, opts.no_aslr, trace_options(true))?;
+        let mut s = Session::new(opts, pid, true);
+        // Run to the exec event: that is where recording begins.
+        loop {
+            match sys::wait(pid).map_err(|e| Error::os("waitpid", e))? {
+                None => continue,
+                Some(Wait::Event(_, sys::EVENT_EXEC, _)) => break,
+                Some(Wait::Exited(_, c)) => {
+                    return Err(Error::Invalid(format!(
+                        "the program exited with {c} before exec"
+                    )))
+                }
+                Some(Wait::Signaled(_, sig)) => {
+                    return Err(Error::Invalid(format!(
+                        "the program died of {} before exec",
+                        sys::signal_name(sig)
+                    )))
+                }
+                Some(other) => {
+                    let sig = match other {
+                        Wait::Signal(_, sig) => sig,
+                        _ => 0,
+                    };
+                    sys::cont(pid, sig).map_err(|e| Error::os("ptrace(PTRACE_CONT)", e))?;
+                }
+            }
+        }
+        let space = s.new_space(pid, 1)?;
+        s.add_thread(pid, space, true)?;
+        s.resume(pid, 0)?;
+        Ok(s)
+    }
+
+    /// Attaches to every thread of the running process `pid`.
+    pub fn attach(pid: Pid, opts: Options) -> Result<Session> {
+        ds_alloc::BtsBuffer::with_bytes(opts.buffer_bytes)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        if pid <= 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(Error::NoSuchProcess { pid });
+        }
+        if status_field(pid, "Tgid").and_then(|t| t.parse::<Pid>().ok()) != Some(pid) {
+            return Err(Error::Invalid(format!(
+                "{pid} is a thread, not a process: attach to its process"
+            )));
+        }
+        if pid == std::process::id() as Pid {
+            return Err(Error::Invalid("bts cannot trace itself".into()));
+        }
+        let mut s = Session::new(opts, pid, false);
+        let space = s.new_space(pid, 0)?;
+        let mut seized: Vec<Pid> = Vec::new();
+        // Threads may be created while we seize: list until nothing is new.
+        loop {
+            let mut new = 0;
+            let dir = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map_err(|_| Error::NoSuchProcess { pid })?;
+            for entry in dir.flatten() {
+                let Some(tid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|t| t.parse::<Pid>().ok())
+                else {
+                    continue;
+                };
+                if seized.contains(&tid) {
+                    continue;
+                }
+                match sys::seize(tid, trace_options(false)) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        s.abandon(&seized);
+                        return Err(Error::PermissionDenied {
+                            pid,
+                            cause: permission_cause(pid, &e),
+                        });
+                    }
+                    Err(e) => {
+                        s.abandon(&seized);
+                        return Err(Error::os(format!("ptrace(PTRACE_SEIZE, {tid})"), e));
+                    }
+                }
+                seized.push(tid);
+                new += 1;
+            }
+            if new == 0 {
+                break;
+            }
+        }
+        if seized.is_empty() {
+            return Err(Error::NoSuchProcess { pid });
+        }
+        let pin = if s.opts.pin_cpu {
+            Session::pin_self(pid)
+        } else {
+            None
+        };
+        for &tid in &seized {
+            let _ = sys::interrupt(tid);
+            s.add_thread(tid, space, true)?;
+            if let Some(one) = &pin {
+                if let Ok(old) = sys::get_affinity(tid) {
+                    if sys::set_affinity(tid, one).is_ok() {
+                        s.saved_affinity.insert(tid, old);
+                        s.default_affinity.get_or_insert(old);
+                    }
+                }
+            }
+        }
+        // Collect each thread's interrupt stop, then start recording it.
+        let mut waiting: HashSet<Pid> = seized.iter().copied().collect();
+        while !waiting.is_empty() {
+            let Some(w) = sys::wait(-1).map_err(|e| Error::os("waitpid", e))? else {
+                continue;
+            };
+            match w {
+                Wait::Event(tid, sys::EVENT_STOP, _) if waiting.remove(&tid) => s.resume(tid, 0)?,
+                Wait::Exited(tid, _) | Wait::Signaled(tid, _) => {
+                    waiting.remove(&tid);
+                    s.handle(w)?;
+                }
+                other => s.handle(other)?,
+            }
+        }
+        Ok(s)
+    }
+
+    fn abandon(&mut self, seized: &[Pid]) {
+        for &t in seized {
+            let _ = sys::interrupt(t);
+        }
+        for &t in seized {
+            // A seized thread detaches cleanly once stopped.
+            loop {
+                match sys::wait(t) {
+                    Ok(Some(Wait::Event(..))) | Ok(Some(Wait::Syscall(_))) => break,
+                    Ok(Some(Wait::Signal(_, sig))) => {
+                        let _ = sys::detach(t, sig);
+                        break;
+                    }
+                    Ok(None) => continue,
+                    _ => break,
+                }
+            }
+            let _ = sys::detach(t, 0);
+        }
+    }
+
+    pub fn root_pid(&self) -> Pid {
+        self.root
+    }
+
+    fn new_space(&mut self, pid: Pid, generation: u32) -> Result<usize> {
+        let mut space =
+            Space::new(pid, generation).map_err(|e| Error::os(format!("/proc/{pid}/mem"), e))?;
+        space.refresh_maps();
+        self.spaces.push(SpaceSlot {
+            space,
+            released: false,
+            released_sites: HashSet::new(),
+            followed: true,
+        });
+        Ok(self.spaces.len() - 1)
+    }
+
+    fn add_thread(&mut self, tid: Pid, space: usize, record: bool) -> Result<()> {
+        let buffer = BtsBuffer::with_bytes(self.opts.buffer_bytes)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        self.threads.insert(
+            tid,
+            Thread {
+                tid,
+                space,
+                record,
+                buffer,
+                pending: Pending::None,
+                syscall_site: None,
+                last_pc: None,
+                crashed: false,
+                held: None,
+                exiting: false,
+            },
+        );
+        Ok(())
+    }
+
+    #[inline]
+    fn record(&mut self, tid: Pid, from: u64, to: u64) {
+        if let Some(t) = self.threads.get_mut(&tid) {
+            if t.record {
+                t.buffer.push(BtsRecord::branch(from, to));
+            }
+        }
+    }
+
+    /// Runs until a thread is held at a fatal signal or tracing ends.
+    pub fn next_stop(&mut self) -> Result<Stop> {
+        loop {
+            if let Some(c) = &self.crash {
+                return Ok(Stop::Crash(c.clone()));
+            }
+            if let Some(o) = self.outcome {
+                return Ok(Stop::Finished(o));
+            }
+            if let Some(sig) = signals::stop_requested() {
+                if self.launched {
+                    // The program decides what the signal means to it.
+                    // SAFETY: signalling our own child.
+                    unsafe { libc::kill(self.root, sig) };
+                } else {
+                    self.detach_requested = true;
+                }
+            }
+            if self.detach_requested {
+                let sig = libc::SIGINT;
+                self.detach_all()?;
+                self.outcome = Some(Outcome::Detached(sig));
+                continue;
+            }
+            if self.threads.is_empty() {
+                self.outcome = Some(Outcome::Exited(0));
+                continue;
+            }
+            let w = match sys::wait(-1) {
+                Ok(Some(w)) => w,
+                Ok(None) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+                    self.outcome.get_or_insert(Outcome::Exited(0));
+                    continue;
+                }
+                Err(e) => return Err(Error::os("waitpid", e)),
+            };
+            self.handle(w)?;
+        }
+    }
+
+    /// Asks the session to detach at its next turn (as SIGINT would).
+    pub fn request_detach(&mut self) {
+        self.detach_requested = true;
+    }
+
+    fn space_of(&mut self, tid: Pid) -> Option<&mut SpaceSlot> {
+        let idx = self.threads.get(&tid)?.space;
+        self.spaces.get_mut(idx)
+    }
+
+    /// Resumes `tid` in the mode its recorder needs.
+    fn resume(&mut self, tid: Pid, sig: i32) -> Result<()> {
+        let Some(t) = self.threads.get(&tid) else {
+            return Ok(());
+        };
+        let slot = &self.spaces[t.space];
+        let r =
+            if slot.released || !slot.followed && !t.record && self.opts.backend == Backend::Step {
+                sys::cont(tid, sig)
+            } else {
+                match self.opts.backend {
+                    Backend::Step => {
+                        let pc = match sys::get_regs(tid) {
+                            Ok(r) => r.rip,
+                            Err(_) => return Ok(()),
+                        };
+                        if let Some(t) = self.threads.get_mut(&tid) {
+                            if t.pending == Pending::None {
+                                t.pending = Pending::Step {
+                                    from: pc,
+                                    lifted: false,
+                                };
+                            }
+                            t.last_pc = Some(pc);
+                        }
+                        sys::singlestep(tid, sig)
+                    }
+                    Backend::Fast => {
+                        let pc = match sys::get_regs(tid) {
+                            Ok(r) => r.rip,
+                            Err(_) => return Ok(()),
+                        };
+                        if let Some(t) = self.threads.get_mut(&tid) {
+                            t.last_pc = Some(pc);
+                        }
+                        if self.prepare_fast(tid, pc) {
+                            sys::syscall(tid, sig)
+                        } else {
+                            if let Some(t) = self.threads.get_mut(&tid) {
+                                t.pending = Pending::Step {
+                                    from: pc,
+                                    lifted: false,
+                                };
+                            }
+                            sys::singlestep(tid, sig)
+                        }
+                    }
+                }
+            };
+        match r {
+            Ok(()) => Ok(()),
+            // The thread vanished (killed); its exit is reported by wait.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            Err(e) => Err(Error::os(format!("resuming thread {tid}"), e)),
+        }
+    }
+
+    /// Makes sure the straight-line run from `pc` ends in a breakpoint.
+    /// False if the code there cannot be read: the thread must be stepped.
+    fn prepare_fast(&mut self, tid: Pid, pc: u64) -> bool {
+        let Some(slot) = self.space_of(tid) else {
+            return false;
+        };
+        match slot.space.block_end(pc) {
+            BlockEnd::Branch(site) => slot.space.plant(site).is_ok(),
+            BlockEnd::Unreadable => false,
+        }
+    }
+
+    fn handle(&mut self, w: Wait) -> Result<()> {
+        match w {
+            Wait::Exited(tid, code) => self.thread_gone(tid, Outcome::Exited(code)),
+            Wait::Signaled(tid, sig) => self.thread_gone(tid, Outcome::Signaled(sig)),
+            Wait::Event(tid, ev, sig) => self.on_event(tid, ev, sig),
+            Wait::Syscall(tid) => self.on_syscall(tid),
+            Wait::Signal(tid, sig) => self.on_signal(tid, sig),
+        }
+    }
+
+    fn thread_gone(&mut self, tid: Pid, how: Outcome) -> Result<()> {
+        if let Some(t) = self.threads.remove(&tid) {
+            let idx = t.space;
+            let alive = self.threads.values().any(|o| o.space == idx);
+            let trace = ThreadTrace {
+                tid,
+                buffer: t.buffer,
+                crashed: t.crashed,
+                last_pc: t.last_pc,
+            };
+            self.park_thread(idx, trace, !alive);
+        }
+        if tid == self.root {
+            self.outcome = Some(how);
+        }
+        Ok(())
+    }
+
+    /// Keeps a finished thread's trace with its image.
+    fn park_thread(&mut self, space: usize, trace: ThreadTrace, image_done: bool) {
+        let slot = &mut self.spaces[space];
+        if !slot.followed {
+            return;
+        }
+        let key = (slot.space.pid, slot.space.generation);
+        let pos = self
+            .finished
+            .iter()
+            .position(|i| (i.pid, i.generation) == key);
+        let image = match pos {
+            Some(p) => &mut self.finished[p],
+            None => {
+                self.finished.push(ImageTrace {
+                    pid: key.0,
+                    generation: key.1,
+                    maps: Vec::new(),
+                    code: Vec::new(),
+                    threads: Vec::new(),
+                });
+                self.finished.last_mut().expect("just pushed")
+            }
+        };
+        image.threads.push(trace);
+        if image_done {
+            image.maps = slot.space.maps.clone();
+            let code = collect_code(&mut slot.space, image.threads.iter());
+            image.code = code;
+        }
+    }
+
+    fn on_event(&mut self, tid: Pid, ev: i32, sig: i32) -> Result<()> {
+        match ev {
+            sys::EVENT_STOP => {
+                if !self.threads.contains_key(&tid) {
+                    if self.to_release.remove(&tid) {
+                        return self.release_child(tid);
+                    }
+                    // Its parent's event has not been seen yet.
+                    self.early_stops.insert(tid);
+                    return Ok(());
+                }
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    if self.detach_requested || t.held.is_some() {
+                        t.held = Some(0);
+                        return Ok(());
+                    }
+                }
+                if matches!(
+                    sig,
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                ) {
+                    // Group-stop: stay stopped until SIGCONT, still traced.
+                    return match sys::listen(tid) {
+                        Ok(()) | Err(_) => Ok(()),
+                    };
+                }
+                self.resume(tid, 0)
+            }
+            sys::EVENT_CLONE | sys::EVENT_FORK | sys::EVENT_VFORK => {
+                let child =
+                    sys::get_event_msg(tid).map_err(|e| Error::os("PTRACE_GETEVENTMSG", e))? as Pid;
+                let parent_space = self.threads.get(&tid).map(|t| t.space);
+                if let Some(ps) = parent_space {
+                    self.new_task(tid, child, ps, ev)?;
+                }
+                self.resume(tid, 0)
+            }
+            sys::EVENT_EXEC => self.on_exec(tid),
+            sys::EVENT_EXIT => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.exiting = true;
+                }
+                // The address space is still there: keep its maps fresh.
+                if let Some(slot) = self.space_of(tid) {
+                    slot.space.refresh_maps();
+                }
+                match sys::cont(tid, 0) {
+                    Ok(()) | Err(_) => Ok(()),
+                }
+            }
+            _ => self.resume(tid, 0),
+        }
+    }
+
+    fn new_task(&mut self, parent: Pid, child: Pid, parent_space: usize, ev: i32) -> Result<()> {
+        let follow = self.opts.follow_fork && self.spaces[parent_space].followed;
+        match ev {
+            sys::EVENT_CLONE => {
+                let record = self.threads.get(&parent).is_some_and(|t| t.record);
+                self.add_thread(child, parent_space, record)?;
+            }
+            sys::EVENT_VFORK => {
+                // The child shares our memory, int3 bytes included, until it
+                // execs: trace it until then, recording only if followed.
+                self.add_thread(child, parent_space, follow)?;
+            }
+            _ => {
+                if follow {
+                    let copy = self.spaces[parent_space]
+                        .space
+                        .fork_copy(child)
+                        .map_err(|e| Error::os(format!("/proc/{child}/mem"), e))?;
+                    let released = self.spaces[parent_space].released;
+                    self.spaces.push(SpaceSlot {
+                        space: copy,
+                        released,
+                        released_sites: HashSet::new(),
+                        followed: true,
+                    });
+                    let idx = self.spaces.len() - 1;
+                    self.add_thread(child, idx, true)?;
+                } else {
+                    // Remove the inherited int3 bytes, then let it go.
+                    let mut copy = self.spaces[parent_space]
+                        .space
+                        .fork_copy(child)
+                        .map_err(|e| Error::os(format!("/proc/{child}/mem"), e))?;
+                    if self.spaces[parent_space].released {
+                        copy.forget_breakpoints();
+                    }
+                    let errs = copy.remove_all_breakpoints();
+                    if let Some((a, e)) = errs.first() {
+                        return Err(Error::os(
+                            format!("restoring code at {a:#x} in child {child}"),
+                            std::io::Error::new(e.kind(), e.to_string()),
+                        ));
+                    }
+                    if self.early_stops.remove(&child) {
+                        return self.release_child(child);
+                    }
+                    self.to_release.insert(child);
+                    return Ok(());
+                }
+            }
+        }
+        if self.early_stops.remove(&child) {
+            self.resume(child, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Detaches a fork child that is not followed, at its first stop.
+    fn release_child(&mut self, child: Pid) -> Result<()> {
+        if let Ok(mut regs) = sys::get_regs(child) {
+            if regs.eflags & 0x100 != 0 {
+                regs.eflags &= !0x100;
+                let _ = sys::set_regs(child, &regs);
+            }
+        }
+        match sys::detach(child, 0) {
+            Ok(()) | Err(_) => Ok(()),
+        }
+    }
+
+    fn on_exec(&mut self, tid: Pid) -> Result<()> {
+        let former = sys::get_event_msg(tid).map(|m| m as Pid).unwrap_or(tid);
+        if former != tid {
+            if let Some(mut t) = self.threads.remove(&former) {
+                t.tid = tid;
+                if let Some(old) = self.threads.insert(tid, t) {
+                    let idx = old.space;
+                    let trace = ThreadTrace {
+                        tid,
+                        buffer: old.buffer,
+                        crashed: old.crashed,
+                        last_pc: old.last_pc,
+                    };
+                    self.park_thread(idx, trace, false);
+                }
+            }
+        }
+        let Some(t) = self.threads.remove(&tid) else {
+            return self.resume(tid, 0);
+        };
+        let old_space = t.space;
+        let was_followed = self.spaces[old_space].followed && t.record;
+        let generation = self.spaces[old_space].space.generation;
+        let shared = self.spaces[old_space].space.pid != tid;
+        let trace = ThreadTrace {
+            tid,
+            buffer: t.buffer,
+            crashed: t.crashed,
+            last_pc: t.last_pc,
+        };
+        let others = self.threads.values().any(|o| o.space == old_space);
+        if t.record {
+            self.park_thread(old_space, trace, !others);
+        }
+        // A vfork child that is not followed is released at its exec.
+        if shared && !self.opts.follow_fork {
+            return match sys::detach(tid, 0) {
+                Ok(()) | Err(_) => Ok(()),
+            };
+        }
+        let gen = if shared { 1 } else { generation + 1 };
+        let _ = was_followed;
+        let idx = self.new_space(tid, gen)?;
+        self.add_thread(tid, idx, true)?;
+        self.resume(tid, 0)
+    }
+
+    fn on_syscall(&mut self, tid: Pid) -> Result<()> {
+        let info = match sys::get_syscall_info(tid) {
+            Ok(i) => i,
+            Err(_) => return self.resume(tid, 0),
+        };
+        match info.op {
+            sys::SYSCALL_INFO_ENTRY => {
+                if let Some(t) = self.threads.get_mut(&tid) {
+                    t.syscall_site = Some(info.ip.wrapping_sub(2));
+                }
+            }
+            sys::SYSCALL_INFO_EXIT => {
+                let site = self
+                    .threads
+                    .get_mut(&tid)
+                    .and_then(|t| t.syscall_site.take());
+                if let Ok(regs) = sys::get_regs(tid) {
+                    self.after_syscall(tid, &regs);
+                    if let Some(site) = site {
+                        self.record(tid, site, regs.rip);
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.resume(tid, 0)
+    }
+
+    /// Drops cached code of ranges a memory-map syscall changed.
+    fn after_syscall(&mut self, tid: Pid, regs: &Regs) {
+        let (lo, len) = (regs.rdi, regs.rsi);
+        let nr = regs.orig_rax as i64;
+        if !(nr == libc::SYS_munmap || nr == libc::SYS_mmap || nr == libc::SYS_mremap)
+            || (regs.rax as i64) < 0 && (regs.rax as i64) > -4096
+        {
+            return;
+        }
+        let lo = if nr == libc::SYS_mmap { regs.rax } else { lo };
+        if let Some(slot) = self.space_of(tid) {
+            slot.space.invalidate(lo, lo.saturating_add(len));
+        }
+    }
+
+    fn on_signal(&mut self, tid: Pid, sig: i32) -> Result<()> {
+        if !self.threads.contains_key(&tid) {
+            // A task we do not know yet (or no longer): let it be.
+            return match sys::cont(tid, sig) {
+                Ok(()) | Err(_) => Ok(()),
+            };
+        }
+        let regs = match sys::get_regs(tid) {
+            Ok(r) => r,
+            Err(_) => return Ok(()),
+        };
+        let info = sys::get_siginfo(tid).unwrap_or_default();
+        let pending = self
+            .threads
+            .get(&tid)
+            .map(|t| t.pending)
+            .unwrap_or(Pending::None);
+        if sig == libc::SIGTRAP {
+            // One of our int3 sites?
+            let site = regs.rip.wrapping_sub(1);
+            if info.code == SI_KERNEL {
+                let (is_bp, released) = match self.space_of(tid) {
+                    Some(s) => (
+                        s.space.is_breakpoint(site),
+                        s.released_sites.contains(&site),
+                    ),
+                    None => (false, false),
+                };
+                if is_bp && !released && self.opts.backend == Backend::Fast {
+                    return self.on_breakpoint(tid, site, regs);
+                }
+                if released {
+                    let mut r = regs;
+                    r.rip = site;
+                    let _ = sys::set_regs(tid, &r);
+                    return self.resume(tid, 0);
+                }
+            }
+            let sent = info.code == SI_USER || info.code == SI_TKILL;
+            if !sent && info.code != SI_KERNEL {
+                match pending {
+                    Pending::Step { from, lifted } => {
+                        return self.after_step(tid, from, lifted, regs)
+                    }
+                    Pending::Handler { from } => {
+                        if let Some(t) = self.threads.get_mut(&tid) {
+                            t.pending = Pending::None;
+                        }
+                        self.record(tid, from, regs.rip);
+                        return self.resume(tid, 0);
+                    }
+                    Pending::None => {}
+                }
+            }
+        }
+        // A real signal. A step in flight was overtaken by it.
+        if let Pending::Step { from, lifted: true } = pending {
+            if let Some(slot) = self.space_of(tid) {
+                let _ = slot.space.relower(from);
+            }
+        }
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.pending = Pending::None;
+            t.last_pc = Some(regs.rip);
+        }
+        if self.detach_requested {
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.held = Some(sig);
+            }
+            return Ok(());
+        }
+        let released = self.space_of(tid).is_some_and(|s| s.released);
+        if released {
+            return match sys::cont(tid, sig) {
+                Ok(()) | Err(_) => Ok(()),
+            };
+        }
+        let caught = sig_mask(tid, "SigCgt") & (1u64 << (sig - 1)) != 0;
+        let ignored = sig_mask(tid, "SigIgn") & (1u64 << (sig - 1)) != 0;
+        if caught {
+            // Step into the handler: the trap comes at its first instruction.
+            let from = if regs.orig_rax as i64 >= 0 && is_restart(regs.rax) {
+                regs.rip.wrapping_sub(2)
+            } else {
+                regs.rip
+            };
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.pending = Pending::Handler { from };
+                t.syscall_site = None;
+            }
+            return match sys::singlestep(tid, sig) {
+                Ok(()) => Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+                Err(e) => Err(Error::os("delivering a signal", e)),
+            };
+        }
+        if ignored || !sys::default_is_fatal(sig) {
+            return self.resume(tid, sig);
+        }
+        // Fatal: hold the thread here and report.
+        let pid = self.spaces[self.threads[&tid].space].space.pid;
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.crashed = true;
+        }
+        let fault = matches!(
+            sig,
+            libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
+        ) && info.code > 0;
+        self.crash = Some(Crash {
+            pid,
+            tid,
+            signal: sig,
+            si_code: info.code,
+            fault_addr: fault.then_some(info.addr),
+            pc: regs.rip,
+        });
+        Ok(())
+    }
+
+    fn on_breakpoint(&mut self, tid: Pid, site: u64, mut regs: Regs) -> Result<()> {
+        regs.rip = site;
+        let Some(slot) = self.space_of(tid) else {
+            return Ok(());
+        };
+        let Some(insn) = slot.space.insn(site) else {
+            return self.step_over(tid, site, regs);
+        };
+        let outcome = eval::evaluate(&insn, &regs, &slot.space);
+        if outcome == Eval::Unknown || !eval::emulate(&insn, outcome, &mut regs, &slot.space) {
+            return self.step_over(tid, site, regs);
+        }
+        if let Eval::Taken(to) = outcome {
+            self.record(tid, site, to);
+        }
+        sys::set_regs(tid, &regs).map_err(|e| Error::os("PTRACE_SETREGS", e))?;
+        self.resume(tid, 0)
+    }
+
+    /// Executes the original instruction at a breakpoint site by lifting the
+    /// int3 and single-stepping.
+    fn step_over(&mut self, tid: Pid, site: u64, regs: Regs) -> Result<()> {
+        sys::set_regs(tid, &regs).map_err(|e| Error::os("PTRACE_SETREGS", e))?;
+        if let Some(slot) = self.space_of(tid) {
+            slot.space
+                .lift(site)
+                .map_err(|e| Error::os("restoring a breakpoint byte", e))?;
+        }
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.pending = Pending::Step {
+                from: site,
+                lifted: true,
+            };
+        }
+        match sys::singlestep(tid, 0) {
+            Ok(()) | Err(_) => Ok(()),
+        }
+    }
+
+    /// A single step of the instruction at `from` completed.
+    fn after_step(&mut self, tid: Pid, from: u64, lifted: bool, regs: Regs) -> Result<()> {
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.pending = Pending::None;
+        }
+        let Some(slot) = self.space_of(tid) else {
+            return Ok(());
+        };
+        if lifted {
+            let _ = slot.space.relower(from);
+        }
+        let to = regs.rip;
+        let taken = match slot.space.insn(from) {
+            Some(i) if is_syscall(&i) => true,
+            Some(i) => eval::stepped_branch_taken(&i, to),
+            None => !(to > from && to <= from + 15),
+        };
+        let syscall = slot.space.insn(from).is_some_and(|i| is_syscall(&i));
+        if syscall {
+            self.after_syscall(tid, &regs);
+        }
+        if taken {
+            self.record(tid, from, to);
+        }
+        self.resume(tid, 0)
+    }
+
+    /// After a crash was reported: lets the fatal signal take its course.
+    /// Recording stops for that process; the int3 bytes are removed first so
+    /// a core dump shows the original code.
+    pub fn deliver_crash(&mut self) -> Result<()> {
+        let Some(c) = self.crash.take() else {
+            return Ok(());
+        };
+        if let Some(idx) = self.threads.get(&c.tid).map(|t| t.space) {
+            self.release_space(idx);
+        }
+        match sys::cont(c.tid, c.signal) {
+            Ok(()) | Err(_) => Ok(()),
+        }
+    }
+
+    fn release_space(&mut self, idx: usize) {
+        let slot = &mut self.spaces[idx];
+        slot.released = true;
+        let sites: Vec<u64> = slot_sites(&slot.space);
+        slot.released_sites.extend(sites);
+        let _ = slot.space.remove_all_breakpoints();
+    }
+
+    /// Stops every thread, removes every int3, and detaches, leaving each
+    /// thread where it was and any signal it was about to get still pending.
+    fn detach_all(&mut self) -> Result<()> {
+        let tids: Vec<Pid> = self.threads.keys().copied().collect();
+        for &tid in &tids {
+            let _ = sys::interrupt(tid);
+        }
+        // Collect a stop from every live thread.
+        while self.threads.values().any(|t| t.held.is_none()) {
+            let w = match sys::wait(-1) {
+                Ok(Some(w)) => w,
+                Ok(None) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
+                Err(e) => return Err(Error::os("waitpid", e)),
+            };
+            match w {
+                Wait::Event(tid, ev, _) if ev != sys::EVENT_STOP => {
+                    // Clone/fork/exec/exit events: handle, and stop the new ones too.
+                    let before: HashSet<Pid> = self.threads.keys().copied().collect();
+                    self.handle(w)?;
+                    for (&t, th) in self.threads.iter_mut() {
+                        if !before.contains(&t) {
+                            let _ = sys::interrupt(t);
+                            th.held = None;
+                        }
+                    }
+                    if let Some(th) = self.threads.get(&tid) {
+                        if th.held.is_none() {
+                            let _ = sys::interrupt(tid);
+                        }
+                    }
+                }
+                Wait::Event(tid, _, _) | Wait::Syscall(tid) => {
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        t.held = Some(0);
+                    } else if self.to_release.remove(&tid) {
+                        self.release_child(tid)?;
+                    }
+                }
+                Wait::Signal(tid, sig) => {
+                    let regs = sys::get_regs(tid).ok();
+                    let info = sys::get_siginfo(tid).unwrap_or_default();
+                    let mut pending_sig = sig;
+                    if sig == libc::SIGTRAP && info.code != SI_USER && info.code != SI_TKILL {
+                        // Our own trap (int3 site or single step): not the program's.
+                        if let (Some(mut r), true) = (regs, info.code == SI_KERNEL) {
+                            let site = r.rip.wrapping_sub(1);
+                            if self
+                                .space_of(tid)
+                                .is_some_and(|s| s.space.is_breakpoint(site))
+                            {
+                                r.rip = site;
+                                let _ = sys::set_regs(tid, &r);
+                            }
+                        }
+                        pending_sig = 0;
+                    }
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        if let Pending::Step { from, lifted: true } = t.pending {
+                            let idx = t.space;
+                            let _ = self.spaces[idx].space.relower(from);
+                        }
+                        if let Some(t) = self.threads.get_mut(&tid) {
+                            t.pending = Pending::None;
+                            t.held = Some(pending_sig);
+                        }
+                    }
+                }
+                Wait::Exited(..) | Wait::Signaled(..) => self.handle(w)?,
+            }
+        }
+        for idx in 0..self.spaces.len() {
+            self.release_space(idx);
+        }
+        let mut first_err = None;
+        let held: Vec<(Pid, i32)> = self
+            .threads
+            .iter()
+            .map(|(&t, th)| (t, th.held.unwrap_or(0)))
+            .collect();
+        for &(tid, _) in &held {
+            if let Some(mask) = self
+                .saved_affinity
+                .get(&tid)
+                .or(self.default_affinity.as_ref())
+            {
+                let _ = sys::set_affinity(tid, mask);
+            }
+        }
+        for (tid, sig) in held {
+            if let Err(e) = sys::detach(tid, sig) {
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    first_err.get_or_insert(Error::os(format!("detaching thread {tid}"), e));
+                }
+            }
+        }
+        let tids: Vec<Pid> = self.threads.keys().copied().collect();
+        for tid in tids {
+            if let Some(t) = self.threads.remove(&tid) {
+                let idx = t.space;
+                let alive = self.threads.values().any(|o| o.space == idx);
+                let trace = ThreadTrace {
+                    tid,
+                    buffer: t.buffer,
+                    crashed: t.crashed,
+                    last_pc: t.last_pc,
+                };
+                self.park_thread(idx, trace, !alive);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// A snapshot of everything recorded so far, finished images first.
+    pub fn recording(&mut self) -> Recording {
+        let mut images = self.finished.clone();
+        let mut live: Vec<(usize, Vec<ThreadTrace>)> = Vec::new();
+        let mut tids: Vec<&Thread> = self.threads.values().filter(|t| t.record).collect();
+        tids.sort_by_key(|t| t.tid);
+        for t in tids {
+            let trace = ThreadTrace {
+                tid: t.tid,
+                buffer: t.buffer.clone(),
+                crashed: t.crashed,
+                last_pc: t.last_pc,
+            };
+            match live.iter_mut().find(|(s, _)| *s == t.space) {
+                Some((_, v)) => v.push(trace),
+                None => live.push((t.space, vec![trace])),
+            }
+        }
+        for (idx, threads) in live {
+            let slot = &mut self.spaces[idx];
+            let key = (slot.space.pid, slot.space.generation);
+            let pos = images.iter().position(|i| (i.pid, i.generation) == key);
+            let image = match pos {
+                Some(p) => &mut images[p],
+                None => {
+                    images.push(ImageTrace {
+                        pid: key.0,
+                        generation: key.1,
+                        maps: vec![],
+                        code: vec![],
+                        threads: vec![],
+                    });
+                    images.last_mut().expect("just pushed")
+                }
+            };
+            image.threads.extend(threads);
+            image.maps = slot.space.maps.clone();
+            image.code = collect_code(&mut slot.space, image.threads.iter());
+        }
+        Recording {
+            backend: self.opts.backend,
+            root_pid: self.root,
+            images,
+        }
+    }
+}
+
+fn slot_sites(space: &Space) -> Vec<u64> {
+    space.breakpoint_sites()
+}
+
+/// The code pages the kept records of `threads` run through, original bytes.
+fn collect_code<'a>(
+    space: &mut Space,
+    threads: impl Iterator<Item = &'a ThreadTrace>,
+) -> Vec<(u64, Vec<u8>)> {
+    let mut pages = BTreeSet::new();
+    let mut add = |lo: u64, hi: u64| {
+        let mut p = lo & !(PAGE - 1);
+        while p <= hi {
+            pages.insert(p);
+            p += PAGE;
+        }
+    };
+    for t in threads {
+        let mut prev_to: Option<u64> = None;
+        for r in t.buffer.iter() {
+            add(r.from, r.from.saturating_add(15));
+            if let Some(to) = prev_to {
+                if r.from >= to && r.from - to <= MAX_SPAN {
+                    add(to, r.from);
+                }
+            }
+            add(r.to, r.to.saturating_add(15));
+            prev_to = Some(r.to);
+        }
+        if let (Some(to), Some(pc)) = (prev_to, t.last_pc) {
+            if pc >= to && pc - to <= MAX_SPAN {
+                add(to, pc.saturating_add(15));
+            }
+        }
+        if let Some(pc) = t.last_pc {
+            add(pc, pc.saturating_add(15));
+        }
+    }
+    pages
+        .into_iter()
+        .filter_map(|p| space.cached_page(p).map(|b| (p, b)))
+        .collect()
+}

@@ -1,0 +1,180 @@
+//! `bts`: record the branches a process takes and tell how it got where it is.
+
+mod demo;
+mod record;
+mod report;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit code for bts's own failures when it wraps a program (as `env` and
+/// `timeout` do), so it is not confused with the program's own codes.
+pub const EXIT_BTS_FAILED: u8 = 125;
+
+#[derive(Parser)]
+#[command(
+    name = "bts",
+    version,
+    about = "Branch-trace flight recorder: how did the process get here?"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Launch a program with every thread traced; report if it crashes.
+    Run {
+        #[command(flatten)]
+        rec: RecordArgs,
+        /// Also trace child processes.
+        #[arg(long)]
+        follow_fork: bool,
+        /// Disable address-space randomisation for the program.
+        #[arg(long)]
+        no_aslr: bool,
+        /// The program and its arguments.
+        #[arg(last = true, required = true, num_args = 1..)]
+        command: Vec<OsString>,
+    },
+    /// Trace a running process until it crashes, exits, or bts is interrupted.
+    Attach {
+        #[command(flatten)]
+        rec: RecordArgs,
+        pid: i32,
+    },
+    /// Print the last branches recorded in a trace file.
+    LastBranch {
+        #[command(flatten)]
+        out: OutputArgs,
+        /// Only this thread.
+        #[arg(long)]
+        thread: Option<i32>,
+        file: PathBuf,
+    },
+    /// Trace a built-in crashing program end to end.
+    Demo {
+        #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+        backend: BackendArg,
+        #[arg(long)]
+        json: bool,
+    },
+    #[command(hide = true, name = "__demo-crash")]
+    DemoCrash,
+}
+
+#[derive(Args, Clone)]
+pub struct OutputArgs {
+    /// How many branches to show.
+    #[arg(short = 'n', long = "branches", default_value_t = 16)]
+    pub branches: usize,
+    /// How many instructions before the stop to show.
+    #[arg(long = "insns", default_value_t = 12)]
+    pub insns: usize,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Show every thread, not only the crashed one.
+    #[arg(long)]
+    pub all_threads: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Recorder to use.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+    /// Size of each thread's circular buffer (bytes; K, M, G suffixes).
+    #[arg(long, default_value = "64K", value_parser = parse_size)]
+    pub buffer_size: usize,
+    /// Trace file to write (default bts-<pid>.bts).
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+    /// When to print the report.
+    #[arg(long, value_enum, default_value_t = ReportWhen::Crash)]
+    pub report: ReportWhen,
+    /// Do not run bts and the traced threads on one CPU (slower under a
+    /// hypervisor, but the program keeps its own CPU affinity).
+    #[arg(long)]
+    pub no_pin: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BackendArg {
+    /// The best recorder this machine offers.
+    Auto,
+    /// ptrace, one stop per branch.
+    Fast,
+    /// ptrace single-step of every instruction (slow, exact).
+    Step,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReportWhen {
+    /// Only when the program dies of a signal.
+    Crash,
+    /// Also on a normal exit.
+    Always,
+    /// Never (the trace file is still written on a crash).
+    Never,
+}
+
+/// Parses `4096`, `64K`, `1M`, `1G` (binary units).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: usize = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size suffix '{c}' (use K, M or G)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: usize = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s} is too large"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Command::Run {
+            rec,
+            follow_fork,
+            no_aslr,
+            command,
+        } => record::run(&rec, follow_fork, no_aslr, command),
+        Command::Attach { rec, pid } => record::attach(&rec, pid),
+        Command::LastBranch { out, thread, file } => record::last_branch(&out, thread, &file),
+        Command::Demo { backend, json } => demo::run(backend, json),
+        Command::DemoCrash => demo::crash(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("K").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! `bts run`, `bts attach` and `bts last-branch`: wiring a recorder, the
+//! trace file and the report together.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use bts_reader::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile};
+use ptrace_shim::{sys, Backend, Crash, Options, Outcome, Recording, Session, Stop};
+
+use crate::report::{Report, Selection};
+use crate::{BackendArg, OutputArgs, RecordArgs, ReportWhen, EXIT_BTS_FAILED};
+
+fn backend(b: BackendArg) -> Backend {
+    match b {
+        BackendArg::Step => Backend::Step,
+        BackendArg::Fast | BackendArg::Auto => Backend::Fast,
+    }
+}
+
+fn options(rec: &RecordArgs, follow_fork: bool, no_aslr: bool) -> Options {
+    Options {
+        backend: backend(rec.backend),
+        buffer_bytes: rec.buffer_size,
+        follow_fork,
+        no_aslr,
+        pin_cpu: !rec.no_pin,
+    }
+}
+
+/// Turns a recording into a trace file.
+pub fn to_trace_file(r: &Recording, mut meta: Meta) -> TraceFile {
+    meta.backend = r.backend.name().to_string();
+    let mut build_ids: HashMap<String, Option<String>> = HashMap::new();
+    let mut tf = TraceFile {
+        meta,
+        ..TraceFile::default()
+    };
+    for img in &r.images {
+        for m in &img.maps {
+            let build_id = build_ids
+                .entry(m.path.clone())
+                .or_insert_with(|| decode::symbols::build_id(&m.path))
+                .clone();
+            tf.modules.push(Module {
+                pid: img.pid,
+                generation: img.generation,
+                path: m.path.clone(),
+                start: m.start,
+                end: m.end,
+                offset: m.offset,
+                build_id,
+            });
+        }
+        for t in &img.threads {
+            tf.streams.push(Stream {
+                kind: StreamKind::Thread {
+                    pid: img.pid,
+                    generation: img.generation,
+                    tid: t.tid,
+                    crashed: t.crashed,
+                    last_pc: t.last_pc,
+                },
+                capacity: t.buffer.capacity() as u64,
+                overwritten: t.buffer.overwritten(),
+                lost: 0,
+                records: t.buffer.snapshot(),
+            });
+        }
+        for (addr, bytes) in &img.code {
+            tf.code.push(CodeRange {
+                pid: img.pid,
+                generation: img.generation,
+                addr: *addr,
+                bytes: bytes.clone(),
+            });
+        }
+    }
+    tf
+}
+
+fn crash_meta(command: &[String], c: &Crash) -> Meta {
+    Meta {
+        command: command.to_vec(),
+        pid: c.pid,
+        outcome: "signal".into(),
+        signal: Some(c.signal),
+        signal_name: Some(sys::signal_name(c.signal)),
+        fault_addr: c.fault_addr,
+        si_code: Some(c.si_code),
+        tid: Some(c.tid),
+        pc: Some(c.pc),
+        ..Meta::default()
+    }
+}
+
+fn end_meta(command: &[String], pid: i32, o: Outcome) -> Meta {
+    let mut m = Meta {
+        command: command.to_vec(),
+        pid,
+        ..Meta::default()
+    };
+    match o {
+        Outcome::Exited(c) => {
+            m.outcome = "exit".into();
+            m.code = Some(c);
+        }
+        Outcome::Signaled(s) => {
+            m.outcome = "signal".into();
+            m.signal = Some(s);
+            m.signal_name = Some(sys::signal_name(s));
+        }
+        Outcome::Detached(_) => m.outcome = "detached".into(),
+    }
+    m
+}
+
+/// Writes the trace and prints the report. A file that cannot be written
+/// is an error message, and the report is still printed.
+fn save_and_report(tf: &TraceFile, path: Option<&Path>, out: &OutputArgs, print: bool) -> bool {
+    let mut ok = true;
+    let mut written = None;
+    if let Some(p) = path {
+        match tf.write(p) {
+            Ok(()) => written = Some(p.display().to_string()),
+            Err(e) => {
+                eprintln!("bts: could not save the trace: {e}");
+                ok = false;
+            }
+        }
+    }
+    if print {
+        let sel = Selection {
+            branches: out.branches,
+            insns: out.insns,
+            thread: None,
+        };
+        let report = Report::build(tf, written, &sel);
+        if out.json {
+            println!("{}", report.to_json());
+        } else {
+            eprint!("{}", report.to_text(out.all_threads));
+        }
+    }
+    ok
+}
+
+fn default_path(rec: &RecordArgs, pid: i32) -> PathBuf {
+    rec.output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("bts-{pid}.bts")))
+}
+
+/// Drives a session to its end; returns how the first process ended.
+fn drive(
+    session: &mut Session,
+    rec: &RecordArgs,
+    command: &[String],
+) -> Result<Outcome, ptrace_shim::Error> {
+    loop {
+        match session.next_stop()? {
+            Stop::Crash(c) => {
+                let recording = session.recording();
+                let tf = to_trace_file(&recording, crash_meta(command, &c));
+                let path = default_path(rec, c.pid);
+                save_and_report(&tf, Some(&path), &rec.out, rec.report != ReportWhen::Never);
+                session.deliver_crash()?;
+            }
+            Stop::Finished(o) => {
+                let detached = matches!(o, Outcome::Detached(_));
+                let clean = matches!(o, Outcome::Exited(_));
+                if detached || rec.report == ReportWhen::Always || rec.output.is_some() && clean {
+                    let recording = session.recording();
+                    let tf = to_trace_file(&recording, end_meta(command, session.root_pid(), o));
+                    let path = default_path(rec, session.root_pid());
+                    let print = detached && rec.report != ReportWhen::Never
+                        || rec.report == ReportWhen::Always;
+                    save_and_report(&tf, Some(&path), &rec.out, print);
+                }
+                return Ok(o);
+            }
+        }
+    }
+}
+
+fn status(o: Outcome) -> i32 {
+    match o {
+        Outcome::Exited(c) => c,
+        Outcome::Signaled(s) => 128 + s,
+        Outcome::Detached(_) => 0,
+    }
+}
+
+/// `bts run`: the program's exit status, or 125 when bts itself failed.
+pub fn run_status(
+    rec: &RecordArgs,
+    follow_fork: bool,
+    no_aslr: bool,
+    command: Vec<OsString>,
+) -> i32 {
+    let shown: Vec<String> = command
+        .iter()
+        .map(|c| c.to_string_lossy().into_owned())
+        .collect();
+    if let Err(e) = ptrace_shim::install_stop_handlers() {
+        eprintln!("bts: cannot install signal handlers: {e}");
+        return i32::from(EXIT_BTS_FAILED);
+    }
+    let mut session = match Session::launch(&command, options(rec, follow_fork, no_aslr)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bts: {e}");
+            return i32::from(EXIT_BTS_FAILED);
+        }
+    };
+    match drive(&mut session, rec, &shown) {
+        Ok(o) => status(o),
+        Err(e) => {
+            eprintln!("bts: tracing failed: {e}");
+            // Keep what was recorded.
+            let recording = session.recording();
+            let tf = to_trace_file(
+                &recording,
+                end_meta(&shown, session.root_pid(), Outcome::Exited(0)),
+            );
+            save_and_report(
+                &tf,
+                Some(&default_path(rec, session.root_pid())),
+                &rec.out,
+                false,
+            );
+            i32::from(EXIT_BTS_FAILED)
+        }
+    }
+}
+
+pub fn run(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsString>) -> ExitCode {
+    ExitCode::from(run_status(rec, follow_fork, no_aslr, command).clamp(0, 255) as u8)
+}
+
+fn process_command(pid: i32) -> Vec<String> {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(b) if !b.is_empty() => b
+            .split(|&c| c == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+        _ => vec![format!("pid {pid}")],
+    }
+}
+
+/// `bts attach PID`.
+pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
+    let command = process_command(pid);
+    if let Err(e) = ptrace_shim::install_stop_handlers() {
+        eprintln!("bts: cannot install signal handlers: {e}");
+        return ExitCode::from(EXIT_BTS_FAILED);
+    }
+    let mut session = match Session::attach(pid, options(rec, false, false)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bts: {e}");
+            return ExitCode::from(EXIT_BTS_FAILED);
+        }
+    };
+    eprintln!(
+        "bts: attached to pid {pid} ({}); Ctrl-C detaches",
+        command.join(" ")
+    );
+    match drive(&mut session, rec, &command) {
+        Ok(o) => ExitCode::from(status(o).clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("bts: tracing failed: {e}");
+            ExitCode::from(EXIT_BTS_FAILED)
+        }
+    }
+}
+
+/// `bts last-branch FILE`.
+pub fn last_branch(out: &OutputArgs, thread: Option<i32>, file: &Path) -> ExitCode {
+    let tf = match TraceFile::read(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("bts: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(t) = thread {
+        let known = tf
+            .thread_streams()
+            .any(|s| matches!(s.kind, StreamKind::Thread { tid, .. } if tid == t));
+        if !known {
+            eprintln!("bts: {}: no thread {t} in this trace", file.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let sel = Selection {
+        branches: out.branches,
+        insns: out.insns,
+        thread,
+    };
+    let report = Report::build(&tf, Some(file.display().to_string()), &sel);
+    if out.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text(out.all_threads || thread.is_some()));
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,428 @@
+//! The crash report and `last-branch` output, text and JSON, built from a
+//! trace file so that a live crash and a saved trace read the same.
+
+use std::collections::HashMap;
+
+use bts_reader::{Stream, StreamKind, TraceFile};
+use decode::{
+    classify, format_insn, last_instructions, BranchKind, CodeMap, ModuleInfo, Symbolizer,
+};
+use ds_alloc::RecordKind;
+use serde::Serialize;
+
+/// Version of the JSON report's shape.
+pub const REPORT_VERSION: u32 = 1;
+
+/// One decoded branch.
+#[derive(Debug, Clone, Serialize)]
+pub struct Branch {
+    pub from: String,
+    pub to: String,
+    pub from_sym: Option<String>,
+    pub to_sym: Option<String>,
+    pub from_line: Option<String>,
+    pub to_line: Option<String>,
+    pub kind: &'static str,
+}
+
+/// One instruction of the run up to the stop.
+#[derive(Debug, Clone, Serialize)]
+pub struct Insn {
+    pub addr: String,
+    pub sym: Option<String>,
+    pub line: Option<String>,
+    pub text: String,
+    /// The instruction where the thread stood (not executed).
+    pub current: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadReport {
+    pub tid: i32,
+    pub crashed: bool,
+    /// Records lost before the kept ones (overwritten or dropped).
+    pub lost: u64,
+    /// Branches in the trace for this thread (the report shows the last N).
+    pub recorded: usize,
+    /// Oldest first.
+    pub branches: Vec<Branch>,
+    /// The last instructions executed, then the one the thread stopped at.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub last_instructions: Vec<Insn>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutcomeReport {
+    pub kind: String,
+    pub signal: Option<i32>,
+    pub signal_name: Option<String>,
+    pub fault_addr: Option<String>,
+    pub tid: Option<i32>,
+    pub code: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub version: u32,
+    pub command: Vec<String>,
+    pub pid: i32,
+    pub backend: String,
+    pub outcome: OutcomeReport,
+    pub trace_file: Option<String>,
+    pub threads: Vec<ThreadReport>,
+}
+
+/// Which threads a report covers.
+#[derive(Debug, Clone, Copy)]
+pub struct Selection {
+    pub branches: usize,
+    pub insns: usize,
+    pub thread: Option<i32>,
+}
+
+struct Image {
+    code: CodeMap,
+    syms: Symbolizer,
+}
+
+fn images(tf: &TraceFile) -> HashMap<(i32, u32), Image> {
+    let mut out: HashMap<(i32, u32), Image> = HashMap::new();
+    let mut mods: HashMap<(i32, u32), Vec<ModuleInfo>> = HashMap::new();
+    for m in &tf.modules {
+        mods.entry((m.pid, m.generation))
+            .or_default()
+            .push(ModuleInfo {
+                path: m.path.clone(),
+                start: m.start,
+                end: m.end,
+                offset: m.offset,
+            });
+    }
+    let mut codes: HashMap<(i32, u32), CodeMap> = HashMap::new();
+    for c in &tf.code {
+        codes
+            .entry((c.pid, c.generation))
+            .or_default()
+            .insert(c.addr, c.bytes.clone());
+    }
+    let keys: Vec<(i32, u32)> = mods.keys().chain(codes.keys()).copied().collect();
+    for k in keys {
+        if out.contains_key(&k) {
+            continue;
+        }
+        let code = codes.remove(&k).unwrap_or_default();
+        let syms = Symbolizer::new(mods.remove(&k).unwrap_or_default());
+        out.insert(k, Image { code, syms });
+    }
+    out
+}
+
+fn hex(a: u64) -> String {
+    format!("{a:#x}")
+}
+
+fn sym_name(img: Option<&Image>, addr: u64) -> (Option<String>, Option<String>) {
+    let Some(img) = img else { return (None, None) };
+    let s = img.syms.lookup(addr);
+    let start = img.syms.module_of(addr).map(|m| m.start);
+    let name = s.name_offset(addr, start);
+    ((!name.is_empty()).then_some(name), s.file_line())
+}
+
+/// The threads of the image a report is about: the crashed or first traced
+/// process, its last exec.
+fn chosen_streams<'a>(tf: &'a TraceFile, sel: &Selection) -> Vec<&'a Stream> {
+    let threads: Vec<&Stream> = tf.thread_streams().collect();
+    if let Some(tid) = sel.thread {
+        // The newest image of that thread.
+        return threads
+            .iter()
+            .rev()
+            .find(|s| matches!(s.kind, StreamKind::Thread { tid: t, .. } if t == tid))
+            .into_iter()
+            .copied()
+            .collect();
+    }
+    let key = |s: &Stream| match s.kind {
+        StreamKind::Thread {
+            pid, generation, ..
+        } => Some((pid, generation)),
+        StreamKind::Cpu { .. } => None,
+    };
+    let crashed = threads
+        .iter()
+        .find(|s| matches!(s.kind, StreamKind::Thread { crashed: true, .. }));
+    let image = match crashed {
+        Some(s) => key(s),
+        None => threads
+            .iter()
+            .filter(|s| matches!(s.kind, StreamKind::Thread { pid, .. } if pid == tf.meta.pid))
+            .filter_map(|s| key(s))
+            .max_by_key(|k| k.1),
+    };
+    threads
+        .into_iter()
+        .filter(|s| key(s) == image && image.is_some())
+        .collect()
+}
+
+fn thread_report(
+    tf_images: &HashMap<(i32, u32), Image>,
+    s: &Stream,
+    sel: &Selection,
+    crash_pc: Option<u64>,
+) -> ThreadReport {
+    let StreamKind::Thread {
+        pid,
+        generation,
+        tid,
+        crashed,
+        last_pc,
+    } = s.kind
+    else {
+        unreachable!("thread streams only")
+    };
+    let img = tf_images.get(&(pid, generation));
+    let branches: Vec<(u64, u64)> = s
+        .records
+        .iter()
+        .filter_map(|r| match r.kind() {
+            RecordKind::Branch { from, to, .. } => Some((from, to)),
+            RecordKind::Context { .. } => None,
+        })
+        .collect();
+    let empty = CodeMap::new();
+    let code = img.map(|i| &i.code).unwrap_or(&empty);
+    let kinds: Vec<BranchKind> = branches
+        .iter()
+        .map(|&(f, t)| classify(code, f, t))
+        .collect();
+    let skip = branches.len().saturating_sub(sel.branches);
+    let shown = branches[skip..]
+        .iter()
+        .zip(&kinds[skip..])
+        .map(|(&(from, to), kind)| {
+            let (from_sym, from_line) = sym_name(img, from);
+            let (to_sym, to_line) = sym_name(img, to);
+            Branch {
+                from: hex(from),
+                to: hex(to),
+                from_sym,
+                to_sym,
+                from_line,
+                to_line,
+                kind: kind.as_str(),
+            }
+        })
+        .collect();
+    let mut last = Vec::new();
+    let pc = if crashed {
+        crash_pc.or(last_pc)
+    } else {
+        last_pc
+    };
+    if let (Some(pc), true) = (pc, sel.insns > 0 && (crashed || sel.thread.is_some())) {
+        let recs: Vec<(u64, u64, bool)> = branches
+            .iter()
+            .zip(&kinds)
+            .map(|(&(f, t), k)| (f, t, *k != BranchKind::Async))
+            .collect();
+        for insn in last_instructions(code, &recs, pc, sel.insns) {
+            let (sym, line) = sym_name(img, insn.ip());
+            last.push(Insn {
+                addr: hex(insn.ip()),
+                sym,
+                line,
+                text: format_insn(&insn),
+                current: false,
+            });
+        }
+        let (sym, line) = sym_name(img, pc);
+        let text = match decode::classify::decode_at(code, pc) {
+            Some(i) => format_insn(&i),
+            None => "<no code at this address>".to_string(),
+        };
+        last.push(Insn {
+            addr: hex(pc),
+            sym,
+            line,
+            text,
+            current: true,
+        });
+    }
+    ThreadReport {
+        tid,
+        crashed,
+        lost: s.overwritten + s.lost,
+        recorded: branches.len(),
+        branches: shown,
+        last_instructions: last,
+    }
+}
+
+impl Report {
+    pub fn build(tf: &TraceFile, trace_file: Option<String>, sel: &Selection) -> Report {
+        let imgs = images(tf);
+        let m = &tf.meta;
+        let mut threads: Vec<ThreadReport> = chosen_streams(tf, sel)
+            .into_iter()
+            .map(|s| thread_report(&imgs, s, sel, m.pc))
+            .collect();
+        // The crashed thread last: nearest the prompt.
+        threads.sort_by_key(|t| (t.crashed, t.tid));
+        Report {
+            version: REPORT_VERSION,
+            command: m.command.clone(),
+            pid: m.pid,
+            backend: m.backend.clone(),
+            outcome: OutcomeReport {
+                kind: m.outcome.clone(),
+                signal: m.signal,
+                signal_name: m.signal_name.clone(),
+                fault_addr: m.fault_addr.map(hex),
+                tid: m.tid,
+                code: m.code,
+            },
+            trace_file,
+            threads,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes")
+    }
+
+    /// The human-readable report.
+    pub fn to_text(&self, all_threads: bool) -> String {
+        let mut out = String::new();
+        let cmd = self.command.join(" ");
+        let o = &self.outcome;
+        match o.kind.as_str() {
+            "signal" => {
+                out += &format!(
+                    "bts: {cmd} (pid {}) got {}",
+                    self.pid,
+                    o.signal_name.clone().unwrap_or_else(|| "a signal".into())
+                );
+                if let Some(a) = &o.fault_addr {
+                    out += &format!(" at address {a}");
+                }
+                if let Some(t) = o.tid {
+                    out += &format!(" in thread {t}");
+                }
+                out += "\n";
+            }
+            "exit" => {
+                out += &format!(
+                    "bts: {cmd} (pid {}) exited with code {}\n",
+                    self.pid,
+                    o.code.unwrap_or(0)
+                )
+            }
+            "detached" => {
+                out += &format!("bts: detached from {cmd} (pid {}); it runs on\n", self.pid)
+            }
+            k => out += &format!("bts: {cmd} (pid {}): {k}\n", self.pid),
+        }
+        if let Some(f) = &self.trace_file {
+            out += &format!("bts: trace saved to {f} ({} recorder)\n", self.backend);
+        }
+        let focus: Vec<&ThreadReport> = if all_threads {
+            self.threads.iter().collect()
+        } else {
+            let crashed: Vec<&ThreadReport> = self.threads.iter().filter(|t| t.crashed).collect();
+            if crashed.is_empty() {
+                self.threads
+                    .iter()
+                    .filter(|t| t.tid == self.pid)
+                    .take(1)
+                    .collect()
+            } else {
+                crashed
+            }
+        };
+        let others: Vec<String> = self
+            .threads
+            .iter()
+            .filter(|t| !focus.iter().any(|f| f.tid == t.tid))
+            .map(|t| format!("{} ({} branches)", t.tid, t.recorded))
+            .collect();
+        for t in &focus {
+            out += &thread_text(t);
+        }
+        if focus.is_empty() && self.threads.len() == 1 {
+            out += &thread_text(&self.threads[0]);
+        }
+        if !others.is_empty() {
+            out += &format!(
+                "\nOther threads: {} (all threads: --all-threads, or --thread TID)\n",
+                others.join(", ")
+            );
+        }
+        out
+    }
+}
+
+fn thread_text(t: &ThreadReport) -> String {
+    let mut out = String::new();
+    let older = t.recorded - t.branches.len();
+    out += &format!(
+        "\nLast {} branches of thread {}{}, oldest first ({} older in the trace, {} lost before it):\n",
+        t.branches.len(),
+        t.tid,
+        if t.crashed { " (crashed)" } else { "" },
+        older,
+        t.lost
+    );
+    let side = |addr: &str, sym: &Option<String>, line: &Option<String>| {
+        let mut s = addr.to_string();
+        if let Some(sym) = sym {
+            s += &format!(" <{sym}>");
+        }
+        if let Some(l) = line {
+            s += &format!(" {l}");
+        }
+        s
+    };
+    let rows: Vec<(String, &str, String, String)> = t
+        .branches
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            (
+                format!("{}", i as i64 - t.branches.len() as i64),
+                b.kind,
+                side(&b.from, &b.from_sym, &b.from_line),
+                side(&b.to, &b.to_sym, &b.to_line),
+            )
+        })
+        .collect();
+    let wn = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let wf = rows.iter().map(|r| r.2.len()).max().unwrap_or(0);
+    for (n, kind, from, to) in &rows {
+        out += &format!("  {n:>wn$}  {kind:<11} {from:<wf$}  -> {to}\n");
+    }
+    if !t.last_instructions.is_empty() {
+        out += "\nLast instructions executed:\n";
+        let w = t
+            .last_instructions
+            .iter()
+            .map(|i| i.addr.len() + i.sym.as_ref().map_or(0, |s| s.len() + 3))
+            .max()
+            .unwrap_or(0);
+        for i in &t.last_instructions {
+            let mut head = i.addr.clone();
+            if let Some(s) = &i.sym {
+                head += &format!(" <{s}>");
+            }
+            let mark = if i.current { "=>" } else { "  " };
+            let line = i
+                .line
+                .as_deref()
+                .map(|l| format!("   {l}"))
+                .unwrap_or_default();
+            out += &format!("  {mark} {head:<w$}  {}{line}\n", i.text);
+        }
+    }
+    out
+}
