@@ -146,10 +146,20 @@ fn save_and_report(tf: &TraceFile, path: Option<&Path>, out: &OutputArgs, print:
     ok
 }
 
-fn default_path(rec: &RecordArgs, pid: i32) -> PathBuf {
-    rec.output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("bts-{pid}.bts")))
+/// `-o FILE` names the first process's trace; a crash in a followed child
+/// goes beside it as `FILE-STEM.PID.bts`. The default is `bts-PID.bts`.
+fn default_path(rec: &RecordArgs, pid: i32, root: i32) -> PathBuf {
+    match &rec.output {
+        Some(p) if pid == root => p.clone(),
+        Some(p) => {
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            p.with_file_name(format!("{stem}.{pid}.bts"))
+        }
+        None => PathBuf::from(format!("bts-{pid}.bts")),
+    }
 }
 
 /// Drives a session to its end; returns how the first process ended.
@@ -163,7 +173,7 @@ fn drive(
             Stop::Crash(c) => {
                 let recording = session.recording();
                 let tf = to_trace_file(&recording, crash_meta(command, &c));
-                let path = default_path(rec, c.pid);
+                let path = default_path(rec, c.pid, session.root_pid());
                 save_and_report(&tf, Some(&path), &rec.out, rec.report != ReportWhen::Never);
                 session.deliver_crash()?;
             }
@@ -173,7 +183,7 @@ fn drive(
                 if detached || rec.report == ReportWhen::Always || rec.output.is_some() && clean {
                     let recording = session.recording();
                     let tf = to_trace_file(&recording, end_meta(command, session.root_pid(), o));
-                    let path = default_path(rec, session.root_pid());
+                    let path = default_path(rec, session.root_pid(), session.root_pid());
                     let print = detached && rec.report != ReportWhen::Never
                         || rec.report == ReportWhen::Always;
                     save_and_report(&tf, Some(&path), &rec.out, print);
@@ -226,7 +236,7 @@ pub fn run_status(
             );
             save_and_report(
                 &tf,
-                Some(&default_path(rec, session.root_pid())),
+                Some(&default_path(rec, session.root_pid(), session.root_pid())),
                 &rec.out,
                 false,
             );

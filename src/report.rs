@@ -124,8 +124,7 @@ fn hex(a: u64) -> String {
 fn sym_name(img: Option<&Image>, addr: u64) -> (Option<String>, Option<String>) {
     let Some(img) = img else { return (None, None) };
     let s = img.syms.lookup(addr);
-    let start = img.syms.module_of(addr).map(|m| m.start);
-    let name = s.name_offset(addr, start);
+    let name = s.name_offset();
     ((!name.is_empty()).then_some(name), s.file_line())
 }
 

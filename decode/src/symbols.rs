@@ -26,22 +26,21 @@ pub struct Symbol {
     pub function: Option<String>,
     /// Offset from the function's start.
     pub offset: u64,
+    /// Offset in the module's file.
+    pub file_offset: u64,
     pub file: Option<String>,
     pub line: Option<u32>,
 }
 
 impl Symbol {
-    /// `fn+0x12`, `fn`, or `module+0x1234`, or empty.
-    pub fn name_offset(&self, addr: u64, module_start: Option<u64>) -> String {
+    /// `fn+0x12`, `fn`, or `module+0x1234` (a file offset), or empty.
+    pub fn name_offset(&self) -> String {
         match (&self.function, &self.module) {
             (Some(f), _) if self.offset == 0 => f.clone(),
             (Some(f), _) => format!("{f}+{:#x}", self.offset),
             (None, Some(m)) => {
                 let base = m.rsplit('/').next().unwrap_or(m);
-                match module_start {
-                    Some(s) => format!("{base}+{:#x}", addr.wrapping_sub(s)),
-                    None => base.to_string(),
-                }
+                format!("{base}+{:#x}", self.file_offset)
             }
             (None, None) => String::new(),
         }
@@ -91,6 +90,16 @@ fn load(path: &str) -> Option<Loaded> {
     Some(Loaded { loader, segments })
 }
 
+/// Demangles Rust and C++ symbol names; leaves C names alone (the C++
+/// demangler reads a C function named `c` as the type `char`).
+pub fn demangle(name: &str) -> String {
+    if name.starts_with("_Z") || name.starts_with("_R") || name.starts_with("__Z") {
+        addr2line::demangle_auto(name.into(), None).into_owned()
+    } else {
+        name.to_string()
+    }
+}
+
 /// The GNU build-id of an ELF file, hex.
 pub fn build_id(path: &str) -> Option<String> {
     let data = std::fs::read(path).ok()?;
@@ -128,8 +137,10 @@ impl Symbolizer {
         let Some(m) = self.module_of(addr) else {
             return Symbol::default();
         };
+        let file_off = m.offset + (addr - m.start);
         let mut sym = Symbol {
             module: Some(m.path.clone()),
+            file_offset: file_off,
             ..Symbol::default()
         };
         let mut loaded = self.loaded.borrow_mut();
@@ -138,7 +149,6 @@ impl Symbolizer {
             .or_insert_with(|| load(&m.path));
         let Some(l) = entry.as_ref() else { return sym };
         // The segment that holds the mapped file offset gives the load bias.
-        let file_off = m.offset + (addr - m.start);
         let Some(&(seg_off, _, seg_addr)) = l
             .segments
             .iter()
@@ -148,7 +158,7 @@ impl Symbolizer {
         };
         let probe = seg_addr.wrapping_add(file_off).wrapping_sub(seg_off);
         if let Some(s) = l.loader.find_symbol_info(probe) {
-            sym.function = Some(addr2line::demangle_auto(s.name().into(), None).into_owned());
+            sym.function = Some(demangle(s.name()));
             sym.offset = probe.wrapping_sub(s.address());
         }
         if let Ok(Some(loc)) = l.loader.find_location(probe) {

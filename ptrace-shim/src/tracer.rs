@@ -205,10 +205,10 @@ fn is_restart(rax: u64) -> bool {
 }
 
 /// Forks and execs `argv` with the child held until the parent has seized it.
-fn spawn_seized(argv: &[OsString], no_aslr: bool, options: i32) -> Result<Pid> {
-    let program = argv
-        .first()
-        .ok_or_else(|| Error::Invalid("no command given".into()))?;
+fn spawn_seized(argv: &[OsString], no_aslr: bool, options: i32) -> Result<(Pid, std::fs::File)> {
+    if argv.is_empty() {
+        return Err(Error::Invalid("no command given".into()));
+    }
     let cargs: Vec<CString> = argv
         .iter()
         .map(|a| CString::new(a.as_bytes()))
@@ -257,25 +257,20 @@ fn spawn_seized(argv: &[OsString], no_aslr: bool, options: i32) -> Result<Pid> {
     // SAFETY: closing the gate lets the child run; the fd is ours.
     unsafe { libc::close(gate[1]) };
     // SAFETY: errpipe[0] is an open fd we own; File takes it over.
-    let mut errf = unsafe { std::fs::File::from_raw_fd(errpipe[0]) };
-    let mut buf = Vec::new();
-    let _ = errf.read_to_end(&mut buf);
-    if buf.len() >= 4 {
-        let errno = i32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-        let mut st = 0;
-        // SAFETY: reaping our own child.
-        unsafe { libc::waitpid(pid, &mut st, libc::__WALL) };
-        return Err(Error::Exec {
-            program: program.to_string_lossy().into_owned(),
-            source: std::io::Error::from_raw_os_error(errno),
-        });
-    }
+    let errf = unsafe { std::fs::File::from_raw_fd(errpipe[0]) };
     if let Err(e) = seized {
         // SAFETY: killing our own child that we could not trace.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         return Err(Error::os("ptrace(PTRACE_SEIZE) of the launched program", e));
     }
-    Ok(pid)
+    Ok((pid, errf))
+}
+
+/// The errno a child wrote before it failed to exec, if it did.
+fn exec_errno(mut errf: &std::fs::File) -> Option<i32> {
+    let mut buf = [0u8; 4];
+    errf.read_exact(&mut buf).ok()?;
+    Some(i32::from_le_bytes(buf))
 }
 
 fn permission_cause(pid: Pid, e: &std::io::Error) -> String {
@@ -331,23 +326,27 @@ impl Session {
             // The child inherits the mask across fork and exec.
             Session::pin_self(0);
         }
-        let pid = spawn_seized(argv, opts.no_aslr, trace_options(true))?;
+        let (pid, errf) = spawn_seized(argv, opts.no_aslr, trace_options(true))?;
         let mut s = Session::new(opts, pid, true);
+        let program = argv[0].to_string_lossy().into_owned();
         // Run to the exec event: that is where recording begins.
         loop {
             match sys::wait(pid).map_err(|e| Error::os("waitpid", e))? {
                 None => continue,
                 Some(Wait::Event(_, sys::EVENT_EXEC, _)) => break,
-                Some(Wait::Exited(_, c)) => {
-                    return Err(Error::Invalid(format!(
-                        "the program exited with {c} before exec"
-                    )))
-                }
-                Some(Wait::Signaled(_, sig)) => {
-                    return Err(Error::Invalid(format!(
-                        "the program died of {} before exec",
-                        sys::signal_name(sig)
-                    )))
+                Some(Wait::Event(_, sys::EVENT_EXIT, _))
+                | Some(Wait::Exited(..))
+                | Some(Wait::Signaled(..)) => {
+                    // SAFETY: killing and reaping our own child.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+                    }
+                    let source = match exec_errno(&errf) {
+                        Some(errno) => std::io::Error::from_raw_os_error(errno),
+                        None => std::io::Error::other("it ended before exec"),
+                    };
+                    return Err(Error::Exec { program, source });
                 }
                 Some(other) => {
                     let sig = match other {
@@ -358,6 +357,7 @@ impl Session {
                 }
             }
         }
+        drop(errf);
         let space = s.new_space(pid, 1)?;
         s.add_thread(pid, space, true)?;
         s.resume(pid, 0)?;
@@ -787,6 +787,11 @@ impl Session {
                     });
                     let idx = self.spaces.len() - 1;
                     self.add_thread(child, idx, true)?;
+                    // The child's history starts with its parent's.
+                    let inherited = self.threads.get(&parent).map(|t| t.buffer.clone());
+                    if let (Some(b), Some(c)) = (inherited, self.threads.get_mut(&child)) {
+                        c.buffer = b;
+                    }
                 } else {
                     // Remove the inherited int3 bytes, then let it go.
                     let mut copy = self.spaces[parent_space]

@@ -1,0 +1,102 @@
+//! Shared helpers of the end-to-end tests: fixture programs compiled at
+//! test time, and running the real `bts` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+
+pub const BTS: &str = env!("CARGO_BIN_EXE_bts");
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// Compiles `tests/fixtures/NAME.c` (once per test run) and returns the binary.
+pub fn fixture(name: &str) -> PathBuf {
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}.c"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join(name);
+    let fresh = match (std::fs::metadata(&bin), std::fs::metadata(&src)) {
+        (Ok(b), Ok(s)) => b.modified().unwrap() >= s.modified().unwrap(),
+        _ => false,
+    };
+    if !fresh {
+        let out = Command::new("cc")
+            .args(["-g", "-O0", "-fno-stack-protector", "-pthread", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .output()
+            .expect("a C compiler (cc) is needed to build the fixtures");
+        assert!(
+            out.status.success(),
+            "compiling {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    bin
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(test: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("scratch")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs `bts ARGS` in `dir`.
+pub fn bts(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BTS)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bts")
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Parses bts's JSON report: the last document on stdout, after whatever
+/// the traced program printed there itself.
+pub fn json(out: &Output) -> serde_json::Value {
+    let stdout = text(&out.stdout);
+    let start = stdout.rfind("\n{\n").map(|i| i + 1).unwrap_or(0);
+    serde_json::from_str(&stdout[start..]).unwrap_or_else(|e| {
+        panic!(
+            "bad JSON ({e}): stdout={stdout} stderr={}",
+            text(&out.stderr)
+        )
+    })
+}
+
+/// The crashed thread of a JSON report.
+pub fn crashed_thread(report: &serde_json::Value) -> &serde_json::Value {
+    report["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["crashed"] == true)
+        .expect("a crashed thread in the report")
+}
+
+/// (from, to) of every branch of a thread in a JSON report.
+pub fn pairs(thread: &serde_json::Value) -> Vec<(String, String)> {
+    thread["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["from"].as_str().unwrap().to_string(),
+                b["to"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
