@@ -62,7 +62,7 @@ fn stage_c(depth: u64) -> u64 {
 
 #[inline(never)]
 fn stage_b(x: u64) -> u64 {
-    if black_box(x) % 2 == 0 {
+    if black_box(x).is_multiple_of(2) {
         stage_c(x + 1)
     } else {
         stage_c(x)

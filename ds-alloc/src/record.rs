@@ -7,7 +7,7 @@ pub const BTS_RECORD_SIZE: usize = 24;
 pub const FLAG_PREDICTED: u64 = 1 << 4;
 
 /// `from` of a context ("escape") record, without its qualifier nibble.
-const ESCAPE: u64 = !0 & !0xF;
+const ESCAPE: u64 = !0xF;
 
 /// One BTS record, exactly as the Debug Store hardware writes it.
 #[repr(C)]
@@ -132,7 +132,7 @@ impl BtsRecord {
 
     /// Reads a run of records; the slice must hold whole records.
     pub fn parse_all(bytes: &[u8]) -> Result<Vec<BtsRecord>, crate::Error> {
-        if bytes.len() % BTS_RECORD_SIZE != 0 {
+        if !bytes.len().is_multiple_of(BTS_RECORD_SIZE) {
             return Err(crate::Error::Misaligned { len: bytes.len() });
         }
         Ok(bytes

@@ -856,7 +856,6 @@ impl Session {
             return self.resume(tid, 0);
         };
         let old_space = t.space;
-        let was_followed = self.spaces[old_space].followed && t.record;
         let generation = self.spaces[old_space].space.generation;
         let shared = self.spaces[old_space].space.pid != tid;
         let trace = ThreadTrace {
@@ -876,7 +875,6 @@ impl Session {
             };
         }
         let gen = if shared { 1 } else { generation + 1 };
-        let _ = was_followed;
         let idx = self.new_space(tid, gen)?;
         self.add_thread(tid, idx, true)?;
         self.resume(tid, 0)

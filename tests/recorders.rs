@@ -1,0 +1,110 @@
+//! The `fast` recorder must record exactly what the `step` oracle records,
+//! record for record, from the program's first instruction to its end.
+
+mod common;
+use common::*;
+
+/// Every branch of the main thread, from exec to the end.
+fn trace(
+    dir: &std::path::Path,
+    backend: &str,
+    fixture_name: &str,
+) -> (Vec<(String, String)>, Option<i32>) {
+    let bin = fixture(fixture_name);
+    let file = format!("{fixture_name}-{backend}.bts");
+    let out = bts(
+        dir,
+        &[
+            "run",
+            "--backend",
+            backend,
+            "--no-aslr",
+            "--buffer-size",
+            "32M",
+            "--report",
+            "never",
+            "-o",
+            &file,
+            "--",
+            bin.to_str().unwrap(),
+        ],
+    );
+    let code = out.status.code();
+    assert_ne!(code, Some(125), "{}", text(&out.stderr));
+    let r = json(&bts(
+        dir,
+        &["last-branch", "--json", "-n", "100000000", &file],
+    ));
+    let t = r["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tid"] == r["pid"])
+        .expect("main thread")
+        .clone();
+    assert_eq!(t["lost"], 0, "the buffer held the whole run");
+    (pairs(&t), code)
+}
+
+fn compare(fixture_name: &str) {
+    let dir = scratch(&format!("compare_{fixture_name}"));
+    let (step, step_code) = trace(&dir, "step", fixture_name);
+    let (fast, fast_code) = trace(&dir, "fast", fixture_name);
+    assert_eq!(step_code, fast_code);
+    assert!(
+        step.len() > 1000,
+        "a whole run from exec has thousands of branches: {}",
+        step.len()
+    );
+    if let Some(i) = step.iter().zip(&fast).position(|(a, b)| a != b) {
+        panic!(
+            "{fixture_name}: first difference at branch {i} of {}: step {:?} fast {:?}",
+            step.len(),
+            &step[i.saturating_sub(2)..(i + 3).min(step.len())],
+            &fast[i.saturating_sub(2)..(i + 3).min(fast.len())]
+        );
+    }
+    assert_eq!(
+        step.len(),
+        fast.len(),
+        "{fixture_name}: same records, different counts"
+    );
+}
+
+#[test]
+fn identical_on_branchy_code() {
+    // Jump tables, function pointers, recursion, rep movs, loop/jrcxz,
+    // short-circuit conditions, a signal handler.
+    compare("branchy");
+}
+
+#[test]
+fn identical_on_a_null_call_crash() {
+    compare("null_call");
+}
+
+#[test]
+fn identical_on_a_smashed_return() {
+    compare("smash");
+}
+
+#[test]
+fn identical_on_a_callback_crash() {
+    compare("callback_crash");
+}
+
+#[test]
+fn identical_on_abort() {
+    compare("abort");
+}
+
+#[test]
+fn identical_on_a_recovered_segv() {
+    // Signal delivery to a handler and a siglongjmp out of it.
+    compare("segv_handler");
+}
+
+#[test]
+fn identical_on_exit() {
+    compare("exit3");
+}
