@@ -17,13 +17,7 @@ fn build_loop() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench");
     std::fs::create_dir_all(&dir).expect("bench dir");
     let bin = dir.join("loop");
-    let ok = Command::new("cc")
-        .args(["-O0", "-g", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .expect("cc")
-        .success();
+    let ok = Command::new("cc").args(["-O0", "-g", "-o"]).arg(&bin).arg(&src).status().expect("cc").success();
     assert!(ok, "compiling loop.c");
     bin
 }
@@ -33,17 +27,7 @@ fn traced(backend: &str, bin: &Path, n: u64, dir: &Path) -> (u64, f64) {
     let file = dir.join(format!("{backend}-{n}.bts"));
     let t0 = Instant::now();
     let out = Command::new(BTS)
-        .args([
-            "run",
-            "--backend",
-            backend,
-            "--report",
-            "always",
-            "--json",
-            "-n",
-            "0",
-            "-o",
-        ])
+        .args(["run", "--backend", backend, "--report", "always", "--json", "-n", "0", "-o"])
         .arg(&file)
         .arg("--")
         .arg(bin)
@@ -51,11 +35,7 @@ fn traced(backend: &str, bin: &Path, n: u64, dir: &Path) -> (u64, f64) {
         .output()
         .expect("run bts");
     let secs = t0.elapsed().as_secs_f64();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = &stdout[stdout.find("\n{").map(|i| i + 1).unwrap_or(0)..];
     let r: serde_json::Value = serde_json::from_str(json).expect("report");
@@ -65,23 +45,14 @@ fn traced(backend: &str, bin: &Path, n: u64, dir: &Path) -> (u64, f64) {
 }
 
 fn main() {
-    let n: u64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(20_000);
+    let n: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20_000);
     let bin = build_loop();
     let dir = bin.parent().unwrap().to_path_buf();
     let t0 = Instant::now();
-    let native = Command::new(&bin)
-        .arg(n.to_string())
-        .output()
-        .expect("loop");
+    let native = Command::new(&bin).arg(n.to_string()).output().expect("loop");
     let native_secs = t0.elapsed().as_secs_f64();
     assert!(native.status.success());
-    println!(
-        "loop program, {n} iterations (native run: {:.4} s)",
-        native_secs
-    );
+    println!("loop program, {n} iterations (native run: {:.4} s)", native_secs);
     println!(
         "{:<8} {:>12} {:>10} {:>16} {:>18}",
         "recorder", "branches", "seconds", "branches/s (all)", "branches/s (loop)"
@@ -95,8 +66,5 @@ fn main() {
         println!("{backend:<8} {b1:>12} {s1:>10.3} {all:>16.0} {lp:>18.0}");
         loop_rates.push(lp);
     }
-    println!(
-        "fast / step on the loop: {:.1}x",
-        loop_rates[1] / loop_rates[0]
-    );
+    println!("fast / step on the loop: {:.1}x", loop_rates[1] / loop_rates[0]);
 }

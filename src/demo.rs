@@ -15,20 +15,14 @@ pub fn run(backend: BackendArg, json: bool) -> ExitCode {
         }
     };
     let rec = RecordArgs {
-        out: OutputArgs {
-            branches: 16,
-            insns: 12,
-            json,
-            all_threads: false,
-        },
+        out: OutputArgs { branches: 16, insns: 12, json, all_threads: false },
         backend,
         buffer_size: 64 * 1024,
         output: Some(std::env::temp_dir().join(format!("bts-demo-{}.bts", std::process::id()))),
         report: ReportWhen::Crash,
         no_pin: false,
     };
-    let code =
-        crate::record::run_status(&rec, false, false, vec![exe.into(), "__demo-crash".into()]);
+    let code = crate::record::run_status(&rec, false, false, vec![exe.into(), "__demo-crash".into()]);
     if code == 128 + libc::SIGSEGV {
         if !json {
             eprintln!(
@@ -38,9 +32,7 @@ pub fn run(backend: BackendArg, json: bool) -> ExitCode {
         }
         ExitCode::SUCCESS
     } else {
-        eprintln!(
-            "bts demo: expected the demo program to die of SIGSEGV, but its status was {code}"
-        );
+        eprintln!("bts demo: expected the demo program to die of SIGSEGV, but its status was {code}");
         ExitCode::FAILURE
     }
 }

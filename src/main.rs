@@ -15,11 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub const EXIT_BTS_FAILED: u8 = 125;
 
 #[derive(Parser)]
-#[command(
-    name = "bts",
-    version,
-    about = "Branch-trace flight recorder: how did the process get here?"
-)]
+#[command(name = "bts", version, about = "Branch-trace flight recorder: how did the process get here?")]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -140,23 +136,16 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         }
         _ => (s, 1),
     };
-    let n: usize = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s} is too large"))
+    let n: usize = num.trim().parse().map_err(|_| format!("'{s}' is not a size"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("{s} is too large"))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Command::Run {
-            rec,
-            follow_fork,
-            no_aslr,
-            command,
-        } => record::run(&rec, follow_fork, no_aslr, command),
+        Command::Run { rec, follow_fork, no_aslr, command } => {
+            record::run(&rec, follow_fork, no_aslr, command)
+        }
         Command::Attach { rec, pid } => record::attach(&rec, pid),
         Command::LastBranch { out, thread, file } => record::last_branch(&out, thread, &file),
         Command::Demo { backend, json } => demo::run(backend, json),

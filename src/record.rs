@@ -33,16 +33,11 @@ fn options(rec: &RecordArgs, follow_fork: bool, no_aslr: bool) -> Options {
 pub fn to_trace_file(r: &Recording, mut meta: Meta) -> TraceFile {
     meta.backend = r.backend.name().to_string();
     let mut build_ids: HashMap<String, Option<String>> = HashMap::new();
-    let mut tf = TraceFile {
-        meta,
-        ..TraceFile::default()
-    };
+    let mut tf = TraceFile { meta, ..TraceFile::default() };
     for img in &r.images {
         for m in &img.maps {
-            let build_id = build_ids
-                .entry(m.path.clone())
-                .or_insert_with(|| decode::symbols::build_id(&m.path))
-                .clone();
+            let build_id =
+                build_ids.entry(m.path.clone()).or_insert_with(|| decode::symbols::build_id(&m.path)).clone();
             tf.modules.push(Module {
                 pid: img.pid,
                 generation: img.generation,
@@ -96,11 +91,7 @@ fn crash_meta(command: &[String], c: &Crash) -> Meta {
 }
 
 fn end_meta(command: &[String], pid: i32, o: Outcome) -> Meta {
-    let mut m = Meta {
-        command: command.to_vec(),
-        pid,
-        ..Meta::default()
-    };
+    let mut m = Meta { command: command.to_vec(), pid, ..Meta::default() };
     match o {
         Outcome::Exited(c) => {
             m.outcome = "exit".into();
@@ -131,11 +122,7 @@ fn save_and_report(tf: &TraceFile, path: Option<&Path>, out: &OutputArgs, print:
         }
     }
     if print {
-        let sel = Selection {
-            branches: out.branches,
-            insns: out.insns,
-            thread: None,
-        };
+        let sel = Selection { branches: out.branches, insns: out.insns, thread: None };
         let report = Report::build(tf, written, &sel);
         if out.json {
             println!("{}", report.to_json());
@@ -152,10 +139,7 @@ fn default_path(rec: &RecordArgs, pid: i32, root: i32) -> PathBuf {
     match &rec.output {
         Some(p) if pid == root => p.clone(),
         Some(p) => {
-            let stem = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             p.with_file_name(format!("{stem}.{pid}.bts"))
         }
         None => PathBuf::from(format!("bts-{pid}.bts")),
@@ -163,14 +147,12 @@ fn default_path(rec: &RecordArgs, pid: i32, root: i32) -> PathBuf {
 }
 
 /// Drives a session to its end; returns how the first process ended.
-fn drive(
-    session: &mut Session,
-    rec: &RecordArgs,
-    command: &[String],
-) -> Result<Outcome, ptrace_shim::Error> {
+fn drive(session: &mut Session, rec: &RecordArgs, command: &[String]) -> Result<Outcome, ptrace_shim::Error> {
+    let mut crashed = false;
     loop {
         match session.next_stop()? {
             Stop::Crash(c) => {
+                crashed |= c.pid == session.root_pid();
                 let recording = session.recording();
                 let tf = to_trace_file(&recording, crash_meta(command, &c));
                 let path = default_path(rec, c.pid, session.root_pid());
@@ -180,11 +162,13 @@ fn drive(
             Stop::Finished(o) => {
                 let detached = matches!(o, Outcome::Detached(_));
                 let clean = matches!(o, Outcome::Exited(_));
-                if detached || rec.report == ReportWhen::Always || rec.output.is_some() && clean {
+                // Killed by a signal bts could not hold (SIGKILL): keep the trace.
+                let killed = matches!(o, Outcome::Signaled(_)) && !crashed;
+                if detached || killed || rec.report == ReportWhen::Always || rec.output.is_some() && clean {
                     let recording = session.recording();
                     let tf = to_trace_file(&recording, end_meta(command, session.root_pid(), o));
                     let path = default_path(rec, session.root_pid(), session.root_pid());
-                    let print = detached && rec.report != ReportWhen::Never
+                    let print = (detached || killed) && rec.report != ReportWhen::Never
                         || rec.report == ReportWhen::Always;
                     save_and_report(&tf, Some(&path), &rec.out, print);
                 }
@@ -203,16 +187,8 @@ fn status(o: Outcome) -> i32 {
 }
 
 /// `bts run`: the program's exit status, or 125 when bts itself failed.
-pub fn run_status(
-    rec: &RecordArgs,
-    follow_fork: bool,
-    no_aslr: bool,
-    command: Vec<OsString>,
-) -> i32 {
-    let shown: Vec<String> = command
-        .iter()
-        .map(|c| c.to_string_lossy().into_owned())
-        .collect();
+pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsString>) -> i32 {
+    let shown: Vec<String> = command.iter().map(|c| c.to_string_lossy().into_owned()).collect();
     if let Err(e) = ptrace_shim::install_stop_handlers() {
         eprintln!("bts: cannot install signal handlers: {e}");
         return i32::from(EXIT_BTS_FAILED);
@@ -230,10 +206,7 @@ pub fn run_status(
             eprintln!("bts: tracing failed: {e}");
             // Keep what was recorded.
             let recording = session.recording();
-            let tf = to_trace_file(
-                &recording,
-                end_meta(&shown, session.root_pid(), Outcome::Exited(0)),
-            );
+            let tf = to_trace_file(&recording, end_meta(&shown, session.root_pid(), Outcome::Exited(0)));
             save_and_report(
                 &tf,
                 Some(&default_path(rec, session.root_pid(), session.root_pid())),
@@ -274,10 +247,7 @@ pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
             return ExitCode::from(EXIT_BTS_FAILED);
         }
     };
-    eprintln!(
-        "bts: attached to pid {pid} ({}); Ctrl-C detaches",
-        command.join(" ")
-    );
+    eprintln!("bts: attached to pid {pid} ({}); Ctrl-C detaches", command.join(" "));
     match drive(&mut session, rec, &command) {
         Ok(o) => ExitCode::from(status(o).clamp(0, 255) as u8),
         Err(e) => {
@@ -297,19 +267,13 @@ pub fn last_branch(out: &OutputArgs, thread: Option<i32>, file: &Path) -> ExitCo
         }
     };
     if let Some(t) = thread {
-        let known = tf
-            .thread_streams()
-            .any(|s| matches!(s.kind, StreamKind::Thread { tid, .. } if tid == t));
+        let known = tf.thread_streams().any(|s| matches!(s.kind, StreamKind::Thread { tid, .. } if tid == t));
         if !known {
             eprintln!("bts: {}: no thread {t} in this trace", file.display());
             return ExitCode::FAILURE;
         }
     }
-    let sel = Selection {
-        branches: out.branches,
-        insns: out.insns,
-        thread,
-    };
+    let sel = Selection { branches: out.branches, insns: out.insns, thread };
     let report = Report::build(&tf, Some(file.display().to_string()), &sel);
     if out.json {
         println!("{}", report.to_json());

@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 
 use bts_reader::{Stream, StreamKind, TraceFile};
-use decode::{
-    classify, format_insn, last_instructions, BranchKind, CodeMap, ModuleInfo, Symbolizer,
-};
+use decode::{classify, format_insn, last_instructions, BranchKind, CodeMap, ModuleInfo, Symbolizer};
 use ds_alloc::RecordKind;
 use serde::Serialize;
 
@@ -89,21 +87,16 @@ fn images(tf: &TraceFile) -> HashMap<(i32, u32), Image> {
     let mut out: HashMap<(i32, u32), Image> = HashMap::new();
     let mut mods: HashMap<(i32, u32), Vec<ModuleInfo>> = HashMap::new();
     for m in &tf.modules {
-        mods.entry((m.pid, m.generation))
-            .or_default()
-            .push(ModuleInfo {
-                path: m.path.clone(),
-                start: m.start,
-                end: m.end,
-                offset: m.offset,
-            });
+        mods.entry((m.pid, m.generation)).or_default().push(ModuleInfo {
+            path: m.path.clone(),
+            start: m.start,
+            end: m.end,
+            offset: m.offset,
+        });
     }
     let mut codes: HashMap<(i32, u32), CodeMap> = HashMap::new();
     for c in &tf.code {
-        codes
-            .entry((c.pid, c.generation))
-            .or_default()
-            .insert(c.addr, c.bytes.clone());
+        codes.entry((c.pid, c.generation)).or_default().insert(c.addr, c.bytes.clone());
     }
     let keys: Vec<(i32, u32)> = mods.keys().chain(codes.keys()).copied().collect();
     for k in keys {
@@ -143,14 +136,10 @@ fn chosen_streams<'a>(tf: &'a TraceFile, sel: &Selection) -> Vec<&'a Stream> {
             .collect();
     }
     let key = |s: &Stream| match s.kind {
-        StreamKind::Thread {
-            pid, generation, ..
-        } => Some((pid, generation)),
+        StreamKind::Thread { pid, generation, .. } => Some((pid, generation)),
         StreamKind::Cpu { .. } => None,
     };
-    let crashed = threads
-        .iter()
-        .find(|s| matches!(s.kind, StreamKind::Thread { crashed: true, .. }));
+    let crashed = threads.iter().find(|s| matches!(s.kind, StreamKind::Thread { crashed: true, .. }));
     let image = match crashed {
         Some(s) => key(s),
         None => threads
@@ -159,10 +148,7 @@ fn chosen_streams<'a>(tf: &'a TraceFile, sel: &Selection) -> Vec<&'a Stream> {
             .filter_map(|s| key(s))
             .max_by_key(|k| k.1),
     };
-    threads
-        .into_iter()
-        .filter(|s| key(s) == image && image.is_some())
-        .collect()
+    threads.into_iter().filter(|s| key(s) == image && image.is_some()).collect()
 }
 
 fn thread_report(
@@ -171,14 +157,7 @@ fn thread_report(
     sel: &Selection,
     crash_pc: Option<u64>,
 ) -> ThreadReport {
-    let StreamKind::Thread {
-        pid,
-        generation,
-        tid,
-        crashed,
-        last_pc,
-    } = s.kind
-    else {
+    let StreamKind::Thread { pid, generation, tid, crashed, last_pc } = s.kind else {
         unreachable!("thread streams only")
     };
     let img = tf_images.get(&(pid, generation));
@@ -192,10 +171,7 @@ fn thread_report(
         .collect();
     let empty = CodeMap::new();
     let code = img.map(|i| &i.code).unwrap_or(&empty);
-    let kinds: Vec<BranchKind> = branches
-        .iter()
-        .map(|&(f, t)| classify(code, f, t))
-        .collect();
+    let kinds: Vec<BranchKind> = branches.iter().map(|&(f, t)| classify(code, f, t)).collect();
     let skip = branches.len().saturating_sub(sel.branches);
     let shown = branches[skip..]
         .iter()
@@ -203,51 +179,24 @@ fn thread_report(
         .map(|(&(from, to), kind)| {
             let (from_sym, from_line) = sym_name(img, from);
             let (to_sym, to_line) = sym_name(img, to);
-            Branch {
-                from: hex(from),
-                to: hex(to),
-                from_sym,
-                to_sym,
-                from_line,
-                to_line,
-                kind: kind.as_str(),
-            }
+            Branch { from: hex(from), to: hex(to), from_sym, to_sym, from_line, to_line, kind: kind.as_str() }
         })
         .collect();
     let mut last = Vec::new();
-    let pc = if crashed {
-        crash_pc.or(last_pc)
-    } else {
-        last_pc
-    };
+    let pc = if crashed { crash_pc.or(last_pc) } else { last_pc };
     if let (Some(pc), true) = (pc, sel.insns > 0 && (crashed || sel.thread.is_some())) {
-        let recs: Vec<(u64, u64, bool)> = branches
-            .iter()
-            .zip(&kinds)
-            .map(|(&(f, t), k)| (f, t, *k != BranchKind::Async))
-            .collect();
+        let recs: Vec<(u64, u64, bool)> =
+            branches.iter().zip(&kinds).map(|(&(f, t), k)| (f, t, *k != BranchKind::Async)).collect();
         for insn in last_instructions(code, &recs, pc, sel.insns) {
             let (sym, line) = sym_name(img, insn.ip());
-            last.push(Insn {
-                addr: hex(insn.ip()),
-                sym,
-                line,
-                text: format_insn(&insn),
-                current: false,
-            });
+            last.push(Insn { addr: hex(insn.ip()), sym, line, text: format_insn(&insn), current: false });
         }
         let (sym, line) = sym_name(img, pc);
         let text = match decode::classify::decode_at(code, pc) {
             Some(i) => format_insn(&i),
             None => "<no code at this address>".to_string(),
         };
-        last.push(Insn {
-            addr: hex(pc),
-            sym,
-            line,
-            text,
-            current: true,
-        });
+        last.push(Insn { addr: hex(pc), sym, line, text, current: true });
     }
     ThreadReport {
         tid,
@@ -263,10 +212,8 @@ impl Report {
     pub fn build(tf: &TraceFile, trace_file: Option<String>, sel: &Selection) -> Report {
         let imgs = images(tf);
         let m = &tf.meta;
-        let mut threads: Vec<ThreadReport> = chosen_streams(tf, sel)
-            .into_iter()
-            .map(|s| thread_report(&imgs, s, sel, m.pc))
-            .collect();
+        let mut threads: Vec<ThreadReport> =
+            chosen_streams(tf, sel).into_iter().map(|s| thread_report(&imgs, s, sel, m.pc)).collect();
         // The crashed thread last: nearest the prompt.
         threads.sort_by_key(|t| (t.crashed, t.tid));
         Report {
@@ -312,15 +259,9 @@ impl Report {
                 out += "\n";
             }
             "exit" => {
-                out += &format!(
-                    "bts: {cmd} (pid {}) exited with code {}\n",
-                    self.pid,
-                    o.code.unwrap_or(0)
-                )
+                out += &format!("bts: {cmd} (pid {}) exited with code {}\n", self.pid, o.code.unwrap_or(0))
             }
-            "detached" => {
-                out += &format!("bts: detached from {cmd} (pid {}); it runs on\n", self.pid)
-            }
+            "detached" => out += &format!("bts: detached from {cmd} (pid {}); it runs on\n", self.pid),
             k => out += &format!("bts: {cmd} (pid {}): {k}\n", self.pid),
         }
         if let Some(f) = &self.trace_file {
@@ -331,11 +272,7 @@ impl Report {
         } else {
             let crashed: Vec<&ThreadReport> = self.threads.iter().filter(|t| t.crashed).collect();
             if crashed.is_empty() {
-                self.threads
-                    .iter()
-                    .filter(|t| t.tid == self.pid)
-                    .take(1)
-                    .collect()
+                self.threads.iter().filter(|t| t.tid == self.pid).take(1).collect()
             } else {
                 crashed
             }
@@ -415,11 +352,7 @@ fn thread_text(t: &ThreadReport) -> String {
                 head += &format!(" <{s}>");
             }
             let mark = if i.current { "=>" } else { "  " };
-            let line = i
-                .line
-                .as_deref()
-                .map(|l| format!("   {l}"))
-                .unwrap_or_default();
+            let line = i.line.as_deref().map(|l| format!("   {l}")).unwrap_or_default();
             out += &format!("  {mark} {head:<w$}  {}{line}\n", i.text);
         }
     }

@@ -3,11 +3,7 @@
 mod common;
 use common::*;
 
-fn run_json(
-    test: &str,
-    fixture_name: &str,
-    extra: &[&str],
-) -> (std::process::Output, std::path::PathBuf) {
+fn run_json(test: &str, fixture_name: &str, extra: &[&str]) -> (std::process::Output, std::path::PathBuf) {
     let dir = scratch(test);
     let bin = fixture(fixture_name);
     let mut args = vec!["run", "--json", "-n", "16"];
@@ -20,11 +16,7 @@ fn run_json(
 #[test]
 fn null_function_pointer_after_a_b_c() {
     for backend in ["fast", "step"] {
-        let (out, dir) = run_json(
-            &format!("null_call_{backend}"),
-            "null_call",
-            &["--backend", backend],
-        );
+        let (out, dir) = run_json(&format!("null_call_{backend}"), "null_call", &["--backend", backend]);
         assert_eq!(out.status.code(), Some(128 + 11), "{}", text(&out.stderr));
         let r = json(&out);
         assert_eq!(r["version"], 1);
@@ -40,28 +32,13 @@ fn null_function_pointer_after_a_b_c() {
         let last = br.last().unwrap();
         assert_eq!(last["kind"], "call");
         assert_eq!(last["to"], "0x0");
-        assert!(
-            last["from_sym"].as_str().unwrap().starts_with("c+"),
-            "{last}"
-        );
-        assert!(
-            last["from_line"]
-                .as_str()
-                .unwrap()
-                .ends_with("null_call.c:11"),
-            "{last}"
-        );
+        assert!(last["from_sym"].as_str().unwrap().starts_with("c+"), "{last}");
+        assert!(last["from_line"].as_str().unwrap().ends_with("null_call.c:11"), "{last}");
         // The way in: main -> a -> b -> c, in that order, among the branches.
-        let calls: Vec<&str> = br
-            .iter()
-            .filter(|b| b["kind"] == "call")
-            .filter_map(|b| b["to_sym"].as_str())
-            .collect();
+        let calls: Vec<&str> =
+            br.iter().filter(|b| b["kind"] == "call").filter_map(|b| b["to_sym"].as_str()).collect();
         let pos = |f: &str| {
-            calls
-                .iter()
-                .position(|s| *s == f)
-                .unwrap_or_else(|| panic!("no call to {f}: {calls:?}"))
+            calls.iter().position(|s| *s == f).unwrap_or_else(|| panic!("no call to {f}: {calls:?}"))
         };
         assert!(pos("a") < pos("b") && pos("b") < pos("c"), "{calls:?}");
         // The trace file exists and says the same.
@@ -74,9 +51,7 @@ fn null_function_pointer_after_a_b_c() {
         let cur = insns.last().unwrap();
         assert_eq!(cur["current"], true);
         assert_eq!(cur["addr"], "0x0");
-        assert!(insns
-            .iter()
-            .any(|i| i["text"].as_str().unwrap().starts_with("call")));
+        assert!(insns.iter().any(|i| i["text"].as_str().unwrap().starts_with("call")));
     }
 }
 
@@ -93,13 +68,7 @@ fn text_report_names_the_signal_and_the_functions() {
     assert!(err.contains("=> 0x0"), "{err}");
     // The program's own output passes through untouched.
     assert_eq!(text(&out.stdout), "calling a\n");
-    let pid = err
-        .split("(pid ")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap();
+    let pid = err.split("(pid ").nth(1).unwrap().split(')').next().unwrap();
     assert!(dir.join(format!("bts-{pid}.bts")).exists());
 }
 
@@ -115,16 +84,8 @@ fn crash_in_a_worker_thread() {
     let last = t["branches"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["kind"], "call");
     assert_eq!(last["to_sym"], "worker_fault");
-    let cur = t["last_instructions"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert!(
-        cur["sym"].as_str().unwrap().starts_with("worker_fault+"),
-        "{cur}"
-    );
+    let cur = t["last_instructions"].as_array().unwrap().last().unwrap().clone();
+    assert!(cur["sym"].as_str().unwrap().starts_with("worker_fault+"), "{cur}");
 }
 
 #[test]
@@ -138,44 +99,19 @@ fn crash_inside_a_callback_called_by_libc() {
     // libc's sort called our comparator: the call comes from libc.
     assert_eq!(last["kind"], "call");
     assert_eq!(last["to_sym"], "compare_items");
-    assert!(
-        !last["from_sym"].as_str().unwrap_or("").starts_with("main"),
-        "{last}"
-    );
-    let from =
-        u64::from_str_radix(last["from"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
-    let to =
-        u64::from_str_radix(last["to"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
-    assert!(
-        from.abs_diff(to) > 1 << 24,
-        "the caller is in another module: {last}"
-    );
+    assert!(!last["from_sym"].as_str().unwrap_or("").starts_with("main"), "{last}");
+    let from = u64::from_str_radix(last["from"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let to = u64::from_str_radix(last["to"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    assert!(from.abs_diff(to) > 1 << 24, "the caller is in another module: {last}");
     // Further back: main's call into the sort (through the PLT).
-    let out = bts(
-        &dir,
-        &[
-            "last-branch",
-            "--json",
-            "-n",
-            "100000",
-            r["trace_file"].as_str().unwrap(),
-        ],
-    );
+    let out = bts(&dir, &["last-branch", "--json", "-n", "100000", r["trace_file"].as_str().unwrap()]);
     let all = json(&out);
     let br = crashed_thread(&all)["branches"].as_array().unwrap().clone();
     let from_main = br
         .iter()
-        .rposition(|b| {
-            b["kind"] == "call"
-                && b["from_sym"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("main+"))
-        })
+        .rposition(|b| b["kind"] == "call" && b["from_sym"].as_str().is_some_and(|s| s.starts_with("main+")))
         .expect("a call from main");
-    assert!(
-        br[from_main..].iter().all(|b| b["to_sym"] != "main"),
-        "main did not return before the crash"
-    );
+    assert!(br[from_main..].iter().all(|b| b["to_sym"] != "main"), "main did not return before the crash");
 }
 
 #[test]
@@ -184,12 +120,7 @@ fn return_to_a_smashed_return_address() {
     assert_eq!(out.status.code(), Some(139), "{}", text(&out.stderr));
     let r = json(&out);
     assert_eq!(r["outcome"]["fault_addr"], "0x41414141");
-    let last = crashed_thread(&r)["branches"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    let last = crashed_thread(&r)["branches"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["kind"], "return");
     assert_eq!(last["to"], "0x41414141");
     assert!(last["from_sym"].as_str().unwrap().starts_with("smash+"));
@@ -205,10 +136,7 @@ fn abort_is_reported_with_its_signal() {
     let br = crashed_thread(&r)["branches"].as_array().unwrap().clone();
     // abort() raises the signal with a system call.
     assert_eq!(br.last().unwrap()["kind"], "syscall");
-    assert!(
-        br.iter().any(|b| b["to_sym"] == "abort"),
-        "no call to abort"
-    );
+    assert!(br.iter().any(|b| b["to_sym"] == "abort"), "no call to abort");
 }
 
 #[test]
@@ -227,26 +155,11 @@ fn normal_exit_passes_the_code_through_quietly() {
     let bin = fixture("exit3");
     let out = bts(&dir, &["run", "--", bin.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(
-        out.stdout.is_empty() && out.stderr.is_empty(),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{}", text(&out.stderr));
     // --report always reports the exit and writes the trace.
     let out = bts(
         &dir,
-        &[
-            "run",
-            "--report",
-            "always",
-            "--json",
-            "-n",
-            "100000",
-            "-o",
-            "t.bts",
-            "--",
-            bin.to_str().unwrap(),
-        ],
+        &["run", "--report", "always", "--json", "-n", "100000", "-o", "t.bts", "--", bin.to_str().unwrap()],
     );
     assert_eq!(out.status.code(), Some(3));
     let r = json(&out);
@@ -254,11 +167,7 @@ fn normal_exit_passes_the_code_through_quietly() {
     assert_eq!(r["outcome"]["code"], 3);
     let t = &r["threads"][0];
     assert_eq!(t["crashed"], false);
-    assert!(t["branches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|b| b["to_sym"] == "exit"));
+    assert!(t["branches"].as_array().unwrap().iter().any(|b| b["to_sym"] == "exit"));
     assert!(dir.join("t.bts").exists());
 }
 
@@ -272,36 +181,14 @@ fn follow_fork_reports_the_crashing_child() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "system: 5\nchild: signal 11\n");
     assert!(!text(&out.stderr).contains("SIGSEGV"));
-    let out = bts(
-        &dir,
-        &[
-            "run",
-            "--follow-fork",
-            "-o",
-            "child.bts",
-            "--",
-            bin.to_str().unwrap(),
-        ],
-    );
+    let out = bts(&dir, &["run", "--follow-fork", "-o", "child.bts", "--", bin.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let err = text(&out.stderr);
     assert!(err.contains("got SIGSEGV at address 0x0"), "{err}");
-    let saved = err
-        .split("trace saved to ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
-    assert!(
-        saved.starts_with("child.") && saved != "child.bts",
-        "{saved}"
-    );
-    assert!(
-        dir.join("child.bts").exists(),
-        "the parent's trace is kept too"
-    );
+    let saved = err.split("trace saved to ").nth(1).unwrap().split(' ').next().unwrap();
+    assert!(saved.starts_with("child.") && saved != "child.bts", "{saved}");
+    assert!(dir.join("child.bts").exists(), "the parent's trace is kept too");
     let r = json(&bts(&dir, &["last-branch", "--json", saved]));
     assert_eq!(r["outcome"]["signal_name"], "SIGSEGV");
     let t = crashed_thread(&r);

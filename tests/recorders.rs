@@ -5,10 +5,16 @@ mod common;
 use common::*;
 
 /// Every branch of the main thread, from exec to the end.
-fn trace(
+fn trace(dir: &std::path::Path, backend: &str, fixture_name: &str) -> (Vec<(String, String)>, Option<i32>) {
+    trace_thread(dir, backend, fixture_name, false)
+}
+
+/// Every branch of the main thread, or of the crashed one with `crashed`.
+fn trace_thread(
     dir: &std::path::Path,
     backend: &str,
     fixture_name: &str,
+    crashed: bool,
 ) -> (Vec<(String, String)>, Option<i32>) {
     let bin = fixture(fixture_name);
     let file = format!("{fixture_name}-{backend}.bts");
@@ -31,17 +37,9 @@ fn trace(
     );
     let code = out.status.code();
     assert_ne!(code, Some(125), "{}", text(&out.stderr));
-    let r = json(&bts(
-        dir,
-        &["last-branch", "--json", "-n", "100000000", &file],
-    ));
-    let t = r["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["tid"] == r["pid"])
-        .expect("main thread")
-        .clone();
+    let r = json(&bts(dir, &["last-branch", "--json", "-n", "100000000", &file]));
+    let pick = |t: &&serde_json::Value| if crashed { t["crashed"] == true } else { t["tid"] == r["pid"] };
+    let t = r["threads"].as_array().unwrap().iter().find(pick).expect("the thread").clone();
     assert_eq!(t["lost"], 0, "the buffer held the whole run");
     (pairs(&t), code)
 }
@@ -51,11 +49,7 @@ fn compare(fixture_name: &str) {
     let (step, step_code) = trace(&dir, "step", fixture_name);
     let (fast, fast_code) = trace(&dir, "fast", fixture_name);
     assert_eq!(step_code, fast_code);
-    assert!(
-        step.len() > 1000,
-        "a whole run from exec has thousands of branches: {}",
-        step.len()
-    );
+    assert!(step.len() > 1000, "a whole run from exec has thousands of branches: {}", step.len());
     if let Some(i) = step.iter().zip(&fast).position(|(a, b)| a != b) {
         panic!(
             "{fixture_name}: first difference at branch {i} of {}: step {:?} fast {:?}",
@@ -64,11 +58,7 @@ fn compare(fixture_name: &str) {
             &fast[i.saturating_sub(2)..(i + 3).min(fast.len())]
         );
     }
-    assert_eq!(
-        step.len(),
-        fast.len(),
-        "{fixture_name}: same records, different counts"
-    );
+    assert_eq!(step.len(), fast.len(), "{fixture_name}: same records, different counts");
 }
 
 #[test]
@@ -107,4 +97,16 @@ fn identical_on_a_recovered_segv() {
 #[test]
 fn identical_on_exit() {
     compare("exit3");
+}
+
+#[test]
+fn identical_on_the_crashing_worker_thread() {
+    // Threads interleave differently from run to run; each thread's own
+    // branches do not depend on that here.
+    let dir = scratch("compare_thread_crash");
+    let (step, sc) = trace_thread(&dir, "step", "thread_crash", true);
+    let (fast, fc) = trace_thread(&dir, "fast", "thread_crash", true);
+    assert_eq!((sc, fc), (Some(139), Some(139)));
+    assert!(step.len() > 100, "{}", step.len());
+    assert_eq!(step, fast);
 }

@@ -5,18 +5,7 @@ use common::*;
 
 fn crash_trace(dir: &std::path::Path) -> std::path::PathBuf {
     let bin = fixture("null_call");
-    let out = bts(
-        dir,
-        &[
-            "run",
-            "--report",
-            "never",
-            "-o",
-            "crash.bts",
-            "--",
-            bin.to_str().unwrap(),
-        ],
-    );
+    let out = bts(dir, &["run", "--report", "never", "-o", "crash.bts", "--", bin.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(139));
     dir.join("crash.bts")
 }
@@ -32,33 +21,15 @@ fn last_branch_reads_a_saved_trace() {
     assert!(s.contains("Last 5 branches of thread"), "{s}");
     let rows = s.lines().filter(|l| l.contains(" -> ")).count();
     assert_eq!(rows, 5, "{s}");
-    let r = json(&bts(
-        &dir,
-        &["last-branch", "--json", "-n", "3", file.to_str().unwrap()],
-    ));
+    let r = json(&bts(&dir, &["last-branch", "--json", "-n", "3", file.to_str().unwrap()]));
     let t = crashed_thread(&r);
     assert_eq!(t["branches"].as_array().unwrap().len(), 3);
-    assert!(
-        t["lost"].as_u64().unwrap() > 0,
-        "a 64 KiB buffer wraps over a whole run"
-    );
+    assert!(t["lost"].as_u64().unwrap() > 0, "a 64 KiB buffer wraps over a whole run");
     // --thread picks a thread; an unknown one is an error.
     let tid = t["tid"].to_string();
-    let again = json(&bts(
-        &dir,
-        &[
-            "last-branch",
-            "--json",
-            "--thread",
-            &tid,
-            file.to_str().unwrap(),
-        ],
-    ));
+    let again = json(&bts(&dir, &["last-branch", "--json", "--thread", &tid, file.to_str().unwrap()]));
     assert_eq!(again["threads"].as_array().unwrap().len(), 1);
-    let out = bts(
-        &dir,
-        &["last-branch", "--thread", "1", file.to_str().unwrap()],
-    );
+    let out = bts(&dir, &["last-branch", "--thread", "1", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no thread 1 in this trace"));
 }

@@ -10,10 +10,7 @@ pub use tracefile::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile, FORM
 #[non_exhaustive]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("not a bts trace file (bad magic)")]
     BadMagic,
     #[error("trace file format version {found} is not supported (this bts reads version {FORMAT_VERSION})")]

@@ -68,16 +68,8 @@ pub struct Module {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum StreamKind {
-    Thread {
-        pid: i32,
-        generation: u32,
-        tid: i32,
-        crashed: bool,
-        last_pc: Option<u64>,
-    },
-    Cpu {
-        cpu: u32,
-    },
+    Thread { pid: i32, generation: u32, tid: i32, crashed: bool, last_pc: Option<u64> },
+    Cpu { cpu: u32 },
 }
 
 /// One circular buffer's content.
@@ -140,17 +132,13 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.data.len())
-            .ok_or_else(|| {
-                Error::Truncated(format!(
-                    "{what} needs {n} bytes at offset {}, file has {}",
-                    self.pos,
-                    self.data.len()
-                ))
-            })?;
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| {
+            Error::Truncated(format!(
+                "{what} needs {n} bytes at offset {}, file has {}",
+                self.pos,
+                self.data.len()
+            ))
+        })?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -234,21 +222,16 @@ impl TraceFile {
             }
             let at = c.pos;
             if data.len() - at < SECTION_HEADER {
-                return Err(Error::Truncated(format!(
-                    "section header at offset {at} is cut short"
-                )));
+                return Err(Error::Truncated(format!("section header at offset {at} is cut short")));
             }
             let tag = c.u32("a section tag")?;
             let crc = c.u32("a section checksum")?;
             let len = c.u64("a section length")?;
-            let len = usize::try_from(len).map_err(|_| {
-                Error::Corrupt(format!("section at offset {at} claims {len} bytes"))
-            })?;
+            let len = usize::try_from(len)
+                .map_err(|_| Error::Corrupt(format!("section at offset {at} claims {len} bytes")))?;
             let payload = c.take(len, &format!("section {tag} at offset {at}"))?;
             if crc32fast::hash(payload) != crc {
-                return Err(Error::Corrupt(format!(
-                    "checksum mismatch in section {tag} at offset {at}"
-                )));
+                return Err(Error::Corrupt(format!("checksum mismatch in section {tag} at offset {at}")));
             }
             match tag {
                 TAG_END => break,
@@ -263,10 +246,7 @@ impl TraceFile {
                 }
                 TAG_STREAM => tf.streams.push(parse_stream(payload, at)?),
                 TAG_CODE => {
-                    let mut p = Cursor {
-                        data: payload,
-                        pos: 0,
-                    };
+                    let mut p = Cursor { data: payload, pos: 0 };
                     let pid = p.u32("code pid")? as i32;
                     let generation = p.u32("code generation")?;
                     let addr = p.u64("code address")?;
@@ -276,19 +256,10 @@ impl TraceFile {
                             "code range at {addr:#x} wraps the address space"
                         )));
                     }
-                    tf.code.push(CodeRange {
-                        pid,
-                        generation,
-                        addr,
-                        bytes,
-                    });
+                    tf.code.push(CodeRange { pid, generation, addr, bytes });
                 }
                 t if t & OPTIONAL != 0 => {}
-                t => {
-                    return Err(Error::Corrupt(format!(
-                        "unknown section tag {t:#x} at offset {at}"
-                    )))
-                }
+                t => return Err(Error::Corrupt(format!("unknown section tag {t:#x} at offset {at}"))),
             }
         }
         if !saw_meta {
@@ -299,10 +270,7 @@ impl TraceFile {
 
     /// Writes the file atomically (a temporary file renamed into place).
     pub fn write(&self, path: &Path) -> Result<()> {
-        let io = |source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        let io = |source| Error::Io { path: path.display().to_string(), source };
         let tmp = path.with_extension("bts.partial");
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(&self.to_bytes()).map_err(io)?;
@@ -311,34 +279,25 @@ impl TraceFile {
     }
 
     pub fn read(path: &Path) -> Result<TraceFile> {
-        let data = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let data =
+            std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
         TraceFile::from_bytes(&data)
     }
 
     /// Branch streams of threads, in file order.
     pub fn thread_streams(&self) -> impl Iterator<Item = &Stream> {
-        self.streams
-            .iter()
-            .filter(|s| matches!(s.kind, StreamKind::Thread { .. }))
+        self.streams.iter().filter(|s| matches!(s.kind, StreamKind::Thread { .. }))
     }
 }
 
 fn parse_stream(payload: &[u8], at: usize) -> Result<Stream> {
-    let mut p = Cursor {
-        data: payload,
-        pos: 0,
-    };
+    let mut p = Cursor { data: payload, pos: 0 };
     let hlen = p.u32("stream header length")? as usize;
     let header = p.take(hlen, "stream header")?;
     let h: StreamHeader = serde_json::from_slice(header)
         .map_err(|e| Error::Corrupt(format!("stream header at offset {at}: {e}")))?;
     let body = &payload[p.pos..];
-    let expect = usize::try_from(h.count)
-        .ok()
-        .and_then(|n| n.checked_mul(BTS_RECORD_SIZE));
+    let expect = usize::try_from(h.count).ok().and_then(|n| n.checked_mul(BTS_RECORD_SIZE));
     if expect != Some(body.len()) {
         return Err(Error::Corrupt(format!(
             "stream at offset {at} says {} records but holds {} bytes",
@@ -347,13 +306,7 @@ fn parse_stream(payload: &[u8], at: usize) -> Result<Stream> {
         )));
     }
     let records = BtsRecord::parse_all(body).map_err(|e| Error::Corrupt(e.to_string()))?;
-    Ok(Stream {
-        kind: h.kind,
-        capacity: h.capacity,
-        overwritten: h.overwritten,
-        lost: h.lost,
-        records,
-    })
+    Ok(Stream { kind: h.kind, capacity: h.capacity, overwritten: h.overwritten, lost: h.lost, records })
 }
 
 #[cfg(test)]
@@ -383,27 +336,13 @@ mod tests {
                 build_id: Some("abcd".into()),
             }],
             streams: vec![Stream {
-                kind: StreamKind::Thread {
-                    pid: 42,
-                    generation: 1,
-                    tid: 42,
-                    crashed: true,
-                    last_pc: Some(0),
-                },
+                kind: StreamKind::Thread { pid: 42, generation: 1, tid: 42, crashed: true, last_pc: Some(0) },
                 capacity: 100,
                 overwritten: 7,
                 lost: 0,
-                records: vec![
-                    BtsRecord::branch(0x1000, 0x1010),
-                    BtsRecord::branch(0x1012, 0),
-                ],
+                records: vec![BtsRecord::branch(0x1000, 0x1010), BtsRecord::branch(0x1012, 0)],
             }],
-            code: vec![CodeRange {
-                pid: 42,
-                generation: 1,
-                addr: 0x1000,
-                bytes: vec![0x90; 64],
-            }],
+            code: vec![CodeRange { pid: 42, generation: 1, addr: 0x1000, bytes: vec![0x90; 64] }],
         }
     }
 
@@ -439,15 +378,9 @@ mod tests {
 
     #[test]
     fn rejects_other_files_and_versions() {
-        assert!(matches!(
-            TraceFile::from_bytes(b"ELF\x7f not a trace"),
-            Err(Error::BadMagic)
-        ));
+        assert!(matches!(TraceFile::from_bytes(b"ELF\x7f not a trace"), Err(Error::BadMagic)));
         let mut b = sample().to_bytes();
         b[8] = 9;
-        assert!(matches!(
-            TraceFile::from_bytes(&b),
-            Err(Error::UnsupportedVersion { found: 9 })
-        ));
+        assert!(matches!(TraceFile::from_bytes(&b), Err(Error::UnsupportedVersion { found: 9 })));
     }
 }

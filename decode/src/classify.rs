@@ -77,9 +77,7 @@ pub fn classify_insn(insn: &Instruction, to: u64) -> BranchKind {
             }
         }
         FlowControl::Return => BranchKind::Return,
-        FlowControl::Interrupt | FlowControl::Exception | FlowControl::XbeginXabortXend => {
-            BranchKind::Async
-        }
+        FlowControl::Interrupt | FlowControl::Exception | FlowControl::XbeginXabortXend => BranchKind::Async,
         FlowControl::Next => BranchKind::Async,
     }
 }
@@ -101,24 +99,12 @@ mod tests {
         assert_eq!(classify(&m, 0x1000, 0x1105), BranchKind::Call);
         assert_eq!(classify(&m, 0x1000, 0x2000), BranchKind::Async);
         assert_eq!(classify(&code(&[0xc3]), 0x1000, 0x5555), BranchKind::Return);
-        assert_eq!(
-            classify(&code(&[0x0f, 0x05]), 0x1000, 0x1002),
-            BranchKind::Syscall
-        );
-        assert_eq!(
-            classify(&code(&[0x74, 0x10]), 0x1000, 0x1012),
-            BranchKind::Conditional
-        );
-        assert_eq!(
-            classify(&code(&[0xff, 0xe0]), 0x1000, 0x7777),
-            BranchKind::Jump
-        );
+        assert_eq!(classify(&code(&[0x0f, 0x05]), 0x1000, 0x1002), BranchKind::Syscall);
+        assert_eq!(classify(&code(&[0x74, 0x10]), 0x1000, 0x1012), BranchKind::Conditional);
+        assert_eq!(classify(&code(&[0xff, 0xe0]), 0x1000, 0x7777), BranchKind::Jump);
         assert_eq!(classify(&code(&[0xff, 0xd0]), 0x1000, 0), BranchKind::Call);
         // A signal delivered at a mov.
-        assert_eq!(
-            classify(&code(&[0x48, 0x89, 0xc7]), 0x1000, 0x4000),
-            BranchKind::Async
-        );
+        assert_eq!(classify(&code(&[0x48, 0x89, 0xc7]), 0x1000, 0x4000), BranchKind::Async);
         // No code at all.
         assert_eq!(classify(&code(&[]), 0x9000, 0x4000), BranchKind::Async);
     }

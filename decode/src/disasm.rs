@@ -26,9 +26,7 @@ pub fn straight_line(code: &CodeMap, start: u64, end: u64, include_end: bool) ->
             return w;
         }
         if w.insns.len() >= MAX_WALK {
-            w.gap = Some(format!(
-                "no branch within {MAX_WALK} instructions of {start:#x}"
-            ));
+            w.gap = Some(format!("no branch within {MAX_WALK} instructions of {start:#x}"));
             return w;
         }
         let Some(insn) = decode_at(code, a) else {
@@ -82,23 +80,13 @@ pub fn last_instructions(
         let start = if k == 0 { None } else { Some(records[k - 1].1) };
         let block = match start {
             Some(s) => straight_line(code, s, from, executed),
-            None => Walked {
-                insns: decode_at(code, from)
-                    .filter(|_| executed)
-                    .into_iter()
-                    .collect(),
-                gap: None,
-            },
+            None => {
+                Walked { insns: decode_at(code, from).filter(|_| executed).into_iter().collect(), gap: None }
+            }
         };
         let gap = block.gap.is_some();
-        let mut insns = if gap {
-            decode_at(code, from)
-                .filter(|_| executed)
-                .into_iter()
-                .collect()
-        } else {
-            block.insns
-        };
+        let mut insns =
+            if gap { decode_at(code, from).filter(|_| executed).into_iter().collect() } else { block.insns };
         insns.extend(out);
         out = insns;
         if k == 0 || gap {

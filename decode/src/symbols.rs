@@ -110,18 +110,11 @@ pub fn build_id(path: &str) -> Option<String> {
 
 impl Symbolizer {
     pub fn new(modules: Vec<ModuleInfo>) -> Self {
-        Symbolizer {
-            modules,
-            loaded: RefCell::default(),
-            cache: RefCell::default(),
-        }
+        Symbolizer { modules, loaded: RefCell::default(), cache: RefCell::default() }
     }
 
     pub fn module_of(&self, addr: u64) -> Option<&ModuleInfo> {
-        self.modules
-            .iter()
-            .rev()
-            .find(|m| (m.start..m.end).contains(&addr))
+        self.modules.iter().rev().find(|m| (m.start..m.end).contains(&addr))
     }
 
     pub fn lookup(&self, addr: u64) -> Symbol {
@@ -138,21 +131,13 @@ impl Symbolizer {
             return Symbol::default();
         };
         let file_off = m.offset + (addr - m.start);
-        let mut sym = Symbol {
-            module: Some(m.path.clone()),
-            file_offset: file_off,
-            ..Symbol::default()
-        };
+        let mut sym = Symbol { module: Some(m.path.clone()), file_offset: file_off, ..Symbol::default() };
         let mut loaded = self.loaded.borrow_mut();
-        let entry = loaded
-            .entry(m.path.clone())
-            .or_insert_with(|| load(&m.path));
+        let entry = loaded.entry(m.path.clone()).or_insert_with(|| load(&m.path));
         let Some(l) = entry.as_ref() else { return sym };
         // The segment that holds the mapped file offset gives the load bias.
-        let Some(&(seg_off, _, seg_addr)) = l
-            .segments
-            .iter()
-            .find(|&&(o, sz, _)| file_off >= (o & !0xfff) && file_off < o + sz.max(1))
+        let Some(&(seg_off, _, seg_addr)) =
+            l.segments.iter().find(|&&(o, sz, _)| file_off >= (o & !0xfff) && file_off < o + sz.max(1))
         else {
             return sym;
         };
@@ -168,9 +153,7 @@ impl Symbolizer {
         if sym.function.is_none() {
             if let Ok(mut frames) = l.loader.find_frames(probe) {
                 if let Ok(Some(f)) = frames.next() {
-                    sym.function = f
-                        .function
-                        .and_then(|n| n.demangle().ok().map(|c| c.into_owned()));
+                    sym.function = f.function.and_then(|n| n.demangle().ok().map(|c| c.into_owned()));
                 }
             }
         }

@@ -22,12 +22,7 @@ impl BtsBuffer {
         if capacity == 0 {
             return Err(Error::BufferTooSmall { bytes });
         }
-        Ok(BtsBuffer {
-            slots: Vec::new(),
-            capacity,
-            index: 0,
-            written: 0,
-        })
+        Ok(BtsBuffer { slots: Vec::new(), capacity, index: 0, written: 0 })
     }
 
     /// How many records the buffer holds when full.

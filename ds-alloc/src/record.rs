@@ -49,11 +49,7 @@ pub enum RecordKind {
     /// A branch from `from` to `to`.
     Branch { from: u64, to: u64, predicted: bool },
     /// A context record with its clock and pid.
-    Context {
-        kind: ContextKind,
-        clock: u64,
-        pid: u64,
-    },
+    Context { kind: ContextKind, clock: u64, pid: u64 },
 }
 
 impl BtsRecord {
@@ -70,11 +66,7 @@ impl BtsRecord {
             ContextKind::TaskArrives => 2,
             ContextKind::TaskDeparts => 3,
         };
-        BtsRecord {
-            from: ESCAPE | q,
-            to: clock,
-            flags: pid,
-        }
+        BtsRecord { from: ESCAPE | q, to: clock, flags: pid }
     }
 
     /// Classifies the record.
@@ -88,18 +80,10 @@ impl BtsRecord {
             };
             if let Some(kind) = kind {
                 debug_assert_eq!(kind.qualifier(), self.from & 0xF);
-                return RecordKind::Context {
-                    kind,
-                    clock: self.to,
-                    pid: self.flags,
-                };
+                return RecordKind::Context { kind, clock: self.to, pid: self.flags };
             }
         }
-        RecordKind::Branch {
-            from: self.from,
-            to: self.to,
-            predicted: self.flags & FLAG_PREDICTED != 0,
-        }
+        RecordKind::Branch { from: self.from, to: self.to, predicted: self.flags & FLAG_PREDICTED != 0 }
     }
 
     /// True for a branch record (not a context record).
@@ -123,11 +107,7 @@ impl BtsRecord {
             w.copy_from_slice(&b[i..i + 8]);
             u64::from_le_bytes(w)
         };
-        BtsRecord {
-            from: word(0),
-            to: word(8),
-            flags: word(16),
-        }
+        BtsRecord { from: word(0), to: word(8), flags: word(16) }
     }
 
     /// Reads a run of records; the slice must hold whole records.
@@ -161,22 +141,11 @@ mod tests {
 
     #[test]
     fn bytes_round_trip() {
-        let r = BtsRecord {
-            from: 0x401000,
-            to: 0x7fff_0000_1234,
-            flags: FLAG_PREDICTED,
-        };
+        let r = BtsRecord { from: 0x401000, to: 0x7fff_0000_1234, flags: FLAG_PREDICTED };
         let b = r.to_bytes();
         assert_eq!(&b[0..8], &0x401000u64.to_le_bytes());
         assert_eq!(BtsRecord::from_bytes(&b), r);
-        assert_eq!(
-            r.kind(),
-            RecordKind::Branch {
-                from: 0x401000,
-                to: 0x7fff_0000_1234,
-                predicted: true
-            }
-        );
+        assert_eq!(r.kind(), RecordKind::Branch { from: 0x401000, to: 0x7fff_0000_1234, predicted: true });
     }
 
     #[test]
@@ -185,14 +154,7 @@ mod tests {
         assert_eq!(r.from, 0xffff_ffff_ffff_fff3);
         assert_eq!(r.to, 99);
         assert_eq!(r.flags, 1234);
-        assert_eq!(
-            r.kind(),
-            RecordKind::Context {
-                kind: ContextKind::TaskDeparts,
-                clock: 99,
-                pid: 1234
-            }
-        );
+        assert_eq!(r.kind(), RecordKind::Context { kind: ContextKind::TaskDeparts, clock: 99, pid: 1234 });
         assert!(!r.is_branch());
         // A kernel address that merely looks high is still a branch.
         assert!(BtsRecord::branch(0xffff_ffff_8100_0000, 0x401000).is_branch());

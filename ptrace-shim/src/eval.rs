@@ -49,10 +49,7 @@ pub fn reg_value(regs: &Regs, reg: Register) -> Option<u64> {
         Register::ES | Register::CS | Register::SS | Register::DS => return Some(0),
         _ => return None,
     };
-    if matches!(
-        reg,
-        Register::AH | Register::BH | Register::CH | Register::DH
-    ) {
+    if matches!(reg, Register::AH | Register::BH | Register::CH | Register::DH) {
         return Some((full >> 8) & 0xff);
     }
     Some(match reg.size() {
@@ -91,8 +88,8 @@ fn condition(cc: ConditionCode, flags: u64) -> bool {
 fn counter_bits(insn: &Instruction) -> u32 {
     use Code::*;
     match insn.code() {
-        Jrcxz_rel8_16 | Jrcxz_rel8_64 | Loopne_rel8_16_RCX | Loopne_rel8_64_RCX
-        | Loope_rel8_16_RCX | Loope_rel8_64_RCX | Loop_rel8_16_RCX | Loop_rel8_64_RCX => 64,
+        Jrcxz_rel8_16 | Jrcxz_rel8_64 | Loopne_rel8_16_RCX | Loopne_rel8_64_RCX | Loope_rel8_16_RCX
+        | Loope_rel8_64_RCX | Loop_rel8_16_RCX | Loop_rel8_64_RCX => 64,
         Jcxz_rel8_16 | Jcxz_rel8_32 | Loopne_rel8_16_CX | Loopne_rel8_32_CX | Loope_rel8_16_CX
         | Loope_rel8_32_CX | Loop_rel8_16_CX | Loop_rel8_32_CX => 16,
         _ => 32,
@@ -127,11 +124,7 @@ fn indirect_target(insn: &Instruction, regs: &Regs, space: &Space) -> Option<u64
 
 /// Evaluates the branch `insn` for a thread stopped just before it.
 pub fn evaluate(insn: &Instruction, regs: &Regs, space: &Space) -> Outcome {
-    if insn.is_jmp_far()
-        || insn.is_jmp_far_indirect()
-        || insn.is_call_far()
-        || insn.is_call_far_indirect()
-    {
+    if insn.is_jmp_far() || insn.is_jmp_far_indirect() || insn.is_call_far() || insn.is_call_far_indirect() {
         return Outcome::Unknown;
     }
     let flags = regs.eflags;
@@ -173,9 +166,9 @@ pub fn evaluate(insn: &Instruction, regs: &Regs, space: &Space) -> Outcome {
         FlowControl::IndirectBranch | FlowControl::IndirectCall => {
             indirect_target(insn, regs, space).map_or(Outcome::Unknown, Outcome::Taken)
         }
-        FlowControl::Return if insn.mnemonic() == Mnemonic::Ret => space
-            .read_u64(regs.rsp)
-            .map_or(Outcome::Unknown, Outcome::Taken),
+        FlowControl::Return if insn.mnemonic() == Mnemonic::Ret => {
+            space.read_u64(regs.rsp).map_or(Outcome::Unknown, Outcome::Taken)
+        }
         _ => Outcome::Unknown,
     }
 }
@@ -202,18 +195,11 @@ pub fn emulate(insn: &Instruction, outcome: Outcome, regs: &mut Regs, space: &Sp
             regs.rsp = regs.rsp.wrapping_add(8 + u64::from(insn.immediate16()));
         }
         FlowControl::ConditionalBranch
-            if matches!(
-                insn.mnemonic(),
-                Mnemonic::Loop | Mnemonic::Loope | Mnemonic::Loopne
-            ) =>
+            if matches!(insn.mnemonic(), Mnemonic::Loop | Mnemonic::Loope | Mnemonic::Loopne) =>
         {
             let m = mask(counter_bits(insn));
             let count = regs.rcx.wrapping_sub(1) & m;
-            regs.rcx = if counter_bits(insn) == 32 {
-                count
-            } else {
-                (regs.rcx & !m) | count
-            };
+            regs.rcx = if counter_bits(insn) == 32 { count } else { (regs.rcx & !m) | count };
         }
         _ => {}
     }

@@ -48,25 +48,16 @@ pub enum Error {
     #[error("not allowed to trace pid {pid}: {cause}")]
     PermissionDenied { pid: i32, cause: String },
     #[error("cannot execute {program}: {source}")]
-    Exec {
-        program: String,
-        source: std::io::Error,
-    },
+    Exec { program: String, source: std::io::Error },
     #[error("{what}: {source}")]
-    Os {
-        what: String,
-        source: std::io::Error,
-    },
+    Os { what: String, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
 }
 
 impl Error {
     pub(crate) fn os(what: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Os {
-            what: what.into(),
-            source,
-        }
+        Error::Os { what: what.into(), source }
     }
 }
 

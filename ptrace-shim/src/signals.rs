@@ -35,14 +35,8 @@ pub fn install_stop_handlers() -> std::io::Result<()> {
         set_handler(sig, on_stop_signal)?;
     }
     set_handler(libc::SIGALRM, on_tick)?;
-    let tick = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 100_000,
-    };
-    let it = libc::itimerval {
-        it_interval: tick,
-        it_value: tick,
-    };
+    let tick = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+    let it = libc::itimerval { it_interval: tick, it_value: tick };
     // SAFETY: `it` is a valid itimerval; the old value is not wanted.
     if unsafe { libc::setitimer(libc::ITIMER_REAL, &it, std::ptr::null_mut()) } != 0 {
         return Err(std::io::Error::last_os_error());

@@ -41,10 +41,7 @@ pub struct Space {
 }
 
 fn open_mem(pid: Pid) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/proc/{pid}/mem"))
+    std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem"))
 }
 
 impl Space {
@@ -183,10 +180,7 @@ impl Space {
         }
         let mut orig = [0u8; 1];
         if self.read_code(addr, &mut orig) != 1 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "unreadable code",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "unreadable code"));
         }
         self.write_live(addr, &[INT3])?;
         self.bps.insert(addr, orig[0]);

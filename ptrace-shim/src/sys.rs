@@ -41,12 +41,7 @@ fn ptrace(req: libc::c_uint, pid: Pid, addr: usize, data: usize) -> io::Result<l
     // correctly sized buffer for the request, as documented in ptrace(2).
     unsafe {
         *libc::__errno_location() = 0;
-        check(libc::ptrace(
-            req,
-            pid,
-            addr as *mut libc::c_void,
-            data as *mut libc::c_void,
-        ))
+        check(libc::ptrace(req, pid, addr as *mut libc::c_void, data as *mut libc::c_void))
     }
 }
 
@@ -77,24 +72,14 @@ pub fn set_options(pid: Pid, options: i32) -> io::Result<()> {
 
 pub fn get_event_msg(pid: Pid) -> io::Result<u64> {
     let mut msg: libc::c_ulong = 0;
-    ptrace(
-        libc::PTRACE_GETEVENTMSG,
-        pid,
-        0,
-        &mut msg as *mut _ as usize,
-    )?;
+    ptrace(libc::PTRACE_GETEVENTMSG, pid, 0, &mut msg as *mut _ as usize)?;
     Ok(msg)
 }
 
 pub fn get_regs(pid: Pid) -> io::Result<Regs> {
     // SAFETY: user_regs_struct is plain old data; all-zero is a valid value.
     let mut regs: Regs = unsafe { std::mem::zeroed() };
-    ptrace(
-        libc::PTRACE_GETREGS,
-        pid,
-        0,
-        &mut regs as *mut Regs as usize,
-    )?;
+    ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs as *mut Regs as usize)?;
     Ok(regs)
 }
 
@@ -117,10 +102,8 @@ pub fn get_siginfo(pid: Pid) -> io::Result<SigInfo> {
     // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
     let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
     ptrace(libc::PTRACE_GETSIGINFO, pid, 0, &mut si as *mut _ as usize)?;
-    let fault = matches!(
-        si.si_signo,
-        libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
-    );
+    let fault =
+        matches!(si.si_signo, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP);
     // SAFETY: the union member read matches the signal class just checked.
     let (addr, sender) = unsafe {
         if fault {
@@ -129,12 +112,7 @@ pub fn get_siginfo(pid: Pid) -> io::Result<SigInfo> {
             (0, si.si_pid())
         }
     };
-    Ok(SigInfo {
-        signo: si.si_signo,
-        code: si.si_code,
-        addr,
-        sender,
-    })
+    Ok(SigInfo { signo: si.si_signo, code: si.si_code, addr, sender })
 }
 
 /// What `PTRACE_GET_SYSCALL_INFO` says about a syscall stop.
@@ -148,16 +126,8 @@ pub struct SyscallInfo {
 pub fn get_syscall_info(pid: Pid) -> io::Result<SyscallInfo> {
     // struct ptrace_syscall_info: op u8, pad[3], arch u32, ip u64, sp u64, union...
     let mut buf = [0u64; 11];
-    ptrace(
-        PTRACE_GET_SYSCALL_INFO,
-        pid,
-        std::mem::size_of_val(&buf),
-        buf.as_mut_ptr() as usize,
-    )?;
-    Ok(SyscallInfo {
-        op: (buf[0] & 0xff) as u8,
-        ip: buf[1],
-    })
+    ptrace(PTRACE_GET_SYSCALL_INFO, pid, std::mem::size_of_val(&buf), buf.as_mut_ptr() as usize)?;
+    Ok(SyscallInfo { op: (buf[0] & 0xff) as u8, ip: buf[1] })
 }
 
 /// A decoded wait status.
@@ -277,18 +247,9 @@ mod tests {
     #[test]
     fn wait_status_decoding() {
         assert_eq!(decode_status(5, 3 << 8), Wait::Exited(5, 3));
-        assert_eq!(
-            decode_status(5, libc::SIGSEGV),
-            Wait::Signaled(5, libc::SIGSEGV)
-        );
-        assert_eq!(
-            decode_status(5, 0x7f | (libc::SIGSEGV << 8)),
-            Wait::Signal(5, libc::SIGSEGV)
-        );
-        assert_eq!(
-            decode_status(5, 0x7f | ((libc::SIGTRAP | 0x80) << 8)),
-            Wait::Syscall(5)
-        );
+        assert_eq!(decode_status(5, libc::SIGSEGV), Wait::Signaled(5, libc::SIGSEGV));
+        assert_eq!(decode_status(5, 0x7f | (libc::SIGSEGV << 8)), Wait::Signal(5, libc::SIGSEGV));
+        assert_eq!(decode_status(5, 0x7f | ((libc::SIGTRAP | 0x80) << 8)), Wait::Syscall(5));
         assert_eq!(
             decode_status(5, 0x7f | (libc::SIGTRAP << 8) | (EVENT_EXEC << 16)),
             Wait::Event(5, EVENT_EXEC, libc::SIGTRAP)
@@ -340,8 +301,7 @@ pub fn pick_cpu(allowed: &libc::cpu_set_t) -> Option<usize> {
     // SAFETY: sched_getcpu has no arguments.
     let here = unsafe { libc::sched_getcpu() };
     // SAFETY: CPU_ISSET reads within the set for cpu < CPU_SETSIZE.
-    let in_set =
-        |c: usize| c < libc::CPU_SETSIZE as usize && unsafe { libc::CPU_ISSET(c, allowed) };
+    let in_set = |c: usize| c < libc::CPU_SETSIZE as usize && unsafe { libc::CPU_ISSET(c, allowed) };
     if here >= 0 && in_set(here as usize) {
         return Some(here as usize);
     }

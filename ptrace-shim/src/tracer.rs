@@ -187,16 +187,11 @@ fn trace_options(launched: bool) -> i32 {
 
 fn status_field(tid: Pid, field: &str) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    text.lines().find_map(|l| {
-        l.strip_prefix(field)
-            .map(|v| v.trim_start_matches(':').trim().to_string())
-    })
+    text.lines().find_map(|l| l.strip_prefix(field).map(|v| v.trim_start_matches(':').trim().to_string()))
 }
 
 fn sig_mask(tid: Pid, field: &str) -> u64 {
-    status_field(tid, field)
-        .and_then(|v| u64::from_str_radix(&v, 16).ok())
-        .unwrap_or(0)
+    status_field(tid, field).and_then(|v| u64::from_str_radix(&v, 16).ok()).unwrap_or(0)
 }
 
 fn is_restart(rax: u64) -> bool {
@@ -282,9 +277,7 @@ fn permission_cause(pid: Pid, e: &std::io::Error) -> String {
     if let Ok(scope) = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
         let scope = scope.trim();
         if scope != "0" {
-            return format!(
-                "{e}; kernel.yama.ptrace_scope is {scope} (run bts as root, or set it to 0)"
-            );
+            return format!("{e}; kernel.yama.ptrace_scope is {scope} (run bts as root, or set it to 0)");
         }
     }
     format!("{e} (it may belong to another user: run bts as that user or as root)")
@@ -320,8 +313,7 @@ impl Session {
 
     /// Launches `argv` traced from its first instruction.
     pub fn launch(argv: &[OsString], opts: Options) -> Result<Session> {
-        ds_alloc::BtsBuffer::with_bytes(opts.buffer_bytes)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        ds_alloc::BtsBuffer::with_bytes(opts.buffer_bytes).map_err(|e| Error::Invalid(e.to_string()))?;
         if opts.pin_cpu {
             // The child inherits the mask across fork and exec.
             Session::pin_self(0);
@@ -366,15 +358,12 @@ impl Session {
 
     /// Attaches to every thread of the running process `pid`.
     pub fn attach(pid: Pid, opts: Options) -> Result<Session> {
-        ds_alloc::BtsBuffer::with_bytes(opts.buffer_bytes)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        ds_alloc::BtsBuffer::with_bytes(opts.buffer_bytes).map_err(|e| Error::Invalid(e.to_string()))?;
         if pid <= 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             return Err(Error::NoSuchProcess { pid });
         }
         if status_field(pid, "Tgid").and_then(|t| t.parse::<Pid>().ok()) != Some(pid) {
-            return Err(Error::Invalid(format!(
-                "{pid} is a thread, not a process: attach to its process"
-            )));
+            return Err(Error::Invalid(format!("{pid} is a thread, not a process: attach to its process")));
         }
         if pid == std::process::id() as Pid {
             return Err(Error::Invalid("bts cannot trace itself".into()));
@@ -385,14 +374,10 @@ impl Session {
         // Threads may be created while we seize: list until nothing is new.
         loop {
             let mut new = 0;
-            let dir = std::fs::read_dir(format!("/proc/{pid}/task"))
-                .map_err(|_| Error::NoSuchProcess { pid })?;
+            let dir =
+                std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|_| Error::NoSuchProcess { pid })?;
             for entry in dir.flatten() {
-                let Some(tid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|t| t.parse::<Pid>().ok())
-                else {
+                let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<Pid>().ok()) else {
                     continue;
                 };
                 if seized.contains(&tid) {
@@ -403,10 +388,7 @@ impl Session {
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
                     Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                         s.abandon(&seized);
-                        return Err(Error::PermissionDenied {
-                            pid,
-                            cause: permission_cause(pid, &e),
-                        });
+                        return Err(Error::PermissionDenied { pid, cause: permission_cause(pid, &e) });
                     }
                     Err(e) => {
                         s.abandon(&seized);
@@ -423,11 +405,7 @@ impl Session {
         if seized.is_empty() {
             return Err(Error::NoSuchProcess { pid });
         }
-        let pin = if s.opts.pin_cpu {
-            Session::pin_self(pid)
-        } else {
-            None
-        };
+        let pin = if s.opts.pin_cpu { Session::pin_self(pid) } else { None };
         for &tid in &seized {
             let _ = sys::interrupt(tid);
             s.add_thread(tid, space, true)?;
@@ -484,8 +462,7 @@ impl Session {
     }
 
     fn new_space(&mut self, pid: Pid, generation: u32) -> Result<usize> {
-        let mut space =
-            Space::new(pid, generation).map_err(|e| Error::os(format!("/proc/{pid}/mem"), e))?;
+        let mut space = Space::new(pid, generation).map_err(|e| Error::os(format!("/proc/{pid}/mem"), e))?;
         space.refresh_maps();
         self.spaces.push(SpaceSlot {
             space,
@@ -497,8 +474,8 @@ impl Session {
     }
 
     fn add_thread(&mut self, tid: Pid, space: usize, record: bool) -> Result<()> {
-        let buffer = BtsBuffer::with_bytes(self.opts.buffer_bytes)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let buffer =
+            BtsBuffer::with_bytes(self.opts.buffer_bytes).map_err(|e| Error::Invalid(e.to_string()))?;
         self.threads.insert(
             tid,
             Thread {
@@ -583,49 +560,42 @@ impl Session {
             return Ok(());
         };
         let slot = &self.spaces[t.space];
-        let r =
-            if slot.released || !slot.followed && !t.record && self.opts.backend == Backend::Step {
-                sys::cont(tid, sig)
-            } else {
-                match self.opts.backend {
-                    Backend::Step => {
-                        let pc = match sys::get_regs(tid) {
-                            Ok(r) => r.rip,
-                            Err(_) => return Ok(()),
-                        };
+        let r = if slot.released || !slot.followed && !t.record && self.opts.backend == Backend::Step {
+            sys::cont(tid, sig)
+        } else {
+            match self.opts.backend {
+                Backend::Step => {
+                    let pc = match sys::get_regs(tid) {
+                        Ok(r) => r.rip,
+                        Err(_) => return Ok(()),
+                    };
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        if t.pending == Pending::None {
+                            t.pending = Pending::Step { from: pc, lifted: false };
+                        }
+                        t.last_pc = Some(pc);
+                    }
+                    sys::singlestep(tid, sig)
+                }
+                Backend::Fast => {
+                    let pc = match sys::get_regs(tid) {
+                        Ok(r) => r.rip,
+                        Err(_) => return Ok(()),
+                    };
+                    if let Some(t) = self.threads.get_mut(&tid) {
+                        t.last_pc = Some(pc);
+                    }
+                    if self.prepare_fast(tid, pc) {
+                        sys::syscall(tid, sig)
+                    } else {
                         if let Some(t) = self.threads.get_mut(&tid) {
-                            if t.pending == Pending::None {
-                                t.pending = Pending::Step {
-                                    from: pc,
-                                    lifted: false,
-                                };
-                            }
-                            t.last_pc = Some(pc);
+                            t.pending = Pending::Step { from: pc, lifted: false };
                         }
                         sys::singlestep(tid, sig)
                     }
-                    Backend::Fast => {
-                        let pc = match sys::get_regs(tid) {
-                            Ok(r) => r.rip,
-                            Err(_) => return Ok(()),
-                        };
-                        if let Some(t) = self.threads.get_mut(&tid) {
-                            t.last_pc = Some(pc);
-                        }
-                        if self.prepare_fast(tid, pc) {
-                            sys::syscall(tid, sig)
-                        } else {
-                            if let Some(t) = self.threads.get_mut(&tid) {
-                                t.pending = Pending::Step {
-                                    from: pc,
-                                    lifted: false,
-                                };
-                            }
-                            sys::singlestep(tid, sig)
-                        }
-                    }
                 }
-            };
+            }
+        };
         match r {
             Ok(()) => Ok(()),
             // The thread vanished (killed); its exit is reported by wait.
@@ -660,12 +630,7 @@ impl Session {
         if let Some(t) = self.threads.remove(&tid) {
             let idx = t.space;
             let alive = self.threads.values().any(|o| o.space == idx);
-            let trace = ThreadTrace {
-                tid,
-                buffer: t.buffer,
-                crashed: t.crashed,
-                last_pc: t.last_pc,
-            };
+            let trace = ThreadTrace { tid, buffer: t.buffer, crashed: t.crashed, last_pc: t.last_pc };
             self.park_thread(idx, trace, !alive);
         }
         if tid == self.root {
@@ -681,10 +646,7 @@ impl Session {
             return;
         }
         let key = (slot.space.pid, slot.space.generation);
-        let pos = self
-            .finished
-            .iter()
-            .position(|i| (i.pid, i.generation) == key);
+        let pos = self.finished.iter().position(|i| (i.pid, i.generation) == key);
         let image = match pos {
             Some(p) => &mut self.finished[p],
             None => {
@@ -723,10 +685,7 @@ impl Session {
                         return Ok(());
                     }
                 }
-                if matches!(
-                    sig,
-                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
-                ) {
+                if matches!(sig, libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
                     // Group-stop: stay stopped until SIGCONT, still traced.
                     return match sys::listen(tid) {
                         Ok(()) | Err(_) => Ok(()),
@@ -735,8 +694,7 @@ impl Session {
                 self.resume(tid, 0)
             }
             sys::EVENT_CLONE | sys::EVENT_FORK | sys::EVENT_VFORK => {
-                let child =
-                    sys::get_event_msg(tid).map_err(|e| Error::os("PTRACE_GETEVENTMSG", e))? as Pid;
+                let child = sys::get_event_msg(tid).map_err(|e| Error::os("PTRACE_GETEVENTMSG", e))? as Pid;
                 let parent_space = self.threads.get(&tid).map(|t| t.space);
                 if let Some(ps) = parent_space {
                     self.new_task(tid, child, ps, ev)?;
@@ -842,12 +800,8 @@ impl Session {
                 t.tid = tid;
                 if let Some(old) = self.threads.insert(tid, t) {
                     let idx = old.space;
-                    let trace = ThreadTrace {
-                        tid,
-                        buffer: old.buffer,
-                        crashed: old.crashed,
-                        last_pc: old.last_pc,
-                    };
+                    let trace =
+                        ThreadTrace { tid, buffer: old.buffer, crashed: old.crashed, last_pc: old.last_pc };
                     self.park_thread(idx, trace, false);
                 }
             }
@@ -858,12 +812,7 @@ impl Session {
         let old_space = t.space;
         let generation = self.spaces[old_space].space.generation;
         let shared = self.spaces[old_space].space.pid != tid;
-        let trace = ThreadTrace {
-            tid,
-            buffer: t.buffer,
-            crashed: t.crashed,
-            last_pc: t.last_pc,
-        };
+        let trace = ThreadTrace { tid, buffer: t.buffer, crashed: t.crashed, last_pc: t.last_pc };
         let others = self.threads.values().any(|o| o.space == old_space);
         if t.record {
             self.park_thread(old_space, trace, !others);
@@ -892,10 +841,7 @@ impl Session {
                 }
             }
             sys::SYSCALL_INFO_EXIT => {
-                let site = self
-                    .threads
-                    .get_mut(&tid)
-                    .and_then(|t| t.syscall_site.take());
+                let site = self.threads.get_mut(&tid).and_then(|t| t.syscall_site.take());
                 if let Ok(regs) = sys::get_regs(tid) {
                     self.after_syscall(tid, &regs);
                     if let Some(site) = site {
@@ -935,20 +881,13 @@ impl Session {
             Err(_) => return Ok(()),
         };
         let info = sys::get_siginfo(tid).unwrap_or_default();
-        let pending = self
-            .threads
-            .get(&tid)
-            .map(|t| t.pending)
-            .unwrap_or(Pending::None);
+        let pending = self.threads.get(&tid).map(|t| t.pending).unwrap_or(Pending::None);
         if sig == libc::SIGTRAP {
             // One of our int3 sites?
             let site = regs.rip.wrapping_sub(1);
             if info.code == SI_KERNEL {
                 let (is_bp, released) = match self.space_of(tid) {
-                    Some(s) => (
-                        s.space.is_breakpoint(site),
-                        s.released_sites.contains(&site),
-                    ),
+                    Some(s) => (s.space.is_breakpoint(site), s.released_sites.contains(&site)),
                     None => (false, false),
                 };
                 if is_bp && !released && self.opts.backend == Backend::Fast {
@@ -964,9 +903,7 @@ impl Session {
             let sent = info.code == SI_USER || info.code == SI_TKILL;
             if !sent && info.code != SI_KERNEL {
                 match pending {
-                    Pending::Step { from, lifted } => {
-                        return self.after_step(tid, from, lifted, regs)
-                    }
+                    Pending::Step { from, lifted } => return self.after_step(tid, from, lifted, regs),
                     Pending::Handler { from } => {
                         if let Some(t) = self.threads.get_mut(&tid) {
                             t.pending = Pending::None;
@@ -1027,10 +964,8 @@ impl Session {
         if let Some(t) = self.threads.get_mut(&tid) {
             t.crashed = true;
         }
-        let fault = matches!(
-            sig,
-            libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
-        ) && info.code > 0;
+        let fault = matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP)
+            && info.code > 0;
         self.crash = Some(Crash {
             pid,
             tid,
@@ -1066,15 +1001,10 @@ impl Session {
     fn step_over(&mut self, tid: Pid, site: u64, regs: Regs) -> Result<()> {
         sys::set_regs(tid, &regs).map_err(|e| Error::os("PTRACE_SETREGS", e))?;
         if let Some(slot) = self.space_of(tid) {
-            slot.space
-                .lift(site)
-                .map_err(|e| Error::os("restoring a breakpoint byte", e))?;
+            slot.space.lift(site).map_err(|e| Error::os("restoring a breakpoint byte", e))?;
         }
         if let Some(t) = self.threads.get_mut(&tid) {
-            t.pending = Pending::Step {
-                from: site,
-                lifted: true,
-            };
+            t.pending = Pending::Step { from: site, lifted: true };
         }
         match sys::singlestep(tid, 0) {
             Ok(()) | Err(_) => Ok(()),
@@ -1178,10 +1108,7 @@ impl Session {
                         // Our own trap (int3 site or single step): not the program's.
                         if let (Some(mut r), true) = (regs, info.code == SI_KERNEL) {
                             let site = r.rip.wrapping_sub(1);
-                            if self
-                                .space_of(tid)
-                                .is_some_and(|s| s.space.is_breakpoint(site))
-                            {
+                            if self.space_of(tid).is_some_and(|s| s.space.is_breakpoint(site)) {
                                 r.rip = site;
                                 let _ = sys::set_regs(tid, &r);
                             }
@@ -1206,17 +1133,9 @@ impl Session {
             self.release_space(idx);
         }
         let mut first_err = None;
-        let held: Vec<(Pid, i32)> = self
-            .threads
-            .iter()
-            .map(|(&t, th)| (t, th.held.unwrap_or(0)))
-            .collect();
+        let held: Vec<(Pid, i32)> = self.threads.iter().map(|(&t, th)| (t, th.held.unwrap_or(0))).collect();
         for &(tid, _) in &held {
-            if let Some(mask) = self
-                .saved_affinity
-                .get(&tid)
-                .or(self.default_affinity.as_ref())
-            {
+            if let Some(mask) = self.saved_affinity.get(&tid).or(self.default_affinity.as_ref()) {
                 let _ = sys::set_affinity(tid, mask);
             }
         }
@@ -1232,12 +1151,7 @@ impl Session {
             if let Some(t) = self.threads.remove(&tid) {
                 let idx = t.space;
                 let alive = self.threads.values().any(|o| o.space == idx);
-                let trace = ThreadTrace {
-                    tid,
-                    buffer: t.buffer,
-                    crashed: t.crashed,
-                    last_pc: t.last_pc,
-                };
+                let trace = ThreadTrace { tid, buffer: t.buffer, crashed: t.crashed, last_pc: t.last_pc };
                 self.park_thread(idx, trace, !alive);
             }
         }
@@ -1254,12 +1168,8 @@ impl Session {
         let mut tids: Vec<&Thread> = self.threads.values().filter(|t| t.record).collect();
         tids.sort_by_key(|t| t.tid);
         for t in tids {
-            let trace = ThreadTrace {
-                tid: t.tid,
-                buffer: t.buffer.clone(),
-                crashed: t.crashed,
-                last_pc: t.last_pc,
-            };
+            let trace =
+                ThreadTrace { tid: t.tid, buffer: t.buffer.clone(), crashed: t.crashed, last_pc: t.last_pc };
             match live.iter_mut().find(|(s, _)| *s == t.space) {
                 Some((_, v)) => v.push(trace),
                 None => live.push((t.space, vec![trace])),
@@ -1286,11 +1196,7 @@ impl Session {
             image.maps = slot.space.maps.clone();
             image.code = collect_code(&mut slot.space, image.threads.iter());
         }
-        Recording {
-            backend: self.opts.backend,
-            root_pid: self.root,
-            images,
-        }
+        Recording { backend: self.opts.backend, root_pid: self.root, images }
     }
 }
 
@@ -1308,12 +1214,15 @@ fn collect_code<'a>(
         let mut p = lo & !(PAGE - 1);
         while p <= hi {
             pages.insert(p);
-            p += PAGE;
+            match p.checked_add(PAGE) {
+                Some(n) => p = n,
+                None => break,
+            }
         }
     };
     for t in threads {
         let mut prev_to: Option<u64> = None;
-        for r in t.buffer.iter() {
+        for r in t.buffer.iter().filter(|r| r.is_branch()) {
             add(r.from, r.from.saturating_add(15));
             if let Some(to) = prev_to {
                 if r.from >= to && r.from - to <= MAX_SPAN {
@@ -1332,8 +1241,5 @@ fn collect_code<'a>(
             add(pc, pc.saturating_add(15));
         }
     }
-    pages
-        .into_iter()
-        .filter_map(|p| space.cached_page(p).map(|b| (p, b)))
-        .collect()
+    pages.into_iter().filter_map(|p| space.cached_page(p).map(|b| (p, b))).collect()
 }

@@ -13,9 +13,7 @@ static BUILD: Mutex<()> = Mutex::new(());
 /// Compiles `tests/fixtures/NAME.c` (once per test run) and returns the binary.
 pub fn fixture(name: &str) -> PathBuf {
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format!("{name}.c"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.c"));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
     std::fs::create_dir_all(&dir).unwrap();
     let bin = dir.join(name);
@@ -30,20 +28,14 @@ pub fn fixture(name: &str) -> PathBuf {
             .arg(&src)
             .output()
             .expect("a C compiler (cc) is needed to build the fixtures");
-        assert!(
-            out.status.success(),
-            "compiling {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "compiling {name}: {}", String::from_utf8_lossy(&out.stderr));
     }
     bin
 }
 
 /// A fresh scratch directory for one test.
 pub fn scratch(test: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("scratch")
-        .join(test);
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scratch").join(test);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -51,12 +43,7 @@ pub fn scratch(test: &str) -> PathBuf {
 
 /// Runs `bts ARGS` in `dir`.
 pub fn bts(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BTS)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run bts")
+    Command::new(BTS).args(args).current_dir(dir).stdin(Stdio::null()).output().expect("run bts")
 }
 
 pub fn text(b: &[u8]) -> String {
@@ -68,12 +55,8 @@ pub fn text(b: &[u8]) -> String {
 pub fn json(out: &Output) -> serde_json::Value {
     let stdout = text(&out.stdout);
     let start = stdout.rfind("\n{\n").map(|i| i + 1).unwrap_or(0);
-    serde_json::from_str(&stdout[start..]).unwrap_or_else(|e| {
-        panic!(
-            "bad JSON ({e}): stdout={stdout} stderr={}",
-            text(&out.stderr)
-        )
-    })
+    serde_json::from_str(&stdout[start..])
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): stdout={stdout} stderr={}", text(&out.stderr)))
 }
 
 /// The crashed thread of a JSON report.
@@ -92,11 +75,6 @@ pub fn pairs(thread: &serde_json::Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| {
-            (
-                b["from"].as_str().unwrap().to_string(),
-                b["to"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|b| (b["from"].as_str().unwrap().to_string(), b["to"].as_str().unwrap().to_string()))
         .collect()
 }
