@@ -21,6 +21,7 @@ pub fn run(backend: BackendArg, json: bool) -> ExitCode {
         output: Some(std::env::temp_dir().join(format!("bts-demo-{}.bts", std::process::id()))),
         report: ReportWhen::Crash,
         no_pin: false,
+        per_cpu_buffer: None,
     };
     let code = crate::record::run_status(&rec, false, false, vec![exe.into(), "__demo-crash".into()]);
     if code == 128 + libc::SIGSEGV {

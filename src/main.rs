@@ -48,8 +48,11 @@ enum Command {
         #[command(flatten)]
         out: OutputArgs,
         /// Only this thread.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cpu")]
         thread: Option<i32>,
+        /// The catch-all buffer of this CPU (see --per-cpu-buffer).
+        #[arg(long)]
+        cpu: Option<u32>,
         file: PathBuf,
     },
     /// Trace a built-in crashing program end to end.
@@ -95,6 +98,10 @@ pub struct RecordArgs {
     /// When to print the report.
     #[arg(long, value_enum, default_value_t = ReportWhen::Crash)]
     pub report: ReportWhen,
+    /// Also keep a catch-all buffer of this size per CPU, for branches of
+    /// traced tasks that no buffer follows (kept as streams of their own).
+    #[arg(long, value_parser = parse_size)]
+    pub per_cpu_buffer: Option<usize>,
     /// Do not run bts and the traced threads on one CPU (slower under a
     /// hypervisor, but the program keeps its own CPU affinity).
     #[arg(long)]
@@ -147,7 +154,7 @@ fn main() -> ExitCode {
             record::run(&rec, follow_fork, no_aslr, command)
         }
         Command::Attach { rec, pid } => record::attach(&rec, pid),
-        Command::LastBranch { out, thread, file } => record::last_branch(&out, thread, &file),
+        Command::LastBranch { out, thread, cpu, file } => record::last_branch(&out, thread, cpu, &file),
         Command::Demo { backend, json } => demo::run(backend, json),
         Command::DemoCrash => demo::crash(),
     }

@@ -26,6 +26,7 @@ fn options(rec: &RecordArgs, follow_fork: bool, no_aslr: bool) -> Options {
         follow_fork,
         no_aslr,
         pin_cpu: !rec.no_pin,
+        per_cpu_bytes: rec.per_cpu_buffer,
     }
 }
 
@@ -71,6 +72,15 @@ pub fn to_trace_file(r: &Recording, mut meta: Meta) -> TraceFile {
                 bytes: bytes.clone(),
             });
         }
+    }
+    for (cpu, b) in &r.cpus {
+        tf.streams.push(Stream {
+            kind: StreamKind::Cpu { cpu: *cpu },
+            capacity: b.capacity() as u64,
+            overwritten: b.overwritten(),
+            lost: 0,
+            records: b.snapshot(),
+        });
     }
     tf
 }
@@ -122,7 +132,7 @@ fn save_and_report(tf: &TraceFile, path: Option<&Path>, out: &OutputArgs, print:
         }
     }
     if print {
-        let sel = Selection { branches: out.branches, insns: out.insns, thread: None };
+        let sel = Selection { branches: out.branches, insns: out.insns, thread: None, cpu: None };
         let report = Report::build(tf, written, &sel);
         if out.json {
             println!("{}", report.to_json());
@@ -258,7 +268,7 @@ pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
 }
 
 /// `bts last-branch FILE`.
-pub fn last_branch(out: &OutputArgs, thread: Option<i32>, file: &Path) -> ExitCode {
+pub fn last_branch(out: &OutputArgs, thread: Option<i32>, cpu: Option<u32>, file: &Path) -> ExitCode {
     let tf = match TraceFile::read(file) {
         Ok(t) => t,
         Err(e) => {
@@ -273,12 +283,18 @@ pub fn last_branch(out: &OutputArgs, thread: Option<i32>, file: &Path) -> ExitCo
             return ExitCode::FAILURE;
         }
     }
-    let sel = Selection { branches: out.branches, insns: out.insns, thread };
+    if let Some(c) = cpu {
+        if !tf.streams.iter().any(|s| s.kind == StreamKind::Cpu { cpu: c }) {
+            eprintln!("bts: {}: no catch-all buffer of cpu {c} in this trace", file.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let sel = Selection { branches: out.branches, insns: out.insns, thread, cpu };
     let report = Report::build(&tf, Some(file.display().to_string()), &sel);
     if out.json {
         println!("{}", report.to_json());
     } else {
-        print!("{}", report.to_text(out.all_threads || thread.is_some()));
+        print!("{}", report.to_text(out.all_threads || thread.is_some() || cpu.is_some()));
     }
     ExitCode::SUCCESS
 }

@@ -36,7 +36,11 @@ pub struct Insn {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ThreadReport {
+    /// The thread (-1 for a CPU's catch-all stream).
     pub tid: i32,
+    /// For a CPU's catch-all stream: the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
     pub crashed: bool,
     /// Records lost before the kept ones (overwritten or dropped).
     pub lost: u64,
@@ -76,6 +80,8 @@ pub struct Selection {
     pub branches: usize,
     pub insns: usize,
     pub thread: Option<i32>,
+    /// Show this CPU's catch-all stream instead of threads.
+    pub cpu: Option<u32>,
 }
 
 struct Image {
@@ -124,6 +130,9 @@ fn sym_name(img: Option<&Image>, addr: u64) -> (Option<String>, Option<String>) 
 /// The threads of the image a report is about: the crashed or first traced
 /// process, its last exec.
 fn chosen_streams<'a>(tf: &'a TraceFile, sel: &Selection) -> Vec<&'a Stream> {
+    if let Some(cpu) = sel.cpu {
+        return tf.streams.iter().filter(|s| s.kind == StreamKind::Cpu { cpu }).collect();
+    }
     let threads: Vec<&Stream> = tf.thread_streams().collect();
     if let Some(tid) = sel.thread {
         // The newest image of that thread.
@@ -156,11 +165,19 @@ fn thread_report(
     s: &Stream,
     sel: &Selection,
     crash_pc: Option<u64>,
+    root_pid: i32,
 ) -> ThreadReport {
-    let StreamKind::Thread { pid, generation, tid, crashed, last_pc } = s.kind else {
-        unreachable!("thread streams only")
+    let (img, tid, crashed, last_pc, cpu) = match s.kind {
+        StreamKind::Thread { pid, generation, tid, crashed, last_pc } => {
+            (tf_images.get(&(pid, generation)), tid, crashed, last_pc, None)
+        }
+        // A CPU's records may come from any process: symbols of the first.
+        StreamKind::Cpu { cpu } => {
+            let img =
+                tf_images.iter().filter(|(k, _)| k.0 == root_pid).max_by_key(|(k, _)| k.1).map(|(_, i)| i);
+            (img, -1, false, None, Some(cpu))
+        }
     };
-    let img = tf_images.get(&(pid, generation));
     let branches: Vec<(u64, u64)> = s
         .records
         .iter()
@@ -200,6 +217,7 @@ fn thread_report(
     }
     ThreadReport {
         tid,
+        cpu,
         crashed,
         lost: s.overwritten + s.lost,
         recorded: branches.len(),
@@ -213,7 +231,7 @@ impl Report {
         let imgs = images(tf);
         let m = &tf.meta;
         let mut threads: Vec<ThreadReport> =
-            chosen_streams(tf, sel).into_iter().map(|s| thread_report(&imgs, s, sel, m.pc)).collect();
+            chosen_streams(tf, sel).into_iter().map(|s| thread_report(&imgs, s, sel, m.pc, m.pid)).collect();
         // The crashed thread last: nearest the prompt.
         threads.sort_by_key(|t| (t.crashed, t.tid));
         Report {
@@ -302,10 +320,13 @@ impl Report {
 fn thread_text(t: &ThreadReport) -> String {
     let mut out = String::new();
     let older = t.recorded - t.branches.len();
+    let whose = match t.cpu {
+        Some(c) => format!("the catch-all buffer of cpu {c}"),
+        None => format!("thread {}", t.tid),
+    };
     out += &format!(
-        "\nLast {} branches of thread {}{}, oldest first ({} older in the trace, {} lost before it):\n",
+        "\nLast {} branches of {whose}{}, oldest first ({} older in the trace, {} lost before it):\n",
         t.branches.len(),
-        t.tid,
         if t.crashed { " (crashed)" } else { "" },
         older,
         t.lost

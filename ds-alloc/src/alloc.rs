@@ -317,7 +317,12 @@ impl Allocator {
     }
 
     /// Asks for PEBS on `target`; the first requester owns it.
-    pub fn request_pebs(&mut self, t: TracerId, target: Target, config: PebsConfig) -> Result<PebsHandle, Error> {
+    pub fn request_pebs(
+        &mut self,
+        t: TracerId,
+        target: Target,
+        config: PebsConfig,
+    ) -> Result<PebsHandle, Error> {
         self.tracer(t)?;
         if let Some(owner) = self.pebs_owner.get(&target) {
             let owner_name = self
@@ -434,7 +439,10 @@ impl Allocator {
 
     /// Number of PEBS owners of `target` (0 or 1).
     pub fn pebs_owner_count(&self, target: Target) -> usize {
-        self.pebs.iter().filter(|(k, u)| u.target == target && self.pebs_owner.get(&u.target).map(|h| h.0) == Some(*k)).count()
+        self.pebs
+            .iter()
+            .filter(|(k, u)| u.target == target && self.pebs_owner.get(&u.target).map(|h| h.0) == Some(*k))
+            .count()
     }
 }
 
@@ -454,7 +462,11 @@ mod tests {
         assert_eq!(a.deliver_bts(0, 100, BtsRecord::branch(1, 2)), 2);
         a.reset_bts(t1, h1).unwrap();
         assert!(a.read_bts(t1, h1).unwrap().is_empty());
-        assert_eq!(a.read_bts(t2, h2).unwrap(), vec![BtsRecord::branch(1, 2)], "a reset touches only one's own");
+        assert_eq!(
+            a.read_bts(t2, h2).unwrap(),
+            vec![BtsRecord::branch(1, 2)],
+            "a reset touches only one's own"
+        );
         assert!(matches!(a.read_bts(t1, h2), Err(Error::NotYours)));
     }
 

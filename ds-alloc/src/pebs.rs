@@ -181,8 +181,12 @@ impl PebsRecord {
         r.applicable_counters = w.next()?;
         r.tsc = w.next()?;
         if format_size & CFG_MEMINFO != 0 {
-            r.meminfo =
-                Some(MemInfo { address: w.next()?, aux: w.next()?, latency: w.next()?, tsx_tuning: w.next()? });
+            r.meminfo = Some(MemInfo {
+                address: w.next()?,
+                aux: w.next()?,
+                latency: w.next()?,
+                tsx_tuning: w.next()?,
+            });
         }
         if format_size & CFG_GP != 0 {
             r.gprs = Some(adaptive_gprs(&mut w)?);

@@ -67,14 +67,6 @@ impl<T> Slab<T> {
         Some(v)
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = (Key, &T)> + '_ {
         self.slots.iter().enumerate().filter_map(|(i, s)| {
             s.value.as_ref().map(|v| (Key { index: i as u32, generation: s.generation }, v))
@@ -96,6 +88,7 @@ mod tests {
         assert_eq!(s.get(a), None);
         assert_eq!(s.remove(a), None);
         assert_eq!(s.get(b), Some(&"b"));
-        assert_eq!(s.len(), 1);
+        assert_eq!(s.iter().count(), 1);
+        assert_eq!(s.len, 1);
     }
 }

@@ -25,8 +25,11 @@ fn target() -> impl Strategy<Value = Target> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (1u64..200).prop_map(|limit_pages| Op::Register { limit_pages }),
-        (0usize..4, target(), 24usize..200_000)
-            .prop_map(|(tracer, target, bytes)| Op::RequestBts { tracer, target, bytes }),
+        (0usize..4, target(), 24usize..200_000).prop_map(|(tracer, target, bytes)| Op::RequestBts {
+            tracer,
+            target,
+            bytes
+        }),
         (0usize..4, target()).prop_map(|(tracer, target)| Op::RequestPebs { tracer, target }),
         (0usize..8).prop_map(|handle| Op::Suspend { handle }),
         (0usize..8).prop_map(|handle| Op::Resume { handle }),

@@ -109,7 +109,12 @@ impl LegacyBts {
     }
 
     /// PTRACE_BTS_CONFIG.
-    pub fn config(&mut self, alloc: &mut Allocator, task: u32, cfg: &PtraceBtsConfig) -> Result<(), BtsError> {
+    pub fn config(
+        &mut self,
+        alloc: &mut Allocator,
+        task: u32,
+        cfg: &PtraceBtsConfig,
+    ) -> Result<(), BtsError> {
         if (cfg.size as usize) < CONFIG_SIZE {
             return Err(BtsError::BadConfigSize(cfg.size as usize));
         }
@@ -194,7 +199,8 @@ impl LegacyBts {
             PTRACE_BTS_STATUS => {
                 let cfg = self.status(task)?;
                 let have = data.len();
-                let out = data.get_mut(..CONFIG_SIZE).ok_or(BtsError::ShortBuffer { have, need: CONFIG_SIZE })?;
+                let out =
+                    data.get_mut(..CONFIG_SIZE).ok_or(BtsError::ShortBuffer { have, need: CONFIG_SIZE })?;
                 out.copy_from_slice(&cfg.to_bytes());
                 Ok(CONFIG_SIZE as i64)
             }

@@ -54,6 +54,9 @@ pub enum Error {
     Os { what: String, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
+    /// The allocator refused a buffer (locked-memory limit, size).
+    #[error("{0}")]
+    Alloc(String),
 }
 
 impl Error {

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::FromRawFd;
 
-use ds_alloc::{BtsBuffer, BtsRecord};
+use ds_alloc::{Allocator, BtsBuffer, BtsHandle, BtsRecord, ContextKind, Target, TracerId};
 
 use crate::eval::{self, Outcome as Eval};
 use crate::maps::Mapping;
@@ -35,6 +35,9 @@ pub struct Options {
     /// a cross-CPU wake-up otherwise, which costs 3-5x more under a
     /// hypervisor. Attached threads get their own masks back at detach.
     pub pin_cpu: bool,
+    /// Catch-all buffers of this many bytes per CPU, for branches of tasks
+    /// that are traced but not followed.
+    pub per_cpu_bytes: Option<usize>,
 }
 
 impl Default for Options {
@@ -45,6 +48,7 @@ impl Default for Options {
             follow_fork: false,
             no_aslr: false,
             pin_cpu: true,
+            per_cpu_bytes: None,
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct Recording {
     pub backend: Backend,
     pub root_pid: Pid,
     pub images: Vec<ImageTrace>,
+    /// The catch-all buffer of each CPU (with `per_cpu_bytes`).
+    pub cpus: Vec<(u32, BtsBuffer)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +137,14 @@ struct Thread {
     space: usize,
     /// Records of this thread are kept (false for a vfork child that is not followed).
     record: bool,
-    buffer: BtsBuffer,
+    /// The thread's own buffer in the allocator (none for a thread that is
+    /// not recorded, or could not be charged: its records go to the CPU's
+    /// catch-all buffer, if one was asked for).
+    handle: Option<BtsHandle>,
+    /// The CPU the thread was last seen on.
+    cpu: u32,
+    /// A "task arrives" record was written.
+    arrived: bool,
     pending: Pending,
     /// The syscall instruction seen at a syscall-entry stop.
     syscall_site: Option<u64>,
@@ -170,6 +183,13 @@ pub struct Session {
     /// Affinity masks to give back at detach: per thread, and for new threads.
     saved_affinity: HashMap<Pid, libc::cpu_set_t>,
     default_affinity: Option<libc::cpu_set_t>,
+    /// Every buffer lives in the allocator; bts is one tracer, charged
+    /// against its own RLIMIT_MEMLOCK.
+    alloc: Allocator,
+    tracer: TracerId,
+    cpu_buffers: Vec<(u32, BtsHandle)>,
+    /// The one CPU everything runs on, when pinned.
+    pinned_cpu: Option<u32>,
 }
 
 fn trace_options(launched: bool) -> i32 {
@@ -197,6 +217,37 @@ fn sig_mask(tid: Pid, field: &str) -> u64 {
 fn is_restart(rax: u64) -> bool {
     // -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK
     matches!(rax as i64, -512 | -513 | -514 | -516)
+}
+
+/// Checks the buffers can be had before anything is started: a size too
+/// small, or over the locked-memory limit, fails here with the amounts.
+fn preflight(opts: &Options) -> Result<()> {
+    let mut a = Allocator::new();
+    let t = a.register_current("bts");
+    a.request_bts(t, Target::Task(0), opts.buffer_bytes).map_err(|e| Error::Alloc(e.to_string()))?;
+    if let Some(bytes) = opts.per_cpu_bytes {
+        a.request_bts(t, Target::Cpu(0), bytes).map_err(|e| Error::Alloc(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn clock_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+}
+
+/// The CPU a thread last ran on (field 39 of /proc/TID/stat).
+fn thread_cpu(tid: Pid) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(36)?.parse().ok()
+}
+
+fn empty_buffer() -> BtsBuffer {
+    BtsBuffer::with_bytes(ds_alloc::BTS_RECORD_SIZE).expect("one record")
 }
 
 /// Forks and execs `argv` with the child held until the parent has seized it.
@@ -285,6 +336,8 @@ fn permission_cause(pid: Pid, e: &std::io::Error) -> String {
 
 impl Session {
     fn new(opts: Options, root: Pid, launched: bool) -> Session {
+        let mut alloc = Allocator::new();
+        let tracer = alloc.register_current("bts");
         Session {
             opts,
             root,
@@ -299,27 +352,54 @@ impl Session {
             detach_requested: false,
             saved_affinity: HashMap::new(),
             default_affinity: None,
+            alloc,
+            tracer,
+            cpu_buffers: Vec::new(),
+            pinned_cpu: None,
         }
     }
 
+    /// Asks for the catch-all buffers of every CPU, if wanted.
+    fn request_cpu_buffers(&mut self) -> Result<()> {
+        let Some(bytes) = self.opts.per_cpu_bytes else { return Ok(()) };
+        // SAFETY: sysconf has no memory arguments.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as u32;
+        for cpu in 0..cpus {
+            let h = self
+                .alloc
+                .request_bts(self.tracer, Target::Cpu(cpu), bytes)
+                .map_err(|e| Error::Alloc(e.to_string()))?;
+            self.cpu_buffers.push((cpu, h));
+        }
+        Ok(())
+    }
+
+    /// The CPU `tid` runs on now.
+    fn current_cpu(&self, tid: Pid) -> u32 {
+        if let Some(c) = self.pinned_cpu {
+            return c;
+        }
+        thread_cpu(tid).unwrap_or(0)
+    }
+
     /// Pins bts to one CPU the target may use; returns that CPU's mask.
-    fn pin_self(target: Pid) -> Option<libc::cpu_set_t> {
+    fn pin_self(target: Pid) -> Option<(u32, libc::cpu_set_t)> {
         let allowed = sys::get_affinity(target).ok()?;
         let cpu = sys::pick_cpu(&allowed)?;
         let one = sys::single_cpu(cpu);
         sys::set_affinity(0, &one).ok()?;
-        Some(one)
+        Some((cpu as u32, one))
     }
 
     /// Launches `argv` traced from its first instruction.
     pub fn launch(argv: &[OsString], opts: Options) -> Result<Session> {
-        ds_alloc::BtsBuffer::with_bytes(opts.buffer_bytes).map_err(|e| Error::Invalid(e.to_string()))?;
-        if opts.pin_cpu {
-            // The child inherits the mask across fork and exec.
-            Session::pin_self(0);
-        }
+        preflight(&opts)?;
+        // The child inherits the mask across fork and exec.
+        let pinned = if opts.pin_cpu { Session::pin_self(0).map(|p| p.0) } else { None };
         let (pid, errf) = spawn_seized(argv, opts.no_aslr, trace_options(true))?;
         let mut s = Session::new(opts, pid, true);
+        s.pinned_cpu = pinned;
+        s.request_cpu_buffers()?;
         let program = argv[0].to_string_lossy().into_owned();
         // Run to the exec event: that is where recording begins.
         loop {
@@ -358,7 +438,7 @@ impl Session {
 
     /// Attaches to every thread of the running process `pid`.
     pub fn attach(pid: Pid, opts: Options) -> Result<Session> {
-        ds_alloc::BtsBuffer::with_bytes(opts.buffer_bytes).map_err(|e| Error::Invalid(e.to_string()))?;
+        preflight(&opts)?;
         if pid <= 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             return Err(Error::NoSuchProcess { pid });
         }
@@ -406,10 +486,12 @@ impl Session {
             return Err(Error::NoSuchProcess { pid });
         }
         let pin = if s.opts.pin_cpu { Session::pin_self(pid) } else { None };
+        s.pinned_cpu = pin.map(|p| p.0);
+        s.request_cpu_buffers()?;
         for &tid in &seized {
             let _ = sys::interrupt(tid);
             s.add_thread(tid, space, true)?;
-            if let Some(one) = &pin {
+            if let Some((_, one)) = &pin {
                 if let Ok(old) = sys::get_affinity(tid) {
                     if sys::set_affinity(tid, one).is_ok() {
                         s.saved_affinity.insert(tid, old);
@@ -474,15 +556,31 @@ impl Session {
     }
 
     fn add_thread(&mut self, tid: Pid, space: usize, record: bool) -> Result<()> {
-        let buffer =
-            BtsBuffer::with_bytes(self.opts.buffer_bytes).map_err(|e| Error::Invalid(e.to_string()))?;
+        let handle = if record {
+            match self.alloc.request_bts(self.tracer, Target::Task(tid as u32), self.opts.buffer_bytes) {
+                Ok(h) => Some(h),
+                // The first thread: nothing can be recorded; fail up front.
+                Err(e) if self.threads.is_empty() && self.finished.is_empty() => {
+                    return Err(Error::Alloc(e.to_string()));
+                }
+                Err(e) => {
+                    eprintln!("bts: thread {tid} is not recorded: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let cpu = self.current_cpu(tid);
         self.threads.insert(
             tid,
             Thread {
                 tid,
                 space,
                 record,
-                buffer,
+                handle,
+                cpu,
+                arrived: false,
                 pending: Pending::None,
                 syscall_site: None,
                 last_pc: None,
@@ -496,11 +594,51 @@ impl Session {
 
     #[inline]
     fn record(&mut self, tid: Pid, from: u64, to: u64) {
-        if let Some(t) = self.threads.get_mut(&tid) {
-            if t.record {
-                t.buffer.push(BtsRecord::branch(from, to));
-            }
+        if let Some(t) = self.threads.get(&tid) {
+            self.alloc.deliver_bts(t.cpu, tid as u32, BtsRecord::branch(from, to));
         }
+    }
+
+    /// Notes the thread's CPU: "task arrives" at its first stop, and a
+    /// departs/arrives pair when it moved.
+    fn observe_cpu(&mut self, tid: Pid) {
+        let Some(t) = self.threads.get(&tid) else { return };
+        let (arrived, old) = (t.arrived, t.cpu);
+        let cpu = if arrived && self.pinned_cpu.is_none() { self.current_cpu(tid) } else { old };
+        if arrived && cpu == old {
+            return;
+        }
+        let now = clock_ns();
+        if arrived {
+            self.alloc.context(old, tid as u32, ContextKind::TaskDeparts, now);
+        }
+        self.alloc.context(cpu, tid as u32, ContextKind::TaskArrives, now);
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.cpu = cpu;
+            t.arrived = true;
+        }
+    }
+
+    /// Takes a thread out of the session: its "departs" record, its buffer
+    /// out of the allocator (refunding the charge).
+    fn retire(&mut self, t: Thread) -> ThreadTrace {
+        if t.arrived {
+            self.alloc.context(t.cpu, t.tid as u32, ContextKind::TaskDeparts, clock_ns());
+        }
+        let buffer = t.handle.and_then(|h| self.alloc.release_bts(self.tracer, h).ok());
+        ThreadTrace {
+            tid: t.tid,
+            buffer: buffer.unwrap_or_else(empty_buffer),
+            crashed: t.crashed,
+            last_pc: t.last_pc,
+        }
+    }
+
+    fn buffer_of(&self, t: &Thread) -> BtsBuffer {
+        t.handle
+            .and_then(|h| self.alloc.bts_buffer(self.tracer, h).ok())
+            .cloned()
+            .unwrap_or_else(empty_buffer)
     }
 
     /// Runs until a thread is held at a fatal signal or tracing ends.
@@ -556,6 +694,7 @@ impl Session {
 
     /// Resumes `tid` in the mode its recorder needs.
     fn resume(&mut self, tid: Pid, sig: i32) -> Result<()> {
+        self.observe_cpu(tid);
         let Some(t) = self.threads.get(&tid) else {
             return Ok(());
         };
@@ -630,7 +769,7 @@ impl Session {
         if let Some(t) = self.threads.remove(&tid) {
             let idx = t.space;
             let alive = self.threads.values().any(|o| o.space == idx);
-            let trace = ThreadTrace { tid, buffer: t.buffer, crashed: t.crashed, last_pc: t.last_pc };
+            let trace = self.retire(t);
             self.park_thread(idx, trace, !alive);
         }
         if tid == self.root {
@@ -746,9 +885,10 @@ impl Session {
                     let idx = self.spaces.len() - 1;
                     self.add_thread(child, idx, true)?;
                     // The child's history starts with its parent's.
-                    let inherited = self.threads.get(&parent).map(|t| t.buffer.clone());
-                    if let (Some(b), Some(c)) = (inherited, self.threads.get_mut(&child)) {
-                        c.buffer = b;
+                    if let Some(p) = self.threads.get(&parent) {
+                        let inherited = self.buffer_of(p).snapshot();
+                        let cpu = p.cpu;
+                        self.alloc.deliver_batch(cpu, child as u32, &inherited);
                     }
                 } else {
                     // Remove the inherited int3 bytes, then let it go.
@@ -800,8 +940,7 @@ impl Session {
                 t.tid = tid;
                 if let Some(old) = self.threads.insert(tid, t) {
                     let idx = old.space;
-                    let trace =
-                        ThreadTrace { tid, buffer: old.buffer, crashed: old.crashed, last_pc: old.last_pc };
+                    let trace = self.retire(old);
                     self.park_thread(idx, trace, false);
                 }
             }
@@ -812,9 +951,10 @@ impl Session {
         let old_space = t.space;
         let generation = self.spaces[old_space].space.generation;
         let shared = self.spaces[old_space].space.pid != tid;
-        let trace = ThreadTrace { tid, buffer: t.buffer, crashed: t.crashed, last_pc: t.last_pc };
+        let record = t.record;
+        let trace = self.retire(t);
         let others = self.threads.values().any(|o| o.space == old_space);
-        if t.record {
+        if record {
             self.park_thread(old_space, trace, !others);
         }
         // A vfork child that is not followed is released at its exec.
@@ -1151,7 +1291,7 @@ impl Session {
             if let Some(t) = self.threads.remove(&tid) {
                 let idx = t.space;
                 let alive = self.threads.values().any(|o| o.space == idx);
-                let trace = ThreadTrace { tid, buffer: t.buffer, crashed: t.crashed, last_pc: t.last_pc };
+                let trace = self.retire(t);
                 self.park_thread(idx, trace, !alive);
             }
         }
@@ -1169,7 +1309,7 @@ impl Session {
         tids.sort_by_key(|t| t.tid);
         for t in tids {
             let trace =
-                ThreadTrace { tid: t.tid, buffer: t.buffer.clone(), crashed: t.crashed, last_pc: t.last_pc };
+                ThreadTrace { tid: t.tid, buffer: self.buffer_of(t), crashed: t.crashed, last_pc: t.last_pc };
             match live.iter_mut().find(|(s, _)| *s == t.space) {
                 Some((_, v)) => v.push(trace),
                 None => live.push((t.space, vec![trace])),
@@ -1196,7 +1336,12 @@ impl Session {
             image.maps = slot.space.maps.clone();
             image.code = collect_code(&mut slot.space, image.threads.iter());
         }
-        Recording { backend: self.opts.backend, root_pid: self.root, images }
+        let cpus = self
+            .cpu_buffers
+            .iter()
+            .filter_map(|&(c, h)| self.alloc.bts_buffer(self.tracer, h).ok().map(|b| (c, b.clone())))
+            .collect();
+        Recording { backend: self.opts.backend, root_pid: self.root, images, cpus }
     }
 }
 
