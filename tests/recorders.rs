@@ -26,7 +26,7 @@ fn trace_thread(
             backend,
             "--no-aslr",
             "--buffer-size",
-            "32M",
+            "2M",
             "--report",
             "never",
             "-o",
