@@ -1,6 +1,7 @@
 //! Branch sources for `bts`. Today: the self-contained, versioned trace file
 //! (`.bts`) that every recorder writes and every command reads.
 
+pub mod perf;
 pub mod tracefile;
 
 pub use tracefile::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile, FORMAT_VERSION};

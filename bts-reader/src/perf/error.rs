@@ -1,0 +1,149 @@
+//! Errors of the hardware backend, each naming its cause and the way out.
+
+use super::cpu::{self, CpuInfo};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PerfError {
+    #[error(
+        "no hardware BTS on this CPU: {cpu} {why}; use --backend fast (or valgrind for a launched program)"
+    )]
+    NoBts { cpu: String, why: String },
+    #[error(
+        "BTS is disabled on {cpu} (family 6, model {model:#x}): erratum AAJ122 makes its \
+         branch \"from\" addresses unreliable, and GDB refuses it too; use --backend fast"
+    )]
+    Erratum { cpu: String, model: u32 },
+    #[error(
+        "not allowed to record: kernel.perf_event_paranoid is {level}; set it to 1 or less \
+         (sysctl kernel.perf_event_paranoid=1) or run bts as root"
+    )]
+    Paranoid { level: i32 },
+    #[error(
+        "cannot lock the perf buffer: {pages} pages are over perf_event_mlock_kb ({mlock_kb} KiB per CPU) \
+         and RLIMIT_MEMLOCK; raise `ulimit -l`, or ask for a smaller --buffer-size"
+    )]
+    Memlock { pages: u64, mlock_kb: u64 },
+    #[error(
+        "branch tracing is busy on this thread: another LBR, Intel PT or BTS user \
+         (perf, a debugger, a profiler) holds it (EBUSY); stop it, or use --backend fast"
+    )]
+    Busy,
+    #[error("the intel_bts PMU is not registered: {why}; bts falls back to the legacy BTS event")]
+    IntelBtsAbsent { why: String },
+    #[error("perf_event_open failed: {0}")]
+    Os(String),
+    #[error("{0}")]
+    Ring(#[from] super::ring::RingError),
+}
+
+fn cpu_label(c: &CpuInfo) -> String {
+    if c.model_name.is_empty() {
+        c.vendor.clone()
+    } else {
+        c.model_name.clone()
+    }
+}
+
+/// Turns a failed `perf_event_open` of the BTS event into a cause.
+pub fn diagnose_open(errno: i32, c: &CpuInfo) -> PerfError {
+    match errno {
+        libc::EACCES | libc::EPERM => {
+            PerfError::Paranoid { level: cpu::perf_event_paranoid().unwrap_or(i32::MAX) }
+        }
+        libc::EBUSY => PerfError::Busy,
+        libc::ENOENT | libc::EOPNOTSUPP | libc::ENODEV | libc::EINVAL => {
+            let why = if c.is_amd() {
+                "(AMD processors have no Branch Trace Store)".to_string()
+            } else if c.hypervisor && cpu::core_pmu_name().is_none() {
+                "(the hypervisor exposes no performance monitoring unit to this guest)".to_string()
+            } else if c.hypervisor {
+                "(the hypervisor hides the Debug Store)".to_string()
+            } else if !c.debug_store {
+                "(the CPU reports no Debug Store: no dtes64/ds_cpl flag)".to_string()
+            } else {
+                format!("(the kernel refused the branch-instructions event: {})", errno_name(errno))
+            };
+            PerfError::NoBts { cpu: cpu_label(c), why }
+        }
+        e => PerfError::Os(errno_name(e)),
+    }
+}
+
+/// A failed mmap of the ring even at one page.
+pub fn diagnose_mmap(errno: i32, pages: u64) -> PerfError {
+    match errno {
+        libc::EPERM | libc::ENOMEM => {
+            PerfError::Memlock { pages, mlock_kb: cpu::perf_event_mlock_kb().unwrap_or(0) }
+        }
+        e => PerfError::Os(format!("mmap of the perf ring: {}", errno_name(e))),
+    }
+}
+
+/// Why `intel_bts` is not there.
+pub fn intel_bts_absent(c: &CpuInfo) -> PerfError {
+    let why = if !c.is_intel() {
+        format!("{} is not an Intel CPU", cpu_label(c))
+    } else if cpu::page_table_isolation() {
+        "the kernel uses page-table isolation (PTI), under which intel_bts is not offered".to_string()
+    } else {
+        "the kernel or hypervisor does not offer it".to_string()
+    };
+    PerfError::IntelBtsAbsent { why }
+}
+
+pub fn errno_name(e: i32) -> String {
+    std::io::Error::from_raw_os_error(e).to_string()
+}
+
+/// Refuses the CPUs GDB refuses, before trying.
+pub fn check_cpu(c: &CpuInfo) -> Result<(), PerfError> {
+    if c.is_amd() {
+        return Err(PerfError::NoBts {
+            cpu: cpu_label(c),
+            why: "(AMD processors have no Branch Trace Store)".into(),
+        });
+    }
+    if c.has_bts_erratum() {
+        return Err(PerfError::Erratum { cpu: cpu_label(c), model: c.model });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intel(model: u32, hypervisor: bool) -> CpuInfo {
+        CpuInfo {
+            vendor: "GenuineIntel".into(),
+            family: 6,
+            model,
+            model_name: "Intel(R) Xeon(R)".into(),
+            hypervisor,
+            debug_store: !hypervisor,
+        }
+    }
+
+    #[test]
+    fn messages_name_cause_and_way_out() {
+        let amd =
+            CpuInfo { vendor: "AuthenticAMD".into(), model_name: "AMD EPYC".into(), ..Default::default() };
+        let e = check_cpu(&amd).unwrap_err().to_string();
+        assert!(
+            e.contains("AMD processors have no Branch Trace Store") && e.contains("--backend fast"),
+            "{e}"
+        );
+        let e = check_cpu(&intel(0x2a, false)).unwrap_err().to_string();
+        assert!(e.contains("AAJ122") && e.contains("0x2a"), "{e}");
+        assert!(check_cpu(&intel(0x55, false)).is_ok());
+        let e = diagnose_open(libc::EBUSY, &intel(0x55, false)).to_string();
+        assert!(e.contains("EBUSY") && e.contains("Intel PT"), "{e}");
+        let e = diagnose_open(libc::EACCES, &intel(0x55, false)).to_string();
+        assert!(e.contains("perf_event_paranoid"), "{e}");
+        let e = diagnose_mmap(libc::EPERM, 16).to_string();
+        assert!(e.contains("ulimit -l") && e.contains("16 pages"), "{e}");
+        let e = diagnose_open(libc::ENOENT, &intel(0xcf, true)).to_string();
+        assert!(e.contains("hypervisor"), "{e}");
+    }
+}
