@@ -1,6 +1,8 @@
 //! `bts`: record the branches a process takes and tell how it got where it is.
 
 mod demo;
+mod doctor;
+mod hw;
 mod record;
 mod report;
 
@@ -62,6 +64,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What this machine offers for branch tracing, and why.
+    Doctor {
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     #[command(hide = true, name = "__demo-crash")]
     DemoCrash,
 }
@@ -116,6 +124,8 @@ pub enum BackendArg {
     Fast,
     /// ptrace single-step of every instruction (slow, exact).
     Step,
+    /// Intel BTS through perf_event_open (hardware).
+    Perf,
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -157,6 +167,7 @@ fn main() -> ExitCode {
         Command::LastBranch { out, thread, cpu, file } => record::last_branch(&out, thread, cpu, &file),
         Command::Demo { backend, json } => demo::run(backend, json),
         Command::DemoCrash => demo::crash(),
+        Command::Doctor { json } => doctor::run(json),
     }
 }
 

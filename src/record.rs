@@ -7,21 +7,45 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bts_reader::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile};
-use ptrace_shim::{sys, Backend, Crash, Options, Outcome, Recording, Session, Stop};
+use ptrace_shim::{sys, Backend, Crash, HardwareSource, Options, Outcome, Recording, Session, Stop};
+
+use crate::hw::PerfSource;
 
 use crate::report::{Report, Selection};
 use crate::{BackendArg, OutputArgs, RecordArgs, ReportWhen, EXIT_BTS_FAILED};
 
-fn backend(b: BackendArg) -> Backend {
-    match b {
-        BackendArg::Step => Backend::Step,
-        BackendArg::Fast | BackendArg::Auto => Backend::Fast,
-    }
+/// The backend to use, a hardware source for it, and a notice when
+/// `auto` fell back.
+type Chosen = (Backend, Option<Box<dyn HardwareSource>>, Option<String>);
+
+fn backend(rec: &RecordArgs) -> Result<Chosen, String> {
+    let hw = || -> Option<Box<dyn HardwareSource>> { Some(Box::new(PerfSource::new(rec.buffer_size))) };
+    Ok(match rec.backend {
+        BackendArg::Step => (Backend::Step, None, None),
+        BackendArg::Fast => (Backend::Fast, None, None),
+        // Fails before anything is started.
+        BackendArg::Perf => {
+            bts_reader::perf::probe_bts().map_err(|e| e.to_string())?;
+            (Backend::Hardware, hw(), None)
+        }
+        BackendArg::Auto => match crate::hw::choose_auto() {
+            (true, _) => (Backend::Hardware, hw(), None),
+            (false, note) => {
+                if let Some(n) = &note {
+                    // SAFETY: isatty only inspects the fd.
+                    if unsafe { libc::isatty(2) } == 1 {
+                        eprintln!("bts: note: {n}");
+                    }
+                }
+                (Backend::Fast, None, note)
+            }
+        },
+    })
 }
 
-fn options(rec: &RecordArgs, follow_fork: bool, no_aslr: bool) -> Options {
+fn options(rec: &RecordArgs, backend: Backend, follow_fork: bool, no_aslr: bool) -> Options {
     Options {
-        backend: backend(rec.backend),
+        backend,
         buffer_bytes: rec.buffer_size,
         follow_fork,
         no_aslr,
@@ -157,14 +181,21 @@ fn default_path(rec: &RecordArgs, pid: i32, root: i32) -> PathBuf {
 }
 
 /// Drives a session to its end; returns how the first process ended.
-fn drive(session: &mut Session, rec: &RecordArgs, command: &[String]) -> Result<Outcome, ptrace_shim::Error> {
+fn drive(
+    session: &mut Session,
+    rec: &RecordArgs,
+    command: &[String],
+    note: Option<&str>,
+) -> Result<Outcome, ptrace_shim::Error> {
     let mut crashed = false;
     loop {
         match session.next_stop()? {
             Stop::Crash(c) => {
                 crashed |= c.pid == session.root_pid();
                 let recording = session.recording();
-                let tf = to_trace_file(&recording, crash_meta(command, &c));
+                let mut meta = crash_meta(command, &c);
+                meta.note = note.map(str::to_string);
+                let tf = to_trace_file(&recording, meta);
                 let path = default_path(rec, c.pid, session.root_pid());
                 save_and_report(&tf, Some(&path), &rec.out, rec.report != ReportWhen::Never);
                 session.deliver_crash()?;
@@ -176,7 +207,9 @@ fn drive(session: &mut Session, rec: &RecordArgs, command: &[String]) -> Result<
                 let killed = matches!(o, Outcome::Signaled(_)) && !crashed;
                 if detached || killed || rec.report == ReportWhen::Always || rec.output.is_some() && clean {
                     let recording = session.recording();
-                    let tf = to_trace_file(&recording, end_meta(command, session.root_pid(), o));
+                    let mut meta = end_meta(command, session.root_pid(), o);
+                    meta.note = note.map(str::to_string);
+                    let tf = to_trace_file(&recording, meta);
                     let path = default_path(rec, session.root_pid(), session.root_pid());
                     let print = (detached || killed) && rec.report != ReportWhen::Never
                         || rec.report == ReportWhen::Always;
@@ -203,14 +236,21 @@ pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: V
         eprintln!("bts: cannot install signal handlers: {e}");
         return i32::from(EXIT_BTS_FAILED);
     }
-    let mut session = match Session::launch(&command, options(rec, follow_fork, no_aslr)) {
+    let (be, source, note) = match backend(rec) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("bts: {e}");
+            return i32::from(EXIT_BTS_FAILED);
+        }
+    };
+    let mut session = match Session::launch_with(&command, options(rec, be, follow_fork, no_aslr), source) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("bts: {e}");
             return i32::from(EXIT_BTS_FAILED);
         }
     };
-    match drive(&mut session, rec, &shown) {
+    match drive(&mut session, rec, &shown, note.as_deref()) {
         Ok(o) => status(o),
         Err(e) => {
             eprintln!("bts: tracing failed: {e}");
@@ -250,7 +290,14 @@ pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
         eprintln!("bts: cannot install signal handlers: {e}");
         return ExitCode::from(EXIT_BTS_FAILED);
     }
-    let mut session = match Session::attach(pid, options(rec, false, false)) {
+    let (be, source, note) = match backend(rec) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("bts: {e}");
+            return ExitCode::from(EXIT_BTS_FAILED);
+        }
+    };
+    let mut session = match Session::attach_with(pid, options(rec, be, false, false), source) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("bts: {e}");
@@ -258,7 +305,7 @@ pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
         }
     };
     eprintln!("bts: attached to pid {pid} ({}); Ctrl-C detaches", command.join(" "));
-    match drive(&mut session, rec, &command) {
+    match drive(&mut session, rec, &command, note.as_deref()) {
         Ok(o) => ExitCode::from(status(o).clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("bts: tracing failed: {e}");

@@ -69,6 +69,9 @@ pub struct Report {
     pub command: Vec<String>,
     pub pid: i32,
     pub backend: String,
+    /// Why this backend (when `auto` fell back from the hardware).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_note: Option<String>,
     pub outcome: OutcomeReport,
     pub trace_file: Option<String>,
     pub threads: Vec<ThreadReport>,
@@ -239,6 +242,7 @@ impl Report {
             command: m.command.clone(),
             pid: m.pid,
             backend: m.backend.clone(),
+            backend_note: m.note.clone(),
             outcome: OutcomeReport {
                 kind: m.outcome.clone(),
                 signal: m.signal,
@@ -284,6 +288,9 @@ impl Report {
         }
         if let Some(f) = &self.trace_file {
             out += &format!("bts: trace saved to {f} ({} recorder)\n", self.backend);
+        }
+        if let Some(n) = &self.backend_note {
+            out += &format!("bts: note: {n}\n");
         }
         let focus: Vec<&ThreadReport> = if all_threads {
             self.threads.iter().collect()

@@ -49,6 +49,9 @@ pub struct Meta {
     pub code: Option<i32>,
     /// The crashing thread's instruction pointer.
     pub pc: Option<u64>,
+    /// Why the recorder is not the one asked for (auto fell back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// An executable mapping of a traced image.

@@ -29,6 +29,20 @@ pub enum Backend {
     Step,
     /// One stop per branch instruction.
     Fast,
+    /// A [`HardwareSource`] records (Intel BTS through perf); ptrace only
+    /// follows threads and holds crashes.
+    Hardware,
+}
+
+/// A branch source that records by itself (hardware BTS): the session
+/// tells it which threads to trace and reads it when a trace is taken.
+pub trait HardwareSource {
+    /// Starts recording a new thread. The error says why it cannot.
+    fn start(&mut self, tid: i32) -> std::result::Result<(), String>;
+    /// The thread's records so far, oldest first, and how many it lost.
+    fn read(&mut self, tid: i32) -> Option<(Vec<ds_alloc::BtsRecord>, u64)>;
+    /// The thread is gone.
+    fn stop(&mut self, tid: i32);
 }
 
 impl Backend {
@@ -36,6 +50,7 @@ impl Backend {
         match self {
             Backend::Step => "step",
             Backend::Fast => "fast",
+            Backend::Hardware => "perf",
         }
     }
 }
@@ -57,6 +72,9 @@ pub enum Error {
     /// The allocator refused a buffer (locked-memory limit, size).
     #[error("{0}")]
     Alloc(String),
+    /// The hardware source could not trace the first thread.
+    #[error("{0}")]
+    Hardware(String),
 }
 
 impl Error {

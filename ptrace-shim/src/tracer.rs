@@ -13,7 +13,7 @@ use crate::eval::{self, Outcome as Eval};
 use crate::maps::Mapping;
 use crate::space::{is_syscall, BlockEnd, Space, PAGE};
 use crate::sys::{self, Pid, Regs, Wait};
-use crate::{signals, Backend, Error, Result};
+use crate::{signals, Backend, Error, HardwareSource, Result};
 
 const SI_KERNEL: i32 = 0x80;
 const SI_USER: i32 = 0;
@@ -93,6 +93,8 @@ pub struct ThreadTrace {
     pub crashed: bool,
     /// The thread's last known instruction pointer.
     pub last_pc: Option<u64>,
+    /// Records the source reported lost (besides overwritten ones).
+    pub lost: u64,
 }
 
 /// Everything recorded for one program image (a pid between two execs).
@@ -190,6 +192,8 @@ pub struct Session {
     cpu_buffers: Vec<(u32, BtsHandle)>,
     /// The one CPU everything runs on, when pinned.
     pinned_cpu: Option<u32>,
+    /// The branch source of the hardware backend.
+    source: Option<Box<dyn HardwareSource>>,
 }
 
 fn trace_options(launched: bool) -> i32 {
@@ -356,6 +360,7 @@ impl Session {
             tracer,
             cpu_buffers: Vec::new(),
             pinned_cpu: None,
+            source: None,
         }
     }
 
@@ -393,12 +398,22 @@ impl Session {
 
     /// Launches `argv` traced from its first instruction.
     pub fn launch(argv: &[OsString], opts: Options) -> Result<Session> {
+        Session::launch_with(argv, opts, None)
+    }
+
+    /// Launches with a hardware branch source (for [`Backend::Hardware`]).
+    pub fn launch_with(
+        argv: &[OsString],
+        opts: Options,
+        source: Option<Box<dyn HardwareSource>>,
+    ) -> Result<Session> {
         preflight(&opts)?;
         // The child inherits the mask across fork and exec.
         let pinned = if opts.pin_cpu { Session::pin_self(0).map(|p| p.0) } else { None };
         let (pid, errf) = spawn_seized(argv, opts.no_aslr, trace_options(true))?;
         let mut s = Session::new(opts, pid, true);
         s.pinned_cpu = pinned;
+        s.source = source;
         s.request_cpu_buffers()?;
         let program = argv[0].to_string_lossy().into_owned();
         // Run to the exec event: that is where recording begins.
@@ -438,6 +453,11 @@ impl Session {
 
     /// Attaches to every thread of the running process `pid`.
     pub fn attach(pid: Pid, opts: Options) -> Result<Session> {
+        Session::attach_with(pid, opts, None)
+    }
+
+    /// Attaches with a hardware branch source (for [`Backend::Hardware`]).
+    pub fn attach_with(pid: Pid, opts: Options, source: Option<Box<dyn HardwareSource>>) -> Result<Session> {
         preflight(&opts)?;
         if pid <= 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             return Err(Error::NoSuchProcess { pid });
@@ -449,6 +469,7 @@ impl Session {
             return Err(Error::Invalid("bts cannot trace itself".into()));
         }
         let mut s = Session::new(opts, pid, false);
+        s.source = source;
         let space = s.new_space(pid, 0)?;
         let mut seized: Vec<Pid> = Vec::new();
         // Threads may be created while we seize: list until nothing is new.
@@ -571,6 +592,16 @@ impl Session {
         } else {
             None
         };
+        if record && self.opts.backend == Backend::Hardware {
+            if let Some(src) = self.source.as_mut() {
+                if let Err(e) = src.start(tid) {
+                    if self.threads.is_empty() && self.finished.is_empty() {
+                        return Err(Error::Hardware(e));
+                    }
+                    eprintln!("bts: thread {tid} is not recorded: {e}");
+                }
+            }
+        }
         let cpu = self.current_cpu(tid);
         self.threads.insert(
             tid,
@@ -622,6 +653,10 @@ impl Session {
     /// Takes a thread out of the session: its "departs" record, its buffer
     /// out of the allocator (refunding the charge).
     fn retire(&mut self, t: Thread) -> ThreadTrace {
+        let lost = self.sync_hardware(&t);
+        if let Some(src) = self.source.as_mut() {
+            src.stop(t.tid);
+        }
         if t.arrived {
             self.alloc.context(t.cpu, t.tid as u32, ContextKind::TaskDeparts, clock_ns());
         }
@@ -631,7 +666,20 @@ impl Session {
             buffer: buffer.unwrap_or_else(empty_buffer),
             crashed: t.crashed,
             last_pc: t.last_pc,
+            lost,
         }
+    }
+
+    /// With a hardware source: moves the thread's records, in hardware
+    /// layout, into its allocator buffer. Returns the records it lost.
+    fn sync_hardware(&mut self, t: &Thread) -> u64 {
+        let Some(src) = self.source.as_mut() else { return 0 };
+        let Some((records, lost)) = src.read(t.tid) else { return 0 };
+        if let Some(h) = t.handle {
+            let _ = self.alloc.reset_bts(self.tracer, h);
+        }
+        self.alloc.deliver_batch(t.cpu, t.tid as u32, &records);
+        lost
     }
 
     fn buffer_of(&self, t: &Thread) -> BtsBuffer {
@@ -699,10 +747,19 @@ impl Session {
             return Ok(());
         };
         let slot = &self.spaces[t.space];
-        let r = if slot.released || !slot.followed && !t.record && self.opts.backend == Backend::Step {
+        let r = if slot.released {
             sys::cont(tid, sig)
         } else {
             match self.opts.backend {
+                Backend::Hardware => {
+                    // The hardware records; ptrace only watches events.
+                    if let Ok(r) = sys::get_regs(tid) {
+                        if let Some(t) = self.threads.get_mut(&tid) {
+                            t.last_pc = Some(r.rip);
+                        }
+                    }
+                    sys::cont(tid, sig)
+                }
                 Backend::Step => {
                     let pc = match sys::get_regs(tid) {
                         Ok(r) => r.rip,
@@ -1079,6 +1136,9 @@ impl Session {
         }
         let caught = sig_mask(tid, "SigCgt") & (1u64 << (sig - 1)) != 0;
         let ignored = sig_mask(tid, "SigIgn") & (1u64 << (sig - 1)) != 0;
+        if caught && self.opts.backend == Backend::Hardware {
+            return self.resume(tid, sig);
+        }
         if caught {
             // Step into the handler: the trap comes at its first instruction.
             let from = if regs.orig_rax as i64 >= 0 && is_restart(regs.rax) {
@@ -1303,13 +1363,28 @@ impl Session {
 
     /// A snapshot of everything recorded so far, finished images first.
     pub fn recording(&mut self) -> Recording {
+        let mut hw_lost = HashMap::new();
+        if self.source.is_some() {
+            let live: Vec<Pid> = self.threads.keys().copied().collect();
+            for tid in live {
+                if let Some(t) = self.threads.remove(&tid) {
+                    hw_lost.insert(tid, self.sync_hardware(&t));
+                    self.threads.insert(tid, t);
+                }
+            }
+        }
         let mut images = self.finished.clone();
         let mut live: Vec<(usize, Vec<ThreadTrace>)> = Vec::new();
         let mut tids: Vec<&Thread> = self.threads.values().filter(|t| t.record).collect();
         tids.sort_by_key(|t| t.tid);
         for t in tids {
-            let trace =
-                ThreadTrace { tid: t.tid, buffer: self.buffer_of(t), crashed: t.crashed, last_pc: t.last_pc };
+            let trace = ThreadTrace {
+                tid: t.tid,
+                buffer: self.buffer_of(t),
+                crashed: t.crashed,
+                last_pc: t.last_pc,
+                lost: hw_lost.get(&t.tid).copied().unwrap_or(0),
+            };
             match live.iter_mut().find(|(s, _)| *s == t.space) {
                 Some((_, v)) => v.push(trace),
                 None => live.push((t.space, vec![trace])),

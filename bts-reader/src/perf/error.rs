@@ -5,9 +5,7 @@ use super::cpu::{self, CpuInfo};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PerfError {
-    #[error(
-        "no hardware BTS on this CPU: {cpu} {why}; use --backend fast (or valgrind for a launched program)"
-    )]
+    #[error("no hardware BTS on this CPU: {cpu} {why}; use --backend fast")]
     NoBts { cpu: String, why: String },
     #[error(
         "BTS is disabled on {cpu} (family 6, model {model:#x}): erratum AAJ122 makes its \

@@ -104,15 +104,23 @@ pub fn is_kernel(addr: u64) -> bool {
     addr >> 63 == 1
 }
 
-/// Reads 24 bytes ending at absolute position `end`, wrapping.
-fn record_before(ring: &[u8], end: u64) -> [u8; BTS_SAMPLE_SIZE] {
-    let size = ring.len() as u64;
-    let mut out = [0u8; BTS_SAMPLE_SIZE];
-    let start = end - BTS_SAMPLE_SIZE as u64;
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = ring[((start + i as u64) % size) as usize];
+/// The 24 bytes ending at ring offset `end` (1..=size), wrapping.
+#[inline]
+fn record_before(ring: &[u8], end: usize) -> [u8; BTS_SAMPLE_SIZE] {
+    if end >= BTS_SAMPLE_SIZE {
+        return ring[end - BTS_SAMPLE_SIZE..end].try_into().expect("24 bytes");
     }
+    // Split across the end of the ring: the lower part is at the end.
+    let missing = BTS_SAMPLE_SIZE - end;
+    let mut out = [0u8; BTS_SAMPLE_SIZE];
+    out[..missing].copy_from_slice(&ring[ring.len() - missing..]);
+    out[missing..].copy_from_slice(&ring[..end]);
     out
+}
+
+#[inline]
+fn word(r: &[u8; BTS_SAMPLE_SIZE], at: usize) -> u64 {
+    u64::from_le_bytes(r[at..at + 8].try_into().expect("8 bytes"))
 }
 
 /// Parses a ring snapshot whose head is `head`.
@@ -122,11 +130,18 @@ pub fn parse_bts_ring(ring: &[u8], head: u64) -> Result<BtsRead, RingError> {
         return Err(RingError::BadRingSize(size));
     }
     let mut out = BtsRead::default();
-    let avail = head.min(size as u64);
-    let mut pos = head;
-    let mut consumed = 0u64;
-    while consumed + BTS_SAMPLE_SIZE as u64 <= avail {
-        let r = record_before(ring, pos);
+    let avail = head.min(size as u64) as usize;
+    let count = avail / BTS_SAMPLE_SIZE;
+    // Filled from the back, so the result is oldest first without a reversal.
+    let mut recs = vec![BtsRecord::default(); count];
+    let mut next = count;
+    // Offset in the ring just past the newest record.
+    let mut end = (head % size as u64) as usize;
+    if end == 0 && head > 0 {
+        end = size;
+    }
+    for _ in 0..count {
+        let r = record_before(ring, end);
         let kind = u32::from_le_bytes(r[0..4].try_into().expect("4"));
         let rsize = u16::from_le_bytes(r[6..8].try_into().expect("2")) as usize;
         if rsize != BTS_SAMPLE_SIZE {
@@ -135,24 +150,22 @@ pub fn parse_bts_ring(ring: &[u8], head: u64) -> Result<BtsRead, RingError> {
         }
         match kind {
             PERF_RECORD_SAMPLE => {
-                let from = u64::from_le_bytes(r[8..16].try_into().expect("8"));
-                let to = u64::from_le_bytes(r[16..24].try_into().expect("8"));
-                if is_kernel(from) || is_kernel(to) {
-                    out.kernel += 1;
-                }
-                out.records.push(BtsRecord::branch(from, to));
+                let (from, to) = (word(&r, 8), word(&r, 16));
+                out.kernel += u64::from(is_kernel(from) | is_kernel(to));
+                next -= 1;
+                recs[next] = BtsRecord::branch(from, to);
             }
             // id, lost
-            PERF_RECORD_LOST => out.lost += u64::from_le_bytes(r[16..24].try_into().expect("8")),
+            PERF_RECORD_LOST => out.lost += word(&r, 16),
             _ => {
                 out.incomplete = true;
                 break;
             }
         }
-        pos -= BTS_SAMPLE_SIZE as u64;
-        consumed += BTS_SAMPLE_SIZE as u64;
+        end = if end > BTS_SAMPLE_SIZE { end - BTS_SAMPLE_SIZE } else { end + size - BTS_SAMPLE_SIZE };
     }
-    out.records.reverse();
+    recs.drain(..next);
+    out.records = recs;
     Ok(out)
 }
 

@@ -1,0 +1,47 @@
+//! The hardware backend's branch source: one legacy BTS perf event per
+//! thread, read when a trace is taken.
+
+use std::collections::HashMap;
+
+use bts_reader::perf::{self, BtsEvent};
+use ds_alloc::BtsRecord;
+use ptrace_shim::HardwareSource;
+
+pub struct PerfSource {
+    bytes: usize,
+    events: HashMap<i32, BtsEvent>,
+}
+
+impl PerfSource {
+    pub fn new(bytes: usize) -> Self {
+        PerfSource { bytes, events: HashMap::new() }
+    }
+}
+
+impl HardwareSource for PerfSource {
+    fn start(&mut self, tid: i32) -> Result<(), String> {
+        let ev = perf::open_bts(tid, self.bytes).map_err(|e| e.to_string())?;
+        self.events.insert(tid, ev);
+        Ok(())
+    }
+
+    fn read(&mut self, tid: i32) -> Option<(Vec<BtsRecord>, u64)> {
+        let r = self.events.get(&tid)?.read().ok()?;
+        Some((r.records, r.lost))
+    }
+
+    fn stop(&mut self, tid: i32) {
+        self.events.remove(&tid);
+    }
+}
+
+/// Which backend `auto` picks, and the notice to give when it falls back.
+pub fn choose_auto() -> (bool, Option<String>) {
+    match perf::probe_bts() {
+        Ok(()) => (true, None),
+        Err(e) => (
+            false,
+            Some(format!("hardware BTS unavailable ({e}); recording with the fast software recorder")),
+        ),
+    }
+}

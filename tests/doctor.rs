@@ -1,0 +1,56 @@
+//! `bts doctor` and the hardware backend's errors, for real on this machine.
+
+mod common;
+use common::*;
+
+#[test]
+fn doctor_reports_the_machine() {
+    let dir = scratch("doctor");
+    let out = bts(&dir, &["doctor", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let vendor = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("vendor_id"))
+        .unwrap()
+        .trim_start_matches([' ', '\t', ':']);
+    assert_eq!(d["cpu_vendor"], vendor);
+    let paranoid: i64 =
+        std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap().trim().parse().unwrap();
+    assert_eq!(d["perf_event_paranoid"], paranoid);
+    assert_eq!(d["ptrace"]["available"], true, "the tests run where ptrace works");
+    let auto = d["auto_picks"].as_str().unwrap();
+    if d["hardware_bts"]["available"] == true {
+        assert_eq!(auto, "perf");
+    } else {
+        assert_eq!(auto, "fast");
+        assert!(!d["hardware_bts"]["detail"].as_str().unwrap().is_empty());
+    }
+    let text_out = bts(&dir, &["doctor"]);
+    let t = text(&text_out.stdout);
+    assert!(t.contains("hardware BTS") && t.contains("--backend auto picks"), "{t}");
+}
+
+#[test]
+fn the_perf_backend_fails_up_front_with_the_kernels_reason() {
+    let dir = scratch("perf_backend");
+    let d: serde_json::Value = serde_json::from_slice(&bts(&dir, &["doctor", "--json"]).stdout).unwrap();
+    if d["hardware_bts"]["available"] == true {
+        return; // a machine with BTS: nothing refuses
+    }
+    let reason = d["hardware_bts"]["detail"].as_str().unwrap().to_string();
+    let bin = fixture("exit3");
+    let out = bts(&dir, &["run", "--backend", "perf", "--", bin.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim(), format!("bts: {reason}"));
+    assert!(reason.contains("--backend fast"), "names the way out: {reason}");
+    // auto falls back and says why in the report.
+    let out = bts(&dir, &["run", "--report", "always", "--json", "--", bin.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let r = json(&out);
+    assert_eq!(r["backend"], "fast");
+    let note = r["backend_note"].as_str().unwrap();
+    assert!(note.starts_with("hardware BTS unavailable") && note.contains(&reason), "{note}");
+}
