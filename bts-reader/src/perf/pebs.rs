@@ -33,9 +33,9 @@ pub fn parse_sample(body: &[u8], regs_mask: u64) -> Option<PebsRecord> {
     }
     let mut regs = [0u64; 64];
     let mut n = 3;
-    for bit in 0..64 {
+    for (bit, reg) in regs.iter_mut().enumerate() {
         if regs_mask & (1 << bit) != 0 {
-            regs[bit] = word(n)?;
+            *reg = word(n)?;
             n += 1;
         }
     }
