@@ -1077,7 +1077,9 @@ impl Session {
             Ok(r) => r,
             Err(_) => return Ok(()),
         };
-        let info = sys::get_siginfo(tid).unwrap_or_default();
+        // A thread killed meanwhile (SIGKILL) answers nothing: its exit
+        // comes from wait.
+        let Ok(info) = sys::get_siginfo(tid) else { return Ok(()) };
         let pending = self.threads.get(&tid).map(|t| t.pending).unwrap_or(Pending::None);
         if sig == libc::SIGTRAP {
             // One of our int3 sites?
