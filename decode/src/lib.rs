@@ -1,9 +1,12 @@
 //! Decoding of BTS branch traces: the code an execution ran through, the
 //! kind of every branch, instructions between branches, and symbols.
 
+pub mod calls;
 pub mod classify;
 pub mod code;
 pub mod disasm;
+pub mod flow;
+pub mod kernel;
 pub mod symbols;
 
 pub use classify::{classify, BranchKind};

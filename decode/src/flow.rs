@@ -1,0 +1,319 @@
+//! Flow reconstruction: every instruction executed, rebuilt from branch
+//! records by walking the straight line from one record's `to` to the next
+//! record's `from`. Each basic block is decoded once per trace and cached.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
+
+use crate::kernel::{Branch, Transfer};
+use crate::CodeMap;
+
+/// The longest straight line walked between two records.
+pub const MAX_WALK: usize = 1 << 20;
+
+/// What kind of instruction, for the call structure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Other,
+    Call,
+    Return,
+    Jump,
+    CondJump,
+    Syscall,
+    /// int, iret, ud2 and other exceptional flow.
+    Other2,
+}
+
+/// One instruction of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    pub addr: u64,
+    pub len: u8,
+    pub class: Class,
+}
+
+/// A decoded basic block: instructions up to and including the first
+/// control-flow instruction (system calls end a block too).
+#[derive(Debug)]
+pub struct Block {
+    pub insns: Vec<Insn>,
+    /// The block ends because the code after its last instruction could not
+    /// be decoded (no bytes, invalid instruction); the address is where.
+    pub undecodable: Option<u64>,
+}
+
+/// Why the reconstruction has a hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapKind {
+    /// The walk passed the next record's `from` without reaching it
+    /// (overwritten or lost records, self-modifying code).
+    Overflow,
+    /// An instruction could not be decoded (no code bytes for it).
+    UnknownInsn,
+    /// Where user code left before resuming is unknown.
+    Resume,
+}
+
+impl GapKind {
+    /// GDB's error code and text.
+    pub fn code(self) -> u32 {
+        match self {
+            GapKind::Overflow | GapKind::Resume => 1,
+            GapKind::UnknownInsn => 2,
+        }
+    }
+    pub fn text(self) -> &'static str {
+        match self {
+            GapKind::Overflow | GapKind::Resume => "instruction overflow",
+            GapKind::UnknownInsn => "unknown instruction",
+        }
+    }
+}
+
+/// One step of the reconstructed execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item {
+    Insn(Insn),
+    /// An asynchronous transfer (signal delivery) happened before the next
+    /// instruction.
+    Async { from: u64, to: u64 },
+    Gap { kind: GapKind, at: u64 },
+}
+
+#[derive(Default)]
+pub struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type AddrMap<V> = HashMap<u64, V, BuildHasherDefault<AddrHasher>>;
+
+fn class_of(i: &Instruction) -> Class {
+    match i.mnemonic() {
+        Mnemonic::Syscall | Mnemonic::Sysenter => return Class::Syscall,
+        Mnemonic::Int if i.immediate8() == 0x80 => return Class::Syscall,
+        _ => {}
+    }
+    match i.flow_control() {
+        FlowControl::Next => Class::Other,
+        FlowControl::Call | FlowControl::IndirectCall => Class::Call,
+        FlowControl::Return => Class::Return,
+        FlowControl::UnconditionalBranch | FlowControl::IndirectBranch => Class::Jump,
+        FlowControl::ConditionalBranch => Class::CondJump,
+        _ => Class::Other2,
+    }
+}
+
+/// Decodes straight-line code, one basic block at a time, with a cache.
+pub struct Flow<'c> {
+    code: &'c CodeMap,
+    cache: AddrMap<Rc<Block>>,
+    /// Blocks decoded (cache misses), for statistics.
+    pub decoded_blocks: u64,
+}
+
+impl<'c> Flow<'c> {
+    pub fn new(code: &'c CodeMap) -> Self {
+        Flow { code, cache: AddrMap::default(), decoded_blocks: 0 }
+    }
+
+    fn decode_block(&self, start: u64) -> Block {
+        let mut insns = Vec::new();
+        let mut buf = [0u8; 64];
+        let mut at = start;
+        loop {
+            let n = self.code.read(at, &mut buf);
+            if n == 0 {
+                return Block { insns, undecodable: Some(at) };
+            }
+            let mut dec = Decoder::with_ip(64, &buf[..n], at, DecoderOptions::NONE);
+            let mut i = Instruction::default();
+            while dec.can_decode() {
+                dec.decode_out(&mut i);
+                if i.is_invalid() {
+                    // Bytes may continue past this chunk: retry from here
+                    // with a fresh read unless the chunk was whole.
+                    if (dec.position() as u64) < n as u64 || n < buf.len() {
+                        return Block { insns, undecodable: Some(i.ip()) };
+                    }
+                    break;
+                }
+                let class = class_of(&i);
+                insns.push(Insn { addr: i.ip(), len: i.len() as u8, class });
+                if class != Class::Other || insns.len() >= 4096 {
+                    return Block { insns, undecodable: None };
+                }
+                at = i.next_ip();
+            }
+            if at == start && insns.is_empty() {
+                return Block { insns, undecodable: Some(at) };
+            }
+        }
+    }
+
+    /// The block at `start`, decoded once.
+    pub fn block(&mut self, start: u64) -> Rc<Block> {
+        if let Some(b) = self.cache.get(&start) {
+            return Rc::clone(b);
+        }
+        self.decoded_blocks += 1;
+        let b = Rc::new(self.decode_block(start));
+        self.cache.insert(start, Rc::clone(&b));
+        b
+    }
+
+    /// Walks from `start` to the instruction at `end` (included when
+    /// `include_end`), calling `emit` for each instruction. Returns the gap
+    /// that stopped the walk early, if one did.
+    pub fn walk(
+        &mut self,
+        start: u64,
+        end: u64,
+        include_end: bool,
+        emit: &mut impl FnMut(Insn),
+    ) -> Option<(GapKind, u64)> {
+        let mut pc = start;
+        let mut walked = 0usize;
+        loop {
+            if pc == end && !include_end {
+                return None;
+            }
+            let b = self.block(pc);
+            let last = b.insns.last().map(|l| l.addr);
+            if last.is_some_and(|l| end >= pc && end <= l) {
+                // The end lies in this block: stop there.
+                for i in &b.insns {
+                    if i.addr == end {
+                        if include_end {
+                            emit(*i);
+                        }
+                        return None;
+                    }
+                    if i.addr > end {
+                        return Some((GapKind::Overflow, i.addr));
+                    }
+                    emit(*i);
+                }
+            }
+            for i in &b.insns {
+                emit(*i);
+            }
+            walked += b.insns.len();
+            if let Some(at) = b.undecodable {
+                return Some((GapKind::UnknownInsn, at));
+            }
+            let Some(l) = b.insns.last() else { return Some((GapKind::UnknownInsn, pc)) };
+            // Only a branch that may fall through lets the walk go on.
+            match l.class {
+                Class::CondJump | Class::Syscall | Class::Other => {}
+                _ => return Some((GapKind::Overflow, l.addr)),
+            }
+            if walked > MAX_WALK {
+                return Some((GapKind::Overflow, l.addr));
+            }
+            pc = l.addr + u64::from(l.len);
+        }
+    }
+
+    /// Reconstructs a thread's execution from its filtered records (oldest
+    /// first), up to `end_pc` (the instruction the thread stands at, not
+    /// executed) when known.
+    pub fn reconstruct(&mut self, branches: &[Branch], end_pc: Option<u64>, emit: &mut impl FnMut(Item)) {
+        let Some(first) = branches.first() else { return };
+        let mut pc = first.to;
+        if first.transfer == Transfer::Async {
+            emit(Item::Async { from: first.from, to: first.to });
+        }
+        for b in &branches[1..] {
+            match b.transfer {
+                Transfer::Resume => {
+                    emit(Item::Gap { kind: GapKind::Resume, at: b.to });
+                }
+                t => {
+                    let include = t != Transfer::Async;
+                    if let Some((kind, at)) = self.walk(pc, b.from, include, &mut |i| emit(Item::Insn(i))) {
+                        emit(Item::Gap { kind, at });
+                    }
+                    if t == Transfer::Async {
+                        emit(Item::Async { from: b.from, to: b.to });
+                    }
+                }
+            }
+            pc = b.to;
+        }
+        if let Some(end) = end_pc {
+            if let Some((kind, at)) = self.walk(pc, end, false, &mut |i| emit(Item::Insn(i))) {
+                emit(Item::Gap { kind, at });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn br(from: u64, to: u64) -> Branch {
+        Branch { from, to, transfer: Transfer::Branch }
+    }
+
+    fn code() -> CodeMap {
+        let mut m = CodeMap::new();
+        // 0x1000: nop; nop; jne 0x1000 (74 -> 75 fa)  | 0x1004: nop; ret
+        m.insert(0x1000, vec![0x90, 0x90, 0x75, 0xfc, 0x90, 0xc3]);
+        m
+    }
+
+    fn run(branches: &[Branch], end: Option<u64>) -> Vec<Item> {
+        let code = code();
+        let mut f = Flow::new(&code);
+        let mut out = Vec::new();
+        f.reconstruct(branches, end, &mut |i| out.push(i));
+        out
+    }
+
+    fn addrs(items: &[Item]) -> Vec<u64> {
+        items.iter().filter_map(|i| if let Item::Insn(x) = i { Some(x.addr) } else { None }).collect()
+    }
+
+    #[test]
+    fn loops_fall_through_and_end_at_the_pc() {
+        // Entered at 0x1000, looped once, fell through, returned.
+        let items = run(&[br(0x9000, 0x1000), br(0x1002, 0x1000), br(0x1005, 0x2000)], None);
+        assert_eq!(addrs(&items), vec![0x1000, 0x1001, 0x1002, 0x1000, 0x1001, 0x1002, 0x1004, 0x1005]);
+        let items = run(&[br(0x9000, 0x1000)], Some(0x1004));
+        assert_eq!(addrs(&items), vec![0x1000, 0x1001, 0x1002]);
+    }
+
+    #[test]
+    fn a_missing_record_is_a_gap() {
+        // ret at 0x1005 always branches: a record claiming 0x1005 was
+        // reached from 0x1000 while a jump back was taken is inconsistent.
+        let items = run(&[br(0x9000, 0x1004), br(0x1001, 0x3000)], None);
+        assert!(items.iter().any(|i| matches!(i, Item::Gap { kind: GapKind::Overflow, .. })), "{items:?}");
+        let items = run(&[br(0x9000, 0x5000), br(0x5004, 0x1000)], None);
+        assert!(matches!(items[0], Item::Gap { kind: GapKind::UnknownInsn, at: 0x5000 }), "{items:?}");
+    }
+
+    #[test]
+    fn async_records_exclude_the_interrupted_instruction() {
+        let b = [br(0x9000, 0x1000), Branch { from: 0x1001, to: 0x7000, transfer: Transfer::Async }];
+        let items = run(&b, None);
+        assert_eq!(addrs(&items), vec![0x1000]);
+        assert!(matches!(items.last(), Some(Item::Async { from: 0x1001, to: 0x7000 })));
+    }
+}
