@@ -1,10 +1,15 @@
 //! `bts`: record the branches a process takes and tell how it got where it is.
 
+mod analyze;
 mod demo;
 mod doctor;
+mod export;
+mod history;
 mod hw;
+mod inspect;
 mod record;
 mod report;
+mod trace;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -56,6 +61,58 @@ enum Command {
         #[arg(long)]
         cpu: Option<u32>,
         file: PathBuf,
+    },
+    /// The recorded instructions or function calls, as GDB's `record
+    /// instruction-history` / `record function-call-history` print them.
+    History {
+        file: PathBuf,
+        /// GDB's ranges: N (ten from N), N,M, N,+K, N,-K. Default: the last ten.
+        range: Option<String>,
+        /// The instruction history (the default).
+        #[arg(long, conflicts_with = "calls")]
+        insns: bool,
+        /// The function-call history.
+        #[arg(long)]
+        calls: bool,
+        #[arg(long)]
+        thread: Option<i32>,
+        #[arg(long)]
+        json: bool,
+        /// Show kernel addresses (root or perf_event_paranoid <= 1 only).
+        #[arg(long)]
+        kernel: bool,
+        /// --insns: interleave source lines (GDB /s).
+        #[arg(long)]
+        source: bool,
+        /// --insns: raw instruction bytes (GDB /r).
+        #[arg(long)]
+        raw: bool,
+        /// --insns: no function names (GDB /f).
+        #[arg(long)]
+        no_fn: bool,
+        /// --insns: Intel syntax instead of AT&T.
+        #[arg(long)]
+        intel: bool,
+        /// --calls: source lines of each segment (GDB /l).
+        #[arg(long)]
+        lines: bool,
+        /// --calls: instruction ranges (GDB /i).
+        #[arg(long)]
+        insn_range: bool,
+        /// --calls: indent by call depth (GDB /c).
+        #[arg(long)]
+        indent: bool,
+    },
+    /// Export the call timeline: chrome (Perfetto), folded stacks, or JSON.
+    Export {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = inspect::ExportFormat::Chrome)]
+        format: inspect::ExportFormat,
+        #[arg(long)]
+        thread: Option<i32>,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
     },
     /// Trace a built-in crashing program end to end.
     Demo {
@@ -168,6 +225,34 @@ fn main() -> ExitCode {
         Command::Demo { backend, json } => demo::run(backend, json),
         Command::DemoCrash => demo::crash(),
         Command::Doctor { json } => doctor::run(json),
+        Command::History {
+            file,
+            range,
+            insns: _,
+            calls,
+            thread,
+            json,
+            kernel,
+            source,
+            raw,
+            no_fn,
+            intel,
+            lines,
+            insn_range,
+            indent,
+        } => inspect::history(&inspect::HistoryArgs {
+            file,
+            calls,
+            range,
+            thread,
+            json,
+            kernel,
+            insn: history::InsnOpts { source, raw, no_fn, intel },
+            call: history::CallOpts { lines, insn_range, indent },
+        }),
+        Command::Export { file, format, thread, output } => {
+            inspect::export(&file, format, thread, output.as_deref())
+        }
     }
 }
 

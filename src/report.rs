@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use bts_reader::{Stream, StreamKind, TraceFile};
-use decode::{classify, format_insn, last_instructions, BranchKind, CodeMap, ModuleInfo, Symbolizer};
+use decode::{classify, format_insn, last_instructions, BranchKind, CodeMap};
+
+use crate::trace::{images, Image};
 use ds_alloc::RecordKind;
 use serde::Serialize;
 
@@ -85,38 +87,6 @@ pub struct Selection {
     pub thread: Option<i32>,
     /// Show this CPU's catch-all stream instead of threads.
     pub cpu: Option<u32>,
-}
-
-struct Image {
-    code: CodeMap,
-    syms: Symbolizer,
-}
-
-fn images(tf: &TraceFile) -> HashMap<(i32, u32), Image> {
-    let mut out: HashMap<(i32, u32), Image> = HashMap::new();
-    let mut mods: HashMap<(i32, u32), Vec<ModuleInfo>> = HashMap::new();
-    for m in &tf.modules {
-        mods.entry((m.pid, m.generation)).or_default().push(ModuleInfo {
-            path: m.path.clone(),
-            start: m.start,
-            end: m.end,
-            offset: m.offset,
-        });
-    }
-    let mut codes: HashMap<(i32, u32), CodeMap> = HashMap::new();
-    for c in &tf.code {
-        codes.entry((c.pid, c.generation)).or_default().insert(c.addr, c.bytes.clone());
-    }
-    let keys: Vec<(i32, u32)> = mods.keys().chain(codes.keys()).copied().collect();
-    for k in keys {
-        if out.contains_key(&k) {
-            continue;
-        }
-        let code = codes.remove(&k).unwrap_or_default();
-        let syms = Symbolizer::new(mods.remove(&k).unwrap_or_default());
-        out.insert(k, Image { code, syms });
-    }
-    out
 }
 
 fn hex(a: u64) -> String {

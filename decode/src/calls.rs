@@ -150,7 +150,9 @@ impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
                     s
                 } else {
                     match last.class {
-                        Class::Call if !fell_through => self.push(&f, self.segments[c].level + 1, Some(c), None),
+                        Class::Call if !fell_through => {
+                            self.push(&f, self.segments[c].level + 1, Some(c), None)
+                        }
                         Class::Return | Class::Syscall if !fell_through || last.class == Class::Return => {
                             match self.find_up(c, &f) {
                                 Some(u) => self.resume_in(u, &f),
@@ -264,7 +266,12 @@ mod tests {
         let segs = build(&items);
         assert_eq!(
             shape(&segs),
-            vec![("main".into(), 0, 1, 2), ("a".into(), 1, 3, 3), ("b".into(), 1, 4, 5), ("main".into(), 0, 6, 6)]
+            vec![
+                ("main".into(), 0, 1, 2),
+                ("a".into(), 1, 3, 3),
+                ("b".into(), 1, 4, 5),
+                ("main".into(), 0, 6, 6)
+            ]
         );
         assert!(segs[2].tail_call);
         assert_eq!(segs[3].prev, Some(0));

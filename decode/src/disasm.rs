@@ -1,6 +1,6 @@
 //! Straight-line walks and instruction formatting.
 
-use iced_x86::{Formatter, Instruction, IntelFormatter};
+use iced_x86::{Formatter, GasFormatter, Instruction, IntelFormatter};
 
 use crate::classify::decode_at;
 use crate::CodeMap;
@@ -54,6 +54,30 @@ pub fn format_insn(insn: &Instruction) -> String {
     f.options_mut().set_uppercase_hex(false);
     let mut out = String::new();
     f.format(insn, &mut out);
+    out
+}
+
+/// An instruction as GDB prints it: AT&T syntax (or Intel), mnemonic
+/// padded to seven columns like objdump.
+pub fn format_gdb(insn: &Instruction, intel: bool) -> String {
+    let mut out = String::new();
+    if intel {
+        let mut f = IntelFormatter::new();
+        f.options_mut().set_first_operand_char_index(7);
+        f.options_mut().set_hex_prefix("0x");
+        f.options_mut().set_hex_suffix("");
+        f.options_mut().set_rip_relative_addresses(true);
+        f.options_mut().set_branch_leading_zeros(false);
+        f.format(insn, &mut out);
+    } else {
+        let mut f = GasFormatter::new();
+        let o = f.options_mut();
+        o.set_first_operand_char_index(7);
+        o.set_small_hex_numbers_in_decimal(false);
+        o.set_rip_relative_addresses(true);
+        o.set_branch_leading_zeros(false);
+        f.format(insn, &mut out);
+    }
     out
 }
 

@@ -79,8 +79,14 @@ pub enum Item {
     Insn(Insn),
     /// An asynchronous transfer (signal delivery) happened before the next
     /// instruction.
-    Async { from: u64, to: u64 },
-    Gap { kind: GapKind, at: u64 },
+    Async {
+        from: u64,
+        to: u64,
+    },
+    Gap {
+        kind: GapKind,
+        at: u64,
+    },
 }
 
 #[derive(Default)]
@@ -234,31 +240,42 @@ impl<'c> Flow<'c> {
     /// executed) when known.
     pub fn reconstruct(&mut self, branches: &[Branch], end_pc: Option<u64>, emit: &mut impl FnMut(Item)) {
         let Some(first) = branches.first() else { return };
-        let mut pc = first.to;
+        self.start(first, emit);
+        for w in branches.windows(2) {
+            self.step(&w[0], &w[1], emit);
+        }
+        if let (Some(end), Some(last)) = (end_pc, branches.last()) {
+            self.finish(last, end, emit);
+        }
+    }
+
+    /// The first record: execution starts at its target.
+    pub fn start(&mut self, first: &Branch, emit: &mut impl FnMut(Item)) {
         if first.transfer == Transfer::Async {
             emit(Item::Async { from: first.from, to: first.to });
         }
-        for b in &branches[1..] {
-            match b.transfer {
-                Transfer::Resume => {
-                    emit(Item::Gap { kind: GapKind::Resume, at: b.to });
+    }
+
+    /// The instructions between two consecutive records, and the second's transfer.
+    pub fn step(&mut self, prev: &Branch, b: &Branch, emit: &mut impl FnMut(Item)) {
+        match b.transfer {
+            Transfer::Resume => emit(Item::Gap { kind: GapKind::Resume, at: b.to }),
+            t => {
+                let include = t != Transfer::Async;
+                if let Some((kind, at)) = self.walk(prev.to, b.from, include, &mut |i| emit(Item::Insn(i))) {
+                    emit(Item::Gap { kind, at });
                 }
-                t => {
-                    let include = t != Transfer::Async;
-                    if let Some((kind, at)) = self.walk(pc, b.from, include, &mut |i| emit(Item::Insn(i))) {
-                        emit(Item::Gap { kind, at });
-                    }
-                    if t == Transfer::Async {
-                        emit(Item::Async { from: b.from, to: b.to });
-                    }
+                if t == Transfer::Async {
+                    emit(Item::Async { from: b.from, to: b.to });
                 }
             }
-            pc = b.to;
         }
-        if let Some(end) = end_pc {
-            if let Some((kind, at)) = self.walk(pc, end, false, &mut |i| emit(Item::Insn(i))) {
-                emit(Item::Gap { kind, at });
-            }
+    }
+
+    /// The run from the last record's target up to `end_pc` (not included).
+    pub fn finish(&mut self, last: &Branch, end_pc: u64, emit: &mut impl FnMut(Item)) {
+        if let Some((kind, at)) = self.walk(last.to, end_pc, false, &mut |i| emit(Item::Insn(i))) {
+            emit(Item::Gap { kind, at });
         }
     }
 }

@@ -122,12 +122,12 @@ mod tests {
     #[test]
     fn syscalls_interrupts_and_kernel_noise() {
         let recs = [
-            BtsRecord::branch(0x1003, 0x1000),    // jmp
-            BtsRecord::branch(0x1000, K),         // syscall entry
+            BtsRecord::branch(0x1003, 0x1000),     // jmp
+            BtsRecord::branch(0x1000, K),          // syscall entry
             BtsRecord::branch(K + 0x10, K + 0x80), // kernel internal
-            BtsRecord::branch(K + 0x90, 0x1002),  // sysret
-            BtsRecord::branch(0x1005, K + 0x200), // interrupt at the mov
-            BtsRecord::branch(K + 0x300, 0x1005), // iret: the mov runs now
+            BtsRecord::branch(K + 0x90, 0x1002),   // sysret
+            BtsRecord::branch(0x1005, K + 0x200),  // interrupt at the mov
+            BtsRecord::branch(K + 0x300, 0x1005),  // iret: the mov runs now
             BtsRecord::context(ds_alloc::ContextKind::TaskDeparts, 5, 1),
             BtsRecord::branch(K + 0x400, 0x1002), // resume without its entry
         ];

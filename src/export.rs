@@ -1,0 +1,92 @@
+//! `bts export`: the call timeline as Chrome Trace Event JSON (instruction
+//! count as the clock, one track per thread; opens in Perfetto), folded
+//! stacks weighted by instructions (for flame graphs), or plain JSON.
+
+use std::collections::BTreeMap;
+
+use decode::calls::{stack_names, Segment};
+use serde_json::{json, Value};
+
+use crate::analyze::Analysis;
+
+/// The instances of functions: chains of segments linked by prev/next.
+fn instances(segs: &[Segment]) -> Vec<Vec<usize>> {
+    let mut out = Vec::new();
+    for (i, s) in segs.iter().enumerate() {
+        if s.prev.is_some() || s.gap.is_some() {
+            continue;
+        }
+        let mut chain = vec![i];
+        let mut cur = s.next;
+        while let Some(n) = cur {
+            chain.push(n);
+            cur = segs[n].next;
+        }
+        out.push(chain);
+    }
+    out
+}
+
+/// Complete ("X") events, one per function instance, nested by call depth.
+pub fn chrome(threads: &[Analysis]) -> Value {
+    let mut events = Vec::new();
+    for an in threads {
+        events.push(json!({"name": "thread_name", "ph": "M", "pid": an.pid, "tid": an.tid,
+                           "args": {"name": format!("thread {}", an.tid)}}));
+        for chain in instances(&an.segments) {
+            let first = &an.segments[chain[0]];
+            let last = &an.segments[*chain.last().expect("non-empty")];
+            events.push(json!({
+                "name": first.function.clone().unwrap_or_else(|| "??".into()),
+                "cat": if first.signal { "signal" } else { "function" },
+                "ph": "X",
+                "ts": first.insn_begin,
+                "dur": last.insn_end + 1 - first.insn_begin,
+                "pid": an.pid,
+                "tid": an.tid,
+                "args": {"level": first.level, "segments": chain.len()},
+            }));
+        }
+        for s in an.segments.iter().filter(|s| s.gap.is_some()) {
+            events.push(json!({"name": "trace gap", "ph": "i", "s": "t", "ts": s.insn_begin,
+                               "pid": an.pid, "tid": an.tid}));
+        }
+    }
+    json!({"traceEvents": events, "displayTimeUnit": "ns",
+           "otherData": {"clock": "instructions executed"}})
+}
+
+/// `main;a;b 123` lines, weighted by instructions executed.
+pub fn folded(threads: &[Analysis]) -> String {
+    let mut weights: BTreeMap<String, u64> = BTreeMap::new();
+    for an in threads {
+        for (i, s) in an.segments.iter().enumerate() {
+            if s.gap.is_some() {
+                continue;
+            }
+            *weights.entry(stack_names(&an.segments, i).join(";")).or_default() += s.insn_count();
+        }
+    }
+    weights.into_iter().map(|(k, v)| format!("{k} {v}\n")).collect()
+}
+
+/// Segments of every thread as JSON.
+pub fn plain(threads: &[Analysis]) -> Value {
+    let ts: Vec<Value> = threads
+        .iter()
+        .map(|an| {
+            let segs: Vec<Value> = an
+                .segments
+                .iter()
+                .map(|s| {
+                    json!({"number": s.number, "function": s.function, "level": s.level,
+                           "insn_begin": s.insn_begin, "insn_end": s.insn_end, "up": s.up.map(|u| u + 1),
+                           "signal": s.signal, "tail_call": s.tail_call,
+                           "gap": s.gap.map(|g| g.text())})
+                })
+                .collect();
+            json!({"pid": an.pid, "tid": an.tid, "instructions": an.entries.len(), "segments": segs})
+        })
+        .collect();
+    json!({"version": 1, "threads": ts})
+}

@@ -1,0 +1,211 @@
+//! `bts history`: GDB's `record instruction-history` and
+//! `record function-call-history`, line for line, from a trace file.
+
+use std::collections::HashMap;
+
+use decode::calls::Segment;
+use decode::classify::decode_at;
+use serde_json::{json, Value};
+
+use crate::analyze::{Analysis, Entry};
+use crate::trace::Image;
+
+/// What `--insns` prints (GDB's /m /s, /r, /f modifiers).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InsnOpts {
+    pub source: bool,
+    pub raw: bool,
+    pub no_fn: bool,
+    pub intel: bool,
+}
+
+/// What `--calls` prints (GDB's /l, /i, /c modifiers).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOpts {
+    pub lines: bool,
+    pub insn_range: bool,
+    pub indent: bool,
+}
+
+fn gap_text(e: &Entry) -> String {
+    match *e {
+        Entry::Gap { kind, .. } => format!("[decode error ({}): {}]", kind.code(), kind.text()),
+        Entry::Insn { .. } => String::new(),
+    }
+}
+
+/// A source line's text, from the file if it can be read.
+struct Sources(HashMap<String, Option<Vec<String>>>);
+
+impl Sources {
+    fn line(&mut self, file: &str, line: u32) -> Option<String> {
+        let lines = self.0.entry(file.to_string()).or_insert_with(|| {
+            std::fs::read_to_string(file).ok().map(|t| t.lines().map(str::to_string).collect())
+        });
+        lines.as_ref()?.get((line as usize).checked_sub(1)?).cloned()
+    }
+}
+
+/// The lines of the instruction history for entries `[a, b]`.
+pub fn insn_history(an: &Analysis, img: Option<&Image>, a: u64, b: u64, o: InsnOpts) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut sources = Sources(HashMap::new());
+    let mut last_loc: Option<(String, u32)> = None;
+    for e in entries_in(an, a, b) {
+        let Entry::Insn { number, addr, current, .. } = *e else {
+            out.push(format!("{}\t{}", e.number(), gap_text(e)));
+            continue;
+        };
+        let sym = img.map(|i| i.syms.lookup(addr)).unwrap_or_default();
+        if o.source {
+            if let (Some(file), Some(line)) = (&sym.file, sym.line) {
+                if last_loc.as_ref().map(|(f, _)| f) != Some(file) {
+                    out.push(format!("{file}:"));
+                }
+                if last_loc.as_ref() != Some(&(file.clone(), line)) {
+                    out.push(format!("{line}\t{}", sources.line(file, line).unwrap_or_default()));
+                }
+                last_loc = Some((file.clone(), line));
+            }
+        }
+        let insn = img.and_then(|i| decode_at(&i.code, addr));
+        let mut line = format!("{number}\t{}0x{addr:016x}", if current { "=> " } else { "   " });
+        if !o.no_fn {
+            if let Some(f) = &sym.function {
+                line += &format!(" <{f}+{}>", sym.offset);
+            }
+        }
+        line += ":\t";
+        if o.raw {
+            if let (Some(i), Some(img)) = (&insn, img) {
+                let mut bytes = vec![0u8; i.len()];
+                img.code.read(addr, &mut bytes);
+                let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                line += &hex.join(" ");
+                line += "\t";
+            }
+        }
+        line += &match &insn {
+            Some(i) => {
+                let mut t = decode::disasm::format_gdb(i, o.intel);
+                // Direct branches name their target, as GDB does.
+                if i.is_jcc_short_or_near() || i.is_jmp_short_or_near() || i.is_call_near() {
+                    let target = i.near_branch_target();
+                    if let Some(s) =
+                        img.map(|m| m.syms.lookup(target)).and_then(|s| s.function.map(|f| (f, s.offset)))
+                    {
+                        t += &format!(" <{}+{}>", s.0, s.1);
+                    }
+                }
+                t
+            }
+            None => "(bad)".to_string(),
+        };
+        out.push(line);
+    }
+    out
+}
+
+fn entries_in(an: &Analysis, a: u64, b: u64) -> &[Entry] {
+    // Entries are numbered 1.. in order.
+    let lo = (a.max(1) - 1) as usize;
+    let hi = (b as usize).min(an.entries.len());
+    if lo >= hi {
+        return &[];
+    }
+    &an.entries[lo..hi]
+}
+
+/// (file, first line, last line) of a segment's instructions.
+fn segment_lines(an: &Analysis, img: Option<&Image>, s: &Segment) -> Option<(String, u32, u32)> {
+    let img = img?;
+    let mut file: Option<String> = None;
+    let (mut lo, mut hi) = (u32::MAX, 0);
+    for e in entries_in(an, s.insn_begin, s.insn_end) {
+        if let Entry::Insn { addr, .. } = *e {
+            let sym = img.syms.lookup(addr);
+            if let (Some(f), Some(l)) = (sym.file, sym.line) {
+                if file.as_ref().is_none_or(|x| *x == f) {
+                    file = Some(f);
+                    lo = lo.min(l);
+                    hi = hi.max(l);
+                }
+            }
+        }
+    }
+    file.map(|f| (f, lo, hi))
+}
+
+/// The lines of the function-call history for segments `[a, b]`.
+pub fn call_history(an: &Analysis, img: Option<&Image>, a: u64, b: u64, o: CallOpts) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in an.segments.iter().filter(|s| (a..=b).contains(&(s.number as u64))) {
+        if let Some(kind) = s.gap {
+            out.push(format!("{}\t[decode error ({}): {}]", s.number, kind.code(), kind.text()));
+            continue;
+        }
+        let mut line = format!("{}\t", s.number);
+        if o.indent {
+            line += &"  ".repeat(s.level.max(0) as usize);
+        }
+        line += s.function.as_deref().unwrap_or("??");
+        if o.insn_range {
+            line += &format!("\tinst {},{}", s.insn_begin, s.insn_end);
+        }
+        if o.lines {
+            if let Some((file, lo, hi)) = segment_lines(an, img, s) {
+                let short: Vec<&str> = file.rsplit('/').take(1).collect();
+                line += &if lo == hi {
+                    format!("\tat {}:{lo}", short[0])
+                } else {
+                    format!("\tat {}:{lo},{hi}", short[0])
+                };
+            }
+        }
+        out.push(line);
+    }
+    out
+}
+
+/// `--json` of the instruction history.
+pub fn insn_json(an: &Analysis, img: Option<&Image>, a: u64, b: u64, intel: bool) -> Value {
+    let items: Vec<Value> = entries_in(an, a, b)
+        .iter()
+        .map(|e| match *e {
+            Entry::Gap { number, kind, at } => {
+                json!({"number": number, "gap": {"code": kind.code(), "text": kind.text(), "at": format!("{at:#x}")}})
+            }
+            Entry::Insn { number, addr, current, .. } => {
+                let sym = img.map(|i| i.syms.lookup(addr)).unwrap_or_default();
+                let text = img.and_then(|i| decode_at(&i.code, addr)).map(|i| decode::disasm::format_gdb(&i, intel));
+                json!({
+                    "number": number, "addr": format!("{addr:#x}"), "function": sym.function,
+                    "offset": sym.offset, "file": sym.file, "line": sym.line, "text": text, "current": current,
+                })
+            }
+        })
+        .collect();
+    json!({"pid": an.pid, "tid": an.tid, "total": an.entries.len(), "instructions": items})
+}
+
+/// `--json` of the call history.
+pub fn call_json(an: &Analysis, img: Option<&Image>, a: u64, b: u64) -> Value {
+    let items: Vec<Value> = an
+        .segments
+        .iter()
+        .filter(|s| (a..=b).contains(&(s.number as u64)))
+        .map(|s| {
+            let lines = segment_lines(an, img, s);
+            json!({
+                "number": s.number, "function": s.function, "level": s.level,
+                "insn_begin": s.insn_begin, "insn_end": s.insn_end,
+                "file": lines.as_ref().map(|l| l.0.clone()),
+                "line_begin": lines.as_ref().map(|l| l.1), "line_end": lines.as_ref().map(|l| l.2),
+                "up": s.up.map(|u| u + 1), "prev": s.prev.map(|u| u + 1), "next": s.next.map(|u| u + 1),
+                "signal": s.signal, "tail_call": s.tail_call,
+                "gap": s.gap.map(|g| json!({"code": g.code(), "text": g.text()})),
+            })
+        })
+        .collect();
+    json!({"pid": an.pid, "tid": an.tid, "total": an.segments.len(), "calls": items})
+}

@@ -1,0 +1,66 @@
+//! A loaded trace file's images: the code bytes and symbols of each
+//! (pid, exec generation), shared by every command that reads traces.
+
+use std::collections::HashMap;
+
+use bts_reader::{Stream, StreamKind, TraceFile};
+use decode::{CodeMap, ModuleInfo, Symbolizer};
+
+pub struct Image {
+    pub code: CodeMap,
+    pub syms: Symbolizer,
+}
+
+/// Every image of the trace, by (pid, generation).
+pub fn images(tf: &TraceFile) -> HashMap<(i32, u32), Image> {
+    let mut mods: HashMap<(i32, u32), Vec<ModuleInfo>> = HashMap::new();
+    for m in &tf.modules {
+        mods.entry((m.pid, m.generation)).or_default().push(ModuleInfo {
+            path: m.path.clone(),
+            start: m.start,
+            end: m.end,
+            offset: m.offset,
+        });
+    }
+    let mut codes: HashMap<(i32, u32), CodeMap> = HashMap::new();
+    for c in &tf.code {
+        codes.entry((c.pid, c.generation)).or_default().insert(c.addr, c.bytes.clone());
+    }
+    let keys: Vec<(i32, u32)> = mods.keys().chain(codes.keys()).copied().collect();
+    let mut out = HashMap::new();
+    for k in keys {
+        if out.contains_key(&k) {
+            continue;
+        }
+        let code = codes.remove(&k).unwrap_or_default();
+        let syms = Symbolizer::new(mods.remove(&k).unwrap_or_default());
+        out.insert(k, Image { code, syms });
+    }
+    out
+}
+
+/// The thread stream a command works on: `--thread TID` (its newest image),
+/// else the crashed thread, else the first process's main thread.
+pub fn pick_thread(tf: &TraceFile, tid: Option<i32>) -> Result<&Stream, String> {
+    let threads: Vec<&Stream> = tf.thread_streams().collect();
+    let found = match tid {
+        Some(t) => {
+            threads.iter().rev().find(|s| matches!(s.kind, StreamKind::Thread { tid, .. } if tid == t))
+        }
+        None => threads
+            .iter()
+            .find(|s| matches!(s.kind, StreamKind::Thread { crashed: true, .. }))
+            .or_else(|| {
+                threads
+                    .iter()
+                    .rev()
+                    .find(|s| matches!(s.kind, StreamKind::Thread { tid, .. } if tid == tf.meta.pid))
+            })
+            .or(threads.first()),
+    };
+    match (found, tid) {
+        (Some(s), _) => Ok(s),
+        (None, Some(t)) => Err(format!("no thread {t} in this trace")),
+        (None, None) => Err("the trace holds no thread".into()),
+    }
+}
