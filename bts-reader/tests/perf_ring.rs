@@ -117,6 +117,17 @@ fn lost_records_are_counted_and_kernel_records_kept() {
 }
 
 #[test]
+fn huge_loss_counts_saturate() {
+    // Found by the fuzzer: two losses summing past u64::MAX.
+    let mut k = KernelRing::new(4096);
+    k.lost(u64::MAX);
+    k.lost(5);
+    let r = parse_bts_ring(&k.data, k.head).unwrap();
+    assert_eq!(r.lost, u64::MAX);
+    assert_eq!(scan_aux_events(&k.data, k.head).lost, u64::MAX);
+}
+
+#[test]
 fn a_garbage_record_size_stops_the_read_with_the_newer_records() {
     let mut k = KernelRing::new(4096);
     k.sample(1, 2);

@@ -156,7 +156,7 @@ pub fn parse_bts_ring(ring: &[u8], head: u64) -> Result<BtsRead, RingError> {
                 recs[next] = BtsRecord::branch(from, to);
             }
             // id, lost
-            PERF_RECORD_LOST => out.lost += word(&r, 16),
+            PERF_RECORD_LOST => out.lost = out.lost.saturating_add(word(&r, 16)),
             _ => {
                 out.incomplete = true;
                 break;
@@ -218,7 +218,7 @@ pub fn scan_aux_events(ring: &[u8], head: u64) -> AuxEvents {
                     ev.truncated += 1;
                 }
             }
-            PERF_RECORD_LOST if size >= 24 => ev.lost += u64_at(ring, pos + 16),
+            PERF_RECORD_LOST if size >= 24 => ev.lost = ev.lost.saturating_add(u64_at(ring, pos + 16)),
             _ => {}
         }
         pos += size;
