@@ -55,6 +55,7 @@ pub fn analyze(
     let code = img.map(|i| &i.code).unwrap_or(&empty);
     let branches = kernel::filter(&s.records, code, Filter { keep_kernel, kernel_text: None });
     let mut flow = Flow::new(code);
+    flow.reserve(s.records.len());
     let mut entries: Vec<Entry> = Vec::new();
     let mut calls = CallBuilder::new(|a| fn_id(img, a));
     let mut n = 1u64;

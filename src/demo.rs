@@ -22,6 +22,7 @@ pub fn run(backend: BackendArg, json: bool) -> ExitCode {
         report: ReportWhen::Crash,
         no_pin: false,
         per_cpu_buffer: None,
+        insn_log: None,
     };
     let code = crate::record::run_status(&rec, false, false, vec![exe.into(), "__demo-crash".into()]);
     if code == 128 + libc::SIGSEGV {

@@ -14,7 +14,10 @@ use crate::trace::{images, pick_thread, Image};
 const HISTORY_SIZE: u64 = 10;
 
 fn load(file: &Path) -> Result<TraceFile, String> {
-    TraceFile::read(file).map_err(|e| format!("{}: {e}", file.display()))
+    TraceFile::read(file).map_err(|e| match e {
+        bts_reader::Error::Io { .. } => e.to_string(),
+        e => format!("{}: {e}", file.display()),
+    })
 }
 
 /// `--kernel` only for a caller allowed to see kernel addresses.

@@ -167,6 +167,10 @@ pub struct RecordArgs {
     /// traced tasks that no buffer follows (kept as streams of their own).
     #[arg(long, value_parser = parse_size)]
     pub per_cpu_buffer: Option<usize>,
+    /// With --backend step: log every instruction address of the first
+    /// thread (u64 little-endian) to this file, as ground truth.
+    #[arg(long, hide = true)]
+    pub insn_log: Option<PathBuf>,
     /// Do not run bts and the traced threads on one CPU (slower under a
     /// hypervisor, but the program keeps its own CPU affinity).
     #[arg(long)]

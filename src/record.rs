@@ -51,6 +51,7 @@ fn options(rec: &RecordArgs, backend: Backend, follow_fork: bool, no_aslr: bool)
         no_aslr,
         pin_cpu: !rec.no_pin,
         per_cpu_bytes: rec.per_cpu_buffer,
+        insn_log: rec.insn_log.clone(),
     }
 }
 

@@ -43,6 +43,13 @@ impl CodeMap {
         done
     }
 
+    /// The contiguous bytes from `addr` to the end of the range holding it.
+    #[inline]
+    pub fn slice_at(&self, addr: u64) -> Option<&[u8]> {
+        let (&start, bytes) = self.ranges.range(..=addr).next_back()?;
+        bytes.get((addr - start) as usize..).filter(|s| !s.is_empty())
+    }
+
     pub fn contains(&self, addr: u64) -> bool {
         self.read(addr, &mut [0u8; 1]) == 1
     }

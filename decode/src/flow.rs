@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::rc::Rc;
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
 
@@ -16,6 +15,7 @@ pub const MAX_WALK: usize = 1 << 20;
 
 /// What kind of instruction, for the call structure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Class {
     Other,
     Call,
@@ -36,13 +36,24 @@ pub struct Insn {
 }
 
 /// A decoded basic block: instructions up to and including the first
-/// control-flow instruction (system calls end a block too).
-#[derive(Debug)]
-pub struct Block {
-    pub insns: Vec<Insn>,
+/// control-flow instruction (system calls end a block too), kept in the
+/// flow's instruction arena.
+#[derive(Debug, Clone, Copy)]
+struct BlockRef {
+    /// Index of the first instruction in the arena.
+    first: u32,
+    len: u16,
     /// The block ends because the code after its last instruction could not
-    /// be decoded (no bytes, invalid instruction); the address is where.
-    pub undecodable: Option<u64>,
+    /// be decoded (no bytes, invalid instruction).
+    undecodable: bool,
+}
+
+/// An instruction in the arena: its address follows from the block start
+/// and the lengths before it, so two bytes hold it.
+#[derive(Debug, Clone, Copy)]
+struct Packed {
+    len: u8,
+    class: Class,
 }
 
 /// Why the reconstruction has a hole.
@@ -102,7 +113,11 @@ impl Hasher for AddrHasher {
         }
     }
     fn write_u64(&mut self, n: u64) {
-        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // The table indexes by the low bits and tags by the top seven: keep
+        // the address in the low bits, so blocks near each other in the code
+        // sit near each other in the table, and put a mixed tag on top.
+        let tag = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57;
+        self.0 = ((n >> 1) & ((1 << 57) - 1)) | (tag << 57);
     }
 }
 
@@ -127,59 +142,46 @@ fn class_of(i: &Instruction) -> Class {
 /// Decodes straight-line code, one basic block at a time, with a cache.
 pub struct Flow<'c> {
     code: &'c CodeMap,
-    cache: AddrMap<Rc<Block>>,
+    index: AddrMap<BlockRef>,
+    arena: Vec<Packed>,
     /// Blocks decoded (cache misses), for statistics.
     pub decoded_blocks: u64,
 }
 
+/// The most instructions one block holds before it is cut.
+const MAX_BLOCK: usize = 4096;
+
 impl<'c> Flow<'c> {
     pub fn new(code: &'c CodeMap) -> Self {
-        Flow { code, cache: AddrMap::default(), decoded_blocks: 0 }
-    }
-
-    fn decode_block(&self, start: u64) -> Block {
-        let mut insns = Vec::new();
-        let mut buf = [0u8; 64];
-        let mut at = start;
-        loop {
-            let n = self.code.read(at, &mut buf);
-            if n == 0 {
-                return Block { insns, undecodable: Some(at) };
-            }
-            let mut dec = Decoder::with_ip(64, &buf[..n], at, DecoderOptions::NONE);
-            let mut i = Instruction::default();
-            while dec.can_decode() {
-                dec.decode_out(&mut i);
-                if i.is_invalid() {
-                    // Bytes may continue past this chunk: retry from here
-                    // with a fresh read unless the chunk was whole.
-                    if (dec.position() as u64) < n as u64 || n < buf.len() {
-                        return Block { insns, undecodable: Some(i.ip()) };
-                    }
-                    break;
-                }
-                let class = class_of(&i);
-                insns.push(Insn { addr: i.ip(), len: i.len() as u8, class });
-                if class != Class::Other || insns.len() >= 4096 {
-                    return Block { insns, undecodable: None };
-                }
-                at = i.next_ip();
-            }
-            if at == start && insns.is_empty() {
-                return Block { insns, undecodable: Some(at) };
-            }
-        }
+        Flow { code, index: AddrMap::default(), arena: Vec::new(), decoded_blocks: 0 }
     }
 
     /// The block at `start`, decoded once.
-    pub fn block(&mut self, start: u64) -> Rc<Block> {
-        if let Some(b) = self.cache.get(&start) {
-            return Rc::clone(b);
+    #[inline]
+    fn block(&mut self, start: u64) -> BlockRef {
+        match self.index.entry(start) {
+            std::collections::hash_map::Entry::Occupied(o) => *o.get(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                self.decoded_blocks += 1;
+                *v.insert(decode_block(self.code, &mut self.arena, start))
+            }
         }
-        self.decoded_blocks += 1;
-        let b = Rc::new(self.decode_block(start));
-        self.cache.insert(start, Rc::clone(&b));
-        b
+    }
+
+    /// Makes room for the blocks of a trace of `records` records up front
+    /// (at most one new block per record), instead of growing as it goes.
+    pub fn reserve(&mut self, records: usize) {
+        self.index.reserve(records.saturating_sub(self.index.len()));
+    }
+
+    /// The block's instructions, with their addresses, from `start`.
+    fn insns(&self, b: BlockRef, start: u64) -> impl Iterator<Item = Insn> + '_ {
+        let mut addr = start;
+        self.arena[b.first as usize..b.first as usize + b.len as usize].iter().map(move |p| {
+            let i = Insn { addr, len: p.len, class: p.class };
+            addr += u64::from(p.len);
+            i
+        })
     }
 
     /// Walks from `start` to the instruction at `end` (included when
@@ -199,30 +201,26 @@ impl<'c> Flow<'c> {
                 return None;
             }
             let b = self.block(pc);
-            let last = b.insns.last().map(|l| l.addr);
-            if last.is_some_and(|l| end >= pc && end <= l) {
-                // The end lies in this block: stop there.
-                for i in &b.insns {
-                    if i.addr == end {
-                        if include_end {
-                            emit(*i);
-                        }
-                        return None;
+            let mut last: Option<Insn> = None;
+            // Stop inside this block if the end lies in it.
+            for i in self.insns(b, pc) {
+                if i.addr == end {
+                    if include_end {
+                        emit(i);
                     }
-                    if i.addr > end {
-                        return Some((GapKind::Overflow, i.addr));
-                    }
-                    emit(*i);
+                    return None;
                 }
+                if i.addr > end && end >= pc {
+                    return Some((GapKind::Overflow, i.addr));
+                }
+                emit(i);
+                last = Some(i);
             }
-            for i in &b.insns {
-                emit(*i);
+            walked += b.len as usize;
+            let Some(l) = last else { return Some((GapKind::UnknownInsn, pc)) };
+            if b.undecodable {
+                return Some((GapKind::UnknownInsn, l.addr + u64::from(l.len)));
             }
-            walked += b.insns.len();
-            if let Some(at) = b.undecodable {
-                return Some((GapKind::UnknownInsn, at));
-            }
-            let Some(l) = b.insns.last() else { return Some((GapKind::UnknownInsn, pc)) };
             // Only a branch that may fall through lets the walk go on.
             match l.class {
                 Class::CondJump | Class::Syscall | Class::Other => {}
@@ -239,6 +237,7 @@ impl<'c> Flow<'c> {
     /// first), up to `end_pc` (the instruction the thread stands at, not
     /// executed) when known.
     pub fn reconstruct(&mut self, branches: &[Branch], end_pc: Option<u64>, emit: &mut impl FnMut(Item)) {
+        self.reserve(branches.len());
         let Some(first) = branches.first() else { return };
         self.start(first, emit);
         for w in branches.windows(2) {
@@ -278,6 +277,51 @@ impl<'c> Flow<'c> {
             emit(Item::Gap { kind, at });
         }
     }
+}
+
+/// Decodes the block at `start` into the arena.
+fn decode_block(code: &CodeMap, arena: &mut Vec<Packed>, start: u64) -> BlockRef {
+    let first = arena.len() as u32;
+    let mut undecodable = false;
+    let mut at = start;
+    'outer: loop {
+        let Some(bytes) = code.slice_at(at) else {
+            undecodable = true;
+            break;
+        };
+        let mut dec = Decoder::with_ip(64, bytes, at, DecoderOptions::NONE);
+        let mut i = Instruction::default();
+        loop {
+            if !dec.can_decode() {
+                // The range ended at an instruction boundary: maybe another follows.
+                continue 'outer;
+            }
+            dec.decode_out(&mut i);
+            let mut crossed = false;
+            if i.is_invalid() {
+                // Perhaps cut short at the end of a range: read across it.
+                let mut buf = [0u8; 15];
+                let n = code.read(at, &mut buf);
+                let retry = Decoder::with_ip(64, &buf[..n], at, DecoderOptions::NONE).decode();
+                if retry.is_invalid() {
+                    undecodable = true;
+                    break 'outer;
+                }
+                i = retry;
+                crossed = true;
+            }
+            let class = class_of(&i);
+            arena.push(Packed { len: i.len() as u8, class });
+            at = i.next_ip();
+            if class != Class::Other || arena.len() - first as usize >= MAX_BLOCK {
+                break 'outer;
+            }
+            if crossed {
+                continue 'outer;
+            }
+        }
+    }
+    BlockRef { first, len: (arena.len() as u32 - first) as u16, undecodable }
 }
 
 #[cfg(test)]

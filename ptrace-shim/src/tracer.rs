@@ -38,6 +38,10 @@ pub struct Options {
     /// Catch-all buffers of this many bytes per CPU, for branches of tasks
     /// that are traced but not followed.
     pub per_cpu_bytes: Option<usize>,
+    /// With the step recorder: write the address of every instruction the
+    /// first thread executes (u64, little-endian) here — ground truth for
+    /// checking decoders.
+    pub insn_log: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -49,6 +53,7 @@ impl Default for Options {
             no_aslr: false,
             pin_cpu: true,
             per_cpu_bytes: None,
+            insn_log: None,
         }
     }
 }
@@ -194,6 +199,7 @@ pub struct Session {
     pinned_cpu: Option<u32>,
     /// The branch source of the hardware backend.
     source: Option<Box<dyn HardwareSource>>,
+    insn_log: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 fn trace_options(launched: bool) -> i32 {
@@ -361,6 +367,7 @@ impl Session {
             cpu_buffers: Vec::new(),
             pinned_cpu: None,
             source: None,
+            insn_log: None,
         }
     }
 
@@ -411,7 +418,14 @@ impl Session {
         // The child inherits the mask across fork and exec.
         let pinned = if opts.pin_cpu { Session::pin_self(0).map(|p| p.0) } else { None };
         let (pid, errf) = spawn_seized(argv, opts.no_aslr, trace_options(true))?;
+        let log = match &opts.insn_log {
+            Some(p) if opts.backend == Backend::Step => Some(std::io::BufWriter::new(
+                std::fs::File::create(p).map_err(|e| Error::os(p.display().to_string(), e))?,
+            )),
+            _ => None,
+        };
         let mut s = Session::new(opts, pid, true);
+        s.insn_log = log;
         s.pinned_cpu = pinned;
         s.source = source;
         s.request_cpu_buffers()?;
@@ -696,6 +710,10 @@ impl Session {
                 return Ok(Stop::Crash(c.clone()));
             }
             if let Some(o) = self.outcome {
+                if let Some(mut log) = self.insn_log.take() {
+                    use std::io::Write;
+                    log.flush().map_err(|e| Error::os("writing the instruction log", e))?;
+                }
                 return Ok(Stop::Finished(o));
             }
             if let Some(sig) = signals::stop_requested() {
@@ -1217,6 +1235,13 @@ impl Session {
     fn after_step(&mut self, tid: Pid, from: u64, lifted: bool, regs: Regs) -> Result<()> {
         if let Some(t) = self.threads.get_mut(&tid) {
             t.pending = Pending::None;
+        }
+        if tid == self.root {
+            if let Some(log) = self.insn_log.as_mut() {
+                use std::io::Write;
+                log.write_all(&from.to_le_bytes())
+                    .map_err(|e| Error::os("writing the instruction log", e))?;
+            }
         }
         let Some(slot) = self.space_of(tid) else {
             return Ok(());
