@@ -114,7 +114,7 @@ fn history_formats_and_call_structure() {
         let f: Vec<&str> = l.split('\t').collect();
         assert_eq!(f[0].parse::<u64>().unwrap(), n0 + k as u64, "{l}");
         assert!(f[1].starts_with("   0x") || f[1].starts_with("=> 0x"), "{l}");
-        assert_eq!(f[1].trim_start_matches("=> ").trim_start().len() >= 18, true, "{l}");
+        assert!(f[1].trim_start_matches("=> ").trim_start().len() >= 18, "{l}");
         assert!(f[1].ends_with(':'), "{l}");
     }
     assert!(lines[8].contains(" <c+") && lines[8].ends_with("call   *%rdx"), "{s}");
