@@ -7,7 +7,7 @@ use bts_reader::{Stream, StreamKind, TraceFile};
 use decode::{classify, format_insn, last_instructions, BranchKind, CodeMap};
 
 use crate::trace::{images, Image};
-use ds_alloc::RecordKind;
+use decode::kernel::{self, Filter, Transfer};
 use serde::Serialize;
 
 /// Version of the JSON report's shape.
@@ -151,17 +151,20 @@ fn thread_report(
             (img, -1, false, None, Some(cpu))
         }
     };
-    let branches: Vec<(u64, u64)> = s
-        .records
-        .iter()
-        .filter_map(|r| match r.kind() {
-            RecordKind::Branch { from, to, .. } => Some((from, to)),
-            RecordKind::Context { .. } => None,
-        })
-        .collect();
     let empty = CodeMap::new();
     let code = img.map(|i| &i.code).unwrap_or(&empty);
-    let kinds: Vec<BranchKind> = branches.iter().map(|&(f, t)| classify(code, f, t)).collect();
+    // Kernel addresses never reach the report: the filter folds them into
+    // system-call and asynchronous transfers.
+    let filtered = kernel::filter(&s.records, code, Filter::default());
+    let branches: Vec<(u64, u64)> = filtered.iter().map(|b| (b.from, b.to)).collect();
+    let kinds: Vec<BranchKind> = filtered
+        .iter()
+        .map(|b| match b.transfer {
+            Transfer::Branch => classify(code, b.from, b.to),
+            Transfer::Syscall => BranchKind::Syscall,
+            Transfer::Async | Transfer::Resume => BranchKind::Async,
+        })
+        .collect();
     let skip = branches.len().saturating_sub(sel.branches);
     let shown = branches[skip..]
         .iter()
