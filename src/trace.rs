@@ -33,7 +33,23 @@ pub fn images(tf: &TraceFile) -> HashMap<(i32, u32), Image> {
             continue;
         }
         let code = codes.remove(&k).unwrap_or_default();
-        let syms = Symbolizer::new(mods.remove(&k).unwrap_or_default());
+        let modules = mods.remove(&k).unwrap_or_default();
+        // Modules with no file (the vDSO) are symbolized from the trace's bytes.
+        let images: Vec<(String, Vec<u8>)> = modules
+            .iter()
+            .filter(|m| m.path.starts_with('[') && m.end > m.start && m.end - m.start <= 1 << 20)
+            .map(|m| {
+                let mut bytes = vec![0u8; (m.end - m.start) as usize];
+                let n = code.read(m.start, &mut bytes);
+                bytes.truncate(n);
+                (m.path.clone(), bytes)
+            })
+            .filter(|(_, b)| !b.is_empty())
+            .collect();
+        let mut syms = Symbolizer::new(modules);
+        for (path, bytes) in images {
+            syms.add_image(&path, bytes);
+        }
         out.insert(k, Image { code, syms });
     }
     out

@@ -1,13 +1,16 @@
-//! Symbolization: function, offset and source line of an address, from the
-//! ELF symbol tables and DWARF of the module mapped there. Uses `addr2line`
-//! (with its `object`-based loader): maintained by the gimli team, pure Rust,
-//! reads DWARF 5 and split DWARF, demangles Rust and C++ — and never panics on
-//! bad input.
+//! Symbolization: function, offset, source file:line and inlined frames of
+//! an address, from the ELF symbol tables and DWARF of the module mapped
+//! there — or of its separate debug file, found by build-id or debuglink.
+//! Uses `addr2line` (with its `object`-based loader): maintained by the gimli
+//! developers, pure Rust, reads DWARF 5 and split DWARF, demangles Rust and
+//! C++, and is built not to panic on bad input. Modules without a file (the
+//! vDSO) are symbolized from their bytes in the trace.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSegment};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 
 /// One executable mapping of a traced image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +20,14 @@ pub struct ModuleInfo {
     pub end: u64,
     /// File offset mapped at `start`.
     pub offset: u64,
+}
+
+/// One frame of an address: the innermost is the inlined callee.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frame {
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
 }
 
 /// What is known about an address.
@@ -60,17 +71,75 @@ impl Symbol {
     }
 }
 
-struct Loaded {
-    loader: addr2line::Loader,
-    /// Segments: (file offset, file size, virtual address).
-    segments: Vec<(u64, u64, u64)>,
+enum Source {
+    /// DWARF and symbols from a file (the module, or its debug file).
+    File(Box<addr2line::Loader>),
+    /// Only the dynamic symbols of an in-memory image: (address, size, name).
+    Symbols(Vec<(u64, u64, String)>),
 }
 
-/// Symbolizes addresses of one image; files are loaded on first use.
-pub struct Symbolizer {
-    modules: Vec<ModuleInfo>,
-    loaded: RefCell<HashMap<String, Option<Loaded>>>,
-    cache: RefCell<HashMap<u64, Symbol>>,
+struct Loaded {
+    source: Source,
+    /// Segments: (file offset, file size, virtual address).
+    segments: Vec<(u64, u64, u64)>,
+    /// The debug file used, if not the module itself.
+    debug_file: Option<PathBuf>,
+}
+
+/// Where separate debug files live: `$BTS_DEBUG_DIR` (colon-separated) and
+/// `/usr/lib/debug`.
+fn debug_roots() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = std::env::var("BTS_DEBUG_DIR")
+        .map(|v| v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+        .unwrap_or_default();
+    roots.push(PathBuf::from("/usr/lib/debug"));
+    roots
+}
+
+fn has_dwarf(path: &Path) -> bool {
+    let Ok(data) = std::fs::read(path) else { return false };
+    let Ok(f) = object::File::parse(&*data) else { return false };
+    f.section_by_name(".debug_info").is_some_and(|s| s.size() > 0)
+}
+
+/// The separate debug file of a module: by build-id, then by debuglink.
+pub fn find_debug_file(path: &str) -> Option<PathBuf> {
+    let data = std::fs::read(path).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    if let Ok(Some(id)) = file.build_id() {
+        if id.len() > 1 {
+            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            for root in debug_roots() {
+                let p = root.join(".build-id").join(&hex[..2]).join(format!("{}.debug", &hex[2..]));
+                if p.is_file() {
+                    return Some(p);
+                }
+            }
+        }
+    }
+    if let Ok(Some((name, _crc))) = file.gnu_debuglink() {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+        let mut candidates = vec![dir.join(&name), dir.join(".debug").join(&name)];
+        for root in debug_roots() {
+            candidates.push(root.join(dir.strip_prefix("/").unwrap_or(dir)).join(&name));
+        }
+        for c in candidates {
+            if c.is_file() && c != Path::new(path) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+fn segments_of(file: &object::File) -> Vec<(u64, u64, u64)> {
+    file.segments()
+        .map(|s| {
+            let (off, size) = s.file_range();
+            (off, size, s.address())
+        })
+        .collect()
 }
 
 fn load(path: &str) -> Option<Loaded> {
@@ -79,15 +148,28 @@ fn load(path: &str) -> Option<Loaded> {
     }
     let data = std::fs::read(path).ok()?;
     let file = object::File::parse(&*data).ok()?;
-    let segments = file
-        .segments()
-        .map(|s| {
-            let (off, size) = s.file_range();
-            (off, size, s.address())
-        })
+    let segments = segments_of(&file);
+    let own_dwarf = file.section_by_name(".debug_info").is_some_and(|s| s.size() > 0);
+    let debug_file = if own_dwarf { None } else { find_debug_file(path).filter(|p| has_dwarf(p)) };
+    let loader = addr2line::Loader::new(debug_file.as_deref().unwrap_or(Path::new(path)))
+        .or_else(|_| addr2line::Loader::new(path))
+        .ok()?;
+    Some(Loaded { source: Source::File(Box::new(loader)), segments, debug_file })
+}
+
+/// Symbols of an ELF image held in memory (the vDSO).
+fn load_image(bytes: &[u8]) -> Option<Loaded> {
+    let file = object::File::parse(bytes).ok()?;
+    let segments = segments_of(&file);
+    let mut syms: Vec<(u64, u64, String)> = file
+        .dynamic_symbols()
+        .chain(file.symbols())
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
+        .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?.to_string())))
         .collect();
-    let loader = addr2line::Loader::new(path).ok()?;
-    Some(Loaded { loader, segments })
+    syms.sort();
+    syms.dedup_by_key(|s| s.0);
+    Some(Loaded { source: Source::Symbols(syms), segments, debug_file: None })
 }
 
 /// Demangles Rust and C++ symbol names; leaves C names alone (the C++
@@ -108,9 +190,22 @@ pub fn build_id(path: &str) -> Option<String> {
     Some(id.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Symbolizes addresses of one image; files are loaded on first use.
+pub struct Symbolizer {
+    modules: Vec<ModuleInfo>,
+    images: HashMap<String, Vec<u8>>,
+    loaded: RefCell<HashMap<String, Option<Loaded>>>,
+    cache: RefCell<HashMap<u64, Symbol>>,
+}
+
 impl Symbolizer {
     pub fn new(modules: Vec<ModuleInfo>) -> Self {
-        Symbolizer { modules, loaded: RefCell::default(), cache: RefCell::default() }
+        Symbolizer { modules, images: HashMap::new(), loaded: RefCell::default(), cache: RefCell::default() }
+    }
+
+    /// The bytes of a module that has no file (the vDSO), from the trace.
+    pub fn add_image(&mut self, path: &str, bytes: Vec<u8>) {
+        self.images.insert(path.to_string(), bytes);
     }
 
     pub fn module_of(&self, addr: u64) -> Option<&ModuleInfo> {
@@ -126,37 +221,90 @@ impl Symbolizer {
         sym
     }
 
+    /// The debug file used for the module at `addr`, if a separate one.
+    pub fn debug_file(&self, addr: u64) -> Option<PathBuf> {
+        let m = self.module_of(addr)?;
+        self.with_loaded(m, |l, _| l.debug_file.clone()).flatten()
+    }
+
+    fn with_loaded<T>(&self, m: &ModuleInfo, f: impl FnOnce(&Loaded, u64) -> T) -> Option<T> {
+        let mut loaded = self.loaded.borrow_mut();
+        let entry = loaded.entry(m.path.clone()).or_insert_with(|| match self.images.get(&m.path) {
+            Some(bytes) => load_image(bytes),
+            None => load(&m.path),
+        });
+        let l = entry.as_ref()?;
+        Some(f(l, 0))
+    }
+
+    /// The module's link-time address of `addr` (what DWARF and symbols use).
+    fn probe(l: &Loaded, m: &ModuleInfo, addr: u64) -> Option<u64> {
+        let file_off = m.offset + (addr - m.start);
+        let &(seg_off, _, seg_addr) =
+            l.segments.iter().find(|&&(o, sz, _)| file_off >= (o & !0xfff) && file_off < o + sz.max(1))?;
+        Some(seg_addr.wrapping_add(file_off).wrapping_sub(seg_off))
+    }
+
     fn resolve(&self, addr: u64) -> Symbol {
-        let Some(m) = self.module_of(addr) else {
-            return Symbol::default();
-        };
+        let Some(m) = self.module_of(addr) else { return Symbol::default() };
         let file_off = m.offset + (addr - m.start);
         let mut sym = Symbol { module: Some(m.path.clone()), file_offset: file_off, ..Symbol::default() };
-        let mut loaded = self.loaded.borrow_mut();
-        let entry = loaded.entry(m.path.clone()).or_insert_with(|| load(&m.path));
-        let Some(l) = entry.as_ref() else { return sym };
-        // The segment that holds the mapped file offset gives the load bias.
-        let Some(&(seg_off, _, seg_addr)) =
-            l.segments.iter().find(|&&(o, sz, _)| file_off >= (o & !0xfff) && file_off < o + sz.max(1))
-        else {
-            return sym;
-        };
-        let probe = seg_addr.wrapping_add(file_off).wrapping_sub(seg_off);
-        if let Some(s) = l.loader.find_symbol_info(probe) {
-            sym.function = Some(demangle(s.name()));
-            sym.offset = probe.wrapping_sub(s.address());
-        }
-        if let Ok(Some(loc)) = l.loader.find_location(probe) {
-            sym.file = loc.file.map(str::to_string);
-            sym.line = loc.line;
-        }
-        if sym.function.is_none() {
-            if let Ok(mut frames) = l.loader.find_frames(probe) {
-                if let Ok(Some(f)) = frames.next() {
-                    sym.function = f.function.and_then(|n| n.demangle().ok().map(|c| c.into_owned()));
+        let m = m.clone();
+        self.with_loaded(&m, |l, _| {
+            let Some(probe) = Self::probe(l, &m, addr) else { return };
+            match &l.source {
+                Source::Symbols(syms) => {
+                    let i = syms.partition_point(|s| s.0 <= probe);
+                    if let Some((start, size, name)) = i.checked_sub(1).map(|i| &syms[i]) {
+                        if probe < start + (*size).max(1) || *size == 0 {
+                            sym.function = Some(demangle(name));
+                            sym.offset = probe - start;
+                        }
+                    }
+                }
+                Source::File(loader) => {
+                    if let Some(s) = loader.find_symbol_info(probe) {
+                        sym.function = Some(demangle(s.name()));
+                        sym.offset = probe.wrapping_sub(s.address());
+                    }
+                    if let Ok(Some(loc)) = loader.find_location(probe) {
+                        sym.file = loc.file.map(str::to_string);
+                        sym.line = loc.line;
+                    }
+                    if sym.function.is_none() {
+                        if let Ok(mut frames) = loader.find_frames(probe) {
+                            if let Ok(Some(f)) = frames.next() {
+                                sym.function =
+                                    f.function.and_then(|n| n.demangle().ok().map(|c| c.into_owned()));
+                            }
+                        }
+                    }
                 }
             }
-        }
+        });
         sym
+    }
+
+    /// Every frame at `addr`, innermost (the inlined callee) first, as
+    /// `addr2line -f -i` prints them.
+    pub fn frames(&self, addr: u64) -> Vec<Frame> {
+        let Some(m) = self.module_of(addr).cloned() else { return Vec::new() };
+        self.with_loaded(&m, |l, _| {
+            let mut out = Vec::new();
+            let (Source::File(loader), Some(probe)) = (&l.source, Self::probe(l, &m, addr)) else {
+                return out;
+            };
+            if let Ok(mut it) = loader.find_frames(probe) {
+                while let Ok(Some(f)) = it.next() {
+                    out.push(Frame {
+                        function: f.function.and_then(|n| n.demangle().ok().map(|c| c.into_owned())),
+                        file: f.location.as_ref().and_then(|l| l.file.map(str::to_string)),
+                        line: f.location.as_ref().and_then(|l| l.line),
+                    });
+                }
+            }
+            out
+        })
+        .unwrap_or_default()
     }
 }

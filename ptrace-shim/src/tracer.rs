@@ -1467,6 +1467,10 @@ fn collect_code<'a>(
             }
         }
     };
+    // The vDSO has no file to symbolize from: keep all of it.
+    for m in space.maps.iter().filter(|m| m.path == "[vdso]") {
+        add(m.start, m.end.saturating_sub(1));
+    }
     for t in threads {
         let mut prev_to: Option<u64> = None;
         for r in t.buffer.iter().filter(|r| r.is_branch()) {

@@ -1,0 +1,123 @@
+//! Symbolization against binutils' addr2line, separate debug files found by
+//! debuglink and build-id, and the vDSO.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use decode::symbols::{ModuleInfo, Symbolizer};
+
+fn build(name: &str, src: &str, flags: &[&str], dir: &Path) -> PathBuf {
+    let out = dir.join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(src);
+    let st = Command::new("cc").args(flags).arg("-o").arg(&out).arg(&src).status().unwrap();
+    assert!(st.success());
+    out
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{cmd:?}: {}", text(&o.stderr));
+    text(&o.stdout)
+}
+
+/// `nm` address and size of a function.
+fn function_range(bin: &Path, name: &str) -> (u64, u64) {
+    let nm = sh(Command::new("nm").args(["-S", "--defined-only"]).arg(bin));
+    let line = nm.lines().find(|l| l.ends_with(&format!(" {name}"))).unwrap();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (u64::from_str_radix(f[0], 16).unwrap(), u64::from_str_radix(f[1], 16).unwrap())
+}
+
+#[test]
+fn inlined_frames_match_addr2line() {
+    let dir = scratch("sym_inline");
+    let bin = build("inlined", "inlined.c", &["-g", "-O2", "-no-pie"], &dir);
+    // Non-PIE: link addresses are run-time addresses.
+    let syms = Symbolizer::new(vec![ModuleInfo {
+        path: bin.display().to_string(),
+        start: 0x400000,
+        end: 0x800000,
+        offset: 0,
+    }]);
+    let (start, size) = function_range(&bin, "outer");
+    let mut saw_inline = false;
+    let mut checked = 0;
+    for addr in start..start + size {
+        let ours = syms.frames(addr);
+        let theirs =
+            sh(Command::new("addr2line").args(["-f", "-i", "-e"]).arg(&bin).arg(format!("{addr:#x}")));
+        let lines: Vec<&str> = theirs.lines().collect();
+        let pairs: Vec<(String, Option<u32>)> = lines
+            .chunks(2)
+            .map(|c| {
+                let line = c[1].rsplit(':').next().and_then(|l| l.split_whitespace().next()?.parse().ok());
+                (c[0].to_string(), line)
+            })
+            .collect();
+        let mine: Vec<(String, Option<u32>)> = ours
+            .iter()
+            .map(|f| (f.function.clone().unwrap_or_else(|| "??".into()), f.line.filter(|&l| l != 0)))
+            .collect();
+        assert_eq!(mine, pairs, "at {addr:#x}");
+        saw_inline |= mine.len() > 1 && mine[0].0 == "helper";
+        checked += 1;
+        // The innermost name and the symbol table agree on the outer function.
+        assert_eq!(syms.lookup(addr).function.as_deref(), Some("outer"));
+        assert_eq!(syms.lookup(addr).offset, addr - start);
+    }
+    assert!(checked > 10 && saw_inline, "helper was inlined into outer");
+}
+
+#[test]
+fn stripped_binaries_use_their_debug_file_by_debuglink_and_by_build_id() {
+    let dir = scratch("sym_debugfile");
+    for how in ["debuglink", "build-id"] {
+        let sub = dir.join(how);
+        std::fs::create_dir_all(&sub).unwrap();
+        let bin = build("prog", "null_call.c", &["-g", "-O0", "-Wl,--build-id"], &sub);
+        let dbg = sub.join("prog.debug");
+        sh(Command::new("objcopy").arg("--only-keep-debug").arg(&bin).arg(&dbg));
+        sh(Command::new("strip").arg("--strip-all").arg(&bin));
+        let mut env_dir = None;
+        if how == "debuglink" {
+            sh(Command::new("objcopy").arg(format!("--add-gnu-debuglink={}", dbg.display())).arg(&bin));
+        } else {
+            let id = decode::symbols::build_id(bin.to_str().unwrap()).expect("a build-id");
+            let root = sub.join("debugroot");
+            let d = root.join(".build-id").join(&id[..2]);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::rename(&dbg, d.join(format!("{}.debug", &id[2..]))).unwrap();
+            env_dir = Some(root);
+        }
+        let mut cmd = Command::new(BTS);
+        cmd.args(["run", "--json", "-n", "4", "--"]).arg(&bin).current_dir(&sub);
+        if let Some(r) = &env_dir {
+            cmd.env("BTS_DEBUG_DIR", r);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(139), "{}", text(&out.stderr));
+        let r = json(&out);
+        let last = crashed_thread(&r)["branches"].as_array().unwrap().last().unwrap().clone();
+        assert!(last["from_sym"].as_str().unwrap().starts_with("c+"), "{how}: {last}");
+        assert!(last["from_line"].as_str().unwrap().ends_with("null_call.c:11"), "{how}: {last}");
+    }
+}
+
+#[test]
+fn the_vdso_is_symbolized_from_the_trace() {
+    let dir = scratch("sym_vdso");
+    let bin = fixture("vdso");
+    let out = bts(&dir, &["run", "--json", "-n", "100000", "--", bin.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(139), "{}", text(&out.stderr));
+    let r = json(&out);
+    let br = crashed_thread(&r)["branches"].as_array().unwrap().clone();
+    let into_vdso = br
+        .iter()
+        .filter(|b| b["to_sym"].as_str().is_some_and(|s| s.contains("clock_gettime")))
+        .filter(|b| b["to_sym"].as_str().is_some_and(|s| s.starts_with("__vdso")))
+        .count();
+    assert!(into_vdso >= 3, "three clock reads through the vDSO");
+}
