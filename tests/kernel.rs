@@ -94,3 +94,23 @@ fn kernel_addresses_only_on_request_of_a_privileged_caller() {
         "kernel code is not decodable: gaps"
     );
 }
+
+#[test]
+fn golden_history_lines() {
+    let dir = scratch("kernel_golden");
+    trace().write(&dir.join("k.bts")).unwrap();
+    let insns = text(&bts(&dir, &["history", "k.bts"]).stdout);
+    assert_eq!(
+        insns,
+        "1\t   0x0000000000001000:\tsyscall\n\
+         2\t   0x0000000000001002:\tnop\n\
+         3\t   0x0000000000001003:\tmov    %ecx,%eax\n\
+         4\t   0x0000000000001005:\tjmp    0x1000\n\
+         5\t   0x0000000000001000:\tsyscall\n\
+         6\t=> 0x0000000000001002:\tnop\n"
+    );
+    let raw = text(&bts(&dir, &["history", "k.bts", "--raw", "--intel", "3,+2"]).stdout);
+    assert_eq!(raw, "3\t   0x0000000000001003:\t89 c8\tmov    eax,ecx\n4\t   0x0000000000001005:\teb f9\tjmp    short 0x1000\n");
+    let calls = text(&bts(&dir, &["history", "k.bts", "--calls", "--insn-range", "--indent"]).stdout);
+    assert_eq!(calls, "1\t??\tinst 1,6\n");
+}

@@ -129,7 +129,9 @@ impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
                 self.last = None;
                 self.pending_async = false;
             }
-            Item::Async { .. } => self.pending_async = true,
+            // An interrupt that resumed where it struck changes nothing;
+            // one that went elsewhere delivered a signal.
+            Item::Async { from, to } => self.pending_async = from != to,
             Item::Insn(i) => self.insn(i),
         }
     }
