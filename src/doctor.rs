@@ -69,15 +69,16 @@ fn pebs_check(c: &cpu::CpuInfo) -> Check {
 }
 
 fn valgrind_check() -> Check {
-    match std::process::Command::new("valgrind").arg("--version").output() {
-        Ok(o) if o.status.success() => Check {
-            available: false,
-            detail: format!(
-                "{} is installed, but this build of bts has no Valgrind tool",
-                String::from_utf8_lossy(&o.stdout).trim()
-            ),
-        },
-        _ => Check { available: false, detail: "valgrind is not installed".into() },
+    match bts_reader::valgrind::unavailable() {
+        Some(why) => Check { available: false, detail: why },
+        None => {
+            let v = std::process::Command::new("valgrind")
+                .arg("--version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            Check { available: true, detail: format!("{v} with the bts tool (launched programs)") }
+        }
     }
 }
 

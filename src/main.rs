@@ -10,6 +10,7 @@ mod inspect;
 mod record;
 mod report;
 mod trace;
+mod vg;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -187,6 +188,8 @@ pub enum BackendArg {
     Step,
     /// Intel BTS through perf_event_open (hardware).
     Perf,
+    /// The bts Valgrind tool (launched programs only).
+    Valgrind,
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]

@@ -23,6 +23,7 @@ fn backend(rec: &RecordArgs) -> Result<Chosen, String> {
     Ok(match rec.backend {
         BackendArg::Step => (Backend::Step, None, None),
         BackendArg::Fast => (Backend::Fast, None, None),
+        BackendArg::Valgrind => return Err("the Valgrind backend traces launched programs only: use `bts run`".into()),
         // Fails before anything is started.
         BackendArg::Perf => {
             bts_reader::perf::probe_bts().map_err(|e| e.to_string())?;
@@ -125,7 +126,7 @@ fn crash_meta(command: &[String], c: &Crash) -> Meta {
     }
 }
 
-fn end_meta(command: &[String], pid: i32, o: Outcome) -> Meta {
+pub(crate) fn end_meta(command: &[String], pid: i32, o: Outcome) -> Meta {
     let mut m = Meta { command: command.to_vec(), pid, ..Meta::default() };
     match o {
         Outcome::Exited(c) => {
@@ -144,7 +145,7 @@ fn end_meta(command: &[String], pid: i32, o: Outcome) -> Meta {
 
 /// Writes the trace and prints the report. A file that cannot be written
 /// is an error message, and the report is still printed.
-fn save_and_report(tf: &TraceFile, path: Option<&Path>, out: &OutputArgs, print: bool) -> bool {
+pub(crate) fn save_and_report(tf: &TraceFile, path: Option<&Path>, out: &OutputArgs, print: bool) -> bool {
     let mut ok = true;
     let mut written = None;
     if let Some(p) = path {
@@ -170,7 +171,7 @@ fn save_and_report(tf: &TraceFile, path: Option<&Path>, out: &OutputArgs, print:
 
 /// `-o FILE` names the first process's trace; a crash in a followed child
 /// goes beside it as `FILE-STEM.PID.bts`. The default is `bts-PID.bts`.
-fn default_path(rec: &RecordArgs, pid: i32, root: i32) -> PathBuf {
+pub(crate) fn default_path(rec: &RecordArgs, pid: i32, root: i32) -> PathBuf {
     match &rec.output {
         Some(p) if pid == root => p.clone(),
         Some(p) => {
@@ -232,6 +233,9 @@ fn status(o: Outcome) -> i32 {
 
 /// `bts run`: the program's exit status, or 125 when bts itself failed.
 pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsString>) -> i32 {
+    if rec.backend == BackendArg::Valgrind {
+        return crate::vg::run(rec, follow_fork, no_aslr, command);
+    }
     let shown: Vec<String> = command.iter().map(|c| c.to_string_lossy().into_owned()).collect();
     if let Err(e) = ptrace_shim::install_stop_handlers() {
         eprintln!("bts: cannot install signal handlers: {e}");

@@ -3,6 +3,7 @@
 
 pub mod perf;
 pub mod tracefile;
+pub mod valgrind;
 
 pub use tracefile::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile, FORMAT_VERSION};
 

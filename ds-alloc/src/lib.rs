@@ -7,6 +7,7 @@
 
 pub mod alloc;
 mod buffer;
+pub mod pages;
 pub mod ds;
 pub mod pebs;
 mod record;

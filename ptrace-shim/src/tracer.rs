@@ -11,15 +11,13 @@ use ds_alloc::{Allocator, BtsBuffer, BtsHandle, BtsRecord, ContextKind, Target, 
 
 use crate::eval::{self, Outcome as Eval};
 use crate::maps::Mapping;
-use crate::space::{is_syscall, BlockEnd, Space, PAGE};
+use crate::space::{is_syscall, BlockEnd, Space};
 use crate::sys::{self, Pid, Regs, Wait};
 use crate::{signals, Backend, Error, HardwareSource, Result};
 
 const SI_KERNEL: i32 = 0x80;
 const SI_USER: i32 = 0;
 const SI_TKILL: i32 = -6;
-/// The longest straight-line run whose code pages a trace keeps whole.
-const MAX_SPAN: u64 = 64 * 1024;
 
 /// How to record.
 #[derive(Debug, Clone)]
@@ -1452,45 +1450,14 @@ fn slot_sites(space: &Space) -> Vec<u64> {
 }
 
 /// The code pages the kept records of `threads` run through, original bytes.
-fn collect_code<'a>(
-    space: &mut Space,
-    threads: impl Iterator<Item = &'a ThreadTrace>,
-) -> Vec<(u64, Vec<u8>)> {
+fn collect_code<'a>(space: &mut Space, threads: impl Iterator<Item = &'a ThreadTrace>) -> Vec<(u64, Vec<u8>)> {
     let mut pages = BTreeSet::new();
-    let mut add = |lo: u64, hi: u64| {
-        let mut p = lo & !(PAGE - 1);
-        while p <= hi {
-            pages.insert(p);
-            match p.checked_add(PAGE) {
-                Some(n) => p = n,
-                None => break,
-            }
-        }
-    };
     // The vDSO has no file to symbolize from: keep all of it.
     for m in space.maps.iter().filter(|m| m.path == "[vdso]") {
-        add(m.start, m.end.saturating_sub(1));
+        ds_alloc::pages::add_range(&mut pages, m.start, m.end.saturating_sub(1));
     }
     for t in threads {
-        let mut prev_to: Option<u64> = None;
-        for r in t.buffer.iter().filter(|r| r.is_branch()) {
-            add(r.from, r.from.saturating_add(15));
-            if let Some(to) = prev_to {
-                if r.from >= to && r.from - to <= MAX_SPAN {
-                    add(to, r.from);
-                }
-            }
-            add(r.to, r.to.saturating_add(15));
-            prev_to = Some(r.to);
-        }
-        if let (Some(to), Some(pc)) = (prev_to, t.last_pc) {
-            if pc >= to && pc - to <= MAX_SPAN {
-                add(to, pc.saturating_add(15));
-            }
-        }
-        if let Some(pc) = t.last_pc {
-            add(pc, pc.saturating_add(15));
-        }
+        ds_alloc::pages::touched_pages(t.buffer.iter(), t.last_pc, &mut pages);
     }
     pages.into_iter().filter_map(|p| space.cached_page(p).map(|b| (p, b))).collect()
 }

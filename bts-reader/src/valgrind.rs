@@ -1,0 +1,347 @@
+//! The Valgrind backend: the `bts` Valgrind tool (built from
+//! `valgrind/bts_main.c` with the project) records every taken branch of a
+//! launched program in BTS format; this module installs the tool in a
+//! private `VALGRIND_LIB` folder, runs the program under it, and reads what
+//! it wrote.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use ds_alloc::{BtsRecord, BTS_RECORD_SIZE};
+
+#[cfg(bts_valgrind_tool)]
+static TOOL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bts-amd64-linux"));
+#[cfg(not(bts_valgrind_tool))]
+static TOOL: &[u8] = &[];
+
+/// Where Debian and others keep Valgrind's preload library.
+const PRELOAD_DIRS: &[&str] = &["/usr/libexec/valgrind", "/usr/lib/x86_64-linux-gnu/valgrind", "/usr/lib/valgrind"];
+const PRELOAD: &str = "vgpreload_core-amd64-linux.so";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VgError {
+    #[error("the Valgrind backend is unavailable: {0}; use --backend fast")]
+    Unavailable(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("the Valgrind tool's trace is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// One thread's buffer as the tool wrote it.
+#[derive(Debug, Clone)]
+pub struct VgThread {
+    pub os_tid: i32,
+    pub last_pc: u64,
+    /// Records the buffer holds.
+    pub capacity: u64,
+    /// Records written in all.
+    pub written: u64,
+    /// Oldest first.
+    pub records: Vec<BtsRecord>,
+}
+
+/// An executable mapping the client had (kept after munmap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VgMap {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub path: String,
+}
+
+/// One process's trace.
+#[derive(Debug, Clone)]
+pub struct VgTrace {
+    pub pid: i32,
+    /// The thread that ran last (the one a fatal signal struck).
+    pub last_tid: i32,
+    pub threads: Vec<VgThread>,
+    pub maps: Vec<VgMap>,
+    /// Code pages the client executed, as translated.
+    pub pages: Vec<(u64, Vec<u8>)>,
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], VgError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len());
+        let end = end.ok_or_else(|| VgError::Corrupt(format!("truncated at byte {}", self.pos)))?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u64(&mut self) -> Result<u64, VgError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn count(&mut self, unit: usize) -> Result<usize, VgError> {
+        let n = self.u64()?;
+        let left = (self.b.len() - self.pos) as u64;
+        if n.saturating_mul(unit as u64) > left {
+            return Err(VgError::Corrupt(format!("a count of {n} exceeds the file")));
+        }
+        Ok(n as usize)
+    }
+}
+
+impl VgTrace {
+    /// Parses a file the tool wrote. Never panics on bad input.
+    pub fn parse(b: &[u8]) -> Result<VgTrace, VgError> {
+        let mut r = Reader { b, pos: 0 };
+        if r.take(8)? != b"BTSVG001" {
+            return Err(VgError::Corrupt("bad magic".into()));
+        }
+        let pid = r.u64()? as i32;
+        let last_tid = r.u64()? as i32;
+        let nthreads = r.count(40)?;
+        let nmaps = r.count(32)?;
+        let npages = r.count(8 + 4096)?;
+        let mut threads = Vec::with_capacity(nthreads);
+        for _ in 0..nthreads {
+            let os_tid = r.u64()? as i32;
+            let last_pc = r.u64()?;
+            let capacity = r.u64()?;
+            let written = r.u64()?;
+            let count = r.count(BTS_RECORD_SIZE)?;
+            let records = BtsRecord::parse_all(r.take(count * BTS_RECORD_SIZE)?)
+                .map_err(|e| VgError::Corrupt(e.to_string()))?;
+            threads.push(VgThread { os_tid, last_pc, capacity, written, records });
+        }
+        let mut maps = Vec::with_capacity(nmaps);
+        for _ in 0..nmaps {
+            let (start, end, offset) = (r.u64()?, r.u64()?, r.u64()?);
+            let len = r.count(1)?;
+            let path = String::from_utf8_lossy(r.take(len)?).into_owned();
+            maps.push(VgMap { start, end, offset, path });
+        }
+        let mut pages = Vec::with_capacity(npages);
+        for _ in 0..npages {
+            let addr = r.u64()?;
+            pages.push((addr, r.take(4096)?.to_vec()));
+        }
+        Ok(VgTrace { pid, last_tid, threads, maps, pages })
+    }
+}
+
+/// What Valgrind said about the end of the client (from its log).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VgEnd {
+    pub signal: Option<i32>,
+    pub fault_addr: Option<u64>,
+    /// A message that explains a failure of Valgrind itself.
+    pub problem: Option<String>,
+}
+
+/// Reads Valgrind's log: the fatal signal, its address, unsupported code.
+pub fn parse_log(log: &str) -> VgEnd {
+    let mut end = VgEnd::default();
+    for line in log.lines() {
+        let l = line.split_once("== ").map_or(line, |(_, r)| r).trim();
+        if let Some(rest) = l.strip_prefix("Process terminating with default action of signal ") {
+            end.signal = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+        } else if let Some(pos) = l.find("at address 0x") {
+            if end.signal.is_some() && end.fault_addr.is_none() {
+                let hex: String = l[pos + 13..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+                end.fault_addr = u64::from_str_radix(&hex, 16).ok();
+            }
+        } else if l.contains("unhandled instruction bytes: 0x62") {
+            end.problem = Some(
+                "Valgrind cannot run EVEX (AVX-512) instructions; use --backend fast for this program".into(),
+            );
+        } else if l.contains("unhandled instruction bytes") && end.problem.is_none() {
+            end.problem = Some(format!("Valgrind met an instruction it cannot run ({l}); use --backend fast"));
+        }
+    }
+    end
+}
+
+/// The Valgrind launcher, if installed.
+fn valgrind_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("valgrind")).find(|p| p.is_file())
+}
+
+fn preload_lib() -> Option<PathBuf> {
+    PRELOAD_DIRS.iter().map(|d| Path::new(d).join(PRELOAD)).find(|p| p.exists())
+}
+
+/// Why the backend cannot run here, if it cannot.
+pub fn unavailable() -> Option<String> {
+    if TOOL.is_empty() {
+        return Some("this bts was built without Valgrind's tool headers and libraries".into());
+    }
+    if valgrind_binary().is_none() {
+        return Some("valgrind is not installed".into());
+    }
+    if preload_lib().is_none() {
+        return Some(format!("{PRELOAD} is not found in {}", PRELOAD_DIRS.join(", ")));
+    }
+    None
+}
+
+/// The private VALGRIND_LIB folder: the tool, and a link to the preload library.
+pub fn install_tool() -> Result<PathBuf, VgError> {
+    if let Some(why) = unavailable() {
+        return Err(VgError::Unavailable(why));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    let hash = TOOL.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let dir = base.join("bts").join(format!("valgrind-{hash:016x}"));
+    let io = |e: std::io::Error| VgError::Io(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let tool = dir.join("bts-amd64-linux");
+    if std::fs::metadata(&tool).map(|m| m.len() as usize).ok() != Some(TOOL.len()) {
+        let tmp = dir.join(format!(".tool.{}", std::process::id()));
+        std::fs::write(&tmp, TOOL).map_err(io)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+        std::fs::rename(&tmp, &tool).map_err(io)?;
+    }
+    let link = dir.join(PRELOAD);
+    let target = preload_lib().expect("checked by unavailable()");
+    if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).map_err(io)?;
+    }
+    Ok(dir)
+}
+
+/// How to run the program.
+#[derive(Debug, Clone)]
+pub struct VgOptions {
+    /// Records per thread buffer (what ds-alloc asked for).
+    pub records: u64,
+    pub follow_children: bool,
+    pub no_aslr: bool,
+}
+
+/// The outcome of a run: the exit status, what Valgrind's log says, and
+/// every trace file the tool wrote (one per process, and per exec).
+pub struct VgRun {
+    pub status: ExitStatus,
+    pub pid: i32,
+    pub end: VgEnd,
+    pub traces: Vec<VgTrace>,
+    /// Files that could not be read, with why.
+    pub bad: Vec<(PathBuf, String)>,
+}
+
+/// Runs `argv` under the tool; the program's stdio is bts's.
+pub fn run(argv: &[std::ffi::OsString], o: &VgOptions) -> Result<VgRun, VgError> {
+    let lib = install_tool()?;
+    let work = std::env::temp_dir().join(format!("bts-vg-{}-{}", std::process::id(), unique()));
+    std::fs::create_dir_all(&work).map_err(|e| VgError::Io(format!("{}: {e}", work.display())))?;
+    let mut cmd = if o.no_aslr {
+        let mut c = Command::new("setarch");
+        c.args(["-R", "valgrind"]);
+        c
+    } else {
+        Command::new("valgrind")
+    };
+    cmd.env("VALGRIND_LIB", &lib)
+        .arg("--tool=bts")
+        .arg("--vex-guest-chase=no")
+        .arg(format!("--bts-out={}", work.join("t").display()))
+        .arg(format!("--bts-records={}", o.records.max(1)))
+        .arg(format!("--log-file={}", work.join("vg.%p.log").display()));
+    if o.follow_children {
+        cmd.arg("--trace-children=yes");
+    }
+    cmd.arg("--").args(argv);
+    let mut child = cmd.spawn().map_err(|e| VgError::Io(format!("cannot run valgrind: {e}")))?;
+    let pid = child.id() as i32;
+    let status = loop {
+        match child.wait() {
+            Ok(s) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(VgError::Io(format!("waiting for valgrind: {e}"))),
+        }
+    };
+    let mut traces = Vec::new();
+    let mut bad = Vec::new();
+    let mut log = String::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&work)
+        .map_err(|e| VgError::Io(format!("{}: {e}", work.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with("vg.") {
+            if name == format!("vg.{pid}.log") || log.is_empty() {
+                log = std::fs::read_to_string(&p).unwrap_or_default();
+            }
+        } else if name.starts_with("t.") {
+            match std::fs::read(&p).map_err(|e| VgError::Io(e.to_string())).and_then(|b| VgTrace::parse(&b)) {
+                Ok(t) => traces.push(t),
+                Err(e) => bad.push((p.clone(), e.to_string())),
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(VgRun { status, pid, end: parse_log(&log), traces, bad })
+}
+
+fn unique() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> Vec<u8> {
+        let mut b = b"BTSVG001".to_vec();
+        for v in [42u64, 42, 1, 1, 1] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [42u64, 0x401000, 10, 12, 2] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&BtsRecord::branch(1, 2).to_bytes());
+        b.extend_from_slice(&BtsRecord::branch(3, 4).to_bytes());
+        for v in [0x400000u64, 0x401000, 0, 4] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(b"/bin");
+        b.extend_from_slice(&0x401000u64.to_le_bytes());
+        b.extend_from_slice(&[0x90; 4096]);
+        b
+    }
+
+    #[test]
+    fn parses_and_rejects() {
+        let t = VgTrace::parse(&file()).unwrap();
+        assert_eq!((t.pid, t.last_tid), (42, 42));
+        assert_eq!(t.threads[0].records, vec![BtsRecord::branch(1, 2), BtsRecord::branch(3, 4)]);
+        assert_eq!((t.threads[0].written, t.threads[0].capacity), (12, 10));
+        assert_eq!(t.maps[0].path, "/bin");
+        assert_eq!(t.pages[0].0, 0x401000);
+        let good = file();
+        for n in 0..good.len() {
+            assert!(VgTrace::parse(&good[..n]).is_err(), "prefix {n}");
+        }
+        let mut huge = good.clone();
+        huge[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(VgTrace::parse(&huge).is_err());
+    }
+
+    #[test]
+    fn reads_valgrinds_log() {
+        let log = "==9== Process terminating with default action of signal 11 (SIGSEGV)\n\
+                   ==9==  Access not within mapped region at address 0x41414141\n==9==    at 0x41414141: ???\n";
+        let e = parse_log(log);
+        assert_eq!((e.signal, e.fault_addr), (Some(11), Some(0x41414141)));
+        let e = parse_log("vex amd64->IR: unhandled instruction bytes: 0x62 0xF1 0x7D 0x48\n");
+        assert!(e.problem.unwrap().contains("AVX-512"));
+    }
+}

@@ -1,0 +1,406 @@
+/* bts: a Valgrind tool that plays the BTS hardware.
+ *
+ * Every taken branch of the client is written as a 24-byte BTS record
+ * (from, to, flags) into its thread's circular buffer, the way the Debug
+ * Store would. Superblock exits on branch instructions record, guarded by the
+ * exit's own condition; the not-taken leg of a conditional records nothing;
+ * a superblock end that is not a branch (size limit, rep self-loop, client
+ * request) records nothing. Signal delivery into a handler is recorded as an
+ * asynchronous branch; thread switches add "task arrives/departs" records.
+ * At the end (normal exit or fatal signal) the buffers, the executable
+ * mappings seen and the code pages translated are written to a file that
+ * bts reads. Run with --vex-guest-chase=no.
+ *
+ * Everything else (reading, decoding, reporting) is done in Rust.
+ */
+
+#include "pub_tool_basics.h"
+#include "pub_tool_tooliface.h"
+#include "pub_tool_libcassert.h"
+#include "pub_tool_libcprint.h"
+#include "pub_tool_libcbase.h"
+#include "pub_tool_libcfile.h"
+#include "pub_tool_libcproc.h"
+#include "pub_tool_machine.h"
+#include "pub_tool_mallocfree.h"
+#include "pub_tool_options.h"
+#include "pub_tool_aspacemgr.h"
+#include "pub_tool_threadstate.h"
+#include "pub_tool_vki.h"
+
+/* ------------------------------------------------------------------ */
+/* Options                                                            */
+
+static const HChar *out_prefix = "bts-valgrind";
+static Long records_per_thread = 2730 + 426; /* 64 KiB + 10 KiB slack */
+
+static Bool bts_process_cmd_line_option(const HChar *arg)
+{
+   if VG_STR_CLO(arg, "--bts-out", out_prefix) {}
+   else if VG_INT_CLO(arg, "--bts-records", records_per_thread) {}
+   else return False;
+   return True;
+}
+
+static void bts_print_usage(void)
+{
+   VG_(printf)("    --bts-out=PREFIX          write the trace to PREFIX.PID.N\n"
+               "    --bts-records=N           records per thread buffer\n");
+}
+
+static void bts_print_debug_usage(void) {}
+
+/* ------------------------------------------------------------------ */
+/* DS-like circular buffers, one per thread                           */
+
+typedef struct { ULong from, to, flags; } Rec;
+
+typedef struct {
+   Rec  *base;      /* BTS buffer base */
+   ULong index;     /* next record written */
+   ULong max;       /* absolute maximum, in records */
+   ULong written;   /* records written in all */
+   Int   os_tid;
+   Addr  async_from; /* a signal was delivered here; handler entry pending */
+} Buf;
+
+static Buf *bufs; /* VG_N_THREADS of them, allocated after the options */
+static ULong pending_any; /* read by every superblock's entry check */
+
+#define ESCAPE (~0xFULL)
+
+static Buf *buf_of(ThreadId tid)
+{
+   Buf *b = &bufs[tid];
+   if (!b->base) {
+      b->max = records_per_thread > 0 ? (ULong)records_per_thread : 1;
+      b->base = VG_(malloc)("bts.buf", b->max * sizeof(Rec));
+   }
+   return b;
+}
+
+static void push(ThreadId tid, ULong from, ULong to, ULong flags)
+{
+   Buf *b = buf_of(tid);
+   Rec *r = &b->base[b->index];
+   r->from = from; r->to = to; r->flags = flags;
+   if (++b->index == b->max) b->index = 0;
+   b->written++;
+}
+
+/* The buffer of the thread running client code (set when it starts to). */
+static Buf *running;
+
+static VG_REGPARM(2) void rec_branch(HWord from, HWord to)
+{
+   Buf *b = running;
+   Rec *r = &b->base[b->index];
+   r->from = from; r->to = to; r->flags = 0;
+   if (++b->index == b->max) b->index = 0;
+   b->written++;
+}
+
+static VG_REGPARM(1) void sb_entry(HWord addr)
+{
+   ThreadId tid = VG_(get_running_tid)();
+   Buf *b = buf_of(tid);
+   if (b->async_from) {
+      push(tid, b->async_from, addr, 0);
+      b->async_from = 0;
+      pending_any--;
+   }
+}
+
+static void pre_deliver_signal(ThreadId tid, Int sig, Bool alt)
+{
+   Buf *b = buf_of(tid);
+   if (!b->async_from) pending_any++;
+   b->async_from = VG_(get_IP)(tid);
+}
+
+static void start_client(ThreadId tid, ULong blocks)
+{
+   Buf *b = buf_of(tid);
+   running = b;
+   if (!b->os_tid) b->os_tid = VG_(gettid)();
+   push(tid, ESCAPE | 2, VG_(read_millisecond_timer)(), (ULong)b->os_tid);
+}
+
+static void stop_client(ThreadId tid, ULong blocks)
+{
+   Buf *b = buf_of(tid);
+   push(tid, ESCAPE | 3, VG_(read_millisecond_timer)(), (ULong)b->os_tid);
+}
+
+/* ------------------------------------------------------------------ */
+/* Executable mappings (kept after munmap) and translated code pages  */
+
+#define MAX_MAPS 4096
+typedef struct { Addr start, end; ULong offset; HChar path[512]; } Map;
+static Map maps[MAX_MAPS];
+static Int nmaps;
+
+static void note_map(Addr a, SizeT len, Bool rr, Bool ww, Bool xx, ULong di)
+{
+   if (!xx || nmaps >= MAX_MAPS || len == 0) return;
+   NSegment const *seg = VG_(am_find_nsegment)(a);
+   const HChar *name = seg ? VG_(am_get_filename)(seg) : NULL;
+   Map *m = &maps[nmaps++];
+   m->start = a;
+   m->end = a + len;
+   m->offset = seg ? seg->offset + (a - seg->start) : 0;
+   VG_(strncpy)(m->path, name ? name : "", sizeof m->path - 1);
+   m->path[sizeof m->path - 1] = 0;
+}
+
+#define PAGE 4096UL
+#define MAX_PAGES (1 << 16)
+#define PAGE_SLOTS (1 << 17)
+static Addr page_key[PAGE_SLOTS];
+static UChar *page_data[PAGE_SLOTS];
+static Int npages;
+
+static void cache_page(Addr p)
+{
+   UWord h = (p / PAGE) * 2654435761u;
+   for (UWord i = 0; i < PAGE_SLOTS; i++) {
+      UWord s = (h + i) & (PAGE_SLOTS - 1);
+      if (page_key[s] == p) return;
+      if (page_key[s] == 0) {
+         if (npages >= MAX_PAGES) return;
+         page_key[s] = p;
+         page_data[s] = VG_(malloc)("bts.page", PAGE);
+         VG_(memcpy)(page_data[s], (void *)p, PAGE);
+         npages++;
+         return;
+      }
+   }
+}
+
+static void cache_code(Addr a, UInt len)
+{
+   for (Addr p = a & ~(PAGE - 1); p < a + len; p += PAGE) cache_page(p);
+}
+
+/* ------------------------------------------------------------------ */
+/* Branch classification by opcode                                    */
+
+enum { NOT_BRANCH = 0, COND, UNCOND, SYSCALL };
+
+static Int branch_kind(Addr a, UInt len)
+{
+   const UChar *p = (const UChar *)a;
+   UInt i = 0;
+   while (i < len) {
+      UChar c = p[i];
+      if (c == 0x66 || c == 0x67 || c == 0xf2 || c == 0xf3 || c == 0x2e || c == 0x3e
+          || c == 0x26 || c == 0x64 || c == 0x65 || c == 0x36 || c == 0xf0
+          || (c >= 0x40 && c <= 0x4f)) { i++; continue; }
+      break;
+   }
+   if (i >= len) return NOT_BRANCH;
+   UChar op = p[i];
+   if ((op >= 0x70 && op <= 0x7f) || (op >= 0xe0 && op <= 0xe3)) return COND;
+   if (op == 0x0f && i + 1 < len) {
+      UChar op2 = p[i + 1];
+      if (op2 >= 0x80 && op2 <= 0x8f) return COND;
+      if (op2 == 0x05 || op2 == 0x34) return SYSCALL;
+      return NOT_BRANCH;
+   }
+   switch (op) {
+   case 0xe8: case 0xe9: case 0xeb: case 0xc2: case 0xc3: case 0xca: case 0xcb:
+   case 0xcf: case 0xea: case 0x9a:
+      return UNCOND;
+   case 0xff:
+      if (i + 1 < len) {
+         UInt reg = (p[i + 1] >> 3) & 7;
+         if (reg >= 2 && reg <= 5) return UNCOND;
+      }
+      return NOT_BRANCH;
+   case 0xcd:
+      return (i + 1 < len && p[i + 1] == 0x80) ? SYSCALL : NOT_BRANCH;
+   default:
+      return NOT_BRANCH;
+   }
+}
+
+/* ------------------------------------------------------------------ */
+/* Instrumentation                                                    */
+
+static void add_record(IRSB *sb, Addr from, IRExpr *to, IRExpr *guard)
+{
+   IRDirty *d = unsafeIRDirty_0_N(2, "bts_rec_branch", VG_(fnptr_to_fnentry)(&rec_branch),
+                                  mkIRExprVec_2(mkIRExpr_HWord(from), to));
+   if (guard) d->guard = guard;
+   addStmtToIRSB(sb, IRStmt_Dirty(d));
+}
+
+static Bool branchy_jk(IRJumpKind jk)
+{
+   return jk == Ijk_Boring || jk == Ijk_Call || jk == Ijk_Ret;
+}
+
+static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
+                            const VexGuestLayout *layout, const VexGuestExtents *vge,
+                            const VexArchInfo *archinfo_host, IRType gWordTy, IRType hWordTy)
+{
+   IRSB *out = deepCopyIRSBExceptStmts(in);
+   Int i = 0;
+   while (i < in->stmts_used && in->stmts[i]->tag != Ist_IMark) {
+      addStmtToIRSB(out, in->stmts[i]);
+      i++;
+   }
+   /* A signal was delivered: this superblock is the handler's entry. */
+   {
+      IRTemp t = newIRTemp(out->tyenv, Ity_I64);
+      IRTemp g = newIRTemp(out->tyenv, Ity_I1);
+      addStmtToIRSB(out, IRStmt_WrTmp(t, IRExpr_Load(Iend_LE, Ity_I64,
+                                                     mkIRExpr_HWord((HWord)&pending_any))));
+      addStmtToIRSB(out, IRStmt_WrTmp(g, IRExpr_Binop(Iop_CmpNE64, IRExpr_RdTmp(t),
+                                                      IRExpr_Const(IRConst_U64(0)))));
+      IRDirty *d = unsafeIRDirty_0_N(1, "bts_sb_entry", VG_(fnptr_to_fnentry)(&sb_entry),
+                                     mkIRExprVec_1(mkIRExpr_HWord(vge->base[0])));
+      d->guard = IRExpr_RdTmp(g);
+      addStmtToIRSB(out, IRStmt_Dirty(d));
+   }
+   Addr cur = 0;
+   UInt curlen = 0;
+   /* An inverted conditional exit (to the fall-through) that was not taken
+      means the branch was: if execution goes on in this superblock (VEX
+      unrolled a loop), the next instruction is its target. */
+   Addr inverted = 0;
+   for (; i < in->stmts_used; i++) {
+      IRStmt *st = in->stmts[i];
+      if (st->tag == Ist_IMark) {
+         Addr next_insn = st->Ist.IMark.addr + st->Ist.IMark.delta;
+         if (inverted) {
+            add_record(out, inverted, mkIRExpr_HWord(next_insn), NULL);
+            inverted = 0;
+         }
+         cur = next_insn;
+         curlen = st->Ist.IMark.len;
+         cache_code(cur, curlen);
+      } else if (st->tag == Ist_Exit && cur && branchy_jk(st->Ist.Exit.jk)) {
+         ULong dst = st->Ist.Exit.dst->Ico.U64;
+         Int kind = branch_kind(cur, curlen);
+         /* The not-taken leg of an inverted conditional records nothing. */
+         if (kind == COND && dst == cur + curlen)
+            inverted = cur;
+         else if (kind == COND || kind == UNCOND)
+            add_record(out, cur, mkIRExpr_HWord(dst), st->Ist.Exit.guard);
+      }
+      addStmtToIRSB(out, st);
+   }
+   if (cur) {
+      Int kind = branch_kind(cur, curlen);
+      IRExpr *next = in->next;
+      Bool falls = next->tag == Iex_Const && next->Iex.Const.con->Ico.U64 == cur + curlen;
+      if (branchy_jk(in->jumpkind) && (kind == UNCOND || (kind == COND && !falls)))
+         add_record(out, cur, next, NULL);
+      else if (in->jumpkind == Ijk_Sys_syscall && kind == SYSCALL)
+         add_record(out, cur, next, NULL);
+   }
+   return out;
+}
+
+/* ------------------------------------------------------------------ */
+/* Output                                                             */
+
+static Int out_fd = -1;
+static UChar wbuf[1 << 16];
+static UInt wlen;
+
+static void flush(void)
+{
+   if (wlen && out_fd >= 0) VG_(write)(out_fd, wbuf, wlen);
+   wlen = 0;
+}
+
+static void put(const void *p, UInt n)
+{
+   const UChar *s = p;
+   while (n) {
+      UInt k = sizeof wbuf - wlen < n ? sizeof wbuf - wlen : n;
+      VG_(memcpy)(wbuf + wlen, s, k);
+      wlen += k; s += k; n -= k;
+      if (wlen == sizeof wbuf) flush();
+   }
+}
+
+static void put64(ULong v) { put(&v, 8); }
+
+static void bts_fini(Int exitcode)
+{
+   HChar name[1024];
+   Int pid = VG_(getpid)();
+   for (Int n = 0; n < 1000 && out_fd < 0; n++) {
+      VG_(snprintf)(name, sizeof name, "%s.%d.%d", out_prefix, pid, n);
+      SysRes r = VG_(open)(name, VKI_O_CREAT | VKI_O_EXCL | VKI_O_WRONLY, 0600);
+      if (!sr_isError(r)) out_fd = sr_Res(r);
+   }
+   if (out_fd < 0) {
+      VG_(umsg)("bts: cannot write the trace to %s.%d.*\n", out_prefix, pid);
+      return;
+   }
+   ULong nthreads = 0;
+   for (ThreadId t = 1; t < VG_N_THREADS; t++) if (bufs[t].base) nthreads++;
+   put("BTSVG001", 8);
+   put64((ULong)pid);
+   put64((ULong)bufs[VG_(get_running_tid)()].os_tid);
+   put64(nthreads);
+   put64((ULong)nmaps);
+   put64((ULong)npages);
+   for (ThreadId t = 1; t < VG_N_THREADS; t++) {
+      Buf *b = &bufs[t];
+      if (!b->base) continue;
+      ULong count = b->written < b->max ? b->written : b->max;
+      put64((ULong)b->os_tid);
+      put64((ULong)VG_(get_IP)(t));
+      put64(b->max);
+      put64(b->written);
+      put64(count);
+      ULong start = b->written < b->max ? 0 : b->index;
+      for (ULong k = 0; k < count; k++) put(&b->base[(start + k) % b->max], sizeof(Rec));
+   }
+   for (Int m = 0; m < nmaps; m++) {
+      put64(maps[m].start);
+      put64(maps[m].end);
+      put64(maps[m].offset);
+      ULong len = VG_(strlen)(maps[m].path);
+      put64(len);
+      put(maps[m].path, (UInt)len);
+   }
+   for (UWord s = 0; s < PAGE_SLOTS; s++) {
+      if (!page_key[s]) continue;
+      put64(page_key[s]);
+      put(page_data[s], PAGE);
+   }
+   flush();
+   VG_(close)(out_fd);
+}
+
+/* ------------------------------------------------------------------ */
+
+static void bts_post_clo_init(void)
+{
+   bufs = VG_(calloc)("bts.bufs", VG_N_THREADS, sizeof(Buf));
+}
+
+static void bts_pre_clo_init(void)
+{
+   VG_(details_name)("bts");
+   VG_(details_version)("0.1");
+   VG_(details_description)("a branch trace store in software");
+   VG_(details_copyright_author)("the bts developers");
+   VG_(details_bug_reports_to)("the bts issue tracker");
+   VG_(basic_tool_funcs)(bts_post_clo_init, bts_instrument, bts_fini);
+   VG_(needs_command_line_options)(bts_process_cmd_line_option, bts_print_usage,
+                                   bts_print_debug_usage);
+   VG_(track_new_mem_startup)(note_map);
+   VG_(track_new_mem_mmap)(note_map);
+   VG_(track_pre_deliver_signal)(pre_deliver_signal);
+   VG_(track_start_client_code)(start_client);
+   VG_(track_stop_client_code)(stop_client);
+}
+
+VG_DETERMINE_INTERFACE_VERSION(bts_pre_clo_init)

@@ -1,0 +1,138 @@
+//! The Valgrind backend on real programs: the crash fixtures, fidelity
+//! against the step recorder, exit status, threads, signals, AVX-512.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+use std::process::Command;
+
+fn vg_available() -> bool {
+    let d: serde_json::Value =
+        serde_json::from_slice(&bts(Path::new("/tmp"), &["doctor", "--json"]).stdout).unwrap();
+    let vg = d["recorders"].as_array().unwrap().iter().find(|r| r[0] == "valgrind").unwrap();
+    vg[1]["available"] == true
+}
+
+fn run_vg(dir: &Path, bin: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["run", "--backend", "valgrind", "--json", "-n", "16"];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.push(bin.to_str().unwrap());
+    bts(dir, &args)
+}
+
+#[test]
+fn crash_reports_as_with_the_other_backends() {
+    assert!(vg_available(), ".ci/run installs valgrind");
+    let dir = scratch("vg_crashes");
+    // NULL call after main -> a -> b -> c.
+    let out = run_vg(&dir, &fixture("null_call"), &[]);
+    assert_eq!(out.status.code(), Some(139), "{}", text(&out.stderr));
+    let r = json(&out);
+    assert_eq!(r["backend"], "valgrind");
+    assert_eq!(r["outcome"]["signal_name"], "SIGSEGV");
+    assert_eq!(r["outcome"]["fault_addr"], "0x0");
+    let br = crashed_thread(&r)["branches"].as_array().unwrap().clone();
+    let last = br.last().unwrap();
+    assert_eq!((last["kind"].as_str(), last["to"].as_str()), (Some("call"), Some("0x0")));
+    assert!(last["from_sym"].as_str().unwrap().starts_with("c+"), "{last}");
+    let calls: Vec<&str> = br.iter().filter(|b| b["kind"] == "call").filter_map(|b| b["to_sym"].as_str()).collect();
+    assert!(calls.ends_with(&["a", "b", "c"]) || calls.windows(3).any(|w| w == ["a", "b", "c"]), "{calls:?}");
+    // Smashed return.
+    let out = run_vg(&dir, &fixture("smash"), &[]);
+    let r = json(&out);
+    assert_eq!(r["outcome"]["fault_addr"], "0x41414141");
+    let last = crashed_thread(&r)["branches"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["kind"].as_str(), last["to"].as_str()), (Some("return"), Some("0x41414141")));
+    // abort(): the status passes through, the last branch is the raising syscall.
+    let out = run_vg(&dir, &fixture("abort"), &[]);
+    assert_eq!(out.status.code(), Some(134));
+    let r = json(&out);
+    assert_eq!(r["outcome"]["signal_name"], "SIGABRT");
+    // Callback from libc.
+    let out = run_vg(&dir, &fixture("callback_crash"), &[]);
+    let r = json(&out);
+    let last = crashed_thread(&r)["branches"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["to_sym"], "compare_items");
+    // Worker thread.
+    let out = run_vg(&dir, &fixture("thread_crash"), &[]);
+    assert_eq!(out.status.code(), Some(139));
+    let r = json(&out);
+    let t = crashed_thread(&r);
+    assert_ne!(t["tid"], r["pid"]);
+    assert_eq!(t["branches"].as_array().unwrap().last().unwrap()["to_sym"], "worker_fault");
+}
+
+#[test]
+fn exit_codes_and_handled_signals_pass_through() {
+    assert!(vg_available());
+    let dir = scratch("vg_exit");
+    let out = run_vg(&dir, &fixture("exit3"), &[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    let out = run_vg(&dir, &fixture("segv_handler"), &["--report", "always"]);
+    assert_eq!(out.status.code(), Some(7));
+    let r = json(&out);
+    assert_eq!(r["outcome"]["kind"], "exit");
+    let br = r["threads"][0]["branches"].as_array().unwrap().clone();
+    let _ = br;
+    let full = json(&bts(&dir, &["last-branch", "--json", "-n", "100000", r["trace_file"].as_str().unwrap()]));
+    let all = full["threads"][0]["branches"].as_array().unwrap();
+    assert!(all.iter().any(|b| b["kind"] == "async" && b["to_sym"] == "on_segv"), "the handler entered asynchronously");
+}
+
+/// Branches whose both ends lie in the program's own code (non-PIE, so the
+/// same addresses natively and under Valgrind).
+fn own_branches(dir: &Path, backend: &str, bin: &Path) -> Vec<(String, String)> {
+    let file = format!("{backend}.bts");
+    let out = bts(dir, &["run", "--backend", backend, "--no-aslr", "--buffer-size", "4M", "--report", "never", "-o", &file, "--", bin.to_str().unwrap()]);
+    assert_ne!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let r = json(&bts(dir, &["last-branch", "--json", "-n", "100000000", &file]));
+    let t = r["threads"].as_array().unwrap().iter().find(|t| t["tid"] == r["pid"]).unwrap().clone();
+    assert_eq!(t["lost"], 0);
+    let own = |a: &str| u64::from_str_radix(a.trim_start_matches("0x"), 16).is_ok_and(|v| (0x400000..0x500000).contains(&v));
+    t["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["from"].as_str().unwrap().to_string(), b["to"].as_str().unwrap().to_string()))
+        .filter(|(f, t)| own(f) && own(t))
+        .collect()
+}
+
+#[test]
+fn program_records_equal_the_step_recorders() {
+    assert!(vg_available());
+    let dir = scratch("vg_fidelity");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for name in ["branchy", "null_call", "callback_crash", "segv_handler"] {
+        let bin = dir.join(format!("{name}-nopie"));
+        let st = Command::new("cc")
+            .args(["-g", "-O0", "-no-pie", "-fno-stack-protector", "-o"])
+            .arg(&bin)
+            .arg(src.join(format!("{name}.c")))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let step = own_branches(&dir, "step", &bin);
+        let vg = own_branches(&dir, "valgrind", &bin);
+        assert!(step.len() >= 5, "{name}: {}", step.len());
+        assert_eq!(vg, step, "{name}: the program's own branches differ");
+    }
+}
+
+#[test]
+fn avx512_is_refused_with_the_way_out() {
+    assert!(vg_available());
+    let dir = scratch("vg_avx512");
+    let src = dir.join("evex.c");
+    // vpaddd zmm0, zmm0, zmm0 (EVEX), which Valgrind cannot decode.
+    std::fs::write(&src, "int main(void) { __asm__ volatile(\".byte 0x62,0xf1,0x7d,0x48,0xfe,0xc0\"); return 0; }\n").unwrap();
+    let bin = dir.join("evex");
+    assert!(Command::new("cc").arg("-o").arg(&bin).arg(&src).status().unwrap().success());
+    let out = bts(&dir, &["run", "--backend", "valgrind", "--", bin.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(err.contains("AVX-512") && err.contains("--backend fast"), "{err}");
+    assert_ne!(out.status.code(), Some(0));
+}
