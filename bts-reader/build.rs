@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const LIB_DIRS: &[&str] = &["/usr/lib/x86_64-linux-gnu/valgrind", "/usr/lib/valgrind", "/usr/libexec/valgrind"];
+const LIB_DIRS: &[&str] =
+    &["/usr/lib/x86_64-linux-gnu/valgrind", "/usr/lib/valgrind", "/usr/libexec/valgrind"];
 const INCLUDE: &str = "/usr/include/valgrind";
 
 fn main() {

@@ -121,6 +121,8 @@ pub fn run(json: bool) -> ExitCode {
         ],
         auto_picks: if hw.is_ok() {
             "perf".into()
+        } else if ptrace.available && bts_reader::valgrind::unavailable().is_none() {
+            "valgrind (bts run), fast (bts attach)".into()
         } else if ptrace.available {
             "fast".into()
         } else {

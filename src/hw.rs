@@ -34,14 +34,3 @@ impl HardwareSource for PerfSource {
         self.events.remove(&tid);
     }
 }
-
-/// Which backend `auto` picks, and the notice to give when it falls back.
-pub fn choose_auto() -> (bool, Option<String>) {
-    match perf::probe_bts() {
-        Ok(()) => (true, None),
-        Err(e) => (
-            false,
-            Some(format!("hardware BTS unavailable ({e}); recording with the fast software recorder")),
-        ),
-    }
-}

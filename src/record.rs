@@ -16,29 +16,54 @@ use crate::{BackendArg, OutputArgs, RecordArgs, ReportWhen, EXIT_BTS_FAILED};
 
 /// The backend to use, a hardware source for it, and a notice when
 /// `auto` fell back.
-type Chosen = (Backend, Option<Box<dyn HardwareSource>>, Option<String>);
+/// What records: a ptrace session (with a hardware source for perf), or
+/// the Valgrind tool.
+enum Chosen {
+    Ptrace(Backend, Option<Box<dyn HardwareSource>>),
+    Valgrind,
+}
 
-fn backend(rec: &RecordArgs) -> Result<Chosen, String> {
+/// The backend to use, and a notice when `auto` fell back from the hardware.
+/// `auto` picks perf where hardware BTS works, else the Valgrind tool for a
+/// launched program, else the fast ptrace recorder.
+fn backend(rec: &RecordArgs, launched: bool) -> Result<(Chosen, Option<String>), String> {
     let hw = || -> Option<Box<dyn HardwareSource>> { Some(Box::new(PerfSource::new(rec.buffer_size))) };
     Ok(match rec.backend {
-        BackendArg::Step => (Backend::Step, None, None),
-        BackendArg::Fast => (Backend::Fast, None, None),
-        BackendArg::Valgrind => return Err("the Valgrind backend traces launched programs only: use `bts run`".into()),
+        BackendArg::Step => (Chosen::Ptrace(Backend::Step, None), None),
+        BackendArg::Fast => (Chosen::Ptrace(Backend::Fast, None), None),
+        BackendArg::Valgrind if launched => {
+            if let Some(why) = bts_reader::valgrind::unavailable() {
+                return Err(format!("the Valgrind backend is unavailable: {why}; use --backend fast"));
+            }
+            (Chosen::Valgrind, None)
+        }
+        BackendArg::Valgrind => {
+            return Err("the Valgrind backend traces launched programs only: use `bts run`".into())
+        }
         // Fails before anything is started.
         BackendArg::Perf => {
             bts_reader::perf::probe_bts().map_err(|e| e.to_string())?;
-            (Backend::Hardware, hw(), None)
+            (Chosen::Ptrace(Backend::Hardware, hw()), None)
         }
-        BackendArg::Auto => match crate::hw::choose_auto() {
-            (true, _) => (Backend::Hardware, hw(), None),
-            (false, note) => {
-                if let Some(n) = &note {
-                    // SAFETY: isatty only inspects the fd.
-                    if unsafe { libc::isatty(2) } == 1 {
-                        eprintln!("bts: note: {n}");
-                    }
+        BackendArg::Auto => match bts_reader::perf::probe_bts() {
+            Ok(()) => (Chosen::Ptrace(Backend::Hardware, hw()), None),
+            Err(e) => {
+                // The Valgrind tool cannot keep per-CPU buffers or the step log.
+                let vg = launched
+                    && rec.per_cpu_buffer.is_none()
+                    && rec.insn_log.is_none()
+                    && bts_reader::valgrind::unavailable().is_none();
+                let (chosen, name) = if vg {
+                    (Chosen::Valgrind, "valgrind")
+                } else {
+                    (Chosen::Ptrace(Backend::Fast, None), "fast")
+                };
+                let note = format!("hardware BTS unavailable ({e}); recording with the {name} recorder");
+                // SAFETY: isatty only inspects the fd.
+                if unsafe { libc::isatty(2) } == 1 {
+                    eprintln!("bts: note: {note}");
                 }
-                (Backend::Fast, None, note)
+                (chosen, Some(note))
             }
         },
     })
@@ -233,16 +258,14 @@ fn status(o: Outcome) -> i32 {
 
 /// `bts run`: the program's exit status, or 125 when bts itself failed.
 pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsString>) -> i32 {
-    if rec.backend == BackendArg::Valgrind {
-        return crate::vg::run(rec, follow_fork, no_aslr, command);
-    }
     let shown: Vec<String> = command.iter().map(|c| c.to_string_lossy().into_owned()).collect();
     if let Err(e) = ptrace_shim::install_stop_handlers() {
         eprintln!("bts: cannot install signal handlers: {e}");
         return i32::from(EXIT_BTS_FAILED);
     }
-    let (be, source, note) = match backend(rec) {
-        Ok(b) => b,
+    let (be, source, note) = match backend(rec, true) {
+        Ok((Chosen::Ptrace(be, source), note)) => (be, source, note),
+        Ok((Chosen::Valgrind, note)) => return crate::vg::run(rec, follow_fork, no_aslr, command, note),
         Err(e) => {
             eprintln!("bts: {e}");
             return i32::from(EXIT_BTS_FAILED);
@@ -295,8 +318,9 @@ pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
         eprintln!("bts: cannot install signal handlers: {e}");
         return ExitCode::from(EXIT_BTS_FAILED);
     }
-    let (be, source, note) = match backend(rec) {
-        Ok(b) => b,
+    let (be, source, note) = match backend(rec, false) {
+        Ok((Chosen::Ptrace(be, source), note)) => (be, source, note),
+        Ok((Chosen::Valgrind, _)) => unreachable!("valgrind is not chosen for attach"),
         Err(e) => {
             eprintln!("bts: {e}");
             return ExitCode::from(EXIT_BTS_FAILED);

@@ -16,7 +16,13 @@ use crate::{RecordArgs, ReportWhen, EXIT_BTS_FAILED};
 
 /// Adds one traced image (a process between execs) to the trace file,
 /// delivering its records through the allocator.
-fn add_image(tf: &mut TraceFile, t: &VgTrace, generation: u32, crashed_tid: Option<i32>, buffer_bytes: usize) {
+fn add_image(
+    tf: &mut TraceFile,
+    t: &VgTrace,
+    generation: u32,
+    crashed_tid: Option<i32>,
+    buffer_bytes: usize,
+) {
     let mut alloc = Allocator::new();
     let me = alloc.register_current("bts");
     let mut build_ids: HashMap<String, Option<String>> = HashMap::new();
@@ -25,7 +31,8 @@ fn add_image(tf: &mut TraceFile, t: &VgTrace, generation: u32, crashed_tid: Opti
         if !seen.insert((m.start, m.end, m.path.clone())) {
             continue;
         }
-        let build_id = build_ids.entry(m.path.clone()).or_insert_with(|| decode::symbols::build_id(&m.path)).clone();
+        let build_id =
+            build_ids.entry(m.path.clone()).or_insert_with(|| decode::symbols::build_id(&m.path)).clone();
         tf.modules.push(Module {
             pid: t.pid,
             generation,
@@ -40,15 +47,18 @@ fn add_image(tf: &mut TraceFile, t: &VgTrace, generation: u32, crashed_tid: Opti
     for th in &t.threads {
         let crashed = crashed_tid == Some(th.os_tid);
         let bytes = buffer_bytes.max(BTS_RECORD_SIZE);
-        let (records, capacity, overwritten) = match alloc.request_bts(me, Target::Task(th.os_tid as u32), bytes) {
-            Ok(h) => {
-                alloc.deliver_batch(0, th.os_tid as u32, &th.records);
-                let b = alloc.bts_buffer(me, h).expect("own buffer");
-                (b.snapshot(), b.capacity() as u64, th.written.saturating_sub(b.len() as u64))
-            }
-            // Over the limit now: keep what the tool kept.
-            Err(_) => (th.records.clone(), th.capacity, th.written.saturating_sub(th.records.len() as u64)),
-        };
+        let (records, capacity, overwritten) =
+            match alloc.request_bts(me, Target::Task(th.os_tid as u32), bytes) {
+                Ok(h) => {
+                    alloc.deliver_batch(0, th.os_tid as u32, &th.records);
+                    let b = alloc.bts_buffer(me, h).expect("own buffer");
+                    (b.snapshot(), b.capacity() as u64, th.written.saturating_sub(b.len() as u64))
+                }
+                // Over the limit now: keep what the tool kept.
+                Err(_) => {
+                    (th.records.clone(), th.capacity, th.written.saturating_sub(th.records.len() as u64))
+                }
+            };
         ds_alloc::pages::touched_pages(records.iter(), Some(th.last_pc), &mut pages);
         tf.streams.push(Stream {
             kind: StreamKind::Thread {
@@ -73,12 +83,23 @@ fn add_image(tf: &mut TraceFile, t: &VgTrace, generation: u32, crashed_tid: Opti
 }
 
 /// `bts run --backend valgrind`: the program's status, or 125.
-pub fn run(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsString>) -> i32 {
+pub fn run(
+    rec: &RecordArgs,
+    follow_fork: bool,
+    no_aslr: bool,
+    command: Vec<OsString>,
+    note: Option<String>,
+) -> i32 {
     let shown: Vec<String> = command.iter().map(|c| c.to_string_lossy().into_owned()).collect();
     // ds-alloc sizes the buffers, slack included, and checks the limit first.
     let mut alloc = Allocator::new();
     let me = alloc.register_current("bts");
     if let Err(e) = alloc.request_bts(me, Target::Task(0), rec.buffer_size) {
+        eprintln!("bts: {e}");
+        return i32::from(EXIT_BTS_FAILED);
+    }
+    // Fail as the ptrace recorders do when the program cannot be executed.
+    if let Err(e) = check_executable(&command) {
         eprintln!("bts: {e}");
         return i32::from(EXIT_BTS_FAILED);
     }
@@ -103,7 +124,10 @@ pub fn run(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsSt
     let mut meta = match (signal, code) {
         (Some(s), _) => {
             let mut m = end_meta(&shown, vr.pid, Outcome::Signaled(s));
-            m.fault_addr = vr.end.fault_addr.filter(|_| matches!(s, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE));
+            m.fault_addr = vr
+                .end
+                .fault_addr
+                .filter(|_| matches!(s, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE));
             if let Some(last) = root.last() {
                 m.tid = Some(last.last_tid);
                 m.pc = last.threads.iter().find(|t| t.os_tid == last.last_tid).map(|t| t.last_pc);
@@ -113,6 +137,7 @@ pub fn run(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsSt
         (None, c) => end_meta(&shown, vr.pid, Outcome::Exited(c.unwrap_or(0))),
     };
     meta.backend = "valgrind".into();
+    meta.note = note;
     let mut tf = TraceFile { meta, ..TraceFile::default() };
     let crashed_tid = signal.and(tf.meta.tid);
     let images: Vec<&VgTrace> = if follow_fork { vr.traces.iter().collect() } else { root.clone() };
@@ -126,7 +151,13 @@ pub fn run(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsSt
             root_seen += 1;
             root_seen == last_root
         };
-        add_image(&mut tf, t, *g, if is_last_root { crashed_tid } else { None }, rec.buffer_size + KERNEL_SLACK);
+        add_image(
+            &mut tf,
+            t,
+            *g,
+            if is_last_root { crashed_tid } else { None },
+            rec.buffer_size + KERNEL_SLACK,
+        );
     }
     if root.is_empty() {
         eprintln!("bts: the Valgrind tool wrote no trace for pid {}", vr.pid);
@@ -142,4 +173,30 @@ pub fn run(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsSt
         save_and_report(&tf, Some(&path), &rec.out, print);
     }
     status
+}
+
+/// `execvp`'s view of whether `argv[0]` can run.
+fn check_executable(argv: &[OsString]) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let prog = argv.first().ok_or("no command given")?;
+    let p = std::path::Path::new(prog);
+    let candidates: Vec<std::path::PathBuf> = if prog.to_string_lossy().contains('/') {
+        vec![p.to_path_buf()]
+    } else {
+        std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).map(|d| d.join(p)).collect())
+            .unwrap_or_default()
+    };
+    let name = prog.to_string_lossy();
+    for c in &candidates {
+        if let Ok(m) = std::fs::metadata(c) {
+            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                return Ok(());
+            }
+            if m.is_file() {
+                return Err(format!("cannot execute {name}: Permission denied (os error 13)"));
+            }
+        }
+    }
+    Err(format!("cannot execute {name}: No such file or directory (os error 2)"))
 }

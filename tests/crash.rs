@@ -177,11 +177,14 @@ fn follow_fork_reports_the_crashing_child() {
     let bin = fixture("fork_crash");
     // Not followed: the child runs untraced (no int3 left in it) and dies of
     // its own SIGSEGV; system()'s shell works.
-    let out = bts(&dir, &["run", "--", bin.to_str().unwrap()]);
+    let out = bts(&dir, &["run", "--backend", "fast", "--", bin.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "system: 5\nchild: signal 11\n");
     assert!(!text(&out.stderr).contains("SIGSEGV"));
-    let out = bts(&dir, &["run", "--follow-fork", "-o", "child.bts", "--", bin.to_str().unwrap()]);
+    let out = bts(
+        &dir,
+        &["run", "--backend", "fast", "--follow-fork", "-o", "child.bts", "--", bin.to_str().unwrap()],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let err = text(&out.stderr);

@@ -37,7 +37,8 @@ fn crash_reports_as_with_the_other_backends() {
     let last = br.last().unwrap();
     assert_eq!((last["kind"].as_str(), last["to"].as_str()), (Some("call"), Some("0x0")));
     assert!(last["from_sym"].as_str().unwrap().starts_with("c+"), "{last}");
-    let calls: Vec<&str> = br.iter().filter(|b| b["kind"] == "call").filter_map(|b| b["to_sym"].as_str()).collect();
+    let calls: Vec<&str> =
+        br.iter().filter(|b| b["kind"] == "call").filter_map(|b| b["to_sym"].as_str()).collect();
     assert!(calls.ends_with(&["a", "b", "c"]) || calls.windows(3).any(|w| w == ["a", "b", "c"]), "{calls:?}");
     // Smashed return.
     let out = run_vg(&dir, &fixture("smash"), &[]);
@@ -77,21 +78,43 @@ fn exit_codes_and_handled_signals_pass_through() {
     assert_eq!(r["outcome"]["kind"], "exit");
     let br = r["threads"][0]["branches"].as_array().unwrap().clone();
     let _ = br;
-    let full = json(&bts(&dir, &["last-branch", "--json", "-n", "100000", r["trace_file"].as_str().unwrap()]));
+    let full =
+        json(&bts(&dir, &["last-branch", "--json", "-n", "100000", r["trace_file"].as_str().unwrap()]));
     let all = full["threads"][0]["branches"].as_array().unwrap();
-    assert!(all.iter().any(|b| b["kind"] == "async" && b["to_sym"] == "on_segv"), "the handler entered asynchronously");
+    assert!(
+        all.iter().any(|b| b["kind"] == "async" && b["to_sym"] == "on_segv"),
+        "the handler entered asynchronously"
+    );
 }
 
 /// Branches whose both ends lie in the program's own code (non-PIE, so the
 /// same addresses natively and under Valgrind).
 fn own_branches(dir: &Path, backend: &str, bin: &Path) -> Vec<(String, String)> {
     let file = format!("{backend}.bts");
-    let out = bts(dir, &["run", "--backend", backend, "--no-aslr", "--buffer-size", "4M", "--report", "never", "-o", &file, "--", bin.to_str().unwrap()]);
+    let out = bts(
+        dir,
+        &[
+            "run",
+            "--backend",
+            backend,
+            "--no-aslr",
+            "--buffer-size",
+            "4M",
+            "--report",
+            "never",
+            "-o",
+            &file,
+            "--",
+            bin.to_str().unwrap(),
+        ],
+    );
     assert_ne!(out.status.code(), Some(125), "{}", text(&out.stderr));
     let r = json(&bts(dir, &["last-branch", "--json", "-n", "100000000", &file]));
     let t = r["threads"].as_array().unwrap().iter().find(|t| t["tid"] == r["pid"]).unwrap().clone();
     assert_eq!(t["lost"], 0);
-    let own = |a: &str| u64::from_str_radix(a.trim_start_matches("0x"), 16).is_ok_and(|v| (0x400000..0x500000).contains(&v));
+    let own = |a: &str| {
+        u64::from_str_radix(a.trim_start_matches("0x"), 16).is_ok_and(|v| (0x400000..0x500000).contains(&v))
+    };
     t["branches"]
         .as_array()
         .unwrap()
@@ -128,7 +151,11 @@ fn avx512_is_refused_with_the_way_out() {
     let dir = scratch("vg_avx512");
     let src = dir.join("evex.c");
     // vpaddd zmm0, zmm0, zmm0 (EVEX), which Valgrind cannot decode.
-    std::fs::write(&src, "int main(void) { __asm__ volatile(\".byte 0x62,0xf1,0x7d,0x48,0xfe,0xc0\"); return 0; }\n").unwrap();
+    std::fs::write(
+        &src,
+        "int main(void) { __asm__ volatile(\".byte 0x62,0xf1,0x7d,0x48,0xfe,0xc0\"); return 0; }\n",
+    )
+    .unwrap();
     let bin = dir.join("evex");
     assert!(Command::new("cc").arg("-o").arg(&bin).arg(&src).status().unwrap().success());
     let out = bts(&dir, &["run", "--backend", "valgrind", "--", bin.to_str().unwrap()]);

@@ -15,7 +15,8 @@ static TOOL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bts-amd64-linux")
 static TOOL: &[u8] = &[];
 
 /// Where Debian and others keep Valgrind's preload library.
-const PRELOAD_DIRS: &[&str] = &["/usr/libexec/valgrind", "/usr/lib/x86_64-linux-gnu/valgrind", "/usr/lib/valgrind"];
+const PRELOAD_DIRS: &[&str] =
+    &["/usr/libexec/valgrind", "/usr/lib/x86_64-linux-gnu/valgrind", "/usr/lib/valgrind"];
 const PRELOAD: &str = "vgpreload_core-amd64-linux.so";
 
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +155,8 @@ pub fn parse_log(log: &str) -> VgEnd {
                 "Valgrind cannot run EVEX (AVX-512) instructions; use --backend fast for this program".into(),
             );
         } else if l.contains("unhandled instruction bytes") && end.problem.is_none() {
-            end.problem = Some(format!("Valgrind met an instruction it cannot run ({l}); use --backend fast"));
+            end.problem =
+                Some(format!("Valgrind met an instruction it cannot run ({l}); use --backend fast"));
         }
     }
     end
@@ -193,7 +195,8 @@ pub fn install_tool() -> Result<PathBuf, VgError> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir);
-    let hash = TOOL.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash =
+        TOOL.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     let dir = base.join("bts").join(format!("valgrind-{hash:016x}"));
     let io = |e: std::io::Error| VgError::Io(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(&dir).map_err(io)?;
@@ -292,7 +295,10 @@ pub fn run(argv: &[std::ffi::OsString], o: &VgOptions) -> Result<VgRun, VgError>
 }
 
 fn unique() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

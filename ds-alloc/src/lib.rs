@@ -7,8 +7,8 @@
 
 pub mod alloc;
 mod buffer;
-pub mod pages;
 pub mod ds;
+pub mod pages;
 pub mod pebs;
 mod record;
 mod slab;

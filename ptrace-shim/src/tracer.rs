@@ -1177,6 +1177,12 @@ impl Session {
         if ignored || !sys::default_is_fatal(sig) {
             return self.resume(tid, sig);
         }
+        // A SIGKILL already pending means the process is being killed: the
+        // stop we see is a by-product, not the cause.
+        let kill_bit = 1u64 << (libc::SIGKILL - 1);
+        if (sig_mask(tid, "ShdPnd") | sig_mask(tid, "SigPnd")) & kill_bit != 0 {
+            return self.resume(tid, 0);
+        }
         // Fatal: hold the thread here and report.
         let pid = self.spaces[self.threads[&tid].space].space.pid;
         if let Some(t) = self.threads.get_mut(&tid) {
@@ -1450,7 +1456,10 @@ fn slot_sites(space: &Space) -> Vec<u64> {
 }
 
 /// The code pages the kept records of `threads` run through, original bytes.
-fn collect_code<'a>(space: &mut Space, threads: impl Iterator<Item = &'a ThreadTrace>) -> Vec<(u64, Vec<u8>)> {
+fn collect_code<'a>(
+    space: &mut Space,
+    threads: impl Iterator<Item = &'a ThreadTrace>,
+) -> Vec<(u64, Vec<u8>)> {
     let mut pages = BTreeSet::new();
     // The vDSO has no file to symbolize from: keep all of it.
     for m in space.maps.iter().filter(|m| m.path == "[vdso]") {
