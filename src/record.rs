@@ -58,7 +58,9 @@ fn backend(rec: &RecordArgs, launched: bool) -> Result<(Chosen, Option<String>),
                 } else {
                     (Chosen::Ptrace(Backend::Fast, None), "fast")
                 };
-                let note = format!("hardware BTS unavailable ({e}); recording with the {name} recorder");
+                let why = e.to_string();
+                let why = why.trim_end_matches("; use --backend fast");
+                let note = format!("hardware BTS unavailable ({why}); recording with the {name} recorder");
                 // SAFETY: isatty only inspects the fd.
                 if unsafe { libc::isatty(2) } == 1 {
                     eprintln!("bts: note: {note}");
