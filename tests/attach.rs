@@ -223,7 +223,8 @@ fn attach_errors_name_the_cause() {
     assert!(err.contains("no process with pid 999999999"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     // A process that something else already traces.
-    let mut first = spawn_bts(&dir, &["run", "--backend", "fast", "--", fixture("long_loop").to_str().unwrap(), "100"]);
+    let mut first =
+        spawn_bts(&dir, &["run", "--backend", "fast", "--", fixture("long_loop").to_str().unwrap(), "100"]);
     let t0 = Instant::now();
     let target = loop {
         let kids =

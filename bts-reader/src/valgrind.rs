@@ -211,8 +211,11 @@ pub fn install_tool() -> Result<PathBuf, VgError> {
     let link = dir.join(PRELOAD);
     let target = preload_lib().expect("checked by unavailable()");
     if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&target, &link).map_err(io)?;
+        // Several bts processes may install at once: link aside, rename over.
+        let tmp = dir.join(format!(".link.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp).map_err(io)?;
+        std::fs::rename(&tmp, &link).map_err(io)?;
     }
     Ok(dir)
 }
