@@ -59,6 +59,15 @@ fn text_bytes(pid: u32, exe: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
+/// Waits until something traces `pid`.
+fn wait_attached(pid: u32) {
+    let t0 = Instant::now();
+    while tracer_pid(pid) == "0" {
+        assert!(t0.elapsed() < Duration::from_secs(20), "bts did not attach");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn tracer_pid(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -80,11 +89,7 @@ fn interrupting_bts_detaches_and_the_process_finishes_as_before() {
         let file = format!("attach-{name}.bts");
         let mut b = spawn_bts(&dir, &["attach", "--json", "-o", &file, &pid.to_string()]);
         // Give it time to attach and record.
-        let t0 = Instant::now();
-        while tracer_pid(pid) == "0" {
-            assert!(t0.elapsed() < Duration::from_secs(20), "bts did not attach");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_attached(pid);
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(b.id() as i32, sig) };
@@ -114,11 +119,7 @@ fn attach_to_a_multithreaded_process_traces_every_thread() {
     let (mut child, mut out) = start("threads_loop", &["150"]);
     let pid = child.id();
     let b = spawn_bts(&dir, &["attach", "--json", &pid.to_string()]);
-    let t0 = Instant::now();
-    while tracer_pid(pid) == "0" {
-        assert!(t0.elapsed() < Duration::from_secs(20), "bts did not attach");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_attached(pid);
     std::thread::sleep(Duration::from_millis(400));
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(b.id() as i32, libc::SIGINT) };
@@ -159,11 +160,7 @@ fn a_process_killed_while_attached_keeps_its_trace() {
     let (mut child, _out) = start("long_loop", &["300"]);
     let pid = child.id();
     let b = spawn_bts(&dir, &["attach", "--json", &pid.to_string()]);
-    let t0 = Instant::now();
-    while tracer_pid(pid) == "0" {
-        assert!(t0.elapsed() < Duration::from_secs(20), "bts did not attach");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_attached(pid);
     std::thread::sleep(Duration::from_millis(200));
     child.kill().unwrap();
     let (code, stdout, stderr) = wait_with_output(b);
