@@ -140,7 +140,7 @@ pub fn run(
     meta.note = note;
     let mut tf = TraceFile { meta, ..TraceFile::default() };
     let crashed_tid = signal.and(tf.meta.tid);
-    let images: Vec<&VgTrace> = if follow_fork { vr.traces.iter().collect() } else { root.clone() };
+    let images: Vec<&VgTrace> = vr.traces.iter().filter(|t| opts.keeps(t.pid, vr.pid)).collect();
     let mut generation: HashMap<i32, u32> = HashMap::new();
     let last_root = root.len();
     let mut root_seen = 0;

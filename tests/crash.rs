@@ -210,3 +210,18 @@ fn a_program_that_cannot_be_executed_is_a_clear_error() {
     assert!(err.contains("cannot execute /nonexistent/program"), "{err}");
     assert!(!err.contains("panicked"));
 }
+
+#[test]
+fn an_exec_is_followed_by_every_backend() {
+    let dir = scratch("exec_followed");
+    let bin = fixture("null_call");
+    for backend in ["fast", "valgrind"] {
+        let script = format!("exec {}", bin.display());
+        let out = bts(&dir, &["run", "--backend", backend, "--json", "--", "sh", "-c", &script]);
+        assert_eq!(out.status.code(), Some(139), "{backend}: {}", text(&out.stderr));
+        let r = json(&out);
+        let last = crashed_thread(&r)["branches"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["to"], "0x0", "{backend}");
+        assert!(last["from_sym"].as_str().unwrap().starts_with("c+"), "{backend}: {last}");
+    }
+}

@@ -229,6 +229,13 @@ pub struct VgOptions {
     pub no_aslr: bool,
 }
 
+impl VgOptions {
+    /// Keeps the traces of processes other than the first.
+    pub fn keeps(&self, pid: i32, root: i32) -> bool {
+        self.follow_children || pid == root
+    }
+}
+
 /// The outcome of a run: the exit status, what Valgrind's log says, and
 /// every trace file the tool wrote (one per process, and per exec).
 pub struct VgRun {
@@ -258,9 +265,11 @@ pub fn run(argv: &[std::ffi::OsString], o: &VgOptions) -> Result<VgRun, VgError>
         .arg(format!("--bts-out={}", work.join("t").display()))
         .arg(format!("--bts-records={}", o.records.max(1)))
         .arg(format!("--log-file={}", work.join("vg.%p.log").display()));
-    if o.follow_children {
-        cmd.arg("--trace-children=yes");
-    }
+    // An exec keeps the process: follow it (as the ptrace recorders do).
+    // Valgrind cannot tell an exec of the program from one of its children,
+    // so children run under the tool too; their traces are kept only when
+    // they are followed.
+    cmd.arg("--trace-children=yes");
     cmd.arg("--").args(argv);
     let mut child = cmd.spawn().map_err(|e| VgError::Io(format!("cannot run valgrind: {e}")))?;
     let pid = child.id() as i32;
@@ -279,7 +288,14 @@ pub fn run(argv: &[std::ffi::OsString], o: &VgOptions) -> Result<VgRun, VgError>
         .flatten()
         .map(|e| e.path())
         .collect();
-    entries.sort();
+    // PREFIX.PID.N: in (pid, n) order, so a process's execs come in order.
+    let key = |p: &PathBuf| -> (u64, u64, String) {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut parts = name.split('.').skip(1);
+        let num = |s: Option<&str>| s.and_then(|x| x.parse().ok()).unwrap_or(u64::MAX);
+        (num(parts.next()), num(parts.next()), name)
+    };
+    entries.sort_by_key(key);
     for p in entries {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if name.starts_with("vg.") {
