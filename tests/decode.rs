@@ -135,6 +135,19 @@ fn history_formats_and_call_structure() {
     assert_eq!(depth(&names[1]), depth(&names[0]) + 2);
     assert_eq!(depth(&names[3]), depth(&names[0]) + 6);
     assert!(tail[3].contains("\tinst ") && tail[3].ends_with("\tat null_call.c:7,11"), "{s}");
+    // PLT stubs are named as GDB names them, and the call through one is a
+    // tail call at the same depth.
+    let all = text(&bts(&dir, &["history", "t.bts", "--calls", "--indent", "1,1000000"]).stdout);
+    let lines: Vec<&str> = all.lines().collect();
+    let plt = lines.iter().position(|l| l.ends_with("puts@plt")).expect("a puts@plt segment");
+    let depth = |l: &str| l.split('\t').nth(1).map_or(0, |n| n.len() - n.trim_start().len());
+    // The first call goes through the lazy resolver, which then jumps to puts.
+    let callee = lines[plt + 1..]
+        .iter()
+        .filter(|l| depth(l) == depth(lines[plt]))
+        .find(|l| !l.ends_with("??") && !l.contains("_dl_runtime_resolve"))
+        .unwrap();
+    assert!(callee.trim_end().ends_with("puts"), "{callee}");
     // JSON call history links segments.
     let v: serde_json::Value =
         serde_json::from_slice(&bts(&dir, &["history", "--calls", "--json", "t.bts"]).stdout).unwrap();

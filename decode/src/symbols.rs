@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ObjectSymbolTable};
 
 /// One executable mapping of a traced image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +80,8 @@ enum Source {
 
 struct Loaded {
     source: Source,
+    /// PLT stubs: (start, end, `name@plt`), sorted.
+    plt: Vec<(u64, u64, String)>,
     /// Segments: (file offset, file size, virtual address).
     segments: Vec<(u64, u64, u64)>,
     /// The debug file used, if not the module itself.
@@ -154,7 +156,8 @@ fn load(path: &str) -> Option<Loaded> {
     let loader = addr2line::Loader::new(debug_file.as_deref().unwrap_or(Path::new(path)))
         .or_else(|_| addr2line::Loader::new(path))
         .ok()?;
-    Some(Loaded { source: Source::File(Box::new(loader)), segments, debug_file })
+    let plt = plt_stubs(&file);
+    Some(Loaded { source: Source::File(Box::new(loader)), plt, segments, debug_file })
 }
 
 /// Symbols of an ELF image held in memory (the vDSO).
@@ -169,12 +172,59 @@ fn load_image(bytes: &[u8]) -> Option<Loaded> {
         .collect();
     syms.sort();
     syms.dedup_by_key(|s| s.0);
-    Some(Loaded { source: Source::Symbols(syms), segments, debug_file: None })
+    Some(Loaded { source: Source::Symbols(syms), plt: Vec::new(), segments, debug_file: None })
+}
+
+/// Names the PLT stubs `foo@plt`, as GDB does: each stub of `.plt`,
+/// `.plt.sec` and `.plt.got` jumps through a GOT slot, and the dynamic
+/// relocation of that slot names the function.
+fn plt_stubs(file: &object::File) -> Vec<(u64, u64, String)> {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl};
+    let Some(dynsym) = file.dynamic_symbol_table() else { return Vec::new() };
+    let mut slots: HashMap<u64, String> = HashMap::new();
+    for rela in [".rela.plt", ".rela.dyn"] {
+        let Some(data) = file.section_by_name(rela).and_then(|s| s.data().ok()) else { continue };
+        for e in data.chunks_exact(24) {
+            let word = |i: usize| u64::from_le_bytes(e[i..i + 8].try_into().expect("8 bytes"));
+            let (offset, info) = (word(0), word(8));
+            let sym = (info >> 32) as usize;
+            if sym == 0 {
+                continue;
+            }
+            if let Ok(name) = dynsym.symbol_by_index(object::SymbolIndex(sym)).and_then(|s| s.name()) {
+                slots.insert(offset, name.to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (sec, entry, skip) in [(".plt", 16u64, 16u64), (".plt.sec", 16, 0), (".plt.got", 8, 0)] {
+        let Some(s) = file.section_by_name(sec) else { continue };
+        let Ok(data) = s.data() else { continue };
+        let base = s.address();
+        let mut at = skip;
+        while at + entry <= data.len() as u64 {
+            let bytes = &data[at as usize..(at + entry) as usize];
+            let mut dec = Decoder::with_ip(64, bytes, base + at, DecoderOptions::NONE);
+            for insn in dec.iter() {
+                if insn.flow_control() == FlowControl::IndirectBranch && insn.is_ip_rel_memory_operand() {
+                    if let Some(name) = slots.get(&insn.ip_rel_memory_address()) {
+                        out.push((base + at, base + at + entry, format!("{name}@plt")));
+                    }
+                    break;
+                }
+            }
+            at += entry;
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Demangles Rust and C++ symbol names; leaves C names alone (the C++
-/// demangler reads a C function named `c` as the type `char`).
+/// demangler reads a C function named `c` as the type `char`). Symbol
+/// versions (`memcpy@@GLIBC_2.14`) are dropped, as GDB does.
 pub fn demangle(name: &str) -> String {
+    let name = name.split('@').next().unwrap_or(name);
     if name.starts_with("_Z") || name.starts_with("_R") || name.starts_with("__Z") {
         addr2line::demangle_auto(name.into(), None).into_owned()
     } else {
@@ -261,6 +311,11 @@ impl Symbolizer {
                             sym.offset = probe - start;
                         }
                     }
+                }
+                Source::File(_) if l.plt.iter().any(|p| (p.0..p.1).contains(&probe)) => {
+                    let p = l.plt.iter().find(|p| (p.0..p.1).contains(&probe)).expect("checked");
+                    sym.function = Some(p.2.clone());
+                    sym.offset = probe - p.0;
                 }
                 Source::File(loader) => {
                     if let Some(s) = loader.find_symbol_info(probe) {
