@@ -210,3 +210,44 @@ fn exports_chrome_folded_and_json() {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("e.json")).unwrap()).unwrap();
     assert_eq!(v["version"], 1);
 }
+
+#[test]
+fn a_cxx_exception_unwinds_to_the_catching_frame() {
+    let dir = scratch("cxx_exception");
+    let bin = dir.join("exception");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exception.cpp");
+    let ok =
+        std::process::Command::new("c++").args(["-g", "-O0", "-o"]).arg(&bin).arg(&src).status().unwrap();
+    assert!(ok.success());
+    let out = bts(&dir, &["run", "--buffer-size", "4M", "-o", "t.bts", "--", bin.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_slice(&bts(&dir, &["history", "t.bts", "--calls", "--json", "1,10000000"]).stdout)
+            .unwrap();
+    let calls = v["calls"].as_array().unwrap();
+    let find = |name: &str, from: usize| {
+        calls.iter().enumerate().skip(from).find(|(_, c)| c["function"] == name).map(|(i, _)| i)
+    };
+    let c0 = find("catcher()", 0).expect("catcher");
+    let m = find("middle(int)", c0).expect("middle");
+    let t = find("thrower(int)", m).expect("thrower");
+    let level = |i: usize| calls[i]["level"].as_i64().unwrap();
+    assert_eq!(level(m), level(c0) + 1);
+    assert_eq!(level(t), level(c0) + 2);
+    // The unwinder runs deeper still, then lands in catcher's handler: the
+    // same instance of catcher, at catcher's level.
+    let back = find("catcher()", t).expect("catcher again");
+    assert_eq!(level(back), level(c0), "{:?}", calls[back]);
+    let mut prev = calls[back]["prev"].as_u64();
+    let mut reached = false;
+    while let Some(p) = prev {
+        if p as usize == c0 + 1 {
+            reached = true;
+            break;
+        }
+        prev = calls[p as usize - 1]["prev"].as_u64();
+    }
+    assert!(reached, "linked to the first catcher segment");
+    // Nothing ran in middle after the throw.
+    assert!(calls[t..back].iter().all(|c| c["function"] != "middle(int)"));
+}

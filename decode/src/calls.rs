@@ -94,6 +94,10 @@ impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
 
     /// The first segment up the call chain of `from` that runs `f`.
     fn find_up(&self, from: usize, f: &FnId) -> Option<usize> {
+        // Two functions without symbols cannot be told apart: no match.
+        if f.name.is_none() {
+            return None;
+        }
         let mut cur = self.segments[from].up;
         let mut steps = 0;
         while let Some(c) = cur {
@@ -156,8 +160,16 @@ impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
                             self.push(&f, self.segments[c].level + 1, Some(c), None)
                         }
                         Class::Return | Class::Syscall if !fell_through || last.class == Class::Return => {
+                            let up = self.segments[c].up;
                             match self.find_up(c, &f) {
                                 Some(u) => self.resume_in(u, &f),
+                                // Into code without symbols: back to the caller,
+                                // if it has none either.
+                                None if f.name.is_none()
+                                    && up.is_some_and(|u| self.segments[u].function.is_none()) =>
+                                {
+                                    self.resume_in(up.expect("checked"), &f)
+                                }
                                 // Returned above the start of the trace.
                                 None => self.push(&f, self.segments[c].level - 1, None, None),
                             }

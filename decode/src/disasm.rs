@@ -76,6 +76,7 @@ pub fn format_gdb(insn: &Instruction, intel: bool) -> String {
         o.set_small_hex_numbers_in_decimal(false);
         o.set_rip_relative_addresses(true);
         o.set_branch_leading_zeros(false);
+        o.set_uppercase_hex(false);
         f.format(insn, &mut out);
     }
     out
