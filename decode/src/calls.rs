@@ -95,9 +95,7 @@ impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
     /// The first segment up the call chain of `from` that runs `f`.
     fn find_up(&self, from: usize, f: &FnId) -> Option<usize> {
         // Two functions without symbols cannot be told apart: no match.
-        if f.name.is_none() {
-            return None;
-        }
+        f.name.as_ref()?;
         let mut cur = self.segments[from].up;
         let mut steps = 0;
         while let Some(c) = cur {
