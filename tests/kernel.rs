@@ -114,3 +114,62 @@ fn golden_history_lines() {
     let calls = text(&bts(&dir, &["history", "k.bts", "--calls", "--insn-range", "--indent"]).stdout);
     assert_eq!(calls, "1\t??\tinst 1,6\n");
 }
+
+#[test]
+fn random_records_give_gaps_never_a_panic() {
+    let dir = scratch("random_records");
+    // Real code bytes (a compiled fixture's text), records at random.
+    let bin = fixture("branchy");
+    let data = std::fs::read(&bin).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..4 {
+        let base = 0x1000u64;
+        let span = data.len() as u64;
+        let records: Vec<BtsRecord> = (0..500)
+            .map(|_| {
+                let pick = |r: u64| match r % 5 {
+                    0 => r,                      // anywhere, kernel included
+                    _ => base + (r >> 8) % span, // inside the code
+                };
+                BtsRecord { from: pick(next()), to: pick(next()), flags: next() % 3 }
+            })
+            .collect();
+        let tf = TraceFile {
+            meta: Meta { command: vec!["random".into()], pid: 9, outcome: "exit".into(), ..Meta::default() },
+            modules: vec![],
+            streams: vec![Stream {
+                kind: StreamKind::Thread {
+                    pid: 9,
+                    generation: 1,
+                    tid: 9,
+                    crashed: round % 2 == 0,
+                    last_pc: Some(next()),
+                },
+                capacity: 2000,
+                overwritten: 0,
+                lost: 0,
+                records,
+            }],
+            code: vec![CodeRange { pid: 9, generation: 1, addr: base, bytes: data.clone() }],
+        };
+        tf.write(&dir.join("r.bts")).unwrap();
+        for args in [
+            vec!["last-branch", "--json", "-n", "5000", "r.bts"],
+            vec!["history", "r.bts", "--json", "1,10000000"],
+            vec!["history", "r.bts", "--calls", "--lines", "--insn-range", "--indent", "1,10000000"],
+            vec!["export", "--format", "chrome", "r.bts"],
+            vec!["export", "--format", "folded", "r.bts"],
+        ] {
+            let out = bts(&dir, &args);
+            let err = text(&out.stderr);
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+            assert!(out.status.code() == Some(0) || out.status.code() == Some(1), "{args:?}: {err}");
+        }
+    }
+}
