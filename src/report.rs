@@ -336,8 +336,15 @@ fn thread_text(t: &ThreadReport) -> String {
         .collect();
     let wn = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let wf = rows.iter().map(|r| r.2.len()).max().unwrap_or(0);
+    // Long names (C++, Rust) would make lines too wide: then `to` goes on
+    // a line of its own.
+    let wide = wf + rows.iter().map(|r| r.3.len()).max().unwrap_or(0) > 140;
     for (n, kind, from, to) in &rows {
-        out += &format!("  {n:>wn$}  {kind:<11} {from:<wf$}  -> {to}\n");
+        if wide {
+            out += &format!("  {n:>wn$}  {kind:<11} {from}\n  {:>wn$}  {:<11} -> {to}\n", "", "");
+        } else {
+            out += &format!("  {n:>wn$}  {kind:<11} {from:<wf$}  -> {to}\n");
+        }
     }
     if !t.last_instructions.is_empty() {
         out += "\nLast instructions executed:\n";
