@@ -34,6 +34,27 @@ pub struct Insn {
     pub text: String,
     /// The instruction where the thread stood (not executed).
     pub current: bool,
+    /// When the code was inlined: the functions it was inlined into,
+    /// innermost first, as `function (file:line)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inlined_into: Vec<String>,
+}
+
+/// The outer frames of an inlined address, `function (file:line)`.
+fn inlined_into(img: Option<&Image>, addr: u64) -> Vec<String> {
+    let Some(img) = img else { return Vec::new() };
+    let frames = img.syms.frames(addr);
+    frames
+        .iter()
+        .skip(1)
+        .map(|f| {
+            let name = f.function.clone().unwrap_or_else(|| "??".into());
+            match (&f.file, f.line) {
+                (Some(file), Some(l)) => format!("{name} ({}:{l})", file.rsplit('/').next().unwrap_or(file)),
+                _ => name,
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,14 +203,23 @@ fn thread_report(
             branches.iter().zip(&kinds).map(|(&(f, t), k)| (f, t, *k != BranchKind::Async)).collect();
         for insn in last_instructions(code, &recs, pc, sel.insns) {
             let (sym, line) = sym_name(img, insn.ip());
-            last.push(Insn { addr: hex(insn.ip()), sym, line, text: format_insn(&insn), current: false });
+            let inl = inlined_into(img, insn.ip());
+            last.push(Insn {
+                addr: hex(insn.ip()),
+                sym,
+                line,
+                text: format_insn(&insn),
+                current: false,
+                inlined_into: inl,
+            });
         }
         let (sym, line) = sym_name(img, pc);
         let text = match decode::classify::decode_at(code, pc) {
             Some(i) => format_insn(&i),
             None => "<no code at this address>".to_string(),
         };
-        last.push(Insn { addr: hex(pc), sym, line, text, current: true });
+        let inl = inlined_into(img, pc);
+        last.push(Insn { addr: hex(pc), sym, line, text, current: true, inlined_into: inl });
     }
     ThreadReport {
         tid,
@@ -361,7 +391,11 @@ fn thread_text(t: &ThreadReport) -> String {
             }
             let mark = if i.current { "=>" } else { "  " };
             let line = i.line.as_deref().map(|l| format!("   {l}")).unwrap_or_default();
-            out += &format!("  {mark} {head:<w$}  {}{line}\n", i.text);
+            let inl = match i.inlined_into.first() {
+                Some(outer) => format!("   [inlined into {outer}]"),
+                None => String::new(),
+            };
+            out += &format!("  {mark} {head:<w$}  {}{line}{inl}\n", i.text);
         }
     }
     out

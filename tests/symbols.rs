@@ -122,3 +122,19 @@ fn the_vdso_is_symbolized_from_the_trace() {
         .count();
     assert!(into_vdso >= 3, "three clock reads through the vDSO");
 }
+
+#[test]
+fn a_crash_inside_inlined_code_names_the_function_it_was_inlined_into() {
+    let dir = scratch("sym_inline_crash");
+    let bin = fixture("inline_crash");
+    for backend in ["fast", "valgrind"] {
+        let out = bts(&dir, &["run", "--backend", backend, "--json", "--", bin.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(139), "{}", text(&out.stderr));
+        let r = json(&out);
+        let cur = crashed_thread(&r)["last_instructions"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(cur["current"], true);
+        assert!(cur["line"].as_str().unwrap().ends_with("inline_crash.c:4"), "{backend}: {cur}");
+        let outer = cur["inlined_into"][0].as_str().unwrap();
+        assert!(outer.starts_with("outer (inline_crash.c:5"), "{backend}: {outer}");
+    }
+}
