@@ -110,3 +110,46 @@ fn identical_on_the_crashing_worker_thread() {
     assert!(step.len() > 100, "{}", step.len());
     assert_eq!(step, fast);
 }
+
+#[test]
+fn identical_per_thread_when_threads_share_a_single_stepped_site() {
+    // Far jumps cannot be emulated: the fast recorder lifts the int3 and
+    // single-steps them, stopping the other thread meanwhile so it cannot
+    // run through the site unrecorded.
+    let dir = scratch("compare_far_jumps");
+    let bin = fixture("far_jumps");
+    let workers = |backend: &str| -> Vec<Vec<(String, String)>> {
+        let file = format!("{backend}.bts");
+        let out = bts(
+            &dir,
+            &[
+                "run",
+                "--backend",
+                backend,
+                "--no-aslr",
+                "--buffer-size",
+                "1M",
+                "--report",
+                "never",
+                "-o",
+                &file,
+                "--",
+                bin.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "450 450\n");
+        let r = json(&bts(&dir, &["last-branch", "--json", "--all-threads", "-n", "100000", &file]));
+        let mut ts: Vec<&serde_json::Value> =
+            r["threads"].as_array().unwrap().iter().filter(|t| t["tid"] != r["pid"]).collect();
+        ts.sort_by_key(|t| t["tid"].as_i64());
+        ts.iter().map(|t| pairs(t)).collect()
+    };
+    let step = workers("step");
+    let fast = workers("fast");
+    assert_eq!(step.len(), 2);
+    for (s, f) in step.iter().zip(&fast) {
+        assert!(s.len() > 600, "{}", s.len());
+        assert_eq!(s, f);
+    }
+}

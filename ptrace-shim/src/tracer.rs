@@ -198,6 +198,12 @@ pub struct Session {
     /// The branch source of the hardware backend.
     source: Option<Box<dyn HardwareSource>>,
     insn_log: Option<std::io::BufWriter<std::fs::File>>,
+    /// Wait results of threads stopped while one thread stepped over a
+    /// lifted int3, handled once it is back.
+    deferred: std::collections::VecDeque<Wait>,
+    /// Threads stopped so that none runs past a lifted int3 (the stepping
+    /// thread, and those to resume after).
+    world_stopped: Option<(Pid, Vec<Pid>)>,
 }
 
 fn trace_options(launched: bool) -> i32 {
@@ -252,6 +258,17 @@ fn thread_cpu(tid: Pid) -> Option<u32> {
     // The command name may hold spaces and parentheses: count after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(36)?.parse().ok()
+}
+
+/// The task a wait result is about.
+fn wait_pid(w: &Wait) -> Pid {
+    match *w {
+        Wait::Exited(p, _)
+        | Wait::Signaled(p, _)
+        | Wait::Signal(p, _)
+        | Wait::Syscall(p)
+        | Wait::Event(p, _, _) => p,
+    }
 }
 
 fn empty_buffer() -> BtsBuffer {
@@ -366,6 +383,8 @@ impl Session {
             pinned_cpu: None,
             source: None,
             insn_log: None,
+            deferred: std::collections::VecDeque::new(),
+            world_stopped: None,
         }
     }
 
@@ -733,6 +752,12 @@ impl Session {
                 self.outcome = Some(Outcome::Exited(0));
                 continue;
             }
+            if self.world_stopped.is_none() {
+                if let Some(w) = self.deferred.pop_front() {
+                    self.handle(w)?;
+                    continue;
+                }
+            }
             let w = match sys::wait(-1) {
                 Ok(Some(w)) => w,
                 Ok(None) => continue,
@@ -789,6 +814,11 @@ impl Session {
                     }
                     sys::singlestep(tid, sig)
                 }
+                // A single step in flight (an int3 lifted, a handler being
+                // entered) was interrupted by a stray stop: finish the step.
+                Backend::Fast if matches!(t.pending, Pending::Step { .. } | Pending::Handler { .. }) => {
+                    sys::singlestep(tid, sig)
+                }
                 Backend::Fast => {
                     let pc = match sys::get_regs(tid) {
                         Ok(r) => r.rip,
@@ -839,6 +869,7 @@ impl Session {
     }
 
     fn thread_gone(&mut self, tid: Pid, how: Outcome) -> Result<()> {
+        self.restart_the_world(tid)?;
         if let Some(t) = self.threads.remove(&tid) {
             let idx = t.space;
             let alive = self.threads.values().any(|o| o.space == idx);
@@ -1135,6 +1166,7 @@ impl Session {
             if let Some(slot) = self.space_of(tid) {
                 let _ = slot.space.relower(from);
             }
+            self.restart_the_world(tid)?;
         }
         if let Some(t) = self.threads.get_mut(&tid) {
             t.pending = Pending::None;
@@ -1224,6 +1256,7 @@ impl Session {
     /// int3 and single-stepping.
     fn step_over(&mut self, tid: Pid, site: u64, regs: Regs) -> Result<()> {
         sys::set_regs(tid, &regs).map_err(|e| Error::os("PTRACE_SETREGS", e))?;
+        self.stop_the_world(tid)?;
         if let Some(slot) = self.space_of(tid) {
             slot.space.lift(site).map_err(|e| Error::os("restoring a breakpoint byte", e))?;
         }
@@ -1232,6 +1265,62 @@ impl Session {
         }
         match sys::singlestep(tid, 0) {
             Ok(()) | Err(_) => Ok(()),
+        }
+    }
+
+    /// Stops every other thread sharing `tid`'s memory, so none runs past
+    /// the int3 lifted for `tid`'s single step; their other events wait.
+    fn stop_the_world(&mut self, tid: Pid) -> Result<()> {
+        let Some(space) = self.threads.get(&tid).map(|t| t.space) else { return Ok(()) };
+        // Threads whose stop waits in `deferred` are stopped already.
+        let parked: HashSet<Pid> = self.deferred.iter().map(wait_pid).collect();
+        let others: Vec<Pid> = self
+            .threads
+            .values()
+            .filter(|t| t.space == space && t.tid != tid && t.held.is_none() && !t.exiting)
+            .filter(|t| !parked.contains(&t.tid))
+            .map(|t| t.tid)
+            .collect();
+        let mut waiting: HashSet<Pid> = HashSet::new();
+        for &o in &others {
+            if sys::interrupt(o).is_ok() {
+                waiting.insert(o);
+            }
+        }
+        let mut stopped = Vec::new();
+        while !waiting.is_empty() {
+            let w = match sys::wait(-1) {
+                Ok(Some(w)) => w,
+                Ok(None) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
+                Err(e) => return Err(Error::os("waitpid", e)),
+            };
+            let pid = wait_pid(&w);
+            match w {
+                Wait::Event(p, sys::EVENT_STOP, _) if waiting.remove(&p) => stopped.push(p),
+                other => {
+                    waiting.remove(&pid);
+                    self.deferred.push_back(other);
+                }
+            }
+        }
+        self.world_stopped = Some((tid, stopped));
+        Ok(())
+    }
+
+    /// The single step over a lifted int3 is over: the others run again.
+    fn restart_the_world(&mut self, tid: Pid) -> Result<()> {
+        match self.world_stopped.take() {
+            Some((t, stopped)) if t == tid => {
+                for o in stopped {
+                    self.resume(o, 0)?;
+                }
+                Ok(())
+            }
+            other => {
+                self.world_stopped = other;
+                Ok(())
+            }
         }
     }
 
@@ -1260,6 +1349,9 @@ impl Session {
             None => !(to > from && to <= from + 15),
         };
         let syscall = slot.space.insn(from).is_some_and(|i| is_syscall(&i));
+        if lifted {
+            self.restart_the_world(tid)?;
+        }
         if syscall {
             self.after_syscall(tid, &regs);
         }
@@ -1295,17 +1387,28 @@ impl Session {
     /// Stops every thread, removes every int3, and detaches, leaving each
     /// thread where it was and any signal it was about to get still pending.
     fn detach_all(&mut self) -> Result<()> {
-        let tids: Vec<Pid> = self.threads.keys().copied().collect();
+        // Threads stopped around a lifted int3 are stopped already.
+        if let Some((_, stopped)) = self.world_stopped.take() {
+            for t in stopped {
+                if let Some(th) = self.threads.get_mut(&t) {
+                    th.held = Some(0);
+                }
+            }
+        }
+        let tids: Vec<Pid> = self.threads.iter().filter(|(_, t)| t.held.is_none()).map(|(&p, _)| p).collect();
         for &tid in &tids {
             let _ = sys::interrupt(tid);
         }
-        // Collect a stop from every live thread.
+        // Collect a stop from every live thread: first those already waiting.
         while self.threads.values().any(|t| t.held.is_none()) {
-            let w = match sys::wait(-1) {
-                Ok(Some(w)) => w,
-                Ok(None) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
-                Err(e) => return Err(Error::os("waitpid", e)),
+            let w = match self.deferred.pop_front() {
+                Some(w) => w,
+                None => match sys::wait(-1) {
+                    Ok(Some(w)) => w,
+                    Ok(None) => continue,
+                    Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
+                    Err(e) => return Err(Error::os("waitpid", e)),
+                },
             };
             match w {
                 Wait::Event(tid, ev, _) if ev != sys::EVENT_STOP => {
