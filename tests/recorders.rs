@@ -18,26 +18,8 @@ fn trace_thread(
 ) -> (Vec<(String, String)>, Option<i32>) {
     let bin = fixture(fixture_name);
     let file = format!("{fixture_name}-{backend}.bts");
-    let out = bts(
-        dir,
-        &[
-            "run",
-            "--backend",
-            backend,
-            "--no-aslr",
-            "--buffer-size",
-            "2M",
-            "--report",
-            "never",
-            "-o",
-            &file,
-            "--",
-            bin.to_str().unwrap(),
-        ],
-    );
+    let (out, r) = record_whole(dir, backend, &bin, &file, "2M");
     let code = out.status.code();
-    assert_ne!(code, Some(125), "{}", text(&out.stderr));
-    let r = json(&bts(dir, &["last-branch", "--json", "-n", "100000000", &file]));
     let pick = |t: &&serde_json::Value| if crashed { t["crashed"] == true } else { t["tid"] == r["pid"] };
     let t = r["threads"].as_array().unwrap().iter().find(pick).expect("the thread").clone();
     assert_eq!(t["lost"], 0, "the buffer held the whole run");
@@ -120,26 +102,9 @@ fn identical_per_thread_when_threads_share_a_single_stepped_site() {
     let bin = fixture("far_jumps");
     let workers = |backend: &str| -> Vec<Vec<(String, String)>> {
         let file = format!("{backend}.bts");
-        let out = bts(
-            &dir,
-            &[
-                "run",
-                "--backend",
-                backend,
-                "--no-aslr",
-                "--buffer-size",
-                "1M",
-                "--report",
-                "never",
-                "-o",
-                &file,
-                "--",
-                bin.to_str().unwrap(),
-            ],
-        );
+        let (out, r) = record_whole(&dir, backend, &bin, &file, "1M");
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         assert_eq!(text(&out.stdout), "450 450\n");
-        let r = json(&bts(&dir, &["last-branch", "--json", "--all-threads", "-n", "100000", &file]));
         let mut ts: Vec<&serde_json::Value> =
             r["threads"].as_array().unwrap().iter().filter(|t| t["tid"] != r["pid"]).collect();
         ts.sort_by_key(|t| t["tid"].as_i64());

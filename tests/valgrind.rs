@@ -91,25 +91,7 @@ fn exit_codes_and_handled_signals_pass_through() {
 /// same addresses natively and under Valgrind).
 fn own_branches(dir: &Path, backend: &str, bin: &Path) -> Vec<(String, String)> {
     let file = format!("{backend}.bts");
-    let out = bts(
-        dir,
-        &[
-            "run",
-            "--backend",
-            backend,
-            "--no-aslr",
-            "--buffer-size",
-            "4M",
-            "--report",
-            "never",
-            "-o",
-            &file,
-            "--",
-            bin.to_str().unwrap(),
-        ],
-    );
-    assert_ne!(out.status.code(), Some(125), "{}", text(&out.stderr));
-    let r = json(&bts(dir, &["last-branch", "--json", "-n", "100000000", &file]));
+    let (_, r) = record_whole(dir, backend, bin, &file, "4M");
     let t = r["threads"].as_array().unwrap().iter().find(|t| t["tid"] == r["pid"]).unwrap().clone();
     assert_eq!(t["lost"], 0);
     let own = |a: &str| {

@@ -78,3 +78,35 @@ pub fn pairs(thread: &serde_json::Value) -> Vec<(String, String)> {
         .map(|b| (b["from"].as_str().unwrap().to_string(), b["to"].as_str().unwrap().to_string()))
         .collect()
 }
+
+/// Records `bin` with `backend` (ASLR off, buffers of `buffer`) into
+/// `dir/file`, and returns the run's output and the whole trace as
+/// `last-branch --json --all-threads` reports it.
+pub fn record_whole(
+    dir: &Path,
+    backend: &str,
+    bin: &Path,
+    file: &str,
+    buffer: &str,
+) -> (Output, serde_json::Value) {
+    let out = bts(
+        dir,
+        &[
+            "run",
+            "--backend",
+            backend,
+            "--no-aslr",
+            "--buffer-size",
+            buffer,
+            "--report",
+            "never",
+            "-o",
+            file,
+            "--",
+            bin.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let r = json(&bts(dir, &["last-branch", "--json", "--all-threads", "-n", "100000000", file]));
+    (out, r)
+}
