@@ -105,7 +105,14 @@ pub fn run(
     }
     let records = ((rec.buffer_size + KERNEL_SLACK) / BTS_RECORD_SIZE) as u64;
     let opts = VgOptions { records, follow_children: follow_fork, no_aslr };
-    let vr = match valgrind::run(&command, &opts) {
+    // Ctrl-C reaches the program by itself (same process group); bts stays
+    // to read the trace, and passes SIGTERM and SIGHUP on.
+    if let Err(e) = ptrace_shim::install_stop_handlers() {
+        eprintln!("bts: cannot install signal handlers: {e}");
+        return i32::from(EXIT_BTS_FAILED);
+    }
+    let mut pass = || ptrace_shim::stop_requested().filter(|&s| s != libc::SIGINT);
+    let vr = match valgrind::run(&command, &opts, &mut pass) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("bts: {e}");

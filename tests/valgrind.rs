@@ -145,3 +145,33 @@ fn avx512_is_refused_with_the_way_out() {
     assert!(err.contains("AVX-512") && err.contains("--backend fast"), "{err}");
     assert_ne!(out.status.code(), Some(0));
 }
+
+#[test]
+fn sigterm_to_bts_reaches_the_program_and_the_trace_is_kept() {
+    assert!(vg_available());
+    let dir = scratch("vg_sigterm");
+    let bin = fixture("long_loop");
+    let mut child = std::process::Command::new(BTS)
+        .args(["run", "--backend", "valgrind", "--json", "--"])
+        .arg(&bin)
+        .arg("500")
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the program get going under Valgrind.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut out = String::new();
+    use std::io::Read;
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert_eq!(status.code(), Some(128 + 15));
+    let r: serde_json::Value =
+        serde_json::from_str(&out[out.find("\n{").map(|i| i + 1).unwrap_or(0)..]).unwrap();
+    assert_eq!(r["outcome"]["signal_name"], "SIGTERM");
+    assert!(r["threads"][0]["recorded"].as_u64().unwrap() > 0);
+    assert!(dir.join(r["trace_file"].as_str().unwrap()).exists());
+}

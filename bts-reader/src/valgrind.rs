@@ -247,8 +247,14 @@ pub struct VgRun {
     pub bad: Vec<(PathBuf, String)>,
 }
 
-/// Runs `argv` under the tool; the program's stdio is bts's.
-pub fn run(argv: &[std::ffi::OsString], o: &VgOptions) -> Result<VgRun, VgError> {
+/// Runs `argv` under the tool; the program's stdio is bts's. `signal_to_pass`
+/// is polled while the program runs: a signal it returns is sent on to the
+/// program (bts itself stays to read the trace).
+pub fn run(
+    argv: &[std::ffi::OsString],
+    o: &VgOptions,
+    signal_to_pass: &mut dyn FnMut() -> Option<i32>,
+) -> Result<VgRun, VgError> {
     let lib = install_tool()?;
     let work = std::env::temp_dir().join(format!("bts-vg-{}-{}", std::process::id(), unique()));
     std::fs::create_dir_all(&work).map_err(|e| VgError::Io(format!("{}: {e}", work.display())))?;
@@ -274,11 +280,17 @@ pub fn run(argv: &[std::ffi::OsString], o: &VgOptions) -> Result<VgRun, VgError>
     let mut child = cmd.spawn().map_err(|e| VgError::Io(format!("cannot run valgrind: {e}")))?;
     let pid = child.id() as i32;
     let status = loop {
-        match child.wait() {
-            Ok(s) => break s,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(VgError::Io(format!("waiting for valgrind: {e}"))),
         }
+        if let Some(sig) = signal_to_pass() {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(pid, sig) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     };
     let mut traces = Vec::new();
     let mut bad = Vec::new();
