@@ -62,3 +62,29 @@ fn the_perf_backend_fails_up_front_with_the_kernels_reason() {
     let why = reason.trim_end_matches("; use --backend fast");
     assert!(note.starts_with("hardware BTS unavailable") && note.contains(why), "{note}");
 }
+
+#[test]
+fn pebs_is_owned_through_the_allocator_and_refused_here_for_real() {
+    use ds_alloc::{Allocator, Target};
+    let mut alloc = Allocator::new();
+    let first = alloc.register("first", 64 << 20);
+    let second = alloc.register("second", 64 << 20);
+    let me = std::process::id() as i32;
+    match bts_reader::perf::open_pebs(&mut alloc, first, me, 10_000, 8192) {
+        Ok(ev) => {
+            // A machine with PEBS: the second tracer is refused as busy.
+            let e = bts_reader::perf::open_pebs(&mut alloc, second, me, 10_000, 8192).err().unwrap();
+            assert!(e.to_string().contains("owned by first"), "{e}");
+            drop(ev);
+        }
+        Err(e) => {
+            // Refused by the kernel or the CPU here, with a reason; the
+            // ownership was given back, so the second tracer may try.
+            assert!(!e.to_string().is_empty());
+            assert_eq!(alloc.pebs_owner(Target::Task(me as u32)), None);
+            let e2 = bts_reader::perf::open_pebs(&mut alloc, second, me, 10_000, 8192).err().unwrap();
+            assert_eq!(e2.to_string(), e.to_string());
+            assert_eq!(alloc.charged_pages(second).unwrap(), 0, "a refused request costs nothing");
+        }
+    }
+}

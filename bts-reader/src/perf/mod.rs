@@ -8,5 +8,5 @@ pub mod pebs;
 pub mod ring;
 
 pub use error::PerfError;
-pub use open::{open_bts, open_intel_bts, probe_bts, BtsEvent, IntelBtsEvent};
+pub use open::{open_bts, open_intel_bts, open_pebs, probe_bts, BtsEvent, IntelBtsEvent, PebsEvent};
 pub use ring::{parse_bts_ring, read_bts_ring, BtsRead, MmapHeader, RingSource};

@@ -231,3 +231,60 @@ impl IntelBtsEvent {
 pub fn probe_bts() -> Result<(), PerfError> {
     open_bts(0, PAGE).map(drop)
 }
+
+/// A PEBS sampling event of one thread, owned through the allocator.
+pub struct PebsEvent {
+    _fd: OwnedFd,
+    map: Mapping,
+    data_size: usize,
+    pub owner: ds_alloc::PebsHandle,
+}
+
+/// Takes PEBS ownership of `tid` for `tracer` in `alloc` (a second tracer
+/// gets the allocator's "busy" error before any system call), then opens a
+/// precise sampling event; on failure the ownership is given back.
+pub fn open_pebs(
+    alloc: &mut ds_alloc::Allocator,
+    tracer: ds_alloc::TracerId,
+    tid: i32,
+    period: u64,
+    bytes: usize,
+) -> Result<PebsEvent, PerfError> {
+    let c = CpuInfo::read();
+    let pages = ring_pages(bytes);
+    let config = ds_alloc::PebsConfig {
+        format: ds_alloc::PebsFormat::Adaptive,
+        reset: period,
+        records: pages * PAGE / 176,
+    };
+    let owner = alloc
+        .request_pebs(tracer, ds_alloc::Target::Task(tid as u32), config)
+        .map_err(|e| PerfError::Os(e.to_string()))?;
+    let opened = (|| {
+        if !c.is_intel() {
+            return Err(PerfError::NoBts { cpu: c.vendor.clone(), why: "(PEBS is an Intel feature)".into() });
+        }
+        let mut attr = pebs_attr(period);
+        let fd = open(&mut attr, tid).map_err(|e| error::diagnose_open(e, &c))?;
+        let map = Mapping::new(&fd, (pages + 1) * PAGE, 0, true)
+            .map_err(|e| error::diagnose_mmap(e, pages as u64))?;
+        Ok((fd, map))
+    })();
+    match opened {
+        Ok((fd, map)) => Ok(PebsEvent { _fd: fd, map, data_size: pages * PAGE, owner }),
+        Err(e) => {
+            let _ = alloc.release_pebs(tracer, owner);
+            Err(e)
+        }
+    }
+}
+
+impl PebsEvent {
+    /// The samples the kernel wrote since `tail`, as PEBS records.
+    pub fn read(&self, tail: u64) -> (Vec<ds_alloc::PebsRecord>, u64) {
+        let head = self.map.read_u64(ring::OFF_DATA_HEAD);
+        let data = &self.map.bytes()[PAGE..PAGE + self.data_size];
+        let (recs, _) = super::pebs::parse_pebs_ring(data, tail, head, super::pebs::GPR_MASK);
+        (recs, head)
+    }
+}

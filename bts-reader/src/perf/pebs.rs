@@ -83,3 +83,71 @@ mod tests {
         assert_eq!(GPR_MASK.count_ones(), 18);
     }
 }
+
+/// PEBS samples of a (non-overwriting, unwrapped or wrapped) data ring read
+/// forwards from `tail` to `head`; records of other types are skipped, a
+/// bad size ends the read. Returns the records and whether it ended early.
+pub fn parse_pebs_ring(ring: &[u8], tail: u64, head: u64, regs_mask: u64) -> (Vec<PebsRecord>, bool) {
+    let size = ring.len() as u64;
+    let mut out = Vec::new();
+    if size == 0 || head < tail || head - tail > size {
+        return (out, true);
+    }
+    let byte = |at: u64| ring[(at % size) as usize];
+    let mut pos = tail;
+    while pos + 8 <= head {
+        let hdr: Vec<u8> = (0..8).map(|i| byte(pos + i)).collect();
+        let kind = u32::from_le_bytes(hdr[0..4].try_into().expect("4"));
+        let len = u64::from(u16::from_le_bytes([hdr[6], hdr[7]]));
+        if len < 8 || pos + len > head {
+            return (out, true);
+        }
+        if kind == super::ring::PERF_RECORD_SAMPLE {
+            let body: Vec<u8> = (8..len).map(|i| byte(pos + i)).collect();
+            match parse_sample(&body, regs_mask) {
+                Some(r) => out.push(r),
+                None => return (out, true),
+            }
+        }
+        pos += len;
+    }
+    (out, false)
+}
+
+#[cfg(test)]
+mod ring_tests {
+    use super::*;
+
+    fn sample(ip: u64) -> Vec<u8> {
+        let mut body: Vec<u64> = vec![ip, 0x1000, 2];
+        body.extend(0..18u64);
+        let mut b = super::super::ring::PERF_RECORD_SAMPLE.to_le_bytes().to_vec();
+        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(&((8 + body.len() * 8) as u16).to_le_bytes());
+        b.extend(body.iter().flat_map(|w| w.to_le_bytes()));
+        b
+    }
+
+    #[test]
+    fn samples_wrapping_around_the_ring() {
+        let one = sample(1).len();
+        let mut ring = vec![0u8; 1024];
+        // Three samples of 176 bytes written from offset 800: the second wraps.
+        let mut at = 800u64;
+        for ip in [0x401000u64, 0x402000, 0x403000] {
+            for (i, b) in sample(ip).iter().enumerate() {
+                ring[((at + i as u64) % 1024) as usize] = *b;
+            }
+            at += one as u64;
+        }
+        let (recs, early) = parse_pebs_ring(&ring, 800, at, GPR_MASK);
+        assert!(!early);
+        assert_eq!(recs.iter().map(|r| r.ip).collect::<Vec<_>>(), vec![0x401000, 0x402000, 0x403000]);
+        assert_eq!(recs[1].gprs.unwrap().r[7], 17);
+        // A size that runs past the head ends the read.
+        let (recs, early) = parse_pebs_ring(&ring, 800, at - 8, GPR_MASK);
+        assert!(early);
+        assert_eq!(recs.len(), 2);
+        assert!(parse_pebs_ring(&ring, 10, 5, GPR_MASK).1);
+    }
+}
