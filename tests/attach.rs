@@ -219,6 +219,13 @@ fn attach_errors_name_the_cause() {
     let err = text(&out.stderr);
     assert!(err.contains("no process with pid 999999999"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
+    // A process that has exited but was not reaped yet.
+    let mut zombie = Command::new("true").spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = bts(&dir, &["attach", &zombie.id().to_string()]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("has already exited"), "{}", text(&out.stderr));
+    zombie.wait().unwrap();
     // A process that something else already traces.
     let mut first =
         spawn_bts(&dir, &["run", "--backend", "fast", "--", fixture("long_loop").to_str().unwrap(), "100"]);

@@ -493,6 +493,11 @@ impl Session {
         if pid <= 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             return Err(Error::NoSuchProcess { pid });
         }
+        if status_field(pid, "State").is_some_and(|s| s.starts_with('Z') || s.starts_with('X')) {
+            return Err(Error::Invalid(format!(
+                "pid {pid} has already exited (a zombie waiting for its parent)"
+            )));
+        }
         if status_field(pid, "Tgid").and_then(|t| t.parse::<Pid>().ok()) != Some(pid) {
             return Err(Error::Invalid(format!("{pid} is a thread, not a process: attach to its process")));
         }
