@@ -166,8 +166,6 @@ struct SpaceSlot {
     /// The int3 bytes are gone: after a crash, or while detaching.
     released: bool,
     released_sites: HashSet<u64>,
-    /// Traced for its records (false: a not-followed vfork child's view).
-    followed: bool,
 }
 
 /// A tracing session over one program and, with `follow_fork`, its children.
@@ -603,12 +601,7 @@ impl Session {
     fn new_space(&mut self, pid: Pid, generation: u32) -> Result<usize> {
         let mut space = Space::new(pid, generation).map_err(|e| Error::os(format!("/proc/{pid}/mem"), e))?;
         space.refresh_maps();
-        self.spaces.push(SpaceSlot {
-            space,
-            released: false,
-            released_sites: HashSet::new(),
-            followed: true,
-        });
+        self.spaces.push(SpaceSlot { space, released: false, released_sites: HashSet::new() });
         Ok(self.spaces.len() - 1)
     }
 
@@ -890,9 +883,6 @@ impl Session {
     /// Keeps a finished thread's trace with its image.
     fn park_thread(&mut self, space: usize, trace: ThreadTrace, image_done: bool) {
         let slot = &mut self.spaces[space];
-        if !slot.followed {
-            return;
-        }
         let key = (slot.space.pid, slot.space.generation);
         let pos = self.finished.iter().position(|i| (i.pid, i.generation) == key);
         let image = match pos {
@@ -967,7 +957,7 @@ impl Session {
     }
 
     fn new_task(&mut self, parent: Pid, child: Pid, parent_space: usize, ev: i32) -> Result<()> {
-        let follow = self.opts.follow_fork && self.spaces[parent_space].followed;
+        let follow = self.opts.follow_fork;
         match ev {
             sys::EVENT_CLONE => {
                 let record = self.threads.get(&parent).is_some_and(|t| t.record);
@@ -985,12 +975,7 @@ impl Session {
                         .fork_copy(child)
                         .map_err(|e| Error::os(format!("/proc/{child}/mem"), e))?;
                     let released = self.spaces[parent_space].released;
-                    self.spaces.push(SpaceSlot {
-                        space: copy,
-                        released,
-                        released_sites: HashSet::new(),
-                        followed: true,
-                    });
+                    self.spaces.push(SpaceSlot { space: copy, released, released_sites: HashSet::new() });
                     let idx = self.spaces.len() - 1;
                     self.add_thread(child, idx, true)?;
                     // The child's history starts with its parent's.
