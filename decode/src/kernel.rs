@@ -35,7 +35,7 @@ pub struct Branch {
 /// True for a kernel address: bit 63 set, or at or above the kernel's
 /// `_text` when it is known.
 pub fn is_kernel(addr: u64, kernel_text: Option<u64>) -> bool {
-    addr >> 63 == 1 || kernel_text.is_some_and(|t| addr >= t)
+    ds_alloc::is_kernel_address(addr) || kernel_text.is_some_and(|t| addr >= t)
 }
 
 /// Options of the filter.

@@ -17,7 +17,7 @@ pub use alloc::{Allocator, BtsHandle, PebsHandle, Target, TracerId, KERNEL_SLACK
 pub use buffer::BtsBuffer;
 pub use ds::DsArea;
 pub use pebs::{PebsConfig, PebsFormat, PebsRecord};
-pub use record::{BtsRecord, ContextKind, RecordKind, BTS_RECORD_SIZE, FLAG_PREDICTED};
+pub use record::{is_kernel_address, BtsRecord, ContextKind, RecordKind, BTS_RECORD_SIZE, FLAG_PREDICTED};
 
 /// Errors of the DS model.
 #[derive(Debug, thiserror::Error)]

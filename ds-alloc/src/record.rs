@@ -9,6 +9,11 @@ pub const FLAG_PREDICTED: u64 = 1 << 4;
 /// `from` of a context ("escape") record, without its qualifier nibble.
 const ESCAPE: u64 = !0xF;
 
+/// True for a kernel address as BTS records leak them: bit 63 set.
+pub const fn is_kernel_address(addr: u64) -> bool {
+    addr >> 63 == 1
+}
+
 /// One BTS record, exactly as the Debug Store hardware writes it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

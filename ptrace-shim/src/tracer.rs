@@ -792,23 +792,15 @@ impl Session {
             match self.opts.backend {
                 Backend::Hardware => {
                     // The hardware records; ptrace only watches events.
-                    if let Ok(r) = sys::get_regs(tid) {
-                        if let Some(t) = self.threads.get_mut(&tid) {
-                            t.last_pc = Some(r.rip);
-                        }
-                    }
+                    self.note_pc(tid);
                     sys::cont(tid, sig)
                 }
                 Backend::Step => {
-                    let pc = match sys::get_regs(tid) {
-                        Ok(r) => r.rip,
-                        Err(_) => return Ok(()),
-                    };
+                    let Some(pc) = self.note_pc(tid) else { return Ok(()) };
                     if let Some(t) = self.threads.get_mut(&tid) {
                         if t.pending == Pending::None {
                             t.pending = Pending::Step { from: pc, lifted: false };
                         }
-                        t.last_pc = Some(pc);
                     }
                     sys::singlestep(tid, sig)
                 }
@@ -818,13 +810,7 @@ impl Session {
                     sys::singlestep(tid, sig)
                 }
                 Backend::Fast => {
-                    let pc = match sys::get_regs(tid) {
-                        Ok(r) => r.rip,
-                        Err(_) => return Ok(()),
-                    };
-                    if let Some(t) = self.threads.get_mut(&tid) {
-                        t.last_pc = Some(pc);
-                    }
+                    let Some(pc) = self.note_pc(tid) else { return Ok(()) };
                     if self.prepare_fast(tid, pc) {
                         sys::syscall(tid, sig)
                     } else {
@@ -842,6 +828,16 @@ impl Session {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
             Err(e) => Err(Error::os(format!("resuming thread {tid}"), e)),
         }
+    }
+
+    /// Reads the thread's instruction pointer and keeps it as its last pc;
+    /// `None` if the thread is gone.
+    fn note_pc(&mut self, tid: Pid) -> Option<u64> {
+        let pc = sys::get_regs(tid).ok()?.rip;
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.last_pc = Some(pc);
+        }
+        Some(pc)
     }
 
     /// Makes sure the straight-line run from `pc` ends in a breakpoint.

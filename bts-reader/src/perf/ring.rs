@@ -99,10 +99,8 @@ pub struct BtsRead {
     pub incomplete: bool,
 }
 
-/// A kernel address: bit 63 set.
-pub fn is_kernel(addr: u64) -> bool {
-    addr >> 63 == 1
-}
+/// A kernel address (bit 63 set), as ds-alloc defines it for every source.
+pub use ds_alloc::is_kernel_address as is_kernel;
 
 /// The 24 bytes ending at ring offset `end` (1..=size), wrapping.
 #[inline]
