@@ -210,10 +210,23 @@ pub fn emulate(insn: &Instruction, outcome: Outcome, regs: &mut Regs, space: &Sp
 /// True if a conditional branch of `insn` is taken when execution went from
 /// it to `next`, as seen after single-stepping it.
 pub fn stepped_branch_taken(insn: &Instruction, next: u64) -> bool {
+    if raises_sigtrap(insn) {
+        return false;
+    }
     match insn.flow_control() {
         FlowControl::Next => false,
         FlowControl::ConditionalBranch => next != insn.next_ip(),
         _ => true,
+    }
+}
+
+/// True for an instruction that raises SIGTRAP by itself when executed
+/// (`int1`, `int3` in either encoding): a trap that is the program's.
+pub fn raises_sigtrap(insn: &Instruction) -> bool {
+    match insn.mnemonic() {
+        Mnemonic::Int1 | Mnemonic::Int3 => true,
+        Mnemonic::Int => insn.immediate8() == 3,
+        _ => false,
     }
 }
 

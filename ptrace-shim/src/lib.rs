@@ -17,6 +17,7 @@ mod signals;
 mod space;
 pub mod sys;
 mod tracer;
+mod traps;
 
 pub use maps::Mapping;
 pub use signals::{install_stop_handlers, stop_requested};

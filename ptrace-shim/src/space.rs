@@ -173,7 +173,8 @@ impl Space {
         self.bps.contains_key(&addr)
     }
 
-    /// Plants an int3 at `addr` (idempotent).
+    /// Plants an int3 at `addr` (idempotent). The program's own int3 is
+    /// left alone: it traps by itself, and that trap is the program's.
     pub fn plant(&mut self, addr: u64) -> io::Result<()> {
         if self.bps.contains_key(&addr) {
             return Ok(());
@@ -181,6 +182,9 @@ impl Space {
         let mut orig = [0u8; 1];
         if self.read_code(addr, &mut orig) != 1 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "unreadable code"));
+        }
+        if orig[0] == INT3 {
+            return Ok(());
         }
         self.write_live(addr, &[INT3])?;
         self.bps.insert(addr, orig[0]);

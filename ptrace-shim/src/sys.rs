@@ -22,6 +22,9 @@ pub const EVENT_EXIT: i32 = 6;
 pub const EVENT_STOP: i32 = 128;
 
 const PTRACE_GET_SYSCALL_INFO: libc::c_uint = 0x420e;
+// Not in every libc release: the values of linux/ptrace.h.
+const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
+const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
 pub const SYSCALL_INFO_ENTRY: u8 = 1;
 pub const SYSCALL_INFO_EXIT: u8 = 2;
 
@@ -85,6 +88,18 @@ pub fn get_regs(pid: Pid) -> io::Result<Regs> {
 
 pub fn set_regs(pid: Pid, regs: &Regs) -> io::Result<()> {
     ptrace(libc::PTRACE_SETREGS, pid, 0, regs as *const Regs as usize).map(drop)
+}
+
+/// The thread's blocked-signal mask (bit `n - 1` for signal `n`).
+pub fn get_sigmask(pid: Pid) -> io::Result<u64> {
+    let mut mask: u64 = 0;
+    ptrace(PTRACE_GETSIGMASK, pid, 8, &mut mask as *mut u64 as usize)?;
+    Ok(mask)
+}
+
+/// Sets the thread's blocked-signal mask.
+pub fn set_sigmask(pid: Pid, mask: u64) -> io::Result<()> {
+    ptrace(PTRACE_SETSIGMASK, pid, 8, &mask as *const u64 as usize).map(drop)
 }
 
 /// The parts of `siginfo_t` a crash report needs.

@@ -7,17 +7,22 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::FromRawFd;
 
+use iced_x86::Mnemonic;
+
 use ds_alloc::{Allocator, BtsBuffer, BtsHandle, BtsRecord, ContextKind, Target, TracerId};
 
 use crate::eval::{self, Outcome as Eval};
 use crate::maps::Mapping;
 use crate::space::{is_syscall, BlockEnd, Space};
 use crate::sys::{self, Pid, Regs, Wait};
+use crate::traps;
 use crate::{signals, Backend, Error, HardwareSource, Result};
 
 const SI_KERNEL: i32 = 0x80;
 const SI_USER: i32 = 0;
 const SI_TKILL: i32 = -6;
+/// EFLAGS.TF: the program single-steps itself.
+const TRAP_FLAG: u64 = 0x100;
 
 /// How to record.
 #[derive(Debug, Clone)]
@@ -159,6 +164,8 @@ struct Thread {
     held: Option<i32>,
     /// The thread reported its exit event.
     exiting: bool,
+    /// The signal mask as the program set it (kept for the SIGTRAP bit).
+    sigmask: u64,
 }
 
 struct SpaceSlot {
@@ -166,6 +173,10 @@ struct SpaceSlot {
     /// The int3 bytes are gone: after a crash, or while detaching.
     released: bool,
     released_sites: HashSet<u64>,
+    /// The program's SIGTRAP action, as the program set it.
+    trap_action: traps::Action,
+    /// A `syscall` instruction of the image, for injected system calls.
+    syscall_site: Option<u64>,
 }
 
 /// A tracing session over one program and, with `follow_fork`, its children.
@@ -557,12 +568,26 @@ impl Session {
         }
         // Collect each thread's interrupt stop, then start recording it.
         let mut waiting: HashSet<Pid> = seized.iter().copied().collect();
+        let mut action_known = false;
         while !waiting.is_empty() {
             let Some(w) = sys::wait(-1).map_err(|e| Error::os("waitpid", e))? else {
                 continue;
             };
             match w {
-                Wait::Event(tid, sys::EVENT_STOP, _) if waiting.remove(&tid) => s.resume(tid, 0)?,
+                Wait::Event(tid, sys::EVENT_STOP, _) if waiting.remove(&tid) => {
+                    s.refresh_mask(tid);
+                    // Stopped in a system call: that is a `syscall` instruction.
+                    if let Ok(r) = sys::get_regs(tid) {
+                        if r.orig_rax as i64 >= 0 {
+                            s.note_syscall_site(tid, r.rip.wrapping_sub(2));
+                        }
+                    }
+                    if !action_known {
+                        s.learn_trap_action(tid)?;
+                        action_known = true;
+                    }
+                    s.resume(tid, 0)?
+                }
                 Wait::Exited(tid, _) | Wait::Signaled(tid, _) => {
                     waiting.remove(&tid);
                     s.handle(w)?;
@@ -601,7 +626,14 @@ impl Session {
     fn new_space(&mut self, pid: Pid, generation: u32) -> Result<usize> {
         let mut space = Space::new(pid, generation).map_err(|e| Error::os(format!("/proc/{pid}/mem"), e))?;
         space.refresh_maps();
-        self.spaces.push(SpaceSlot { space, released: false, released_sites: HashSet::new() });
+        let trap_action = traps::Action::after_exec(sig_mask(pid, "SigIgn") & traps::TRAP_BIT != 0);
+        self.spaces.push(SpaceSlot {
+            space,
+            released: false,
+            released_sites: HashSet::new(),
+            trap_action,
+            syscall_site: None,
+        });
         Ok(self.spaces.len() - 1)
     }
 
@@ -632,6 +664,8 @@ impl Session {
             }
         }
         let cpu = self.current_cpu(tid);
+        // A new thread that has not stopped yet inherits its parent's mask (set by the caller).
+        let sigmask = sys::get_sigmask(tid).unwrap_or(0);
         self.threads.insert(
             tid,
             Thread {
@@ -647,6 +681,7 @@ impl Session {
                 crashed: false,
                 held: None,
                 exiting: false,
+                sigmask,
             },
         );
         Ok(())
@@ -957,7 +992,11 @@ impl Session {
         match ev {
             sys::EVENT_CLONE => {
                 let record = self.threads.get(&parent).is_some_and(|t| t.record);
+                let mask = self.threads.get(&parent).map(|t| t.sigmask).unwrap_or(0);
                 self.add_thread(child, parent_space, record)?;
+                if let Some(t) = self.threads.get_mut(&child) {
+                    t.sigmask = mask;
+                }
             }
             sys::EVENT_VFORK => {
                 // The child shares our memory, int3 bytes included, until it
@@ -970,8 +1009,15 @@ impl Session {
                         .space
                         .fork_copy(child)
                         .map_err(|e| Error::os(format!("/proc/{child}/mem"), e))?;
-                    let released = self.spaces[parent_space].released;
-                    self.spaces.push(SpaceSlot { space: copy, released, released_sites: HashSet::new() });
+                    let from = &self.spaces[parent_space];
+                    let slot = SpaceSlot {
+                        space: copy,
+                        released: from.released,
+                        released_sites: HashSet::new(),
+                        trap_action: from.trap_action,
+                        syscall_site: from.syscall_site,
+                    };
+                    self.spaces.push(slot);
                     let idx = self.spaces.len() - 1;
                     self.add_thread(child, idx, true)?;
                     // The child's history starts with its parent's.
@@ -1066,9 +1112,11 @@ impl Session {
         };
         match info.op {
             sys::SYSCALL_INFO_ENTRY => {
+                let site = info.ip.wrapping_sub(2);
                 if let Some(t) = self.threads.get_mut(&tid) {
-                    t.syscall_site = Some(info.ip.wrapping_sub(2));
+                    t.syscall_site = Some(site);
                 }
+                self.note_syscall_site(tid, site);
             }
             sys::SYSCALL_INFO_EXIT => {
                 let site = self.threads.get_mut(&tid).and_then(|t| t.syscall_site.take());
@@ -1084,8 +1132,30 @@ impl Session {
         self.resume(tid, 0)
     }
 
-    /// Drops cached code of ranges a memory-map syscall changed.
+    /// Keeps a `syscall` instruction of the thread's image, for injecting
+    /// system calls later.
+    fn note_syscall_site(&mut self, tid: Pid, site: u64) {
+        if let Some(slot) = self.space_of(tid) {
+            if slot.syscall_site.is_none()
+                && slot.space.insn(site).is_some_and(|i| i.mnemonic() == Mnemonic::Syscall)
+            {
+                slot.syscall_site = Some(site);
+            }
+        }
+    }
+
+    /// After a system call returned: drops cached code of ranges a
+    /// memory-map call changed, and follows the program's SIGTRAP action
+    /// and the thread's signal mask.
     fn after_syscall(&mut self, tid: Pid, regs: &Regs) {
+        if traps::changes_mask(regs) {
+            self.refresh_mask(tid);
+        }
+        if let Some(slot) = self.space_of(tid) {
+            if let Some(a) = traps::action_set_by(regs, &slot.space) {
+                slot.trap_action = a;
+            }
+        }
         let (lo, len) = (regs.rdi, regs.rsi);
         let nr = regs.orig_rax as i64;
         if !(nr == libc::SYS_munmap || nr == libc::SYS_mmap || nr == libc::SYS_mremap)
@@ -1096,6 +1166,86 @@ impl Session {
         let lo = if nr == libc::SYS_mmap { regs.rax } else { lo };
         if let Some(slot) = self.space_of(tid) {
             slot.space.invalidate(lo, lo.saturating_add(len));
+        }
+    }
+
+    /// Reads the thread's signal mask (it is stopped).
+    fn refresh_mask(&mut self, tid: Pid) {
+        if let Ok(mask) = sys::get_sigmask(tid) {
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.sigmask = mask;
+            }
+        }
+    }
+
+    /// Learns the program's SIGTRAP action when it may not be the default
+    /// (attaching to a process that set one), with an injected call.
+    fn learn_trap_action(&mut self, tid: Pid) -> Result<()> {
+        let Some(slot) = self.space_of(tid) else { return Ok(()) };
+        let bit = traps::TRAP_BIT;
+        if (sig_mask(slot.space.pid, "SigCgt") | sig_mask(slot.space.pid, "SigIgn")) & bit == 0 {
+            return Ok(());
+        }
+        let site = slot.syscall_site.or_else(|| traps::find_syscall_site(&mut slot.space));
+        let Some(site) = site else {
+            return Err(Error::Invalid(
+                "the program handles SIGTRAP and no system call instruction was found to read its action"
+                    .into(),
+            ));
+        };
+        match traps::query_action(tid, &slot.space, site) {
+            Ok((action, sig)) => {
+                slot.trap_action = action;
+                self.requeue(tid, sig);
+                Ok(())
+            }
+            Err(traps::InjectError::Gone(w)) => {
+                self.deferred.push_back(w);
+                Ok(())
+            }
+            Err(traps::InjectError::Io(e)) => Err(Error::os("reading the program's SIGTRAP action", e)),
+        }
+    }
+
+    /// Queues again a signal that arrived while a system call was injected.
+    fn requeue(&self, tid: Pid, sig: Option<i32>) {
+        if let (Some(sig), Some(t)) = (sig, self.threads.get(&tid)) {
+            let _ = sys::tgkill(self.spaces[t.space].space.pid, tid, sig);
+        }
+    }
+
+    /// After a trap of the recorder's own (an int3 it planted, a single
+    /// step): gives back the SIGTRAP mask and action the kernel reset.
+    /// False if the thread left meanwhile.
+    fn repair_after_trap(&mut self, tid: Pid) -> Result<bool> {
+        let Some(t) = self.threads.get(&tid) else { return Ok(true) };
+        let (mask, idx) = (t.sigmask, t.space);
+        let blocked = mask & traps::TRAP_BIT != 0;
+        if blocked {
+            let _ = sys::set_sigmask(tid, mask);
+        }
+        let slot = &mut self.spaces[idx];
+        let action = slot.trap_action;
+        if !action.reset_by_trap(blocked) {
+            return Ok(true);
+        }
+        let site = slot.syscall_site.or_else(|| traps::find_syscall_site(&mut slot.space));
+        slot.syscall_site = site;
+        let Some(site) = site else {
+            return Err(Error::Invalid(
+                "no system call instruction to restore the program's SIGTRAP action".into(),
+            ));
+        };
+        match traps::install_action(tid, &slot.space, site, action) {
+            Ok(sig) => {
+                self.requeue(tid, sig);
+                Ok(true)
+            }
+            Err(traps::InjectError::Gone(w)) => {
+                self.deferred.push_back(w);
+                Ok(false)
+            }
+            Err(traps::InjectError::Io(e)) => Err(Error::os("restoring the program's SIGTRAP action", e)),
         }
     }
 
@@ -1115,14 +1265,18 @@ impl Session {
         let Ok(info) = sys::get_siginfo(tid) else { return Ok(()) };
         let pending = self.threads.get(&tid).map(|t| t.pending).unwrap_or(Pending::None);
         if sig == libc::SIGTRAP {
-            // One of our int3 sites?
+            // One of our int3 sites? (The program's own int3 is never planted over.)
             let site = regs.rip.wrapping_sub(1);
             if info.code == SI_KERNEL {
                 let (is_bp, released) = match self.space_of(tid) {
                     Some(s) => (s.space.is_breakpoint(site), s.released_sites.contains(&site)),
                     None => (false, false),
                 };
-                if is_bp && !released && self.opts.backend == Backend::Fast {
+                let stepping_it = matches!(pending, Pending::Step { from, .. } if from == site);
+                if is_bp && !released && !stepping_it && self.opts.backend == Backend::Fast {
+                    if !self.repair_after_trap(tid)? {
+                        return Ok(());
+                    }
                     return self.on_breakpoint(tid, site, regs);
                 }
                 if released {
@@ -1132,7 +1286,7 @@ impl Session {
                     return self.resume(tid, 0);
                 }
             }
-            let sent = info.code == SI_USER || info.code == SI_TKILL;
+            let sent = info.code == SI_USER || info.code == SI_TKILL || info.code == libc::SI_QUEUE;
             if !sent && info.code != SI_KERNEL {
                 match pending {
                     Pending::Step { from, lifted } => return self.after_step(tid, from, lifted, regs),
@@ -1140,6 +1294,8 @@ impl Session {
                         if let Some(t) = self.threads.get_mut(&tid) {
                             t.pending = Pending::None;
                         }
+                        // Entering a handler changed the mask.
+                        self.refresh_mask(tid);
                         self.record(tid, from, regs.rip);
                         return self.resume(tid, 0);
                     }
@@ -1147,7 +1303,14 @@ impl Session {
                 }
             }
         }
-        // A real signal. A step in flight was overtaken by it.
+        self.program_signal(tid, sig, regs, info)
+    }
+
+    /// A signal of the program's own (not a trap of the recorder's):
+    /// delivered as the kernel would, or held if it is fatal.
+    fn program_signal(&mut self, tid: Pid, sig: i32, regs: Regs, info: sys::SigInfo) -> Result<()> {
+        let pending = self.threads.get(&tid).map(|t| t.pending).unwrap_or(Pending::None);
+        // A step in flight was overtaken by it.
         if let Pending::Step { from, lifted: true } = pending {
             if let Some(slot) = self.space_of(tid) {
                 let _ = slot.space.relower(from);
@@ -1172,6 +1335,12 @@ impl Session {
         }
         let caught = sig_mask(tid, "SigCgt") & (1u64 << (sig - 1)) != 0;
         let ignored = sig_mask(tid, "SigIgn") & (1u64 << (sig - 1)) != 0;
+        if caught && sig == libc::SIGTRAP {
+            // A one-shot handler is reset by this delivery.
+            if let Some(slot) = self.space_of(tid) {
+                slot.trap_action = slot.trap_action.after_delivery();
+            }
+        }
         if caught && self.opts.backend == Backend::Hardware {
             return self.resume(tid, sig);
         }
@@ -1328,21 +1497,35 @@ impl Session {
         if lifted {
             let _ = slot.space.relower(from);
         }
+        let insn = slot.space.insn(from);
         let to = regs.rip;
-        let taken = match slot.space.insn(from) {
-            Some(i) if is_syscall(&i) => true,
+        let syscall = insn.is_some_and(|i| is_syscall(&i));
+        let taken = match insn {
+            Some(_) if syscall => true,
             Some(i) => eval::stepped_branch_taken(&i, to),
             None => !(to > from && to <= from + 15),
         };
-        let syscall = slot.space.insn(from).is_some_and(|i| is_syscall(&i));
+        // The trap is the program's too when the instruction traps by itself
+        // (int1, int 3) or the program set the trap flag: deliver it.
+        let own_trap = insn.is_some_and(|i| eval::raises_sigtrap(&i)) || regs.eflags & TRAP_FLAG != 0;
         if lifted {
             self.restart_the_world(tid)?;
         }
         if syscall {
+            if insn.is_some_and(|i| i.mnemonic() == Mnemonic::Syscall) {
+                self.note_syscall_site(tid, from);
+            }
             self.after_syscall(tid, &regs);
         }
         if taken {
             self.record(tid, from, to);
+        }
+        if own_trap {
+            let info = sys::get_siginfo(tid).unwrap_or_default();
+            return self.program_signal(tid, libc::SIGTRAP, regs, info);
+        }
+        if !self.repair_after_trap(tid)? {
+            return Ok(());
         }
         self.resume(tid, 0)
     }
