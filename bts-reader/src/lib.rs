@@ -1,6 +1,7 @@
 //! Branch sources for `bts`. Today: the self-contained, versioned trace file
 //! (`.bts`) that every recorder writes and every command reads.
 
+pub mod outfile;
 pub mod perf;
 pub mod tracefile;
 pub mod valgrind;
@@ -21,6 +22,8 @@ pub enum Error {
     Truncated(String),
     #[error("trace file is corrupt: {0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Write(#[from] outfile::WriteError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

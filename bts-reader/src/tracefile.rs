@@ -12,7 +12,6 @@
 //! whose tag has bit 31 set are optional: a reader that does not know them
 //! skips them; any other unknown tag is an error.
 
-use std::io::Write;
 use std::path::Path;
 
 use ds_alloc::{BtsRecord, BTS_RECORD_SIZE};
@@ -271,14 +270,10 @@ impl TraceFile {
         Ok(tf)
     }
 
-    /// Writes the file atomically (a temporary file renamed into place).
+    /// Writes the file by the shell's rules for `>` ([`crate::outfile`]):
+    /// never replacing a device or a file's inode, never leaving a partial file.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let io = |source| Error::Io { path: path.display().to_string(), source };
-        let tmp = path.with_extension("bts.partial");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&self.to_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        Ok(crate::outfile::write(path, &self.to_bytes())?)
     }
 
     pub fn read(path: &Path) -> Result<TraceFile> {
