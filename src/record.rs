@@ -20,7 +20,7 @@ use crate::{BackendArg, OutputArgs, RecordArgs, ReportWhen, EXIT_BTS_FAILED};
 /// the Valgrind tool.
 enum Chosen {
     Ptrace(Backend, Option<Box<dyn HardwareSource>>),
-    Valgrind,
+    Valgrind(bts_reader::valgrind::Installed),
 }
 
 /// The backend to use, and a notice when `auto` fell back from the hardware.
@@ -35,7 +35,8 @@ fn backend(rec: &RecordArgs, launched: bool) -> Result<(Chosen, Option<String>),
             if let Some(why) = bts_reader::valgrind::unavailable() {
                 return Err(format!("the Valgrind backend is unavailable: {why}; use --backend fast"));
             }
-            (Chosen::Valgrind, None)
+            let tool = bts_reader::valgrind::install().map_err(|e| format!("{e}; use --backend fast"))?;
+            (Chosen::Valgrind(tool), None)
         }
         BackendArg::Valgrind => {
             return Err("the Valgrind backend traces launched programs only: use `bts run`".into())
@@ -53,14 +54,23 @@ fn backend(rec: &RecordArgs, launched: bool) -> Result<(Chosen, Option<String>),
                     && rec.per_cpu_buffer.is_none()
                     && rec.insn_log.is_none()
                     && bts_reader::valgrind::unavailable().is_none();
-                let (chosen, name) = if vg {
-                    (Chosen::Valgrind, "valgrind")
-                } else {
-                    (Chosen::Ptrace(Backend::Fast, None), "fast")
-                };
                 let why = e.to_string();
                 let why = why.trim_end_matches("; use --backend fast");
-                let note = format!("hardware BTS unavailable ({why}); recording with the {name} recorder");
+                let mut note = format!("hardware BTS unavailable ({why}); recording with the ");
+                let chosen = match vg.then(bts_reader::valgrind::install) {
+                    Some(Ok(tool)) => {
+                        note.push_str("valgrind recorder");
+                        Chosen::Valgrind(tool)
+                    }
+                    Some(Err(e)) => {
+                        note.push_str(&format!("fast recorder ({e})"));
+                        Chosen::Ptrace(Backend::Fast, None)
+                    }
+                    None => {
+                        note.push_str("fast recorder");
+                        Chosen::Ptrace(Backend::Fast, None)
+                    }
+                };
                 // SAFETY: isatty only inspects the fd.
                 if unsafe { libc::isatty(2) } == 1 {
                     eprintln!("bts: note: {note}");
@@ -267,7 +277,9 @@ pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: V
     }
     let (be, source, note) = match backend(rec, true) {
         Ok((Chosen::Ptrace(be, source), note)) => (be, source, note),
-        Ok((Chosen::Valgrind, note)) => return crate::vg::run(rec, follow_fork, no_aslr, command, note),
+        Ok((Chosen::Valgrind(tool), note)) => {
+            return crate::vg::run(&tool, rec, follow_fork, no_aslr, command, note)
+        }
         Err(e) => {
             eprintln!("bts: {e}");
             return i32::from(EXIT_BTS_FAILED);
@@ -322,7 +334,7 @@ pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
     }
     let (be, source, note) = match backend(rec, false) {
         Ok((Chosen::Ptrace(be, source), note)) => (be, source, note),
-        Ok((Chosen::Valgrind, _)) => unreachable!("valgrind is not chosen for attach"),
+        Ok((Chosen::Valgrind(_), _)) => unreachable!("valgrind is not chosen for attach"),
         Err(e) => {
             eprintln!("bts: {e}");
             return ExitCode::from(EXIT_BTS_FAILED);

@@ -84,6 +84,7 @@ fn add_image(
 
 /// `bts run --backend valgrind`: the program's status, or 125.
 pub fn run(
+    tool: &valgrind::Installed,
     rec: &RecordArgs,
     follow_fork: bool,
     no_aslr: bool,
@@ -112,7 +113,7 @@ pub fn run(
         return i32::from(EXIT_BTS_FAILED);
     }
     let mut pass = || ptrace_shim::stop_requested().filter(|&s| s != libc::SIGINT);
-    let vr = match valgrind::run(&command, &opts, &mut pass) {
+    let vr = match valgrind::run(tool, &command, &opts, &mut pass) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("bts: {e}");

@@ -50,7 +50,9 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
                     _ => link,
                 };
             }
-            Ok(m) if m.is_dir() => return Err(WriteError::IsDirectory { path: target.display().to_string() }),
+            Ok(m) if m.is_dir() => {
+                return Err(WriteError::IsDirectory { path: target.display().to_string() })
+            }
             Ok(m) if m.is_file() => {
                 if m.permissions().mode() & 0o222 == 0 {
                     return Err(WriteError::ReadOnly { path: target.display().to_string() });
@@ -61,7 +63,9 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
             Ok(_) => return write_through(&target, bytes),
             Err(e) if e.kind() == io::ErrorKind::NotFound => match create_new(&target, bytes) {
                 // Something appeared there meanwhile: look again.
-                Err(WriteError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(WriteError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+                    continue
+                }
                 other => return other,
             },
             Err(e) => return Err(io_err(&target)(e)),
@@ -136,7 +140,8 @@ fn create_new(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().ok_or_else(|| WriteError::IsDirectory { path: path.display().to_string() })?;
+    let name =
+        path.file_name().ok_or_else(|| WriteError::IsDirectory { path: path.display().to_string() })?;
     let mut aside = Aside(None);
     let mut file = None;
     for n in 0..100u32 {
@@ -169,7 +174,9 @@ fn create_new(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
 
 /// Moves `from` to `to` unless `to` exists (then `AlreadyExists`).
 fn link_no_replace(from: &Path, to: &Path) -> io::Result<()> {
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
     let (a, b) = (c(from)?, c(to)?);
     // SAFETY: two valid NUL-terminated paths; renameat2 only reads them.
     let r = unsafe {

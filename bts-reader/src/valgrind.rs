@@ -7,6 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
+mod install;
+pub use install::{install, Installed};
+
 use ds_alloc::{BtsRecord, BTS_RECORD_SIZE};
 
 #[cfg(bts_valgrind_tool)]
@@ -22,8 +25,10 @@ const PRELOAD: &str = "vgpreload_core-amd64-linux.so";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VgError {
-    #[error("the Valgrind backend is unavailable: {0}; use --backend fast")]
+    #[error("the Valgrind backend is unavailable: {0}")]
     Unavailable(String),
+    #[error("the Valgrind tool cannot be installed in a private folder: {0}")]
+    Install(String),
     #[error("{0}")]
     Io(String),
     #[error("the Valgrind tool's trace is corrupt: {0}")]
@@ -186,40 +191,6 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
-/// The private VALGRIND_LIB folder: the tool, and a link to the preload library.
-pub fn install_tool() -> Result<PathBuf, VgError> {
-    if let Some(why) = unavailable() {
-        return Err(VgError::Unavailable(why));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    let hash =
-        TOOL.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    let dir = base.join("bts").join(format!("valgrind-{hash:016x}"));
-    let io = |e: std::io::Error| VgError::Io(format!("{}: {e}", dir.display()));
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    let tool = dir.join("bts-amd64-linux");
-    if std::fs::metadata(&tool).map(|m| m.len() as usize).ok() != Some(TOOL.len()) {
-        let tmp = dir.join(format!(".tool.{}", std::process::id()));
-        std::fs::write(&tmp, TOOL).map_err(io)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
-        std::fs::rename(&tmp, &tool).map_err(io)?;
-    }
-    let link = dir.join(PRELOAD);
-    let target = preload_lib().expect("checked by unavailable()");
-    if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
-        // Several bts processes may install at once: link aside, rename over.
-        let tmp = dir.join(format!(".link.{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&target, &tmp).map_err(io)?;
-        std::fs::rename(&tmp, &link).map_err(io)?;
-    }
-    Ok(dir)
-}
-
 /// How to run the program.
 #[derive(Debug, Clone)]
 pub struct VgOptions {
@@ -251,13 +222,19 @@ pub struct VgRun {
 /// is polled while the program runs: a signal it returns is sent on to the
 /// program (bts itself stays to read the trace).
 pub fn run(
+    tool: &Installed,
     argv: &[std::ffi::OsString],
     o: &VgOptions,
     signal_to_pass: &mut dyn FnMut() -> Option<i32>,
 ) -> Result<VgRun, VgError> {
-    let lib = install_tool()?;
-    let work = std::env::temp_dir().join(format!("bts-vg-{}-{}", std::process::id(), unique()));
-    std::fs::create_dir_all(&work).map_err(|e| VgError::Io(format!("{}: {e}", work.display())))?;
+    let lib = tool.dir();
+    // A private (0700, random name) folder for what the tool and Valgrind write.
+    let tmp = std::env::temp_dir();
+    let work_dir = tempfile::Builder::new()
+        .prefix("bts-vg-")
+        .tempdir_in(&tmp)
+        .map_err(|e| VgError::Io(format!("{}: {e}", tmp.display())))?;
+    let work = work_dir.path().to_path_buf();
     let mut cmd = if o.no_aslr {
         let mut c = Command::new("setarch");
         c.args(["-R", "valgrind"]);
@@ -265,7 +242,7 @@ pub fn run(
     } else {
         Command::new("valgrind")
     };
-    cmd.env("VALGRIND_LIB", &lib)
+    cmd.env("VALGRIND_LIB", lib)
         .arg("--tool=bts")
         .arg("--vex-guest-chase=no")
         .arg(format!("--bts-out={}", work.join("t").display()))
@@ -321,15 +298,8 @@ pub fn run(
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&work);
+    drop(work_dir);
     Ok(VgRun { status, pid, end: parse_log(&log), traces, bad })
-}
-
-fn unique() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
