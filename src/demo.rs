@@ -10,7 +10,7 @@ pub fn run(backend: BackendArg, json: bool) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("bts: cannot find my own executable: {e}");
+            crate::errln!("bts: cannot find my own executable: {e}");
             return ExitCode::from(crate::EXIT_BTS_FAILED);
         }
     };
@@ -27,14 +27,14 @@ pub fn run(backend: BackendArg, json: bool) -> ExitCode {
     let code = crate::record::run_status(&rec, false, false, vec![exe.into(), "__demo-crash".into()]);
     if code == 128 + libc::SIGSEGV {
         if !json {
-            eprintln!(
+            crate::errln!(
                 "\nbts demo: the program above called a NULL function pointer in stage_c, \
                  reached through main -> stage_a -> stage_b -> stage_c; the branches show the way."
             );
         }
         ExitCode::SUCCESS
     } else {
-        eprintln!("bts demo: expected the demo program to die of SIGSEGV, but its status was {code}");
+        crate::errln!("bts demo: expected the demo program to die of SIGSEGV, but its status was {code}");
         ExitCode::FAILURE
     }
 }
@@ -75,6 +75,6 @@ pub fn crash() -> ExitCode {
     // SAFETY: resetting a signal disposition to its default.
     unsafe { libc::signal(libc::SIGSEGV, libc::SIG_DFL) };
     let r = stage_a(black_box(7));
-    println!("unreachable: {r}");
+    crate::outln!("unreachable: {r}");
     ExitCode::SUCCESS
 }

@@ -133,7 +133,7 @@ pub fn run(json: bool) -> ExitCode {
         ptrace,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&d).expect("serializes"));
+        crate::outln!("{}", serde_json::to_string_pretty(&d).expect("serializes"));
         return ExitCode::SUCCESS;
     }
     let yes = |b: bool| if b { "yes" } else { "no" };
@@ -165,7 +165,7 @@ pub fn run(json: bool) -> ExitCode {
     rows.push(("--backend auto picks".into(), d.auto_picks.clone()));
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     for (k, v) in rows {
-        println!("{k:<w$}  {v}");
+        crate::outln!("{k:<w$}  {v}");
     }
     ExitCode::SUCCESS
 }

@@ -33,9 +33,9 @@ fn progress_printer(what: &'static str) -> impl FnMut(usize, usize) {
     let tty = std::io::stderr().is_terminal();
     move |done, total| {
         if tty && total > 200_000 {
-            eprint!("\r{what}: {:>3}%", done * 100 / total.max(1));
+            crate::out::err(&format!("\r{what}: {:>3}%", done * 100 / total.max(1)));
             if done >= total {
-                eprint!("\r{:width$}\r", "", width = what.len() + 6);
+                crate::out::err(&format!("\r{:width$}\r", "", width = what.len() + 6));
             }
             let _ = std::io::stderr().flush();
         }
@@ -67,7 +67,7 @@ pub fn history(a: &HistoryArgs) -> ExitCode {
     match history_inner(a) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bts: {e}");
+            crate::errln!("bts: {e}");
             ExitCode::FAILURE
         }
     }
@@ -133,14 +133,14 @@ pub fn export(file: &Path, format: ExportFormat, thread: Option<i32>, output: Op
             }
         };
         match output {
-            Some(p) => std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display())),
+            Some(p) => bts_reader::outfile::write(p, text.as_bytes()).map_err(|e| e.to_string()),
             None => std::io::stdout().lock().write_all(text.as_bytes()).map_err(|e| format!("writing: {e}")),
         }
     };
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("bts: {e}");
+            crate::errln!("bts: {e}");
             ExitCode::FAILURE
         }
     }

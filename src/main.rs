@@ -7,6 +7,7 @@ mod export;
 mod history;
 mod hw;
 mod inspect;
+mod out;
 mod record;
 mod report;
 mod trace;

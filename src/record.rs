@@ -73,7 +73,7 @@ fn backend(rec: &RecordArgs, launched: bool) -> Result<(Chosen, Option<String>),
                 };
                 // SAFETY: isatty only inspects the fd.
                 if unsafe { libc::isatty(2) } == 1 {
-                    eprintln!("bts: note: {note}");
+                    crate::errln!("bts: note: {note}");
                 }
                 (chosen, Some(note))
             }
@@ -189,7 +189,7 @@ pub(crate) fn save_and_report(tf: &TraceFile, path: Option<&Path>, out: &OutputA
         match tf.write(p) {
             Ok(()) => written = Some(p.display().to_string()),
             Err(e) => {
-                eprintln!("bts: could not save the trace: {e}");
+                crate::errln!("bts: could not save the trace: {e}");
                 ok = false;
             }
         }
@@ -198,9 +198,9 @@ pub(crate) fn save_and_report(tf: &TraceFile, path: Option<&Path>, out: &OutputA
         let sel = Selection { branches: out.branches, insns: out.insns, thread: None, cpu: None };
         let report = Report::build(tf, written, &sel);
         if out.json {
-            println!("{}", report.to_json());
+            crate::outln!("{}", report.to_json());
         } else {
-            eprint!("{}", report.to_text(out.all_threads));
+            crate::out::err(&report.to_text(out.all_threads));
         }
     }
     ok
@@ -272,7 +272,7 @@ fn status(o: Outcome) -> i32 {
 pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsString>) -> i32 {
     let shown: Vec<String> = command.iter().map(|c| c.to_string_lossy().into_owned()).collect();
     if let Err(e) = ptrace_shim::install_stop_handlers() {
-        eprintln!("bts: cannot install signal handlers: {e}");
+        crate::errln!("bts: cannot install signal handlers: {e}");
         return i32::from(EXIT_BTS_FAILED);
     }
     let (be, source, note) = match backend(rec, true) {
@@ -281,21 +281,21 @@ pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: V
             return crate::vg::run(&tool, rec, follow_fork, no_aslr, command, note)
         }
         Err(e) => {
-            eprintln!("bts: {e}");
+            crate::errln!("bts: {e}");
             return i32::from(EXIT_BTS_FAILED);
         }
     };
     let mut session = match Session::launch_with(&command, options(rec, be, follow_fork, no_aslr), source) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("bts: {e}");
+            crate::errln!("bts: {e}");
             return i32::from(EXIT_BTS_FAILED);
         }
     };
     match drive(&mut session, rec, &shown, note.as_deref()) {
         Ok(o) => status(o),
         Err(e) => {
-            eprintln!("bts: tracing failed: {e}");
+            crate::errln!("bts: tracing failed: {e}");
             // Keep what was recorded.
             let recording = session.recording();
             let tf = to_trace_file(&recording, end_meta(&shown, session.root_pid(), Outcome::Exited(0)));
@@ -329,29 +329,29 @@ fn process_command(pid: i32) -> Vec<String> {
 pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
     let command = process_command(pid);
     if let Err(e) = ptrace_shim::install_stop_handlers() {
-        eprintln!("bts: cannot install signal handlers: {e}");
+        crate::errln!("bts: cannot install signal handlers: {e}");
         return ExitCode::from(EXIT_BTS_FAILED);
     }
     let (be, source, note) = match backend(rec, false) {
         Ok((Chosen::Ptrace(be, source), note)) => (be, source, note),
         Ok((Chosen::Valgrind(_), _)) => unreachable!("valgrind is not chosen for attach"),
         Err(e) => {
-            eprintln!("bts: {e}");
+            crate::errln!("bts: {e}");
             return ExitCode::from(EXIT_BTS_FAILED);
         }
     };
     let mut session = match Session::attach_with(pid, options(rec, be, false, false), source) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("bts: {e}");
+            crate::errln!("bts: {e}");
             return ExitCode::from(EXIT_BTS_FAILED);
         }
     };
-    eprintln!("bts: attached to pid {pid} ({}); Ctrl-C detaches", command.join(" "));
+    crate::errln!("bts: attached to pid {pid} ({}); Ctrl-C detaches", command.join(" "));
     match drive(&mut session, rec, &command, note.as_deref()) {
         Ok(o) => ExitCode::from(status(o).clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("bts: tracing failed: {e}");
+            crate::errln!("bts: tracing failed: {e}");
             ExitCode::from(EXIT_BTS_FAILED)
         }
     }
@@ -361,30 +361,38 @@ pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
 pub fn last_branch(out: &OutputArgs, thread: Option<i32>, cpu: Option<u32>, file: &Path) -> ExitCode {
     let tf = match TraceFile::read(file) {
         Ok(t) => t,
+        // An I/O error names the path already.
+        Err(e @ bts_reader::Error::Io { .. }) => {
+            crate::errln!("bts: {e}");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
-            eprintln!("bts: {}: {e}", file.display());
+            crate::errln!("bts: {}: {e}", file.display());
             return ExitCode::FAILURE;
         }
     };
     if let Some(t) = thread {
         let known = tf.thread_streams().any(|s| matches!(s.kind, StreamKind::Thread { tid, .. } if tid == t));
         if !known {
-            eprintln!("bts: {}: no thread {t} in this trace", file.display());
+            crate::errln!("bts: {}: no thread {t} in this trace", file.display());
             return ExitCode::FAILURE;
         }
     }
     if let Some(c) = cpu {
         if !tf.streams.iter().any(|s| s.kind == StreamKind::Cpu { cpu: c }) {
-            eprintln!("bts: {}: no catch-all buffer of cpu {c} in this trace", file.display());
+            crate::errln!("bts: {}: no catch-all buffer of cpu {c} in this trace", file.display());
             return ExitCode::FAILURE;
         }
     }
     let sel = Selection { branches: out.branches, insns: out.insns, thread, cpu };
     let report = Report::build(&tf, Some(file.display().to_string()), &sel);
     if out.json {
-        println!("{}", report.to_json());
+        crate::outln!("{}", report.to_json());
     } else {
-        print!("{}", report.to_text(out.all_threads || thread.is_some() || cpu.is_some()));
+        crate::out::out(&report.to_text(out.all_threads || thread.is_some() || cpu.is_some()));
+    }
+    if crate::out::stdout_failed() {
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }

@@ -96,12 +96,12 @@ pub fn run(
     let mut alloc = Allocator::new();
     let me = alloc.register_current("bts");
     if let Err(e) = alloc.request_bts(me, Target::Task(0), rec.buffer_size) {
-        eprintln!("bts: {e}");
+        crate::errln!("bts: {e}");
         return i32::from(EXIT_BTS_FAILED);
     }
     // Fail as the ptrace recorders do when the program cannot be executed.
     if let Err(e) = check_executable(&command) {
-        eprintln!("bts: {e}");
+        crate::errln!("bts: {e}");
         return i32::from(EXIT_BTS_FAILED);
     }
     let records = ((rec.buffer_size + KERNEL_SLACK) / BTS_RECORD_SIZE) as u64;
@@ -109,22 +109,22 @@ pub fn run(
     // Ctrl-C reaches the program by itself (same process group); bts stays
     // to read the trace, and passes SIGTERM and SIGHUP on.
     if let Err(e) = ptrace_shim::install_stop_handlers() {
-        eprintln!("bts: cannot install signal handlers: {e}");
+        crate::errln!("bts: cannot install signal handlers: {e}");
         return i32::from(EXIT_BTS_FAILED);
     }
     let mut pass = || ptrace_shim::stop_requested().filter(|&s| s != libc::SIGINT);
     let vr = match valgrind::run(tool, &command, &opts, &mut pass) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("bts: {e}");
+            crate::errln!("bts: {e}");
             return i32::from(EXIT_BTS_FAILED);
         }
     };
     for (p, why) in &vr.bad {
-        eprintln!("bts: {}: {why}", p.display());
+        crate::errln!("bts: {}: {why}", p.display());
     }
     if let Some(p) = &vr.end.problem {
-        eprintln!("bts: {p}");
+        crate::errln!("bts: {p}");
     }
     let signal = vr.status.signal().or(vr.end.signal);
     let code = vr.status.code();
@@ -168,7 +168,7 @@ pub fn run(
         );
     }
     if root.is_empty() {
-        eprintln!("bts: the Valgrind tool wrote no trace for pid {}", vr.pid);
+        crate::errln!("bts: the Valgrind tool wrote no trace for pid {}", vr.pid);
     }
     let crashed = signal.is_some();
     let status = match (signal, code) {
