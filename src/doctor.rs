@@ -154,7 +154,10 @@ pub fn run(json: bool) -> ExitCode {
         ("perf_event_mlock_kb".into(), d.perf_event_mlock_kb.map_or("unknown".into(), |v| v.to_string())),
         (
             "RLIMIT_MEMLOCK".into(),
-            d.rlimit_memlock_bytes.map_or("unlimited".into(), |v| format!("{v} bytes")),
+            d.rlimit_memlock_bytes.map_or("unlimited".into(), |v| {
+                let waived = if d.cap_ipc_lock { " (not binding: CAP_IPC_LOCK)" } else { "" };
+                format!("{v} bytes{waived}")
+            }),
         ),
         ("CAP_IPC_LOCK".into(), yes(d.cap_ipc_lock).into()),
         ("ptrace".into(), format!("{}: {}", yes(d.ptrace.available), d.ptrace.detail)),

@@ -6,12 +6,27 @@ use common::*;
 
 use std::process::Command;
 
+/// `sh -c SCRIPT` without CAP_IPC_LOCK (root drops it from its bounding
+/// set), so RLIMIT_MEMLOCK binds as for an ordinary user.
+fn sh_without_ipc_lock(script: &str) -> Command {
+    // SAFETY: geteuid has no arguments.
+    let mut c = if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("setpriv");
+        c.args(["--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock", "--", "sh"]);
+        c
+    } else {
+        Command::new("sh")
+    };
+    c.arg("-c").arg(script);
+    c
+}
+
 #[test]
 fn a_buffer_over_the_memlock_limit_fails_up_front() {
     let dir = scratch("memlock");
     let bin = fixture("exit3");
     let script = format!("ulimit -l 16 && exec {BTS} run --buffer-size 64K -- {}", bin.display());
-    let out = Command::new("sh").arg("-c").arg(&script).current_dir(&dir).output().unwrap();
+    let out = sh_without_ipc_lock(&script).current_dir(&dir).output().unwrap();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("RLIMIT_MEMLOCK is 16384 bytes"), "{err}");
@@ -19,8 +34,26 @@ fn a_buffer_over_the_memlock_limit_fails_up_front() {
     assert!(out.stdout.is_empty(), "the program never ran");
     // A buffer that fits runs normally.
     let script = format!("ulimit -l 256 && exec {BTS} run --buffer-size 16K -- {}", bin.display());
+    let out = sh_without_ipc_lock(&script).current_dir(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+}
+
+#[test]
+fn cap_ipc_lock_lifts_the_memlock_limit_as_the_kernel_does() {
+    // SAFETY: geteuid has no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: CAP_IPC_LOCK cannot be had here; the limit test above covers this user");
+        return;
+    }
+    let dir = scratch("memlock_cap");
+    let bin = fixture("exit3");
+    // Root keeps CAP_IPC_LOCK: a 16 MiB buffer under a 16 KiB limit is fine,
+    // as the kernel would lock it.
+    let script = format!("ulimit -l 16 && exec {BTS} run --backend fast --buffer-size 16M -- {}", bin.display());
     let out = Command::new("sh").arg("-c").arg(&script).current_dir(&dir).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let doctor = Command::new(BTS).arg("doctor").output().unwrap();
+    assert!(text(&doctor.stdout).contains("CAP_IPC_LOCK"), "{}", text(&doctor.stdout));
 }
 
 #[test]

@@ -119,6 +119,18 @@ pub fn current_memlock_limit() -> u64 {
     r.rlim_cur
 }
 
+/// True if the calling process has CAP_IPC_LOCK in its effective set: the
+/// kernel then lets it lock memory beyond RLIMIT_MEMLOCK (perf does too).
+pub fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14; // linux/capability.h
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
 fn pebs_record_bytes(format: PebsFormat) -> u64 {
     // Adaptive records vary; charge the basic and GPR groups.
     format.legacy_size().unwrap_or(32 + 144) as u64
@@ -140,9 +152,12 @@ impl Allocator {
         }))
     }
 
-    /// Registers the calling process, charged against its real RLIMIT_MEMLOCK.
+    /// Registers the calling process, charged against its real
+    /// RLIMIT_MEMLOCK, or without a limit when it has CAP_IPC_LOCK (as the
+    /// kernel treats it). Its buffers are charged either way.
     pub fn register_current(&mut self, name: impl Into<String>) -> TracerId {
-        self.register(name, current_memlock_limit())
+        let limit = if has_cap_ipc_lock() { u64::MAX } else { current_memlock_limit() };
+        self.register(name, limit)
     }
 
     fn tracer(&self, t: TracerId) -> Result<&Tracer, Error> {

@@ -93,14 +93,7 @@ pub fn core_pmu_name() -> Option<String> {
 }
 
 /// True if the process has CAP_IPC_LOCK (perf then ignores RLIMIT_MEMLOCK).
-pub fn has_cap_ipc_lock() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << 14) != 0)
-}
+pub use ds_alloc::alloc::has_cap_ipc_lock;
 
 #[cfg(test)]
 mod tests {
