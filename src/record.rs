@@ -289,7 +289,10 @@ pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: V
         Ok(s) => s,
         Err(e) => {
             crate::errln!("bts: {e}");
-            return i32::from(EXIT_BTS_FAILED);
+            return match &e {
+                ptrace_shim::Error::Exec { source, .. } => exec_failure_status(source),
+                _ => i32::from(EXIT_BTS_FAILED),
+            };
         }
     };
     match drive(&mut session, rec, &shown, note.as_deref()) {
@@ -307,6 +310,16 @@ pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: V
             );
             i32::from(EXIT_BTS_FAILED)
         }
+    }
+}
+
+/// The status of a program that could not be executed, as `env` gives it:
+/// 127 when it is not found, 126 when it cannot be run.
+pub(crate) fn exec_failure_status(e: &std::io::Error) -> i32 {
+    if e.raw_os_error() == Some(libc::ENOENT) {
+        127
+    } else {
+        126
     }
 }
 
@@ -349,7 +362,17 @@ pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
     };
     crate::errln!("bts: attached to pid {pid} ({}); Ctrl-C detaches", command.join(" "));
     match drive(&mut session, rec, &command, note.as_deref()) {
-        Ok(o) => ExitCode::from(status(o).clamp(0, 255) as u8),
+        Ok(o) => {
+            if let Outcome::Exited(code) = o {
+                let saved = if rec.report == ReportWhen::Always || rec.output.is_some() {
+                    ""
+                } else {
+                    " (no trace kept: --report always or -o keeps one)"
+                };
+                crate::errln!("bts: pid {pid} ({}) exited with code {code}{saved}", command.join(" "));
+            }
+            ExitCode::from(status(o).clamp(0, 255) as u8)
+        }
         Err(e) => {
             crate::errln!("bts: tracing failed: {e}");
             ExitCode::from(EXIT_BTS_FAILED)

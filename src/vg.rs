@@ -100,9 +100,11 @@ pub fn run(
         return i32::from(EXIT_BTS_FAILED);
     }
     // Fail as the ptrace recorders do when the program cannot be executed.
-    if let Err(e) = check_executable(&command) {
-        crate::errln!("bts: {e}");
-        return i32::from(EXIT_BTS_FAILED);
+    if let Some(first) = command.first() {
+        if let Err(e) = ptrace_shim::spawn::resolve_program(first) {
+            crate::errln!("bts: cannot execute {}: {e}", first.to_string_lossy());
+            return crate::record::exec_failure_status(&e);
+        }
     }
     let records = ((rec.buffer_size + KERNEL_SLACK) / BTS_RECORD_SIZE) as u64;
     let opts = VgOptions { records, follow_children: follow_fork, no_aslr };
@@ -181,30 +183,4 @@ pub fn run(
         save_and_report(&tf, Some(&path), &rec.out, print);
     }
     status
-}
-
-/// `execvp`'s view of whether `argv[0]` can run.
-fn check_executable(argv: &[OsString]) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let prog = argv.first().ok_or("no command given")?;
-    let p = std::path::Path::new(prog);
-    let candidates: Vec<std::path::PathBuf> = if prog.to_string_lossy().contains('/') {
-        vec![p.to_path_buf()]
-    } else {
-        std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).map(|d| d.join(p)).collect())
-            .unwrap_or_default()
-    };
-    let name = prog.to_string_lossy();
-    for c in &candidates {
-        if let Ok(m) = std::fs::metadata(c) {
-            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
-                return Ok(());
-            }
-            if m.is_file() {
-                return Err(format!("cannot execute {name}: Permission denied (os error 13)"));
-            }
-        }
-    }
-    Err(format!("cannot execute {name}: No such file or directory (os error 2)"))
 }

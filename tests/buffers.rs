@@ -49,7 +49,8 @@ fn cap_ipc_lock_lifts_the_memlock_limit_as_the_kernel_does() {
     let bin = fixture("exit3");
     // Root keeps CAP_IPC_LOCK: a 16 MiB buffer under a 16 KiB limit is fine,
     // as the kernel would lock it.
-    let script = format!("ulimit -l 16 && exec {BTS} run --backend fast --buffer-size 16M -- {}", bin.display());
+    let script =
+        format!("ulimit -l 16 && exec {BTS} run --backend fast --buffer-size 16M -- {}", bin.display());
     let out = Command::new("sh").arg("-c").arg(&script).current_dir(&dir).output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let doctor = Command::new(BTS).arg("doctor").output().unwrap();

@@ -15,6 +15,7 @@ pub mod legacy;
 pub mod maps;
 mod signals;
 mod space;
+pub mod spawn;
 pub mod sys;
 mod tracer;
 mod traps;

@@ -2,10 +2,7 @@
 //! capture, following clones/forks/execs, and clean detaching.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::ffi::{CString, OsString};
-use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::FromRawFd;
+use std::ffi::OsString;
 
 use iced_x86::Mnemonic;
 
@@ -14,6 +11,7 @@ use ds_alloc::{Allocator, BtsBuffer, BtsHandle, BtsRecord, ContextKind, Target, 
 use crate::eval::{self, Outcome as Eval};
 use crate::maps::Mapping;
 use crate::space::{is_syscall, BlockEnd, Space};
+use crate::spawn::{exec_errno, resolve_program, spawn_seized};
 use crate::sys::{self, Pid, Regs, Wait};
 use crate::traps;
 use crate::{signals, Backend, Error, HardwareSource, Result};
@@ -284,79 +282,25 @@ fn empty_buffer() -> BtsBuffer {
     BtsBuffer::with_bytes(ds_alloc::BTS_RECORD_SIZE).expect("one record")
 }
 
-/// Forks and execs `argv` with the child held until the parent has seized it.
-fn spawn_seized(argv: &[OsString], no_aslr: bool, options: i32) -> Result<(Pid, std::fs::File)> {
-    if argv.is_empty() {
-        return Err(Error::Invalid("no command given".into()));
-    }
-    let cargs: Vec<CString> = argv
-        .iter()
-        .map(|a| CString::new(a.as_bytes()))
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| Error::Invalid("an argument contains a NUL byte".into()))?;
-    let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
-    let mut gate = [0i32; 2];
-    let mut errpipe = [0i32; 2];
-    // SAFETY: pipe2 writes two fds into the arrays.
-    unsafe {
-        if libc::pipe2(gate.as_mut_ptr(), libc::O_CLOEXEC) != 0
-            || libc::pipe2(errpipe.as_mut_ptr(), libc::O_CLOEXEC) != 0
-        {
-            return Err(Error::os("pipe", std::io::Error::last_os_error()));
-        }
-    }
-    // SAFETY: the child only calls async-signal-safe functions (read,
-    // personality, execvp, write, _exit) on data prepared before the fork.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(Error::os("fork", std::io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        // SAFETY: see above; the child never returns.
-        unsafe {
-            libc::close(gate[1]);
-            libc::close(errpipe[0]);
-            let mut b = 0u8;
-            libc::read(gate[0], &mut b as *mut u8 as *mut libc::c_void, 1);
-            if no_aslr {
-                libc::personality(libc::ADDR_NO_RANDOMIZE as libc::c_ulong);
-            }
-            libc::execvp(ptrs[0], ptrs.as_ptr());
-            let e = *libc::__errno_location();
-            libc::write(errpipe[1], &e as *const i32 as *const libc::c_void, 4);
-            libc::_exit(127);
-        }
-    }
-    // SAFETY: closing our copies of the child's ends; the fds are ours.
-    unsafe {
-        libc::close(gate[0]);
-        libc::close(errpipe[1]);
-    }
-    let seized = sys::seize(pid, options);
-    // SAFETY: closing the gate lets the child run; the fd is ours.
-    unsafe { libc::close(gate[1]) };
-    // SAFETY: errpipe[0] is an open fd we own; File takes it over.
-    let errf = unsafe { std::fs::File::from_raw_fd(errpipe[0]) };
-    if let Err(e) = seized {
-        // SAFETY: killing our own child that we could not trace.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        return Err(Error::os("ptrace(PTRACE_SEIZE) of the launched program", e));
-    }
-    Ok((pid, errf))
-}
-
-/// The errno a child wrote before it failed to exec, if it did.
-fn exec_errno(mut errf: &std::fs::File) -> Option<i32> {
-    let mut buf = [0u8; 4];
-    errf.read_exact(&mut buf).ok()?;
-    Some(i32::from_le_bytes(buf))
-}
-
+/// Why the kernel refused to let us trace `pid`, in the user's terms.
 fn permission_cause(pid: Pid, e: &std::io::Error) -> String {
     if let Some(t) = status_field(pid, "TracerPid") {
         if t != "0" {
             return format!("it is already traced by pid {t}");
+        }
+    }
+    let their_uid = status_field(pid, "Uid").and_then(|u| u.split_whitespace().next().map(str::to_string));
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let has_cap = status_field(std::process::id() as Pid, "CapEff")
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
+        .is_some_and(|c| c & (1 << 19) != 0); // CAP_SYS_PTRACE
+    if !has_cap {
+        if let Some(uid) = their_uid.filter(|u| *u != me.to_string()) {
+            return format!(
+                "{e}: it belongs to uid {uid} and you are uid {me}; tracing another user's process \
+                 needs CAP_SYS_PTRACE (run bts as root)"
+            );
         }
     }
     if let Ok(scope) = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
@@ -365,7 +309,13 @@ fn permission_cause(pid: Pid, e: &std::io::Error) -> String {
             return format!("{e}; kernel.yama.ptrace_scope is {scope} (run bts as root, or set it to 0)");
         }
     }
-    format!("{e} (it may belong to another user: run bts as that user or as root)")
+    if !has_cap {
+        return format!(
+            "{e}: it is more privileged than you (set-uid, file capabilities, or not dumpable); \
+             tracing it needs CAP_SYS_PTRACE (run bts as root)"
+        );
+    }
+    format!("{e}")
 }
 
 impl Session {
@@ -441,6 +391,10 @@ impl Session {
         source: Option<Box<dyn HardwareSource>>,
     ) -> Result<Session> {
         preflight(&opts)?;
+        if let Some(first) = argv.first() {
+            resolve_program(first)
+                .map_err(|source| Error::Exec { program: first.to_string_lossy().into_owned(), source })?;
+        }
         // The child inherits the mask across fork and exec.
         let pinned = if opts.pin_cpu { Session::pin_self(0).map(|p| p.0) } else { None };
         let (pid, errf) = spawn_seized(argv, opts.no_aslr, trace_options(true))?;
@@ -515,7 +469,6 @@ impl Session {
         }
         let mut s = Session::new(opts, pid, false);
         s.source = source;
-        let space = s.new_space(pid, 0)?;
         let mut seized: Vec<Pid> = Vec::new();
         // Threads may be created while we seize: list until nothing is new.
         loop {
@@ -551,6 +504,13 @@ impl Session {
         if seized.is_empty() {
             return Err(Error::NoSuchProcess { pid });
         }
+        let space = match s.new_space(pid, 0) {
+            Ok(space) => space,
+            Err(e) => {
+                s.abandon(&seized);
+                return Err(e);
+            }
+        };
         let pin = if s.opts.pin_cpu { Session::pin_self(pid) } else { None };
         s.pinned_cpu = pin.map(|p| p.0);
         s.request_cpu_buffers()?;
@@ -624,7 +584,12 @@ impl Session {
     }
 
     fn new_space(&mut self, pid: Pid, generation: u32) -> Result<usize> {
-        let mut space = Space::new(pid, generation).map_err(|e| Error::os(format!("/proc/{pid}/mem"), e))?;
+        let mut space = Space::new(pid, generation).map_err(|e| match e.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => {
+                Error::PermissionDenied { pid, cause: permission_cause(pid, &e) }
+            }
+            _ => Error::os(format!("/proc/{pid}/mem"), e),
+        })?;
         space.refresh_maps();
         let trap_action = traps::Action::after_exec(sig_mask(pid, "SigIgn") & traps::TRAP_BIT != 0);
         self.spaces.push(SpaceSlot {
