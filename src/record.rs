@@ -122,8 +122,8 @@ pub fn to_trace_file(r: &Recording, mut meta: Meta) -> TraceFile {
                     last_pc: t.last_pc,
                 },
                 capacity: t.buffer.capacity() as u64,
-                overwritten: t.buffer.overwritten(),
-                lost: 0,
+                overwritten: t.buffer.branches_overwritten(),
+                lost: t.lost,
                 records: t.buffer.snapshot(),
             });
         }
@@ -140,7 +140,7 @@ pub fn to_trace_file(r: &Recording, mut meta: Meta) -> TraceFile {
         tf.streams.push(Stream {
             kind: StreamKind::Cpu { cpu: *cpu },
             capacity: b.capacity() as u64,
-            overwritten: b.overwritten(),
+            overwritten: b.branches_overwritten(),
             lost: 0,
             records: b.snapshot(),
         });

@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 
 use bts_reader::valgrind::{self, VgOptions, VgTrace};
 use bts_reader::{CodeRange, Module, Stream, StreamKind, TraceFile};
-use ds_alloc::{Allocator, Target, BTS_RECORD_SIZE, KERNEL_SLACK};
+use ds_alloc::{Allocator, Target};
 use ptrace_shim::Outcome;
 
 use crate::record::{default_path, end_meta, save_and_report};
@@ -46,19 +46,19 @@ fn add_image(
     let mut pages = BTreeSet::new();
     for th in &t.threads {
         let crashed = crashed_tid == Some(th.os_tid);
-        let bytes = buffer_bytes.max(BTS_RECORD_SIZE);
-        let (records, capacity, overwritten) =
-            match alloc.request_bts(me, Target::Task(th.os_tid as u32), bytes) {
-                Ok(h) => {
-                    alloc.deliver_batch(0, th.os_tid as u32, &th.records);
-                    let b = alloc.bts_buffer(me, h).expect("own buffer");
-                    (b.snapshot(), b.capacity() as u64, th.written.saturating_sub(b.len() as u64))
-                }
-                // Over the limit now: keep what the tool kept.
-                Err(_) => {
-                    (th.records.clone(), th.capacity, th.written.saturating_sub(th.records.len() as u64))
-                }
-            };
+        // The tool's buffer was sized by ds-alloc's rule (request plus slack);
+        // the allocator's buffer is the same size, so it keeps the same records.
+        let records = match alloc.request_bts(me, Target::Task(th.os_tid as u32), buffer_bytes) {
+            Ok(h) => {
+                alloc.deliver_batch(0, th.os_tid as u32, &th.records);
+                alloc.bts_buffer(me, h).map(|b| b.snapshot()).unwrap_or_else(|_| th.records.clone())
+            }
+            // Over the limit now: keep what the tool kept.
+            Err(_) => th.records.clone(),
+        };
+        let capacity = ds_alloc::alloc::bts_records(buffer_bytes) as u64;
+        let kept = records.iter().filter(|r| r.is_branch()).count() as u64;
+        let overwritten = th.branches.saturating_sub(kept);
         ds_alloc::pages::touched_pages(records.iter(), Some(th.last_pc), &mut pages);
         tf.streams.push(Stream {
             kind: StreamKind::Thread {
@@ -106,7 +106,7 @@ pub fn run(
             return crate::record::exec_failure_status(&e);
         }
     }
-    let records = ((rec.buffer_size + KERNEL_SLACK) / BTS_RECORD_SIZE) as u64;
+    let records = ds_alloc::alloc::bts_records(rec.buffer_size) as u64;
     let opts = VgOptions { records, follow_children: follow_fork, no_aslr };
     // Ctrl-C reaches the program by itself (same process group); bts stays
     // to read the trace, and passes SIGTERM and SIGHUP on.
@@ -161,13 +161,7 @@ pub fn run(
             root_seen += 1;
             root_seen == last_root
         };
-        add_image(
-            &mut tf,
-            t,
-            *g,
-            if is_last_root { crashed_tid } else { None },
-            rec.buffer_size + KERNEL_SLACK,
-        );
+        add_image(&mut tf, t, *g, if is_last_root { crashed_tid } else { None }, rec.buffer_size);
     }
     if root.is_empty() {
         crate::errln!("bts: the Valgrind tool wrote no trace for pid {}", vr.pid);

@@ -80,7 +80,8 @@ pub struct Stream {
     pub kind: StreamKind,
     /// Records the buffer holds when full.
     pub capacity: u64,
-    /// Records overwritten before the snapshot.
+    /// Branch records overwritten before the snapshot (context records
+    /// aside): with the branches kept, every branch the thread took.
     pub overwritten: u64,
     /// Records lost for other reasons (the source said so).
     pub lost: u64,

@@ -44,6 +44,8 @@ pub struct VgThread {
     pub capacity: u64,
     /// Records written in all.
     pub written: u64,
+    /// Branch records written in all (context records aside).
+    pub branches: u64,
     /// Oldest first.
     pub records: Vec<BtsRecord>,
 }
@@ -99,12 +101,12 @@ impl VgTrace {
     /// Parses a file the tool wrote. Never panics on bad input.
     pub fn parse(b: &[u8]) -> Result<VgTrace, VgError> {
         let mut r = Reader { b, pos: 0 };
-        if r.take(8)? != b"BTSVG001" {
+        if r.take(8)? != b"BTSVG002" {
             return Err(VgError::Corrupt("bad magic".into()));
         }
         let pid = r.u64()? as i32;
         let last_tid = r.u64()? as i32;
-        let nthreads = r.count(40)?;
+        let nthreads = r.count(48)?;
         let nmaps = r.count(32)?;
         let npages = r.count(8 + 4096)?;
         let mut threads = Vec::with_capacity(nthreads);
@@ -113,10 +115,11 @@ impl VgTrace {
             let last_pc = r.u64()?;
             let capacity = r.u64()?;
             let written = r.u64()?;
+            let branches = r.u64()?;
             let count = r.count(BTS_RECORD_SIZE)?;
             let records = BtsRecord::parse_all(r.take(count * BTS_RECORD_SIZE)?)
                 .map_err(|e| VgError::Corrupt(e.to_string()))?;
-            threads.push(VgThread { os_tid, last_pc, capacity, written, records });
+            threads.push(VgThread { os_tid, last_pc, capacity, written, branches, records });
         }
         let mut maps = Vec::with_capacity(nmaps);
         for _ in 0..nmaps {
@@ -307,11 +310,11 @@ mod tests {
     use super::*;
 
     fn file() -> Vec<u8> {
-        let mut b = b"BTSVG001".to_vec();
+        let mut b = b"BTSVG002".to_vec();
         for v in [42u64, 42, 1, 1, 1] {
             b.extend_from_slice(&v.to_le_bytes());
         }
-        for v in [42u64, 0x401000, 10, 12, 2] {
+        for v in [42u64, 0x401000, 10, 12, 11, 2] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.extend_from_slice(&BtsRecord::branch(1, 2).to_bytes());
@@ -330,7 +333,7 @@ mod tests {
         let t = VgTrace::parse(&file()).unwrap();
         assert_eq!((t.pid, t.last_tid), (42, 42));
         assert_eq!(t.threads[0].records, vec![BtsRecord::branch(1, 2), BtsRecord::branch(3, 4)]);
-        assert_eq!((t.threads[0].written, t.threads[0].capacity), (12, 10));
+        assert_eq!((t.threads[0].written, t.threads[0].branches, t.threads[0].capacity), (12, 11, 10));
         assert_eq!(t.maps[0].path, "/bin");
         assert_eq!(t.pages[0].0, 0x401000);
         let good = file();

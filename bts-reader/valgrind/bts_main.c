@@ -60,8 +60,10 @@ typedef struct {
    ULong index;     /* next record written */
    ULong max;       /* absolute maximum, in records */
    ULong written;   /* records written in all */
+   ULong branches;  /* branch records written in all (context records aside) */
    Int   os_tid;
    Addr  async_from; /* a signal was delivered here; handler entry pending */
+   Addr  syscall_from; /* a system call instruction about to run */
 } Buf;
 
 static Buf *bufs; /* VG_N_THREADS of them, allocated after the options */
@@ -98,6 +100,33 @@ static VG_REGPARM(2) void rec_branch(HWord from, HWord to)
    r->from = from; r->to = to; r->flags = 0;
    if (++b->index == b->max) b->index = 0;
    b->written++;
+   b->branches++;
+}
+
+/* A system call is recorded when it returns, as (syscall -> where user
+   code resumed): one that never returns (exit) records nothing, as under
+   the ptrace recorders and the hardware. */
+static VG_REGPARM(1) void rec_syscall(HWord from)
+{
+   running->syscall_from = from;
+}
+
+static void pre_syscall(ThreadId tid, UInt no, UWord *args, UInt nargs)
+{
+}
+
+static void post_syscall(ThreadId tid, UInt no, UWord *args, UInt nargs, SysRes res)
+{
+   Buf *b = buf_of(tid);
+   if (!b->syscall_from) return;
+   /* Valgrind runs exit and exit_group itself and still calls us back. */
+   if (no == 60 || no == 231) {
+      b->syscall_from = 0;
+      return;
+   }
+   push(tid, b->syscall_from, VG_(get_IP)(tid), 0);
+   b->branches++;
+   b->syscall_from = 0;
 }
 
 static VG_REGPARM(1) void sb_entry(HWord addr)
@@ -106,6 +135,7 @@ static VG_REGPARM(1) void sb_entry(HWord addr)
    Buf *b = buf_of(tid);
    if (b->async_from) {
       push(tid, b->async_from, addr, 0);
+      b->branches++;
       b->async_from = 0;
       pending_any--;
    }
@@ -118,18 +148,28 @@ static void pre_deliver_signal(ThreadId tid, Int sig, Bool alt)
    b->async_from = VG_(get_IP)(tid);
 }
 
+/* Valgrind runs one thread at a time and stops it at every system call
+   and time slice. A switch to another thread is what a context switch is
+   to the hardware: only then "departs" (old thread) and "arrives" (new
+   thread) records are written, as the ptrace recorders write them when a
+   thread changes CPU. So a buffer holds as many branches here as there. */
+static ThreadId last_running;
+
 static void start_client(ThreadId tid, ULong blocks)
 {
    Buf *b = buf_of(tid);
    running = b;
    if (!b->os_tid) b->os_tid = VG_(gettid)();
-   push(tid, ESCAPE | 2, VG_(read_millisecond_timer)(), (ULong)b->os_tid);
+   if (tid == last_running) return;
+   ULong now = VG_(read_millisecond_timer)();
+   if (last_running != 0 && bufs[last_running].base)
+      push(last_running, ESCAPE | 3, now, (ULong)bufs[last_running].os_tid);
+   push(tid, ESCAPE | 2, now, (ULong)b->os_tid);
+   last_running = tid;
 }
 
 static void stop_client(ThreadId tid, ULong blocks)
 {
-   Buf *b = buf_of(tid);
-   push(tid, ESCAPE | 3, VG_(read_millisecond_timer)(), (ULong)b->os_tid);
 }
 
 /* ------------------------------------------------------------------ */
@@ -297,8 +337,11 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
       Bool falls = next->tag == Iex_Const && next->Iex.Const.con->Ico.U64 == cur + curlen;
       if (branchy_jk(in->jumpkind) && (kind == UNCOND || (kind == COND && !falls)))
          add_record(out, cur, next, NULL);
-      else if (in->jumpkind == Ijk_Sys_syscall && kind == SYSCALL)
-         add_record(out, cur, next, NULL);
+      else if (in->jumpkind == Ijk_Sys_syscall && kind == SYSCALL) {
+         IRDirty *d = unsafeIRDirty_0_N(1, "bts_rec_syscall", VG_(fnptr_to_fnentry)(&rec_syscall),
+                                        mkIRExprVec_1(mkIRExpr_HWord(cur)));
+         addStmtToIRSB(out, IRStmt_Dirty(d));
+      }
    }
    return out;
 }
@@ -344,7 +387,7 @@ static void bts_fini(Int exitcode)
    }
    ULong nthreads = 0;
    for (ThreadId t = 1; t < VG_N_THREADS; t++) if (bufs[t].base) nthreads++;
-   put("BTSVG001", 8);
+   put("BTSVG002", 8);
    put64((ULong)pid);
    put64((ULong)bufs[VG_(get_running_tid)()].os_tid);
    put64(nthreads);
@@ -358,6 +401,7 @@ static void bts_fini(Int exitcode)
       put64((ULong)VG_(get_IP)(t));
       put64(b->max);
       put64(b->written);
+      put64(b->branches);
       put64(count);
       ULong start = b->written < b->max ? 0 : b->index;
       for (ULong k = 0; k < count; k++) put(&b->base[(start + k) % b->max], sizeof(Rec));
@@ -401,6 +445,7 @@ static void bts_pre_clo_init(void)
    VG_(track_pre_deliver_signal)(pre_deliver_signal);
    VG_(track_start_client_code)(start_client);
    VG_(track_stop_client_code)(stop_client);
+   VG_(needs_syscall_wrapper)(pre_syscall, post_syscall);
 }
 
 VG_DETERMINE_INTERFACE_VERSION(bts_pre_clo_init)

@@ -104,6 +104,17 @@ pub struct Allocator {
     pebs_owner: HashMap<Target, PebsHandle>,
 }
 
+/// The bytes a BTS buffer requested as `requested` really has: the request
+/// plus the kernel slack. The one rule every backend sizes its buffers by.
+pub fn bts_bytes(requested: usize) -> usize {
+    requested.saturating_add(KERNEL_SLACK)
+}
+
+/// The records a BTS buffer requested as `requested` bytes holds.
+pub fn bts_records(requested: usize) -> usize {
+    bts_bytes(requested) / crate::BTS_RECORD_SIZE
+}
+
 /// Pages charged for a buffer of `bytes` (whole pages, rounded up).
 pub fn pages_for(bytes: u64) -> u64 {
     bytes.div_ceil(PAGE_SIZE)
@@ -200,7 +211,7 @@ impl Allocator {
     /// Asks for a BTS buffer of `bytes` (plus the kernel slack) on `target`.
     pub fn request_bts(&mut self, t: TracerId, target: Target, bytes: usize) -> Result<BtsHandle, Error> {
         self.tracer(t)?;
-        let total = bytes.checked_add(KERNEL_SLACK).ok_or(Error::BufferTooSmall { bytes })?;
+        let total = bts_bytes(bytes);
         if bytes < crate::BTS_RECORD_SIZE {
             return Err(Error::BufferTooSmall { bytes });
         }

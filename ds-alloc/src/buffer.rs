@@ -13,6 +13,8 @@ pub struct BtsBuffer {
     index: usize,
     /// Records ever written since the last reset.
     written: u64,
+    /// Branch records (not context records) overwritten since the last reset.
+    branches_overwritten: u64,
 }
 
 impl BtsBuffer {
@@ -22,7 +24,7 @@ impl BtsBuffer {
         if capacity == 0 {
             return Err(Error::BufferTooSmall { bytes });
         }
-        Ok(BtsBuffer { slots: Vec::new(), capacity, index: 0, written: 0 })
+        Ok(BtsBuffer { slots: Vec::new(), capacity, index: 0, written: 0, branches_overwritten: 0 })
     }
 
     /// How many records the buffer holds when full.
@@ -52,7 +54,8 @@ impl BtsBuffer {
         if self.slots.len() < self.capacity {
             self.slots.push(rec);
         } else {
-            self.slots[self.index] = rec;
+            let old = std::mem::replace(&mut self.slots[self.index], rec);
+            self.branches_overwritten += u64::from(old.is_branch());
         }
         self.index += 1;
         if self.index == self.capacity {
@@ -79,6 +82,12 @@ impl BtsBuffer {
     /// Records overwritten (lost) since the last reset.
     pub fn overwritten(&self) -> u64 {
         self.written - self.slots.len() as u64
+    }
+
+    /// Branches lost to overwriting (context records overwritten aside):
+    /// with the branches the buffer holds, every branch delivered.
+    pub fn branches_overwritten(&self) -> u64 {
+        self.branches_overwritten
     }
 
     /// Iterates the held records, oldest first.
@@ -113,6 +122,7 @@ impl BtsBuffer {
         self.slots.clear();
         self.index = 0;
         self.written = 0;
+        self.branches_overwritten = 0;
     }
 }
 
@@ -122,6 +132,20 @@ mod tests {
 
     fn rec(i: u64) -> BtsRecord {
         BtsRecord::branch(i, i + 1)
+    }
+
+    #[test]
+    fn counts_the_branches_it_overwrote() {
+        let mut b = BtsBuffer::with_bytes(24 * 3).unwrap();
+        b.push(BtsRecord::context(crate::ContextKind::TaskArrives, 0, 7));
+        for i in 0..5 {
+            b.push(rec(i));
+        }
+        // Written: arrives, 0..5; kept: 2, 3, 4; overwritten: arrives, 0, 1.
+        assert_eq!(b.overwritten(), 3);
+        assert_eq!(b.branches_overwritten(), 2);
+        let kept = b.iter().filter(|r| r.is_branch()).count() as u64;
+        assert_eq!(kept + b.branches_overwritten(), 5);
     }
 
     #[test]
