@@ -254,6 +254,17 @@ fn drive(
                         || rec.report == ReportWhen::Always;
                     save_and_report(&tf, Some(&path), &rec.out, print);
                 }
+                if let Outcome::Detached(sig) = o {
+                    if !ptrace_shim::is_stop_request(sig) {
+                        // Detached and saved: now end as the signal meant bts to.
+                        crate::errln!(
+                            "bts: {} received: detached from pid {}, which runs on",
+                            sys::signal_name(sig),
+                            session.root_pid()
+                        );
+                        ptrace_shim::die_of(sig);
+                    }
+                }
                 return Ok(o);
             }
         }

@@ -114,7 +114,12 @@ pub fn run(
         crate::errln!("bts: cannot install signal handlers: {e}");
         return i32::from(EXIT_BTS_FAILED);
     }
-    let mut pass = || ptrace_shim::stop_requested().filter(|&s| s != libc::SIGINT);
+    // Other signals that would end bts end it (the program runs on under Valgrind).
+    let mut pass = || match ptrace_shim::stop_requested() {
+        Some(libc::SIGINT) | None => None,
+        Some(s) if ptrace_shim::is_stop_request(s) => Some(s),
+        Some(s) => ptrace_shim::die_of(s),
+    };
     let vr = match valgrind::run(tool, &command, &opts, &mut pass) {
         Ok(r) => r,
         Err(e) => {

@@ -21,7 +21,7 @@ mod tracer;
 mod traps;
 
 pub use maps::Mapping;
-pub use signals::{install_stop_handlers, stop_requested};
+pub use signals::{die_of, install_stop_handlers, is_stop_request, stop_requested};
 pub use tracer::{Crash, ImageTrace, Options, Outcome, Recording, Session, Stop, ThreadTrace};
 
 /// Which software recorder to use.

@@ -1,26 +1,65 @@
-//! bts's own signal handling while it traces: SIGINT, SIGTERM and SIGHUP
-//! set a flag the event loop reads, and a 100 ms interval timer interrupts
-//! `waitpid` so the flag is seen even while every tracee sleeps.
+//! bts's own signal handling while it traces. Every signal that would end
+//! bts and can be caught sets a flag the event loop reads, so bts always
+//! detaches cleanly (int3 bytes removed) before it goes; a 100 ms interval
+//! timer interrupts `waitpid` so the flag is seen even while every tracee
+//! sleeps. Faults of bts itself (SIGSEGV, SIGBUS, SIGILL, SIGFPE) cannot be
+//! caught usefully; like SIGKILL, the guardian covers them.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_stop_signal(sig: libc::c_int) {
+/// The signals that end a process by default and that bts catches.
+pub const CAUGHT: &[i32] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTRAP,
+    libc::SIGABRT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGPIPE,
+    libc::SIGALRM,
+    libc::SIGTERM,
+    libc::SIGSTKFLT,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
+    libc::SIGPWR,
+    libc::SIGSYS,
+];
+
+/// The signals that ask bts to stop in the ordinary way: a launched
+/// program gets them (it decides what they mean), an attach detaches and
+/// bts exits normally.
+pub fn is_stop_request(sig: i32) -> bool {
+    matches!(sig, libc::SIGINT | libc::SIGTERM | libc::SIGHUP)
+}
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let (code, sender) = unsafe { ((*info).si_code, (*info).si_pid()) };
+    // SAFETY: getpid is async-signal-safe.
+    let me = unsafe { libc::getpid() };
+    // Our own interval timer, and the SIGPIPE of our own write to a closed
+    // pipe (the write itself fails with EPIPE and is handled there).
+    if sig == libc::SIGALRM && code == libc::SI_KERNEL || sig == libc::SIGPIPE && sender == me {
+        return;
+    }
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
 }
 
-extern "C" fn on_tick(_sig: libc::c_int) {}
-
-fn set_handler(sig: i32, handler: extern "C" fn(libc::c_int)) -> std::io::Result<()> {
-    // SAFETY: the sigaction struct is fully initialised; the handlers only
-    // store to an atomic (async-signal-safe). No SA_RESTART, so a blocked
-    // waitpid returns EINTR.
+fn set_handler(sig: i32) -> std::io::Result<()> {
+    // SAFETY: the sigaction struct is fully initialised; the handler only
+    // reads its siginfo and stores to an atomic (async-signal-safe). No
+    // SA_RESTART, so a blocked waitpid returns EINTR.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = handler as usize;
+        sa.sa_sigaction = on_signal as *const () as usize;
         libc::sigemptyset(&mut sa.sa_mask);
-        sa.sa_flags = 0;
+        sa.sa_flags = libc::SA_SIGINFO;
         if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -31,10 +70,9 @@ fn set_handler(sig: i32, handler: extern "C" fn(libc::c_int)) -> std::io::Result
 /// Installs the handlers and the interval timer. The handlers are reset to
 /// their defaults in a launched child by exec.
 pub fn install_stop_handlers() -> std::io::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        set_handler(sig, on_stop_signal)?;
+    for &sig in CAUGHT {
+        set_handler(sig)?;
     }
-    set_handler(libc::SIGALRM, on_tick)?;
     let tick = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
     let it = libc::itimerval { it_interval: tick, it_value: tick };
     // SAFETY: `it` is a valid itimerval; the old value is not wanted.
@@ -49,5 +87,26 @@ pub fn stop_requested() -> Option<i32> {
     match STOP_SIGNAL.swap(0, Ordering::SeqCst) {
         0 => None,
         s => Some(s),
+    }
+}
+
+/// Ends bts by `sig` as if it had not been caught, once bts has detached
+/// and saved what it recorded: the caller's parent sees the real cause.
+pub fn die_of(sig: i32) -> ! {
+    // SAFETY: restoring the default action, unblocking and raising are
+    // plain calls; if the signal does not end the process, exit does.
+    unsafe {
+        let stop = libc::itimerval {
+            it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
+            it_value: libc::timeval { tv_sec: 0, tv_usec: 0 },
+        };
+        libc::setitimer(libc::ITIMER_REAL, &stop, std::ptr::null_mut());
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+        libc::_exit(128 + sig)
     }
 }

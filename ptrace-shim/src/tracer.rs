@@ -77,7 +77,8 @@ pub struct Crash {
 pub enum Outcome {
     Exited(i32),
     Signaled(i32),
-    /// bts detached on request; the process runs on.
+    /// bts detached because it got this signal (SIGINT for
+    /// [`Session::request_detach`]); the process runs on.
     Detached(i32),
 }
 
@@ -192,6 +193,8 @@ pub struct Session {
     crash: Option<Crash>,
     outcome: Option<Outcome>,
     detach_requested: bool,
+    /// The signal that asked for the detach.
+    detach_signal: i32,
     /// Affinity masks to give back at detach: per thread, and for new threads.
     saved_affinity: HashMap<Pid, libc::cpu_set_t>,
     default_affinity: Option<libc::cpu_set_t>,
@@ -334,6 +337,7 @@ impl Session {
             crash: None,
             outcome: None,
             detach_requested: false,
+            detach_signal: libc::SIGINT,
             saved_affinity: HashMap::new(),
             default_affinity: None,
             alloc,
@@ -732,16 +736,19 @@ impl Session {
                 return Ok(Stop::Finished(o));
             }
             if let Some(sig) = signals::stop_requested() {
-                if self.launched {
+                if self.launched && signals::is_stop_request(sig) {
                     // The program decides what the signal means to it.
                     // SAFETY: signalling our own child.
                     unsafe { libc::kill(self.root, sig) };
                 } else {
+                    // Any other signal that would end bts: leave the
+                    // program as it was first.
                     self.detach_requested = true;
+                    self.detach_signal = sig;
                 }
             }
             if self.detach_requested {
-                let sig = libc::SIGINT;
+                let sig = self.detach_signal;
                 self.detach_all()?;
                 self.outcome = Some(Outcome::Detached(sig));
                 continue;
