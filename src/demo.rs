@@ -14,11 +14,21 @@ pub fn run(backend: BackendArg, json: bool) -> ExitCode {
             return ExitCode::from(crate::EXIT_BTS_FAILED);
         }
     };
+    // A private folder (0700, random name): a predictable name in /tmp could
+    // be a symlink someone planted.
+    let dir = match tempfile::Builder::new().prefix("bts-demo-").tempdir() {
+        Ok(d) => d.keep(),
+        Err(e) => {
+            crate::errln!("bts: cannot make a folder for the demo's trace: {e}");
+            return ExitCode::from(crate::EXIT_BTS_FAILED);
+        }
+    };
     let rec = RecordArgs {
         out: OutputArgs { branches: 16, insns: 12, json, all_threads: false },
         backend,
         buffer_size: 64 * 1024,
-        output: Some(std::env::temp_dir().join(format!("bts-demo-{}.bts", std::process::id()))),
+        json_file: None,
+        output: Some(dir.join("demo.bts")),
         report: ReportWhen::Crash,
         no_pin: false,
         per_cpu_buffer: None,

@@ -10,6 +10,7 @@ mod inspect;
 mod out;
 mod record;
 mod report;
+mod save;
 mod trace;
 mod vg;
 
@@ -162,6 +163,10 @@ pub struct RecordArgs {
     /// Trace file to write (default bts-<pid>.bts).
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
+    /// Also write the JSON report to this file, once, at the end (stdout is
+    /// shared with the program; this file is not).
+    #[arg(long)]
+    pub json_file: Option<PathBuf>,
     /// When to print the report.
     #[arg(long, value_enum, default_value_t = ReportWhen::Crash)]
     pub report: ReportWhen,

@@ -3,15 +3,16 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use bts_reader::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile};
-use ptrace_shim::{sys, Backend, Crash, HardwareSource, Options, Outcome, Recording, Session, Stop};
+use ptrace_shim::{sys, Backend, HardwareSource, Options, Outcome, Recording, Session, Stop};
 
 use crate::hw::PerfSource;
 
 use crate::report::{Report, Selection};
+use crate::save::{crash_meta, end_meta, process_command, Reporter};
 use crate::{BackendArg, OutputArgs, RecordArgs, ReportWhen, EXIT_BTS_FAILED};
 
 /// The backend to use, a hardware source for it, and a notice when
@@ -148,95 +149,27 @@ pub fn to_trace_file(r: &Recording, mut meta: Meta) -> TraceFile {
     tf
 }
 
-fn crash_meta(command: &[String], c: &Crash) -> Meta {
-    Meta {
-        command: command.to_vec(),
-        pid: c.pid,
-        outcome: "signal".into(),
-        signal: Some(c.signal),
-        signal_name: Some(sys::signal_name(c.signal)),
-        fault_addr: c.fault_addr,
-        si_code: Some(c.si_code),
-        tid: Some(c.tid),
-        pc: Some(c.pc),
-        ..Meta::default()
-    }
-}
-
-pub(crate) fn end_meta(command: &[String], pid: i32, o: Outcome) -> Meta {
-    let mut m = Meta { command: command.to_vec(), pid, ..Meta::default() };
-    match o {
-        Outcome::Exited(c) => {
-            m.outcome = "exit".into();
-            m.code = Some(c);
-        }
-        Outcome::Signaled(s) => {
-            m.outcome = "signal".into();
-            m.signal = Some(s);
-            m.signal_name = Some(sys::signal_name(s));
-        }
-        Outcome::Detached(_) => m.outcome = "detached".into(),
-    }
-    m
-}
-
-/// Writes the trace and prints the report. A file that cannot be written
-/// is an error message, and the report is still printed.
-pub(crate) fn save_and_report(tf: &TraceFile, path: Option<&Path>, out: &OutputArgs, print: bool) -> bool {
-    let mut ok = true;
-    let mut written = None;
-    if let Some(p) = path {
-        match tf.write(p) {
-            Ok(()) => written = Some(p.display().to_string()),
-            Err(e) => {
-                crate::errln!("bts: could not save the trace: {e}");
-                ok = false;
-            }
-        }
-    }
-    if print {
-        let sel = Selection { branches: out.branches, insns: out.insns, thread: None, cpu: None };
-        let report = Report::build(tf, written, &sel);
-        if out.json {
-            crate::outln!("{}", report.to_json());
-        } else {
-            crate::out::err(&report.to_text(out.all_threads));
-        }
-    }
-    ok
-}
-
-/// `-o FILE` names the first process's trace; a crash in a followed child
-/// goes beside it as `FILE-STEM.PID.bts`. The default is `bts-PID.bts`.
-pub(crate) fn default_path(rec: &RecordArgs, pid: i32, root: i32) -> PathBuf {
-    match &rec.output {
-        Some(p) if pid == root => p.clone(),
-        Some(p) => {
-            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            p.with_file_name(format!("{stem}.{pid}.bts"))
-        }
-        None => PathBuf::from(format!("bts-{pid}.bts")),
-    }
-}
-
 /// Drives a session to its end; returns how the first process ended.
 fn drive(
     session: &mut Session,
     rec: &RecordArgs,
+    reporter: &mut Reporter,
     command: &[String],
     note: Option<&str>,
 ) -> Result<Outcome, ptrace_shim::Error> {
     let mut crashed = false;
+    let root = session.root_pid();
     loop {
         match session.next_stop()? {
             Stop::Crash(c) => {
-                crashed |= c.pid == session.root_pid();
+                crashed |= c.pid == root;
                 let recording = session.recording();
-                let mut meta = crash_meta(command, &c);
+                // A followed child is named by its own command line (it is held: /proc has it).
+                let cmd = if c.pid == root { command.to_vec() } else { process_command(c.pid) };
+                let mut meta = crash_meta(&cmd, &c);
                 meta.note = note.map(str::to_string);
                 let tf = to_trace_file(&recording, meta);
-                let path = default_path(rec, c.pid, session.root_pid());
-                save_and_report(&tf, Some(&path), &rec.out, rec.report != ReportWhen::Never);
+                reporter.save(&tf, c.pid, rec.report != ReportWhen::Never);
                 session.deliver_crash()?;
             }
             Stop::Finished(o) => {
@@ -246,27 +179,26 @@ fn drive(
                 let killed = matches!(o, Outcome::Signaled(_)) && !crashed;
                 if detached || killed || rec.report == ReportWhen::Always || rec.output.is_some() && clean {
                     let recording = session.recording();
-                    let mut meta = end_meta(command, session.root_pid(), o);
+                    let mut meta = end_meta(command, root, o);
                     meta.note = note.map(str::to_string);
                     let tf = to_trace_file(&recording, meta);
-                    let path = default_path(rec, session.root_pid(), session.root_pid());
                     let print = (detached || killed) && rec.report != ReportWhen::Never
                         || rec.report == ReportWhen::Always;
-                    save_and_report(&tf, Some(&path), &rec.out, print);
-                }
-                if let Outcome::Detached(sig) = o {
-                    if !ptrace_shim::is_stop_request(sig) {
-                        // Detached and saved: now end as the signal meant bts to.
-                        crate::errln!(
-                            "bts: {} received: detached from pid {}, which runs on",
-                            sys::signal_name(sig),
-                            session.root_pid()
-                        );
-                        ptrace_shim::die_of(sig);
-                    }
+                    reporter.save(&tf, root, print);
                 }
                 return Ok(o);
             }
+        }
+    }
+}
+
+/// After the reports are out: a signal that asked bts to go (other than
+/// the ordinary stop requests) now ends it, the program running on.
+fn end_by_signal(o: Outcome, pid: i32) {
+    if let Outcome::Detached(sig) = o {
+        if !ptrace_shim::is_stop_request(sig) {
+            crate::errln!("bts: {} received: detached from pid {pid}, which runs on", sys::signal_name(sig));
+            ptrace_shim::die_of(sig);
         }
     }
 }
@@ -306,19 +238,22 @@ pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: V
             };
         }
     };
-    match drive(&mut session, rec, &shown, note.as_deref()) {
-        Ok(o) => status(o),
+    let root = session.root_pid();
+    let mut reporter = Reporter::new(rec, root);
+    let result = drive(&mut session, rec, &mut reporter, &shown, note.as_deref());
+    match result {
+        Ok(o) => {
+            reporter.finish();
+            end_by_signal(o, root);
+            status(o)
+        }
         Err(e) => {
             crate::errln!("bts: tracing failed: {e}");
             // Keep what was recorded.
             let recording = session.recording();
-            let tf = to_trace_file(&recording, end_meta(&shown, session.root_pid(), Outcome::Exited(0)));
-            save_and_report(
-                &tf,
-                Some(&default_path(rec, session.root_pid(), session.root_pid())),
-                &rec.out,
-                false,
-            );
+            let tf = to_trace_file(&recording, end_meta(&shown, root, Outcome::Exited(0)));
+            reporter.save(&tf, root, false);
+            reporter.finish();
             i32::from(EXIT_BTS_FAILED)
         }
     }
@@ -336,17 +271,6 @@ pub(crate) fn exec_failure_status(e: &std::io::Error) -> i32 {
 
 pub fn run(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsString>) -> ExitCode {
     ExitCode::from(run_status(rec, follow_fork, no_aslr, command).clamp(0, 255) as u8)
-}
-
-fn process_command(pid: i32) -> Vec<String> {
-    match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(b) if !b.is_empty() => b
-            .split(|&c| c == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect(),
-        _ => vec![format!("pid {pid}")],
-    }
 }
 
 /// `bts attach PID`.
@@ -372,7 +296,10 @@ pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
         }
     };
     crate::errln!("bts: attached to pid {pid} ({}); Ctrl-C detaches", command.join(" "));
-    match drive(&mut session, rec, &command, note.as_deref()) {
+    let mut reporter = Reporter::new(rec, pid);
+    let result = drive(&mut session, rec, &mut reporter, &command, note.as_deref());
+    reporter.finish();
+    match result {
         Ok(o) => {
             if let Outcome::Exited(code) = o {
                 let saved = if rec.report == ReportWhen::Always || rec.output.is_some() {
@@ -382,6 +309,7 @@ pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
                 };
                 crate::errln!("bts: pid {pid} ({}) exited with code {code}{saved}", command.join(" "));
             }
+            end_by_signal(o, pid);
             ExitCode::from(status(o).clamp(0, 255) as u8)
         }
         Err(e) => {

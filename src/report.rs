@@ -98,6 +98,10 @@ pub struct Report {
     pub outcome: OutcomeReport,
     pub trace_file: Option<String>,
     pub threads: Vec<ThreadReport>,
+    /// The reports of other processes that crashed in the same run
+    /// (followed children), each with its own command and trace file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_reports: Vec<Report>,
 }
 
 /// Which threads a report covers.
@@ -256,6 +260,7 @@ impl Report {
             },
             trace_file,
             threads,
+            other_reports: Vec::new(),
         }
     }
 

@@ -6,12 +6,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 
-use bts_reader::valgrind::{self, VgOptions, VgTrace};
-use bts_reader::{CodeRange, Module, Stream, StreamKind, TraceFile};
+use bts_reader::valgrind::{self, VgEnd, VgOptions, VgTrace};
+use bts_reader::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile};
 use ds_alloc::{Allocator, Target};
 use ptrace_shim::Outcome;
 
-use crate::record::{default_path, end_meta, save_and_report};
+use crate::save::{end_meta, Reporter};
 use crate::{RecordArgs, ReportWhen, EXIT_BTS_FAILED};
 
 /// Adds one traced image (a process between execs) to the trace file,
@@ -135,51 +135,81 @@ pub fn run(
     }
     let signal = vr.status.signal().or(vr.end.signal);
     let code = vr.status.code();
-    let root: Vec<&VgTrace> = vr.traces.iter().filter(|t| t.pid == vr.pid).collect();
-    let mut meta = match (signal, code) {
-        (Some(s), _) => {
-            let mut m = end_meta(&shown, vr.pid, Outcome::Signaled(s));
-            m.fault_addr = vr
-                .end
-                .fault_addr
-                .filter(|_| matches!(s, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE));
-            if let Some(last) = root.last() {
-                m.tid = Some(last.last_tid);
-                m.pc = last.threads.iter().find(|t| t.os_tid == last.last_tid).map(|t| t.last_pc);
-            }
-            m
-        }
-        (None, c) => end_meta(&shown, vr.pid, Outcome::Exited(c.unwrap_or(0))),
-    };
-    meta.backend = "valgrind".into();
-    meta.note = note;
-    let mut tf = TraceFile { meta, ..TraceFile::default() };
-    let crashed_tid = signal.and(tf.meta.tid);
-    let images: Vec<&VgTrace> = vr.traces.iter().filter(|t| opts.keeps(t.pid, vr.pid)).collect();
-    let mut generation: HashMap<i32, u32> = HashMap::new();
-    let last_root = root.len();
-    let mut root_seen = 0;
-    for t in images {
-        let g = generation.entry(t.pid).or_insert(0);
-        *g += 1;
-        let is_last_root = t.pid == vr.pid && {
-            root_seen += 1;
-            root_seen == last_root
-        };
-        add_image(&mut tf, t, *g, if is_last_root { crashed_tid } else { None }, rec.buffer_size);
-    }
-    if root.is_empty() {
+    let kept: Vec<&VgTrace> = vr.traces.iter().filter(|t| opts.keeps(t.pid, vr.pid)).collect();
+    if !vr.traces.iter().any(|t| t.pid == vr.pid) {
         crate::errln!("bts: the Valgrind tool wrote no trace for pid {}", vr.pid);
     }
+    let mut reporter = Reporter::new(rec, vr.pid);
+    // Every followed child that died of a signal: its own file and report.
+    let mut children: Vec<i32> = kept.iter().map(|t| t.pid).filter(|&p| p != vr.pid).collect();
+    children.dedup();
+    for child in children {
+        let Some(sig) = vr.ends.get(&child).and_then(|e| e.signal) else { continue };
+        let own: Vec<&VgTrace> = kept.iter().copied().filter(|t| t.pid == child).collect();
+        let command = own.last().map(|t| t.command.clone()).unwrap_or_default();
+        let meta = signal_meta(&command, child, sig, &vr.ends[&child], &own, &note);
+        let tf = build(meta, &own, rec.buffer_size);
+        reporter.save(&tf, child, rec.report != ReportWhen::Never);
+    }
+    let root: Vec<&VgTrace> = vr.traces.iter().filter(|t| t.pid == vr.pid).collect();
+    let meta = match (signal, code) {
+        (Some(s), _) => signal_meta(&shown, vr.pid, s, &vr.end, &root, &note),
+        (None, c) => {
+            let mut m = end_meta(&shown, vr.pid, Outcome::Exited(c.unwrap_or(0)));
+            m.backend = "valgrind".into();
+            m.note = note.clone();
+            m
+        }
+    };
+    let tf = build(meta, &kept, rec.buffer_size);
     let crashed = signal.is_some();
     let status = match (signal, code) {
         (Some(s), _) => 128 + s,
         (None, c) => c.unwrap_or(0),
     };
     if crashed || rec.report == ReportWhen::Always || rec.output.is_some() {
-        let path = default_path(rec, vr.pid, vr.pid);
         let print = crashed && rec.report != ReportWhen::Never || rec.report == ReportWhen::Always;
-        save_and_report(&tf, Some(&path), &rec.out, print);
+        reporter.save(&tf, vr.pid, print);
     }
+    reporter.finish();
     status
+}
+
+/// The trace file of `traces` (images of one or more processes, in order).
+/// The crashed thread named by `meta` is marked in its process's last image.
+fn build(meta: Meta, traces: &[&VgTrace], buffer_bytes: usize) -> TraceFile {
+    let crash = meta.tid.filter(|_| meta.signal.is_some()).map(|tid| (meta.pid, tid));
+    let mut tf = TraceFile { meta, ..TraceFile::default() };
+    let mut generation: HashMap<i32, u32> = HashMap::new();
+    for (i, t) in traces.iter().enumerate() {
+        let g = generation.entry(t.pid).or_insert(0);
+        *g += 1;
+        let last_of_pid = !traces[i + 1..].iter().any(|o| o.pid == t.pid);
+        let crashed_tid = crash.filter(|&(pid, _)| pid == t.pid && last_of_pid).map(|c| c.1);
+        add_image(&mut tf, t, *g, crashed_tid, buffer_bytes);
+    }
+    tf
+}
+
+/// What a process that died of `sig` under Valgrind reports: the fault
+/// address and the thread and pc where it stood, from Valgrind's log and the
+/// tool's last image of it.
+fn signal_meta(
+    command: &[String],
+    pid: i32,
+    sig: i32,
+    end: &VgEnd,
+    images: &[&VgTrace],
+    note: &Option<String>,
+) -> Meta {
+    let mut m = end_meta(command, pid, Outcome::Signaled(sig));
+    m.fault_addr =
+        end.fault_addr.filter(|_| matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE));
+    if let Some(last) = images.last() {
+        m.tid = Some(last.last_tid);
+        m.pc = end.pc.or_else(|| last.threads.iter().find(|t| t.os_tid == last.last_tid).map(|t| t.last_pc));
+    }
+    m.backend = "valgrind".into();
+    m.note = note.clone();
+    m
 }

@@ -69,6 +69,8 @@ pub struct VgTrace {
     pub maps: Vec<VgMap>,
     /// Code pages the client executed, as translated.
     pub pages: Vec<(u64, Vec<u8>)>,
+    /// The program's command line (the executable, then its arguments).
+    pub command: Vec<String>,
 }
 
 struct Reader<'a> {
@@ -133,7 +135,13 @@ impl VgTrace {
             let addr = r.u64()?;
             pages.push((addr, r.take(4096)?.to_vec()));
         }
-        Ok(VgTrace { pid, last_tid, threads, maps, pages })
+        let nargs = r.count(8)?;
+        let mut command = Vec::with_capacity(nargs);
+        for _ in 0..nargs {
+            let len = r.count(1)?;
+            command.push(String::from_utf8_lossy(r.take(len)?).into_owned());
+        }
+        Ok(VgTrace { pid, last_tid, threads, maps, pages, command })
     }
 }
 
@@ -142,6 +150,8 @@ impl VgTrace {
 pub struct VgEnd {
     pub signal: Option<i32>,
     pub fault_addr: Option<u64>,
+    /// The instruction the signal struck (the first frame of the log's stack).
+    pub pc: Option<u64>,
     /// A message that explains a failure of Valgrind itself.
     pub problem: Option<String>,
 }
@@ -216,6 +226,8 @@ pub struct VgRun {
     pub status: ExitStatus,
     pub pid: i32,
     pub end: VgEnd,
+    /// What each process's Valgrind log says, by pid (the first process's is `end`).
+    pub ends: std::collections::HashMap<i32, VgEnd>,
     pub traces: Vec<VgTrace>,
     /// Files that could not be read, with why.
     pub bad: Vec<(PathBuf, String)>,
@@ -274,7 +286,7 @@ pub fn run(
     };
     let mut traces = Vec::new();
     let mut bad = Vec::new();
-    let mut log = String::new();
+    let mut ends = std::collections::HashMap::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&work)
         .map_err(|e| VgError::Io(format!("{}: {e}", work.display())))?
         .flatten()
@@ -290,9 +302,9 @@ pub fn run(
     entries.sort_by_key(key);
     for p in entries {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if name.starts_with("vg.") {
-            if name == format!("vg.{pid}.log") || log.is_empty() {
-                log = std::fs::read_to_string(&p).unwrap_or_default();
+        if let Some(p_pid) = name.strip_prefix("vg.").and_then(|r| r.strip_suffix(".log")) {
+            if let Ok(p_pid) = p_pid.parse::<i32>() {
+                ends.insert(p_pid, parse_log(&std::fs::read_to_string(&p).unwrap_or_default()));
             }
         } else if name.starts_with("t.") {
             match std::fs::read(&p).map_err(|e| VgError::Io(e.to_string())).and_then(|b| VgTrace::parse(&b)) {
@@ -302,7 +314,8 @@ pub fn run(
         }
     }
     drop(work_dir);
-    Ok(VgRun { status, pid, end: parse_log(&log), traces, bad })
+    let end = ends.get(&pid).cloned().unwrap_or_default();
+    Ok(VgRun { status, pid, end, ends, traces, bad })
 }
 
 #[cfg(test)]
@@ -325,6 +338,9 @@ mod tests {
         b.extend_from_slice(b"/bin");
         b.extend_from_slice(&0x401000u64.to_le_bytes());
         b.extend_from_slice(&[0x90; 4096]);
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&4u64.to_le_bytes());
+        b.extend_from_slice(b"prog");
         b
     }
 
@@ -336,6 +352,7 @@ mod tests {
         assert_eq!((t.threads[0].written, t.threads[0].branches, t.threads[0].capacity), (12, 11, 10));
         assert_eq!(t.maps[0].path, "/bin");
         assert_eq!(t.pages[0].0, 0x401000);
+        assert_eq!(t.command, vec!["prog".to_string()]);
         let good = file();
         for n in 0..good.len() {
             assert!(VgTrace::parse(&good[..n]).is_err(), "prefix {n}");

@@ -27,6 +27,8 @@
 #include "pub_tool_aspacemgr.h"
 #include "pub_tool_threadstate.h"
 #include "pub_tool_vki.h"
+#include "pub_tool_clientstate.h"
+#include "pub_tool_xarray.h"
 
 /* ------------------------------------------------------------------ */
 /* Options                                                            */
@@ -418,6 +420,17 @@ static void bts_fini(Int exitcode)
       if (!page_key[s]) continue;
       put64(page_key[s]);
       put(page_data[s], PAGE);
+   }
+   /* The command line, so a child's crash is named by its own. */
+   Word nargs = VG_(args_for_client) ? VG_(sizeXA)(VG_(args_for_client)) : 0;
+   put64((ULong)nargs + 1);
+   const HChar *exe = VG_(args_the_exename) ? VG_(args_the_exename) : "";
+   put64(VG_(strlen)(exe));
+   put(exe, (UInt)VG_(strlen)(exe));
+   for (Word a = 0; a < nargs; a++) {
+      const HChar *arg = *(HChar **)VG_(indexXA)(VG_(args_for_client), a);
+      put64(VG_(strlen)(arg));
+      put(arg, (UInt)VG_(strlen)(arg));
    }
    flush();
    VG_(close)(out_fd);
