@@ -9,6 +9,7 @@ use std::os::unix::process::ExitStatusExt;
 use bts_reader::valgrind::{self, VgEnd, VgOptions, VgTrace};
 use bts_reader::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile};
 use ds_alloc::{Allocator, Target};
+use iced_x86::{FlowControl, Mnemonic};
 use ptrace_shim::Outcome;
 
 use crate::save::{end_meta, Reporter};
@@ -203,13 +204,52 @@ fn signal_meta(
     note: &Option<String>,
 ) -> Meta {
     let mut m = end_meta(command, pid, Outcome::Signaled(sig));
-    m.fault_addr =
-        end.fault_addr.filter(|_| matches!(sig, libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE));
-    if let Some(last) = images.last() {
-        m.tid = Some(last.last_tid);
-        m.pc = end.pc.or_else(|| last.threads.iter().find(|t| t.os_tid == last.last_tid).map(|t| t.last_pc));
+    let Some(last) = images.last() else { return m };
+    m.tid = Some(last.last_tid);
+    let mut code = decode::CodeMap::default();
+    for (addr, bytes) in &last.pages {
+        code.insert(*addr, bytes.clone());
     }
+    let tool_pc = last.threads.iter().find(|t| t.os_tid == last.last_tid).map(|t| t.last_pc);
+    let pc = end.pc.or(tool_pc);
+    // What the kernel would say (si_addr), from what Valgrind's log says.
+    let (pc, fault) = match sig {
+        libc::SIGSEGV | libc::SIGBUS => (pc, end.fault_addr),
+        // Valgrind's pc for SIGFPE is the start of the faulting run (it
+        // keeps the guest pc exact only at memory accesses): the fault is
+        // the first division from there. The kernel's si_addr is its pc.
+        libc::SIGFPE => {
+            let div = pc.and_then(|p| first_division(&code, p)).or(pc);
+            (div, div)
+        }
+        libc::SIGILL => (pc, pc),
+        // int3 (the byte before the pc): the kernel's si_addr is 0.
+        libc::SIGTRAP => {
+            let mut b = [0u8; 1];
+            let int3 = pc.is_some_and(|p| code.read(p.wrapping_sub(1), &mut b) == 1 && b[0] == 0xcc);
+            (pc, int3.then_some(0))
+        }
+        _ => (pc, None),
+    };
+    m.pc = pc;
+    m.fault_addr = fault;
     m.backend = "valgrind".into();
     m.note = note.clone();
     m
+}
+
+/// The first division at or after `pc` in straight-line code.
+fn first_division(code: &decode::CodeMap, pc: u64) -> Option<u64> {
+    let mut a = pc;
+    for _ in 0..32 {
+        let insn = decode::classify::decode_at(code, a)?;
+        if matches!(insn.mnemonic(), Mnemonic::Div | Mnemonic::Idiv) {
+            return Some(a);
+        }
+        if insn.flow_control() != FlowControl::Next {
+            return None;
+        }
+        a = insn.next_ip();
+    }
+    None
 }

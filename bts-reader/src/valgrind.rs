@@ -164,9 +164,16 @@ pub fn parse_log(log: &str) -> VgEnd {
         if let Some(rest) = l.strip_prefix("Process terminating with default action of signal ") {
             end.signal = rest.split_whitespace().next().and_then(|n| n.parse().ok());
         } else if let Some(pos) = l.find("at address 0x") {
-            if end.signal.is_some() && end.fault_addr.is_none() {
-                let hex: String = l[pos + 13..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
-                end.fault_addr = u64::from_str_radix(&hex, 16).ok();
+            // The data address of SIGSEGV and SIGBUS. (For SIGFPE Valgrind
+            // names a host address here: not the program's.)
+            let data = matches!(end.signal, Some(libc::SIGSEGV) | Some(libc::SIGBUS));
+            if data && end.fault_addr.is_none() {
+                end.fault_addr = hex_after(&l[pos + 11..]);
+            }
+        } else if let Some(frame) = l.strip_prefix("at 0x") {
+            // The first frame of the fatal signal's stack: where it struck.
+            if end.signal.is_some() && end.pc.is_none() {
+                end.pc = hex_after(&format!("0x{frame}"));
             }
         } else if l.contains("unhandled instruction bytes: 0x62") {
             end.problem = Some(
@@ -178,6 +185,12 @@ pub fn parse_log(log: &str) -> VgEnd {
         }
     }
     end
+}
+
+/// The hex number at the start of `s` (`0x` prefixed).
+fn hex_after(s: &str) -> Option<u64> {
+    let hex: String = s.strip_prefix("0x")?.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+    u64::from_str_radix(&hex, 16).ok()
 }
 
 /// The Valgrind launcher, if installed.
@@ -367,7 +380,12 @@ mod tests {
         let log = "==9== Process terminating with default action of signal 11 (SIGSEGV)\n\
                    ==9==  Access not within mapped region at address 0x41414141\n==9==    at 0x41414141: ???\n";
         let e = parse_log(log);
-        assert_eq!((e.signal, e.fault_addr), (Some(11), Some(0x41414141)));
+        assert_eq!((e.signal, e.fault_addr, e.pc), (Some(11), Some(0x41414141), Some(0x41414141)));
+        let fpe = "==9== Process terminating with default action of signal 8 (SIGFPE)\n\
+                   ==9==  Integer divide by zero at address 0x10028EDED6\n\
+                   ==9==    at 0x40131E: main (faults.c:36)\n";
+        let e = parse_log(fpe);
+        assert_eq!((e.signal, e.fault_addr, e.pc), (Some(8), None, Some(0x40131e)));
         let e = parse_log("vex amd64->IR: unhandled instruction bytes: 0x62 0xF1 0x7D 0x48\n");
         assert!(e.problem.unwrap().contains("AVX-512"));
     }
