@@ -95,7 +95,7 @@ fn identical_on_the_crashing_worker_thread() {
 
 #[test]
 fn identical_per_thread_when_threads_share_a_single_stepped_site() {
-    // Far jumps cannot be emulated: the fast recorder lifts the int3 and
+    // Far branches cannot be emulated: the fast recorder lifts the int3 and
     // single-steps them, stopping the other thread meanwhile so it cannot
     // run through the site unrecorded.
     let dir = scratch("compare_far_jumps");
