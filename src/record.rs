@@ -275,7 +275,6 @@ pub fn run(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsSt
 
 /// `bts attach PID`.
 pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
-    let command = process_command(pid);
     if let Err(e) = ptrace_shim::install_stop_handlers() {
         crate::errln!("bts: cannot install signal handlers: {e}");
         return ExitCode::from(EXIT_BTS_FAILED);
@@ -295,6 +294,9 @@ pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
             return ExitCode::from(EXIT_BTS_FAILED);
         }
     };
+    // Read once the threads are stopped: a process still inside execve has
+    // no command line yet.
+    let command = process_command(pid);
     crate::errln!("bts: attached to pid {pid} ({}); Ctrl-C detaches", command.join(" "));
     let mut reporter = Reporter::new(rec, pid);
     let result = drive(&mut session, rec, &mut reporter, &command, note.as_deref());

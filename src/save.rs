@@ -63,7 +63,11 @@ pub(crate) fn process_command(pid: i32) -> Vec<String> {
             .filter(|s| !s.is_empty())
             .map(|s| String::from_utf8_lossy(s).into_owned())
             .collect(),
-        _ => vec![format!("pid {pid}")],
+        // No command line (a kernel thread, a zombie): its name, as ps shows it.
+        _ => match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+            Ok(c) if !c.trim().is_empty() => vec![format!("[{}]", c.trim_end())],
+            _ => vec![format!("pid {pid}")],
+        },
     }
 }
 

@@ -12,18 +12,26 @@ static BUILD: Mutex<()> = Mutex::new(());
 
 /// Compiles `tests/fixtures/NAME.c` (once per test run) and returns the binary.
 pub fn fixture(name: &str) -> PathBuf {
+    fixture_with(name, "", &[])
+}
+
+/// Compiles `tests/fixtures/NAME.c` with extra compiler flags into a binary
+/// named NAME + `suffix`.
+pub fn fixture_with(name: &str, suffix: &str, flags: &[&str]) -> PathBuf {
     let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.c"));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
     std::fs::create_dir_all(&dir).unwrap();
-    let bin = dir.join(name);
+    let bin = dir.join(format!("{name}{suffix}"));
     let fresh = match (std::fs::metadata(&bin), std::fs::metadata(&src)) {
         (Ok(b), Ok(s)) => b.modified().unwrap() >= s.modified().unwrap(),
         _ => false,
     };
     if !fresh {
         let out = Command::new("cc")
-            .args(["-g", "-O0", "-fno-stack-protector", "-pthread", "-o"])
+            .args(["-g", "-O0", "-fno-stack-protector", "-pthread"])
+            .args(flags)
+            .arg("-o")
             .arg(&bin)
             .arg(&src)
             .output()
