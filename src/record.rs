@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use bts_reader::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile};
+use ptrace_shim::front::{self, Side, WorkerEnd};
 use ptrace_shim::{sys, Backend, HardwareSource, Options, Outcome, Recording, Session, Stop};
 
 use crate::hw::PerfSource;
@@ -192,12 +193,42 @@ fn drive(
     }
 }
 
+/// Puts the tracing into a worker process that survives the SIGKILL of
+/// the process the user started (see `ptrace_shim::front`). None in the
+/// worker, which goes on; the status to end with in the front.
+fn split_off_tracer() -> Option<i32> {
+    match front::split() {
+        Ok(Side::Worker) => None,
+        Ok(Side::Front { end: WorkerEnd::Exited(code), .. }) => Some(code),
+        Ok(Side::Front { worker, end: WorkerEnd::Signaled(sig) }) => {
+            if sig == libc::SIGKILL {
+                crate::errln!(
+                    "bts: its tracer (pid {worker}) was killed by SIGKILL: the program may be left with \
+                     breakpoints in it; kill bts itself, not bts-tracer, to stop tracing safely"
+                );
+            }
+            ptrace_shim::die_of(sig)
+        }
+        Err(e) => {
+            crate::errln!("bts: {e}");
+            Some(i32::from(EXIT_BTS_FAILED))
+        }
+    }
+}
+
 /// After the reports are out: a signal that asked bts to go (other than
 /// the ordinary stop requests) now ends it, the program running on.
 fn end_by_signal(o: Outcome, pid: i32) {
     if let Outcome::Detached(sig) = o {
         if !ptrace_shim::is_stop_request(sig) {
-            crate::errln!("bts: {} received: detached from pid {pid}, which runs on", sys::signal_name(sig));
+            if sig == front::front_gone_signal() && front::front_is_gone() {
+                crate::errln!("bts: bts was killed: its tracer detached from pid {pid}, which runs on");
+            } else {
+                crate::errln!(
+                    "bts: {} received: detached from pid {pid}, which runs on",
+                    sys::signal_name(sig)
+                );
+            }
             ptrace_shim::die_of(sig);
         }
     }
@@ -214,12 +245,9 @@ fn status(o: Outcome) -> i32 {
 /// `bts run`: the program's exit status, or 125 when bts itself failed.
 pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsString>) -> i32 {
     let shown: Vec<String> = command.iter().map(|c| c.to_string_lossy().into_owned()).collect();
-    if let Err(e) = ptrace_shim::install_stop_handlers() {
-        crate::errln!("bts: cannot install signal handlers: {e}");
-        return i32::from(EXIT_BTS_FAILED);
-    }
     let (be, source, note) = match backend(rec, true) {
         Ok((Chosen::Ptrace(be, source), note)) => (be, source, note),
+        // Valgrind plants nothing in the program: bts dying harms nothing.
         Ok((Chosen::Valgrind(tool), note)) => {
             return crate::vg::run(&tool, rec, follow_fork, no_aslr, command, note)
         }
@@ -228,6 +256,9 @@ pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: V
             return i32::from(EXIT_BTS_FAILED);
         }
     };
+    if let Some(status) = split_off_tracer() {
+        return status;
+    }
     let mut session = match Session::launch_with(&command, options(rec, be, follow_fork, no_aslr), source) {
         Ok(s) => s,
         Err(e) => {
@@ -275,10 +306,6 @@ pub fn run(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsSt
 
 /// `bts attach PID`.
 pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
-    if let Err(e) = ptrace_shim::install_stop_handlers() {
-        crate::errln!("bts: cannot install signal handlers: {e}");
-        return ExitCode::from(EXIT_BTS_FAILED);
-    }
     let (be, source, note) = match backend(rec, false) {
         Ok((Chosen::Ptrace(be, source), note)) => (be, source, note),
         Ok((Chosen::Valgrind(_), _)) => unreachable!("valgrind is not chosen for attach"),
@@ -287,6 +314,9 @@ pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
             return ExitCode::from(EXIT_BTS_FAILED);
         }
     };
+    if let Some(status) = split_off_tracer() {
+        return ExitCode::from(status.clamp(0, 255) as u8);
+    }
     let mut session = match Session::attach_with(pid, options(rec, be, false, false), source) {
         Ok(s) => s,
         Err(e) => {

@@ -334,6 +334,72 @@ fn signal_bts_while_tracing(attach: bool, sig: i32) {
     if sig != libc::SIGKILL {
         assert_eq!(status.signal(), Some(sig), "bts ends as the signal meant it to, after detaching");
     }
+    // And what was recorded is kept (after SIGKILL, by the tracer process
+    // that outlives the bts the user started).
+    let t0 = Instant::now();
+    let saved = loop {
+        let found = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "bts"));
+        match found {
+            Some(p) if bts(&dir, &["last-branch", p.to_str().unwrap()]).status.success() => break Some(p),
+            _ if t0.elapsed() > Duration::from_secs(20) => break None,
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert!(saved.is_some(), "signal {sig}: no readable trace in {}", dir.display());
+}
+
+#[test]
+fn sigkill_to_bts_attach_and_bts_run_leaves_the_program_unharmed() {
+    signal_bts_while_tracing(true, libc::SIGKILL);
+    signal_bts_while_tracing(false, libc::SIGKILL);
+}
+
+#[test]
+fn the_tracer_is_not_the_bts_the_user_started() {
+    // `killall bts` and `pgrep -x bts` find the front only; the tracer is
+    // its child, named bts-tracer.
+    let dir = scratch("trust_front");
+    let bin = fixture("ticker");
+    let mut front = Command::new(BTS)
+        .args(["run", "--backend", "fast", "--"])
+        .arg(&bin)
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let children = loop {
+        let c =
+            std::fs::read_to_string(format!("/proc/{}/task/{}/children", front.id(), front.id())).unwrap();
+        if !c.trim().is_empty() || t0.elapsed() > Duration::from_secs(10) {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let worker: i32 = children.split_whitespace().next().expect("a tracer child").parse().unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{worker}/comm")).unwrap();
+    assert_eq!(comm.trim(), "bts-tracer");
+    // The program is traced by bts-tracer, not by the front.
+    let t0 = Instant::now();
+    let tracer_of_program = loop {
+        let kids =
+            std::fs::read_to_string(format!("/proc/{worker}/task/{worker}/children")).unwrap_or_default();
+        let traced_by = kids.split_whitespace().next().and_then(|p| {
+            let st = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            st.lines().find_map(|l| l.strip_prefix("TracerPid:").map(|v| v.trim().parse::<i32>().unwrap()))
+        });
+        match traced_by {
+            Some(t) if t != 0 => break t,
+            _ if t0.elapsed() > Duration::from_secs(10) => break 0,
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert_eq!(tracer_of_program, worker);
+    assert!(front.wait().unwrap().success());
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //!   are seen as syscall stops. It single-steps only what it cannot evaluate.
 
 mod eval;
+pub mod front;
 pub mod legacy;
 pub mod maps;
 mod signals;

@@ -2,15 +2,16 @@
 //! bts and can be caught sets a flag the event loop reads, so bts always
 //! detaches cleanly (int3 bytes removed) before it goes; a 100 ms interval
 //! timer interrupts `waitpid` so the flag is seen even while every tracee
-//! sleeps. Faults of bts itself (SIGSEGV, SIGBUS, SIGILL, SIGFPE) cannot be
-//! caught usefully; like SIGKILL, the guardian covers them.
+//! sleeps. SIGKILL cannot be caught: the front process covers it (see
+//! `front`). Faults of bts itself (SIGSEGV, SIGBUS, SIGILL, SIGFPE) cannot
+//! be caught usefully.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-/// The signals that end a process by default and that bts catches.
-pub const CAUGHT: &[i32] = &[
+/// The classic signals that end a process by default and can be caught.
+const CLASSIC: &[i32] = &[
     libc::SIGHUP,
     libc::SIGINT,
     libc::SIGQUIT,
@@ -31,6 +32,13 @@ pub const CAUGHT: &[i32] = &[
     libc::SIGSYS,
 ];
 
+/// Every signal that ends a process by default and can be caught: the
+/// classic ones and the real-time ones (glibc keeps the two below
+/// SIGRTMIN for itself).
+pub fn caught() -> impl Iterator<Item = i32> {
+    CLASSIC.iter().copied().chain(libc::SIGRTMIN()..=libc::SIGRTMAX())
+}
+
 /// The signals that ask bts to stop in the ordinary way: a launched
 /// program gets them (it decides what they mean), an attach detaches and
 /// bts exits normally.
@@ -48,16 +56,25 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut
     if sig == libc::SIGALRM && code == libc::SI_KERNEL || sig == libc::SIGPIPE && sender == me {
         return;
     }
+    note_signal(sig);
+}
+
+/// Records `sig` as received, as the handler does.
+pub(crate) fn note_signal(sig: i32) {
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
 }
 
-fn set_handler(sig: i32) -> std::io::Result<()> {
+/// The type of an SA_SIGINFO handler.
+pub(crate) type Handler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+/// Installs `handler` for `sig`, without SA_RESTART.
+pub(crate) fn set_handler(sig: i32, handler: Handler) -> std::io::Result<()> {
     // SAFETY: the sigaction struct is fully initialised; the handler only
     // reads its siginfo and stores to an atomic (async-signal-safe). No
     // SA_RESTART, so a blocked waitpid returns EINTR.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as *const () as usize;
+        sa.sa_sigaction = handler as *const () as usize;
         libc::sigemptyset(&mut sa.sa_mask);
         sa.sa_flags = libc::SA_SIGINFO;
         if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
@@ -70,8 +87,8 @@ fn set_handler(sig: i32) -> std::io::Result<()> {
 /// Installs the handlers and the interval timer. The handlers are reset to
 /// their defaults in a launched child by exec.
 pub fn install_stop_handlers() -> std::io::Result<()> {
-    for &sig in CAUGHT {
-        set_handler(sig)?;
+    for sig in caught() {
+        set_handler(sig, on_signal)?;
     }
     let tick = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
     let it = libc::itimerval { it_interval: tick, it_value: tick };
