@@ -229,21 +229,16 @@ fn attach_errors_name_the_cause() {
     // A process that something else already traces.
     let mut first =
         spawn_bts(&dir, &["run", "--backend", "fast", "--", fixture("long_loop").to_str().unwrap(), "100"]);
-    let t0 = Instant::now();
-    let target = loop {
-        let kids =
-            std::fs::read_to_string(format!("/proc/{}/task/{}/children", first.id(), first.id())).unwrap();
-        if let Some(p) = kids.split_whitespace().next() {
-            break p.to_string();
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let out = bts(&dir, &["attach", &target]);
+    // bts -> bts-tracer -> the program.
+    let tracer = first_child(first.id() as i32);
+    let target = first_child(tracer);
+    let out = bts(&dir, &["attach", &target.to_string()]);
     assert_eq!(out.status.code(), Some(125));
     let err = text(&out.stderr);
     assert!(err.contains(&format!("not allowed to trace pid {target}")), "{err}");
-    assert!(err.contains(&format!("already traced by pid {}", first.id())), "{err}");
-    first.kill().unwrap();
+    assert!(err.contains(&format!("already traced by pid {tracer}")), "{err}");
+    // Killing bts detaches: the program would run on.
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(target, libc::SIGKILL) };
     first.wait().unwrap();
 }

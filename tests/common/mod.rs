@@ -118,3 +118,16 @@ pub fn record_whole(
     let r = json(&bts(dir, &["last-branch", "--json", "--all-threads", "-n", "100000000", file]));
     (out, r)
 }
+
+/// The first child of `pid`, waited for up to ten seconds.
+pub fn first_child(pid: i32) -> i32 {
+    let t0 = std::time::Instant::now();
+    loop {
+        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if let Some(p) = kids.split_whitespace().next() {
+            return p.parse().unwrap();
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "pid {pid} has no child");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
