@@ -19,8 +19,8 @@ impl PerfSource {
 }
 
 impl HardwareSource for PerfSource {
-    fn start(&mut self, tid: i32) -> Result<(), String> {
-        let ev = perf::open_bts(tid, self.bytes).map_err(|e| e.to_string())?;
+    fn start(&mut self, tid: i32) -> Result<(), ptrace_shim::SourceError> {
+        let ev = perf::open_bts(tid, self.bytes)?;
         self.events.insert(tid, ev);
         Ok(())
     }

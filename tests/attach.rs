@@ -150,7 +150,8 @@ fn attach_to_a_multithreaded_process_traces_every_thread() {
     }
     let mut rest = String::new();
     out.read_to_string(&mut rest).unwrap();
-    assert!(child.wait().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
     assert_eq!(format!("ready\n{rest}"), text(&native.stdout));
 }
 

@@ -49,6 +49,17 @@ pub fn classify(code: &CodeMap, from: u64, to: u64) -> BranchKind {
     }
 }
 
+/// A system call instruction: `syscall`, `sysenter` or `int 0x80`. The one
+/// definition every part of bts uses (the recorders, the kernel filter, the
+/// flow walk).
+pub fn is_syscall(insn: &Instruction) -> bool {
+    match insn.mnemonic() {
+        Mnemonic::Syscall | Mnemonic::Sysenter => true,
+        Mnemonic::Int => insn.immediate8() == 0x80,
+        _ => false,
+    }
+}
+
 /// Classifies a transfer by the instruction at its source.
 pub fn classify_insn(insn: &Instruction, to: u64) -> BranchKind {
     let direct = |k| {
@@ -59,12 +70,7 @@ pub fn classify_insn(insn: &Instruction, to: u64) -> BranchKind {
         }
     };
     match insn.flow_control() {
-        _ if insn.mnemonic() == Mnemonic::Syscall
-            || insn.mnemonic() == Mnemonic::Int && insn.immediate8() == 0x80
-            || insn.mnemonic() == Mnemonic::Sysenter =>
-        {
-            BranchKind::Syscall
-        }
+        _ if is_syscall(insn) => BranchKind::Syscall,
         FlowControl::Call if insn.is_call_near() => direct(BranchKind::Call),
         FlowControl::Call | FlowControl::IndirectCall => BranchKind::Call,
         FlowControl::UnconditionalBranch if insn.is_jmp_short_or_near() => direct(BranchKind::Jump),
@@ -85,6 +91,17 @@ pub fn classify_insn(insn: &Instruction, to: u64) -> BranchKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syscall_sysenter_and_int_0x80_are_system_calls_and_nothing_else() {
+        let insn = |b: &[u8]| iced_x86::Decoder::with_ip(64, b, 0x1000, 0).decode();
+        for b in [&[0x0f, 0x05][..], &[0x0f, 0x34], &[0xcd, 0x80]] {
+            assert!(is_syscall(&insn(b)), "{b:02x?}");
+        }
+        for b in [&[0xcc][..], &[0xcd, 0x03], &[0xcd, 0x81], &[0xe8, 0, 0, 0, 0], &[0x0f, 0x07]] {
+            assert!(!is_syscall(&insn(b)), "{b:02x?}");
+        }
+    }
 
     fn code(bytes: &[u8]) -> CodeMap {
         let mut m = CodeMap::new();

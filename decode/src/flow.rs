@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction};
 
 use crate::kernel::{Branch, Transfer};
 use crate::CodeMap;
@@ -124,10 +124,8 @@ impl Hasher for AddrHasher {
 type AddrMap<V> = HashMap<u64, V, BuildHasherDefault<AddrHasher>>;
 
 fn class_of(i: &Instruction) -> Class {
-    match i.mnemonic() {
-        Mnemonic::Syscall | Mnemonic::Sysenter => return Class::Syscall,
-        Mnemonic::Int if i.immediate8() == 0x80 => return Class::Syscall,
-        _ => {}
+    if crate::classify::is_syscall(i) {
+        return Class::Syscall;
     }
     match i.flow_control() {
         FlowControl::Next => Class::Other,

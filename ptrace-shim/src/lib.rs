@@ -14,16 +14,17 @@ mod eval;
 pub mod front;
 pub mod legacy;
 pub mod maps;
+mod recorder;
+mod session;
 mod signals;
 mod space;
 pub mod spawn;
 pub mod sys;
-mod tracer;
 mod traps;
 
 pub use maps::Mapping;
+pub use session::{Crash, ImageTrace, Options, Outcome, Recording, Session, Stop, ThreadTrace};
 pub use signals::{die_of, install_stop_handlers, is_stop_request, stop_requested};
-pub use tracer::{Crash, ImageTrace, Options, Outcome, Recording, Session, Stop, ThreadTrace};
 
 /// Which software recorder to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +38,14 @@ pub enum Backend {
     Hardware,
 }
 
+/// Why a [`HardwareSource`] cannot record a thread.
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A branch source that records by itself (hardware BTS): the session
 /// tells it which threads to trace and reads it when a trace is taken.
 pub trait HardwareSource {
     /// Starts recording a new thread. The error says why it cannot.
-    fn start(&mut self, tid: i32) -> std::result::Result<(), String>;
+    fn start(&mut self, tid: i32) -> std::result::Result<(), SourceError>;
     /// The thread's records so far, oldest first, and how many it lost.
     fn read(&mut self, tid: i32) -> Option<(Vec<ds_alloc::BtsRecord>, u64)>;
     /// The thread is gone.
@@ -76,8 +80,8 @@ pub enum Error {
     #[error("{0}")]
     Alloc(String),
     /// The hardware source could not trace the first thread.
-    #[error("{0}")]
-    Hardware(String),
+    #[error(transparent)]
+    Hardware(SourceError),
 }
 
 impl Error {

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction};
 
 use crate::maps::{self, Mapping};
 use crate::sys::Pid;
@@ -265,14 +265,7 @@ pub fn ends_block(insn: &Instruction) -> bool {
     }
 }
 
-/// `syscall`, or `int 0x80`.
-pub fn is_syscall(insn: &Instruction) -> bool {
-    match insn.mnemonic() {
-        Mnemonic::Syscall => true,
-        Mnemonic::Int => insn.immediate8() == 0x80,
-        _ => false,
-    }
-}
+pub use decode::classify::is_syscall;
 
 impl Space {
     /// Addresses of every planted breakpoint.

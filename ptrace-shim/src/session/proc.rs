@@ -1,0 +1,20 @@
+//! Reading /proc: a thread's status fields, signal masks and CPU.
+
+use crate::sys::Pid;
+
+pub(super) fn status_field(tid: Pid, field: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(field).map(|v| v.trim_start_matches(':').trim().to_string()))
+}
+
+pub(super) fn sig_mask(tid: Pid, field: &str) -> u64 {
+    status_field(tid, field).and_then(|v| u64::from_str_radix(&v, 16).ok()).unwrap_or(0)
+}
+
+/// The CPU a thread last ran on (field 39 of /proc/TID/stat).
+pub(super) fn thread_cpu(tid: Pid) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(36)?.parse().ok()
+}
