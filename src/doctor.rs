@@ -70,7 +70,7 @@ fn pebs_check(c: &cpu::CpuInfo) -> Check {
 
 fn valgrind_check() -> Check {
     match bts_reader::valgrind::unavailable() {
-        Some(why) => Check { available: false, detail: why },
+        Some(why) => Check { available: false, detail: why.to_string() },
         None => {
             let v = std::process::Command::new("valgrind")
                 .arg("--version")
@@ -89,7 +89,9 @@ pub fn run(json: bool) -> ExitCode {
         Ok(()) => {
             Check { available: true, detail: "the branch-instructions event with period 1 opens".into() }
         }
-        Err(e) => Check { available: false, detail: e.to_string() },
+        Err(e) => {
+            Check { available: false, detail: crate::record::BackendError::Perf(e.clone()).to_string() }
+        }
     };
     let intel_bts_pmu = match cpu::intel_bts_type() {
         Some(t) => Check { available: true, detail: format!("PMU type {t}") },

@@ -5,7 +5,6 @@ mod demo;
 mod doctor;
 mod export;
 mod history;
-mod hw;
 mod inspect;
 mod out;
 mod record;

@@ -8,57 +8,62 @@ use std::process::ExitCode;
 
 use bts_reader::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile};
 use ptrace_shim::front::{self, Side, WorkerEnd};
-use ptrace_shim::{sys, Backend, HardwareSource, Options, Outcome, Recording, Session, Stop};
-
-use crate::hw::PerfSource;
+use ptrace_shim::{sys, Backend, Options, Outcome, Recording, Session, Stop};
 
 use crate::report::{Report, Selection};
 use crate::save::{crash_meta, end_meta, process_command, Reporter};
 use crate::{BackendArg, OutputArgs, RecordArgs, ReportWhen, EXIT_BTS_FAILED};
 
-/// The backend to use, a hardware source for it, and a notice when
-/// `auto` fell back.
+/// Why the backend asked for cannot record. The advice is added here, in
+/// the CLI: the libraries only say what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BackendError {
+    #[error("the Valgrind backend is unavailable: {0}; use --backend fast")]
+    VgUnavailable(bts_reader::valgrind::Unavailable),
+    #[error("{0}; use --backend fast")]
+    VgInstall(bts_reader::valgrind::VgError),
+    #[error("the Valgrind backend traces launched programs only: use `bts run`")]
+    VgAttach,
+    #[error("{0}{advice}", advice = if .0.software_recorders_help() { "; use --backend fast" } else { "" })]
+    Perf(bts_reader::perf::PerfError),
+}
+
 /// What records: a ptrace session (with a hardware source for perf), or
 /// the Valgrind tool.
 enum Chosen {
-    Ptrace(Backend, Option<Box<dyn HardwareSource>>),
+    Ptrace(Backend),
     Valgrind(bts_reader::valgrind::Installed),
 }
 
 /// The backend to use, and a notice when `auto` fell back from the hardware.
 /// `auto` picks perf where hardware BTS works, else the Valgrind tool for a
 /// launched program, else the fast ptrace recorder.
-fn backend(rec: &RecordArgs, launched: bool) -> Result<(Chosen, Option<String>), String> {
-    let hw = || -> Option<Box<dyn HardwareSource>> { Some(Box::new(PerfSource::new(rec.buffer_size))) };
+fn backend(rec: &RecordArgs, launched: bool) -> Result<(Chosen, Option<String>), BackendError> {
     Ok(match rec.backend {
-        BackendArg::Step => (Chosen::Ptrace(Backend::Step, None), None),
-        BackendArg::Fast => (Chosen::Ptrace(Backend::Fast, None), None),
+        BackendArg::Step => (Chosen::Ptrace(Backend::Step), None),
+        BackendArg::Fast => (Chosen::Ptrace(Backend::Fast), None),
         BackendArg::Valgrind if launched => {
             if let Some(why) = bts_reader::valgrind::unavailable() {
-                return Err(format!("the Valgrind backend is unavailable: {why}; use --backend fast"));
+                return Err(BackendError::VgUnavailable(why));
             }
-            let tool = bts_reader::valgrind::install().map_err(|e| format!("{e}; use --backend fast"))?;
+            let tool = bts_reader::valgrind::install().map_err(BackendError::VgInstall)?;
             (Chosen::Valgrind(tool), None)
         }
-        BackendArg::Valgrind => {
-            return Err("the Valgrind backend traces launched programs only: use `bts run`".into())
-        }
+        BackendArg::Valgrind => return Err(BackendError::VgAttach),
         // Fails before anything is started.
         BackendArg::Perf => {
-            bts_reader::perf::probe_bts().map_err(|e| e.to_string())?;
-            (Chosen::Ptrace(Backend::Hardware, hw()), None)
+            bts_reader::perf::probe_bts().map_err(BackendError::Perf)?;
+            (Chosen::Ptrace(Backend::Hardware), None)
         }
         BackendArg::Auto => match bts_reader::perf::probe_bts() {
-            Ok(()) => (Chosen::Ptrace(Backend::Hardware, hw()), None),
+            Ok(()) => (Chosen::Ptrace(Backend::Hardware), None),
             Err(e) => {
                 // The Valgrind tool cannot keep per-CPU buffers or the step log.
                 let vg = launched
                     && rec.per_cpu_buffer.is_none()
                     && rec.insn_log.is_none()
                     && bts_reader::valgrind::unavailable().is_none();
-                let why = e.to_string();
-                let why = why.trim_end_matches("; use --backend fast");
-                let mut note = format!("hardware BTS unavailable ({why}); recording with the ");
+                let mut note = format!("hardware BTS unavailable ({e}); recording with the ");
                 let chosen = match vg.then(bts_reader::valgrind::install) {
                     Some(Ok(tool)) => {
                         note.push_str("valgrind recorder");
@@ -66,11 +71,11 @@ fn backend(rec: &RecordArgs, launched: bool) -> Result<(Chosen, Option<String>),
                     }
                     Some(Err(e)) => {
                         note.push_str(&format!("fast recorder ({e})"));
-                        Chosen::Ptrace(Backend::Fast, None)
+                        Chosen::Ptrace(Backend::Fast)
                     }
                     None => {
                         note.push_str("fast recorder");
-                        Chosen::Ptrace(Backend::Fast, None)
+                        Chosen::Ptrace(Backend::Fast)
                     }
                 };
                 // SAFETY: isatty only inspects the fd.
@@ -161,7 +166,11 @@ fn drive(
     let mut crashed = false;
     let root = session.root_pid();
     loop {
-        match session.next_stop()? {
+        let stop = session.next_stop();
+        for n in session.take_notices() {
+            crate::errln!("bts: {n}");
+        }
+        match stop? {
             Stop::Crash(c) => {
                 crashed |= c.pid == root;
                 let recording = session.recording();
@@ -245,8 +254,8 @@ fn status(o: Outcome) -> i32 {
 /// `bts run`: the program's exit status, or 125 when bts itself failed.
 pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsString>) -> i32 {
     let shown: Vec<String> = command.iter().map(|c| c.to_string_lossy().into_owned()).collect();
-    let (be, source, note) = match backend(rec, true) {
-        Ok((Chosen::Ptrace(be, source), note)) => (be, source, note),
+    let (be, note) = match backend(rec, true) {
+        Ok((Chosen::Ptrace(be), note)) => (be, note),
         // Valgrind plants nothing in the program: bts dying harms nothing.
         Ok((Chosen::Valgrind(tool), note)) => {
             return crate::vg::run(&tool, rec, follow_fork, no_aslr, command, note)
@@ -259,7 +268,7 @@ pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: V
     if let Some(status) = split_off_tracer() {
         return status;
     }
-    let mut session = match Session::launch_with(&command, options(rec, be, follow_fork, no_aslr), source) {
+    let mut session = match Session::launch(&command, options(rec, be, follow_fork, no_aslr)) {
         Ok(s) => s,
         Err(e) => {
             crate::errln!("bts: {e}");
@@ -306,8 +315,8 @@ pub fn run(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsSt
 
 /// `bts attach PID`.
 pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
-    let (be, source, note) = match backend(rec, false) {
-        Ok((Chosen::Ptrace(be, source), note)) => (be, source, note),
+    let (be, note) = match backend(rec, false) {
+        Ok((Chosen::Ptrace(be), note)) => (be, note),
         Ok((Chosen::Valgrind(_), _)) => unreachable!("valgrind is not chosen for attach"),
         Err(e) => {
             crate::errln!("bts: {e}");
@@ -317,7 +326,7 @@ pub fn attach(rec: &RecordArgs, pid: i32) -> ExitCode {
     if let Some(status) = split_off_tracer() {
         return ExitCode::from(status.clamp(0, 255) as u8);
     }
-    let mut session = match Session::attach_with(pid, options(rec, be, false, false), source) {
+    let mut session = match Session::attach(pid, options(rec, be, false, false)) {
         Ok(s) => s,
         Err(e) => {
             crate::errln!("bts: {e}");

@@ -132,7 +132,7 @@ pub fn run(
         crate::errln!("bts: {}: {why}", p.display());
     }
     if let Some(p) = &vr.end.problem {
-        crate::errln!("bts: {p}");
+        crate::errln!("bts: {p}; use --backend fast for this program");
     }
     let signal = vr.status.signal().or(vr.end.signal);
     let code = vr.status.code();

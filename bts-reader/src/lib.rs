@@ -22,6 +22,8 @@ pub enum Error {
     Truncated(String),
     #[error("trace file is corrupt: {0}")]
     Corrupt(String),
+    #[error("trace file is corrupt: the stream at offset {at}: {source}")]
+    Records { at: usize, source: ds_alloc::Error },
     #[error(transparent)]
     Write(#[from] outfile::WriteError),
 }

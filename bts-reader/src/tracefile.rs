@@ -304,7 +304,7 @@ fn parse_stream(payload: &[u8], at: usize) -> Result<Stream> {
             body.len()
         )));
     }
-    let records = BtsRecord::parse_all(body).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let records = BtsRecord::parse_all(body).map_err(|source| Error::Records { at, source })?;
     Ok(Stream { kind: h.kind, capacity: h.capacity, overwritten: h.overwritten, lost: h.lost, records })
 }
 

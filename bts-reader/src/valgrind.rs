@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
-mod install;
+pub mod install;
 pub use install::{install, Installed};
 
 use ds_alloc::{BtsRecord, BTS_RECORD_SIZE};
@@ -25,14 +25,68 @@ const PRELOAD: &str = "vgpreload_core-amd64-linux.so";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VgError {
-    #[error("the Valgrind backend is unavailable: {0}")]
-    Unavailable(String),
+    /// No private folder could take the tool.
     #[error("the Valgrind tool cannot be installed in a private folder: {0}")]
-    Install(String),
-    #[error("{0}")]
-    Io(String),
+    Install(#[from] install::InstallError),
+    /// Running Valgrind or reading what it wrote failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// A trace file of the tool ends early.
+    #[error("the Valgrind tool's trace is truncated at byte {at}")]
+    Truncated {
+        /// Where.
+        at: usize,
+    },
+    /// A count in a trace file of the tool exceeds the file.
+    #[error("the Valgrind tool's trace is corrupt: a count of {count} exceeds the file")]
+    BadCount {
+        /// The count.
+        count: u64,
+    },
+    /// Not a trace file of this tool's version.
+    #[error("not a trace of this Valgrind tool (bad magic)")]
+    BadMagic,
+    /// Records that are not whole BTS records.
     #[error("the Valgrind tool's trace is corrupt: {0}")]
-    Corrupt(String),
+    Records(#[from] ds_alloc::Error),
+}
+
+impl VgError {
+    fn io(what: impl Into<String>, source: std::io::Error) -> VgError {
+        VgError::Io { what: what.into(), source }
+    }
+}
+
+/// Why the Valgrind backend cannot be used on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unavailable {
+    /// bts was built without the tool.
+    #[error("this bts was built without Valgrind's tool headers and libraries")]
+    NotBuilt,
+    /// No `valgrind` on PATH.
+    #[error("valgrind is not installed")]
+    NoValgrind,
+    /// Valgrind's preload library is missing.
+    #[error("{PRELOAD} is not found in {}", PRELOAD_DIRS.join(", "))]
+    NoPreload,
+}
+
+/// What stopped Valgrind itself (not the program).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VgProblem {
+    /// EVEX-encoded (AVX-512) code, which Valgrind cannot run.
+    #[error("Valgrind cannot run EVEX (AVX-512) instructions")]
+    Evex,
+    /// Another instruction Valgrind cannot run; the log's line.
+    #[error("Valgrind met an instruction it cannot run ({0})")]
+    Unhandled(String),
 }
 
 /// One thread's buffer as the tool wrote it.
@@ -81,7 +135,7 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], VgError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len());
-        let end = end.ok_or_else(|| VgError::Corrupt(format!("truncated at byte {}", self.pos)))?;
+        let end = end.ok_or(VgError::Truncated { at: self.pos })?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -93,7 +147,7 @@ impl<'a> Reader<'a> {
         let n = self.u64()?;
         let left = (self.b.len() - self.pos) as u64;
         if n.saturating_mul(unit as u64) > left {
-            return Err(VgError::Corrupt(format!("a count of {n} exceeds the file")));
+            return Err(VgError::BadCount { count: n });
         }
         Ok(n as usize)
     }
@@ -104,7 +158,7 @@ impl VgTrace {
     pub fn parse(b: &[u8]) -> Result<VgTrace, VgError> {
         let mut r = Reader { b, pos: 0 };
         if r.take(8)? != b"BTSVG002" {
-            return Err(VgError::Corrupt("bad magic".into()));
+            return Err(VgError::BadMagic);
         }
         let pid = r.u64()? as i32;
         let last_tid = r.u64()? as i32;
@@ -119,8 +173,7 @@ impl VgTrace {
             let written = r.u64()?;
             let branches = r.u64()?;
             let count = r.count(BTS_RECORD_SIZE)?;
-            let records = BtsRecord::parse_all(r.take(count * BTS_RECORD_SIZE)?)
-                .map_err(|e| VgError::Corrupt(e.to_string()))?;
+            let records = BtsRecord::parse_all(r.take(count * BTS_RECORD_SIZE)?)?;
             threads.push(VgThread { os_tid, last_pc, capacity, written, branches, records });
         }
         let mut maps = Vec::with_capacity(nmaps);
@@ -152,8 +205,8 @@ pub struct VgEnd {
     pub fault_addr: Option<u64>,
     /// The instruction the signal struck (the first frame of the log's stack).
     pub pc: Option<u64>,
-    /// A message that explains a failure of Valgrind itself.
-    pub problem: Option<String>,
+    /// What stopped Valgrind itself.
+    pub problem: Option<VgProblem>,
 }
 
 /// Reads Valgrind's log: the fatal signal, its address, unsupported code.
@@ -176,12 +229,9 @@ pub fn parse_log(log: &str) -> VgEnd {
                 end.pc = hex_after(&format!("0x{frame}"));
             }
         } else if l.contains("unhandled instruction bytes: 0x62") {
-            end.problem = Some(
-                "Valgrind cannot run EVEX (AVX-512) instructions; use --backend fast for this program".into(),
-            );
+            end.problem = Some(VgProblem::Evex);
         } else if l.contains("unhandled instruction bytes") && end.problem.is_none() {
-            end.problem =
-                Some(format!("Valgrind met an instruction it cannot run ({l}); use --backend fast"));
+            end.problem = Some(VgProblem::Unhandled(l.trim().to_string()));
         }
     }
     end
@@ -204,15 +254,15 @@ fn preload_lib() -> Option<PathBuf> {
 }
 
 /// Why the backend cannot run here, if it cannot.
-pub fn unavailable() -> Option<String> {
+pub fn unavailable() -> Option<Unavailable> {
     if TOOL.is_empty() {
-        return Some("this bts was built without Valgrind's tool headers and libraries".into());
+        return Some(Unavailable::NotBuilt);
     }
     if valgrind_binary().is_none() {
-        return Some("valgrind is not installed".into());
+        return Some(Unavailable::NoValgrind);
     }
     if preload_lib().is_none() {
-        return Some(format!("{PRELOAD} is not found in {}", PRELOAD_DIRS.join(", ")));
+        return Some(Unavailable::NoPreload);
     }
     None
 }
@@ -243,7 +293,7 @@ pub struct VgRun {
     pub ends: std::collections::HashMap<i32, VgEnd>,
     pub traces: Vec<VgTrace>,
     /// Files that could not be read, with why.
-    pub bad: Vec<(PathBuf, String)>,
+    pub bad: Vec<(PathBuf, VgError)>,
 }
 
 /// Runs `argv` under the tool; the program's stdio is bts's. `signal_to_pass`
@@ -261,7 +311,7 @@ pub fn run(
     let work_dir = tempfile::Builder::new()
         .prefix("bts-vg-")
         .tempdir_in(&tmp)
-        .map_err(|e| VgError::Io(format!("{}: {e}", tmp.display())))?;
+        .map_err(|e| VgError::io(tmp.display().to_string(), e))?;
     let work = work_dir.path().to_path_buf();
     let mut cmd = if o.no_aslr {
         let mut c = Command::new("setarch");
@@ -282,14 +332,14 @@ pub fn run(
     // they are followed.
     cmd.arg("--trace-children=yes");
     cmd.arg("--").args(argv);
-    let mut child = cmd.spawn().map_err(|e| VgError::Io(format!("cannot run valgrind: {e}")))?;
+    let mut child = cmd.spawn().map_err(|e| VgError::io("cannot run valgrind", e))?;
     let pid = child.id() as i32;
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
             Ok(None) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(VgError::Io(format!("waiting for valgrind: {e}"))),
+            Err(e) => return Err(VgError::io("waiting for valgrind", e)),
         }
         if let Some(sig) = signal_to_pass() {
             // SAFETY: signalling our own child process.
@@ -301,7 +351,7 @@ pub fn run(
     let mut bad = Vec::new();
     let mut ends = std::collections::HashMap::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&work)
-        .map_err(|e| VgError::Io(format!("{}: {e}", work.display())))?
+        .map_err(|e| VgError::io(work.display().to_string(), e))?
         .flatten()
         .map(|e| e.path())
         .collect();
@@ -320,9 +370,12 @@ pub fn run(
                 ends.insert(p_pid, parse_log(&std::fs::read_to_string(&p).unwrap_or_default()));
             }
         } else if name.starts_with("t.") {
-            match std::fs::read(&p).map_err(|e| VgError::Io(e.to_string())).and_then(|b| VgTrace::parse(&b)) {
+            match std::fs::read(&p)
+                .map_err(|e| VgError::io(p.display().to_string(), e))
+                .and_then(|b| VgTrace::parse(&b))
+            {
                 Ok(t) => traces.push(t),
-                Err(e) => bad.push((p.clone(), e.to_string())),
+                Err(e) => bad.push((p.clone(), e)),
             }
         }
     }
@@ -387,6 +440,6 @@ mod tests {
         let e = parse_log(fpe);
         assert_eq!((e.signal, e.fault_addr, e.pc), (Some(8), None, Some(0x40131e)));
         let e = parse_log("vex amd64->IR: unhandled instruction bytes: 0x62 0xF1 0x7D 0x48\n");
-        assert!(e.problem.unwrap().contains("AVX-512"));
+        assert_eq!(e.problem, Some(VgProblem::Evex));
     }
 }

@@ -20,7 +20,7 @@ pub use pebs::{PebsConfig, PebsFormat, PebsRecord};
 pub use record::{is_kernel_address, BtsRecord, ContextKind, RecordKind, BTS_RECORD_SIZE, FLAG_PREDICTED};
 
 /// Errors of the DS model.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
     /// A byte slice that should hold whole BTS records does not.

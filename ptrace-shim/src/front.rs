@@ -74,7 +74,7 @@ extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut l
 pub fn split() -> Result<Side> {
     let threads = std::fs::read_dir("/proc/self/task").map_err(|e| Error::os("/proc/self/task", e))?.count();
     if threads != 1 {
-        return Err(Error::Invalid(format!("bts has {threads} threads: cannot fork its tracer safely")));
+        return Err(Error::Threaded { threads });
     }
     let front = getpid();
     // SAFETY: the process has one thread (checked above), so the child

@@ -66,8 +66,8 @@ pub enum BtsError {
     ShortBuffer { have: usize, need: usize },
     #[error("unknown request {0} (EIO)")]
     UnknownRequest(u32),
-    #[error("{0}")]
-    Alloc(String),
+    #[error(transparent)]
+    Alloc(#[from] ds_alloc::Error),
 }
 
 impl BtsError {
@@ -76,7 +76,7 @@ impl BtsError {
         match self {
             BtsError::NoBuffer(_) => libc::ENXIO,
             BtsError::UnknownRequest(_) => libc::EIO,
-            BtsError::Alloc(m) if m.contains("RLIMIT_MEMLOCK") => libc::ENOMEM,
+            BtsError::Alloc(ds_alloc::Error::MemlockExceeded { .. }) => libc::ENOMEM,
             _ => libc::EINVAL,
         }
     }
@@ -92,10 +92,6 @@ struct TaskBts {
 pub struct LegacyBts {
     tracer: TracerId,
     tasks: HashMap<u32, TaskBts>,
-}
-
-fn alloc_err(e: ds_alloc::Error) -> BtsError {
-    BtsError::Alloc(e.to_string())
 }
 
 impl LegacyBts {
@@ -123,18 +119,16 @@ impl LegacyBts {
         }
         let st = self.tasks.entry(task).or_default();
         if cfg.flags & PTRACE_BTS_O_ALLOC != 0 {
-            let h = alloc
-                .request_bts(self.tracer, Target::Task(task), cfg.bts_size as usize)
-                .map_err(alloc_err)?;
+            let h = alloc.request_bts(self.tracer, Target::Task(task), cfg.bts_size as usize)?;
             if let Some(old) = st.handle.replace(h) {
-                alloc.release_bts(self.tracer, old).map_err(alloc_err)?;
+                alloc.release_bts(self.tracer, old)?;
             }
         }
         let h = st.handle.ok_or(BtsError::NoBuffer(task))?;
         if cfg.flags & PTRACE_BTS_O_TRACE != 0 {
-            alloc.resume_bts(self.tracer, h).map_err(alloc_err)?;
+            alloc.resume_bts(self.tracer, h)?;
         } else {
-            alloc.suspend_bts(self.tracer, h).map_err(alloc_err)?;
+            alloc.suspend_bts(self.tracer, h)?;
         }
         let bts_size = if cfg.flags & PTRACE_BTS_O_ALLOC != 0 { cfg.bts_size } else { st.config.bts_size };
         st.config = PtraceBtsConfig { size: CONFIG_SIZE as u32, bts_size, ..*cfg };
@@ -151,7 +145,7 @@ impl LegacyBts {
         let st = self.tasks.get(&task).ok_or(BtsError::NoBuffer(task))?;
         let h = st.handle.ok_or(BtsError::NoBuffer(task))?;
         let sched = st.config.flags & PTRACE_BTS_O_SCHED != 0;
-        let buf = alloc.bts_buffer(self.tracer, h).map_err(alloc_err)?;
+        let buf = alloc.bts_buffer(self.tracer, h)?;
         Ok(buf.iter().filter(|r| sched || r.is_branch()).copied().collect())
     }
 
@@ -170,7 +164,7 @@ impl LegacyBts {
     /// PTRACE_BTS_CLEAR: empties the caller's buffer only.
     pub fn clear(&mut self, alloc: &mut Allocator, task: u32) -> Result<(), BtsError> {
         let h = self.tasks.get(&task).and_then(|t| t.handle).ok_or(BtsError::NoBuffer(task))?;
-        alloc.reset_bts(self.tracer, h).map_err(alloc_err)
+        alloc.reset_bts(self.tracer, h).map_err(BtsError::from)
     }
 
     /// PTRACE_BTS_DRAIN: the whole buffer, oldest to newest, then cleared.

@@ -33,23 +33,9 @@ pub enum Backend {
     Step,
     /// One stop per branch instruction.
     Fast,
-    /// A [`HardwareSource`] records (Intel BTS through perf); ptrace only
+    /// Intel BTS through perf records; ptrace only
     /// follows threads and holds crashes.
     Hardware,
-}
-
-/// Why a [`HardwareSource`] cannot record a thread.
-pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A branch source that records by itself (hardware BTS): the session
-/// tells it which threads to trace and reads it when a trace is taken.
-pub trait HardwareSource {
-    /// Starts recording a new thread. The error says why it cannot.
-    fn start(&mut self, tid: i32) -> std::result::Result<(), SourceError>;
-    /// The thread's records so far, oldest first, and how many it lost.
-    fn read(&mut self, tid: i32) -> Option<(Vec<ds_alloc::BtsRecord>, u64)>;
-    /// The thread is gone.
-    fn stop(&mut self, tid: i32);
 }
 
 impl Backend {
@@ -74,20 +60,54 @@ pub enum Error {
     Exec { program: String, source: std::io::Error },
     #[error("{what}: {source}")]
     Os { what: String, source: std::io::Error },
-    #[error("{0}")]
-    Invalid(String),
+    /// No command was given to launch.
+    #[error("no command given")]
+    NoCommand,
+    /// An argument of the command holds a NUL byte.
+    #[error("an argument contains a NUL byte")]
+    NulInArgument,
+    /// The process exited and waits for its parent to reap it.
+    #[error("pid {pid} has already exited (a zombie waiting for its parent)")]
+    Zombie { pid: i32 },
+    /// A thread id was given where a process was wanted.
+    #[error("{pid} is a thread, not a process: attach to its process")]
+    NotAProcess { pid: i32 },
+    /// bts must fork its tracer while it has a single thread.
+    #[error("bts has {threads} threads: cannot fork its tracer safely")]
+    Threaded { threads: usize },
+    /// bts was asked to trace itself.
+    #[error("bts cannot trace itself")]
+    SelfTrace,
+    /// The program's SIGTRAP action must be read or restored and its code
+    /// has no system call instruction to do it through.
+    #[error("no system call instruction in the program to {what} its SIGTRAP action through")]
+    NoSyscallSite { what: &'static str },
     /// The allocator refused a buffer (locked-memory limit, size).
-    #[error("{0}")]
-    Alloc(String),
-    /// The hardware source could not trace the first thread.
     #[error(transparent)]
-    Hardware(SourceError),
+    Alloc(#[from] ds_alloc::Error),
+    /// The hardware could not trace the first thread.
+    #[error(transparent)]
+    Hardware(#[from] bts_reader::perf::PerfError),
 }
 
 impl Error {
     pub(crate) fn os(what: impl Into<String>, source: std::io::Error) -> Error {
         Error::Os { what: what.into(), source }
     }
+}
+
+/// Something the session could not do that does not stop it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Notice {
+    /// A thread is not recorded: its buffer or its hardware event was refused.
+    #[error("thread {tid} is not recorded: {cause}")]
+    ThreadNotRecorded {
+        /// The thread.
+        tid: i32,
+        /// Why.
+        cause: Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -4,6 +4,7 @@
 //! where its records come from. This is the one place that knows which
 //! [`Backend`] is in use.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -11,7 +12,9 @@ use ds_alloc::BtsRecord;
 
 use crate::space::{BlockEnd, Space};
 use crate::sys::Pid;
-use crate::{Backend, Error, HardwareSource, Result, SourceError};
+use bts_reader::perf::{self, BtsEvent, PerfError};
+
+use crate::{Backend, Error, Result};
 
 /// How the session resumes a thread that has no step in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +51,7 @@ pub(crate) trait Recorder {
         Ok(())
     }
     /// A thread to record starts.
-    fn start_thread(&mut self, _tid: Pid) -> std::result::Result<(), SourceError> {
+    fn start_thread(&mut self, _tid: Pid) -> std::result::Result<(), PerfError> {
         Ok(())
     }
     /// Records the recorder holds outside the session's buffers, oldest
@@ -60,11 +63,11 @@ pub(crate) trait Recorder {
     fn stop_thread(&mut self, _tid: Pid) {}
 }
 
-/// The recorder for `backend`; `insn_log` names the step recorder's log of
-/// executed instructions.
+/// The recorder for `backend`: `bytes` is the size of a hardware buffer,
+/// `insn_log` names the step recorder's log of executed instructions.
 pub(crate) fn for_backend(
     backend: Backend,
-    source: Option<Box<dyn HardwareSource>>,
+    bytes: usize,
     insn_log: Option<&Path>,
 ) -> Result<Box<dyn Recorder>> {
     Ok(match backend {
@@ -78,7 +81,7 @@ pub(crate) fn for_backend(
             Box::new(Step { log })
         }
         Backend::Fast => Box::new(Fast),
-        Backend::Hardware => Box::new(Hardware { source }),
+        Backend::Hardware => Box::new(Hardware { bytes, events: HashMap::new() }),
     })
 }
 
@@ -134,9 +137,11 @@ impl Recorder for Fast {
     }
 }
 
-/// The hardware records; ptrace only follows threads and holds crashes.
+/// Intel BTS through perf, one event per thread, read when a trace is
+/// taken; ptrace only follows threads and holds crashes.
 struct Hardware {
-    source: Option<Box<dyn HardwareSource>>,
+    bytes: usize,
+    events: HashMap<Pid, BtsEvent>,
 }
 
 impl Recorder for Hardware {
@@ -152,20 +157,17 @@ impl Recorder for Hardware {
         true
     }
 
-    fn start_thread(&mut self, tid: Pid) -> std::result::Result<(), SourceError> {
-        match self.source.as_mut() {
-            Some(s) => s.start(tid),
-            None => Ok(()),
-        }
+    fn start_thread(&mut self, tid: Pid) -> std::result::Result<(), PerfError> {
+        self.events.insert(tid, perf::open_bts(tid, self.bytes)?);
+        Ok(())
     }
 
     fn take_records(&mut self, tid: Pid) -> Option<(Vec<BtsRecord>, u64)> {
-        self.source.as_mut()?.read(tid)
+        let r = self.events.get(&tid)?.read().ok()?;
+        Some((r.records, r.lost))
     }
 
     fn stop_thread(&mut self, tid: Pid) {
-        if let Some(s) = self.source.as_mut() {
-            s.stop(tid);
-        }
+        self.events.remove(&tid);
     }
 }

@@ -45,13 +45,13 @@ fn access_x(p: &Path) -> bool {
 /// Forks and execs `argv` with the child held until the parent has seized it.
 pub(crate) fn spawn_seized(argv: &[OsString], no_aslr: bool, options: i32) -> Result<(Pid, std::fs::File)> {
     if argv.is_empty() {
-        return Err(Error::Invalid("no command given".into()));
+        return Err(Error::NoCommand);
     }
     let cargs: Vec<CString> = argv
         .iter()
         .map(|a| CString::new(a.as_bytes()))
         .collect::<std::result::Result<_, _>>()
-        .map_err(|_| Error::Invalid("an argument contains a NUL byte".into()))?;
+        .map_err(|_| Error::NulInArgument)?;
     let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
     ptrs.push(std::ptr::null());
     let mut gate = [0i32; 2];

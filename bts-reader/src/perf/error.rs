@@ -1,15 +1,17 @@
-//! Errors of the hardware backend, each naming its cause and the way out.
+//! Errors of the hardware backend, each naming its cause and, where the
+//! remedy is on this machine, the way out. The way round (another backend)
+//! is the caller's to say: see [`PerfError::software_recorders_help`].
 
 use super::cpu::{self, CpuInfo};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PerfError {
-    #[error("no hardware BTS on this CPU: {cpu} {why}; use --backend fast")]
+    #[error("no hardware BTS on this CPU: {cpu} {why}")]
     NoBts { cpu: String, why: String },
     #[error(
         "BTS is disabled on {cpu} (family 6, model {model:#x}): erratum AAJ122 makes its \
-         branch \"from\" addresses unreliable, and GDB refuses it too; use --backend fast"
+         branch \"from\" addresses unreliable, and GDB refuses it too"
     )]
     Erratum { cpu: String, model: u32 },
     #[error(
@@ -24,15 +26,26 @@ pub enum PerfError {
     Memlock { pages: u64, mlock_kb: u64 },
     #[error(
         "branch tracing is busy on this thread: another LBR, Intel PT or BTS user \
-         (perf, a debugger, a profiler) holds it (EBUSY); stop it, or use --backend fast"
+         (perf, a debugger, a profiler) holds it (EBUSY); stop it"
     )]
     Busy,
     #[error("the intel_bts PMU is not registered: {why}; bts falls back to the legacy BTS event")]
     IntelBtsAbsent { why: String },
-    #[error("perf_event_open failed: {0}")]
-    Os(String),
+    #[error("{what} failed: {}", errno_name(*errno))]
+    Os { what: &'static str, errno: i32 },
+    #[error("the kernel reported a perf ring outside its mapping")]
+    RingOutsideMapping,
+    #[error("PEBS cannot be had: {0}")]
+    Pebs(#[from] ds_alloc::Error),
     #[error("{0}")]
     Ring(#[from] super::ring::RingError),
+}
+
+impl PerfError {
+    /// The hardware cannot record here, but the software recorders can.
+    pub fn software_recorders_help(&self) -> bool {
+        matches!(self, PerfError::NoBts { .. } | PerfError::Erratum { .. } | PerfError::Busy)
+    }
 }
 
 fn cpu_label(c: &CpuInfo) -> String {
@@ -64,7 +77,7 @@ pub fn diagnose_open(errno: i32, c: &CpuInfo) -> PerfError {
             };
             PerfError::NoBts { cpu: cpu_label(c), why }
         }
-        e => PerfError::Os(errno_name(e)),
+        e => PerfError::Os { what: "perf_event_open", errno: e },
     }
 }
 
@@ -74,7 +87,7 @@ pub fn diagnose_mmap(errno: i32, pages: u64) -> PerfError {
         libc::EPERM | libc::ENOMEM => {
             PerfError::Memlock { pages, mlock_kb: cpu::perf_event_mlock_kb().unwrap_or(0) }
         }
-        e => PerfError::Os(format!("mmap of the perf ring: {}", errno_name(e))),
+        e => PerfError::Os { what: "mmap of the perf ring", errno: e },
     }
 }
 
@@ -128,10 +141,9 @@ mod tests {
         let amd =
             CpuInfo { vendor: "AuthenticAMD".into(), model_name: "AMD EPYC".into(), ..Default::default() };
         let e = check_cpu(&amd).unwrap_err().to_string();
-        assert!(
-            e.contains("AMD processors have no Branch Trace Store") && e.contains("--backend fast"),
-            "{e}"
-        );
+        assert!(e.contains("AMD processors have no Branch Trace Store"), "{e}");
+        assert!(check_cpu(&amd).unwrap_err().software_recorders_help());
+        assert!(!diagnose_open(libc::EACCES, &intel(0x55, false)).software_recorders_help());
         let e = check_cpu(&intel(0x2a, false)).unwrap_err().to_string();
         assert!(e.contains("AAJ122") && e.contains("0x2a"), "{e}");
         assert!(check_cpu(&intel(0x55, false)).is_ok());

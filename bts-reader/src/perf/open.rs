@@ -150,7 +150,7 @@ pub fn open_bts(tid: i32, bytes: usize) -> Result<BtsEvent, PerfError> {
                     data_size = map.read_u64(ring::OFF_DATA_SIZE) as usize;
                 }
                 if data_offset + data_size > map.len {
-                    return Err(PerfError::Os("the kernel reported a ring outside the mapping".into()));
+                    return Err(PerfError::RingOutsideMapping);
                 }
                 return Ok(BtsEvent { _fd: fd, map, data_offset, data_size, pages });
             }
@@ -257,9 +257,7 @@ pub fn open_pebs(
         reset: period,
         records: pages * PAGE / 176,
     };
-    let owner = alloc
-        .request_pebs(tracer, ds_alloc::Target::Task(tid as u32), config)
-        .map_err(|e| PerfError::Os(e.to_string()))?;
+    let owner = alloc.request_pebs(tracer, ds_alloc::Target::Task(tid as u32), config)?;
     let opened = (|| {
         if !c.is_intel() {
             return Err(PerfError::NoBts { cpu: c.vendor.clone(), why: "(PEBS is an Intel feature)".into() });

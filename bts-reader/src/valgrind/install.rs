@@ -21,6 +21,80 @@ use std::path::{Path, PathBuf};
 
 use super::{preload_lib, VgError, PRELOAD, TOOL};
 
+/// Why one folder cannot take the tool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The system refused.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The folder or file.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// It belongs to someone else than the caller or root.
+    #[error("{} belongs to another user (uid {uid})", path.display())]
+    NotOurs {
+        /// The folder.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
+    /// Others may write in it (and it is not sticky).
+    #[error("{} is writable by others", path.display())]
+    WritableByOthers {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// Something other than a folder sits where bts's folder goes.
+    #[error("{} is not a folder (a symlink or a file is there)", path.display())]
+    NotAFolder {
+        /// The path.
+        path: PathBuf,
+    },
+    /// bts's folder is open to others.
+    #[error("{} is open to other users (mode {mode:o})", path.display())]
+    NotPrivate {
+        /// The folder.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The tool just written is not what bts wrote.
+    #[error("{}: the tool written there does not read back", path.display())]
+    NoReadBack {
+        /// The tool's path.
+        path: PathBuf,
+    },
+    /// Valgrind's preload library is missing.
+    #[error("{PRELOAD} is not installed")]
+    NoPreload,
+}
+
+/// Why the tool could not be installed anywhere: why each folder tried was
+/// refused, in order.
+#[derive(Debug)]
+pub struct InstallError(pub Vec<Refusal>);
+
+impl std::fmt::Display for InstallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InstallError {}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> Refusal + '_ {
+    move |source| Refusal::Io { path: path.to_path_buf(), source }
+}
+
 const TOOL_NAME: &str = "bts-amd64-linux";
 
 /// The installed tool: the folder to give Valgrind as `VALGRIND_LIB`.
@@ -79,38 +153,37 @@ pub fn install() -> Result<Installed, VgError> {
     }
     // A fresh private folder (0700, random name) in TMPDIR.
     let tmp = std::env::temp_dir();
-    let fresh = secure_ancestors(&tmp).and_then(|_| {
-        tempfile::Builder::new()
-            .prefix("bts-valgrind-")
-            .tempdir_in(&tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))
-    });
+    let fresh = secure_ancestors(&tmp)
+        .and_then(|_| tempfile::Builder::new().prefix("bts-valgrind-").tempdir_in(&tmp).map_err(io_at(&tmp)));
     match fresh {
         Ok(t) => {
             let dir = t.path().to_path_buf();
-            place_tool(&dir).map_err(|e| VgError::Install(format!("{}; {e}", why.join("; "))))?;
+            if let Err(e) = place_tool(&dir) {
+                why.push(e);
+                return Err(VgError::Install(InstallError(why)));
+            }
             Ok(Installed { dir, _temp: Some(t) })
         }
         Err(e) => {
             why.push(e);
-            Err(VgError::Install(why.join("; ")))
+            Err(VgError::Install(InstallError(why)))
         }
     }
 }
 
 /// Checks that nobody but the caller and root can change `path` or any
 /// folder above it (a folder writable by others must be sticky).
-fn secure_ancestors(path: &Path) -> Result<(), String> {
-    let real = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
+fn secure_ancestors(path: &Path) -> Result<(), Refusal> {
+    let real = path.canonicalize().map_err(io_at(path))?;
     let me = euid();
     for dir in real.ancestors() {
-        let m = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let m = std::fs::metadata(dir).map_err(io_at(dir))?;
         let sticky = m.mode() & 0o1000 != 0;
         if m.uid() != 0 && m.uid() != me {
-            return Err(format!("{} belongs to another user (uid {})", dir.display(), m.uid()));
+            return Err(Refusal::NotOurs { path: dir.to_path_buf(), uid: m.uid() });
         }
         if m.mode() & 0o022 != 0 && !sticky {
-            return Err(format!("{} is writable by others", dir.display()));
+            return Err(Refusal::WritableByOthers { path: dir.to_path_buf() });
         }
     }
     Ok(())
@@ -118,31 +191,28 @@ fn secure_ancestors(path: &Path) -> Result<(), String> {
 
 /// `parent/name`, created 0700 if missing, and checked to be the caller's
 /// own private folder (not a symlink, not open to others).
-fn private_dir(parent: &Path, name: &str) -> Result<PathBuf, String> {
+fn private_dir(parent: &Path, name: &str) -> Result<PathBuf, Refusal> {
     if !parent.exists() {
         // A missing cache folder (~/.cache, XDG_CACHE_HOME) is made private.
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(parent)
-            .map_err(|e| format!("{}: {e}", parent.display()))?;
+        std::fs::DirBuilder::new().mode(0o700).create(parent).map_err(io_at(parent))?;
     }
     secure_ancestors(parent)?;
-    let parent = parent.canonicalize().map_err(|e| format!("{}: {e}", parent.display()))?;
+    let parent = parent.canonicalize().map_err(io_at(parent))?;
     let dir = parent.join(name);
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Err(e) => return Err(Refusal::Io { path: dir, source: e }),
     }
-    let m = std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let m = std::fs::symlink_metadata(&dir).map_err(io_at(&dir))?;
     if !m.file_type().is_dir() {
-        return Err(format!("{} is not a folder (a symlink or a file is there)", dir.display()));
+        return Err(Refusal::NotAFolder { path: dir });
     }
     if m.uid() != euid() {
-        return Err(format!("{} belongs to another user (uid {})", dir.display(), m.uid()));
+        return Err(Refusal::NotOurs { path: dir, uid: m.uid() });
     }
     if m.mode() & 0o077 != 0 {
-        return Err(format!("{} is open to other users (mode {:o})", dir.display(), m.mode() & 0o777));
+        return Err(Refusal::NotPrivate { path: dir, mode: m.mode() & 0o777 });
     }
     Ok(dir)
 }
@@ -162,8 +232,8 @@ fn is_own_tool(path: &Path) -> bool {
 
 /// Puts the tool and the link to Valgrind's preload library in `dir`
 /// (the caller's private folder).
-fn place_tool(dir: &Path) -> Result<(), String> {
-    let io = |e: io::Error| format!("{}: {e}", dir.display());
+fn place_tool(dir: &Path) -> Result<(), Refusal> {
+    let io = |source: io::Error| Refusal::Io { path: dir.to_path_buf(), source };
     let tool = dir.join(TOOL_NAME);
     if !is_own_tool(&tool) {
         // Several bts processes may install at once: write aside, rename over.
@@ -179,11 +249,11 @@ fn place_tool(dir: &Path) -> Result<(), String> {
         f.write_all(TOOL).and_then(|_| f.sync_all()).map_err(io)?;
         std::fs::rename(&tmp, &tool).map_err(io)?;
         if !is_own_tool(&tool) {
-            return Err(format!("{}: the tool written there does not read back", tool.display()));
+            return Err(Refusal::NoReadBack { path: tool });
         }
     }
     let link = dir.join(PRELOAD);
-    let target = preload_lib().ok_or_else(|| format!("{PRELOAD} is not installed"))?;
+    let target = preload_lib().ok_or(Refusal::NoPreload)?;
     if std::fs::read_link(&link).ok().as_deref() != Some(target.as_path()) {
         let tmp = dir.join(format!(".link.{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use crate::recorder;
 use crate::sys::{self, Pid, Wait};
-use crate::{Error, HardwareSource, Result};
+use crate::{Error, Result};
 
 use super::launch::{preflight, trace_options};
 use super::proc::status_field;
@@ -51,27 +51,20 @@ pub(super) fn permission_cause(pid: Pid, e: &std::io::Error) -> String {
 impl Session {
     /// Attaches to every thread of the running process `pid`.
     pub fn attach(pid: Pid, opts: Options) -> Result<Session> {
-        Session::attach_with(pid, opts, None)
-    }
-
-    /// Attaches with a hardware branch source (for [`Backend::Hardware`]).
-    pub fn attach_with(pid: Pid, opts: Options, source: Option<Box<dyn HardwareSource>>) -> Result<Session> {
         preflight(&opts)?;
         if pid <= 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             return Err(Error::NoSuchProcess { pid });
         }
         if status_field(pid, "State").is_some_and(|s| s.starts_with('Z') || s.starts_with('X')) {
-            return Err(Error::Invalid(format!(
-                "pid {pid} has already exited (a zombie waiting for its parent)"
-            )));
+            return Err(Error::Zombie { pid });
         }
         if status_field(pid, "Tgid").and_then(|t| t.parse::<Pid>().ok()) != Some(pid) {
-            return Err(Error::Invalid(format!("{pid} is a thread, not a process: attach to its process")));
+            return Err(Error::NotAProcess { pid });
         }
         if pid == std::process::id() as Pid {
-            return Err(Error::Invalid("bts cannot trace itself".into()));
+            return Err(Error::SelfTrace);
         }
-        let recorder = recorder::for_backend(opts.backend, source, None)?;
+        let recorder = recorder::for_backend(opts.backend, opts.buffer_bytes, None)?;
         let mut s = Session::new(opts, pid, false, recorder);
         let mut seized: Vec<Pid> = Vec::new();
         // Threads may be created while we seize: list until nothing is new.

@@ -5,7 +5,7 @@
 use ds_alloc::{ContextKind, Target};
 
 use crate::sys::{self, Pid};
-use crate::{Error, Result};
+use crate::Result;
 
 use super::proc::thread_cpu;
 use super::Session;
@@ -24,10 +24,7 @@ impl Session {
         // SAFETY: sysconf has no memory arguments.
         let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as u32;
         for cpu in 0..cpus {
-            let h = self
-                .alloc
-                .request_bts(self.tracer, Target::Cpu(cpu), bytes)
-                .map_err(|e| Error::Alloc(e.to_string()))?;
+            let h = self.alloc.request_bts(self.tracer, Target::Cpu(cpu), bytes)?;
             self.cpu_buffers.push((cpu, h));
         }
         Ok(())

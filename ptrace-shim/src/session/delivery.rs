@@ -175,10 +175,7 @@ impl Session {
         }
         let site = slot.syscall_site.or_else(|| traps::find_syscall_site(&mut slot.space));
         let Some(site) = site else {
-            return Err(Error::Invalid(
-                "the program handles SIGTRAP and no system call instruction was found to read its action"
-                    .into(),
-            ));
+            return Err(Error::NoSyscallSite { what: "read" });
         };
         match traps::query_action(tid, &slot.space, site) {
             Ok((action, sig)) => {
@@ -219,9 +216,7 @@ impl Session {
         let site = slot.syscall_site.or_else(|| traps::find_syscall_site(&mut slot.space));
         slot.syscall_site = site;
         let Some(site) = site else {
-            return Err(Error::Invalid(
-                "no system call instruction to restore the program's SIGTRAP action".into(),
-            ));
+            return Err(Error::NoSyscallSite { what: "restore" });
         };
         match traps::install_action(tid, &slot.space, site, action) {
             Ok(sig) => {

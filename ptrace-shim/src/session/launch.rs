@@ -8,7 +8,7 @@ use ds_alloc::{Allocator, Target};
 use crate::recorder;
 use crate::spawn::{exec_errno, resolve_program, spawn_seized};
 use crate::sys::{self, Wait};
-use crate::{Error, HardwareSource, Result};
+use crate::{Error, Result};
 
 use super::{Options, Session};
 
@@ -17,9 +17,9 @@ use super::{Options, Session};
 pub(super) fn preflight(opts: &Options) -> Result<()> {
     let mut a = Allocator::new();
     let t = a.register_current("bts");
-    a.request_bts(t, Target::Task(0), opts.buffer_bytes).map_err(|e| Error::Alloc(e.to_string()))?;
+    a.request_bts(t, Target::Task(0), opts.buffer_bytes)?;
     if let Some(bytes) = opts.per_cpu_bytes {
-        a.request_bts(t, Target::Cpu(0), bytes).map_err(|e| Error::Alloc(e.to_string()))?;
+        a.request_bts(t, Target::Cpu(0), bytes)?;
     }
     Ok(())
 }
@@ -40,15 +40,6 @@ pub(super) fn trace_options(launched: bool) -> i32 {
 impl Session {
     /// Launches `argv` traced from its first instruction.
     pub fn launch(argv: &[OsString], opts: Options) -> Result<Session> {
-        Session::launch_with(argv, opts, None)
-    }
-
-    /// Launches with a hardware branch source (for [`Backend::Hardware`]).
-    pub fn launch_with(
-        argv: &[OsString],
-        opts: Options,
-        source: Option<Box<dyn HardwareSource>>,
-    ) -> Result<Session> {
         preflight(&opts)?;
         if let Some(first) = argv.first() {
             resolve_program(first)
@@ -57,7 +48,7 @@ impl Session {
         // The child inherits the mask across fork and exec.
         let pinned = if opts.pin_cpu { Session::pin_self(0).map(|p| p.0) } else { None };
         let (pid, errf) = spawn_seized(argv, opts.no_aslr, trace_options(true))?;
-        let recorder = recorder::for_backend(opts.backend, source, opts.insn_log.as_deref())?;
+        let recorder = recorder::for_backend(opts.backend, opts.buffer_bytes, opts.insn_log.as_deref())?;
         let mut s = Session::new(opts, pid, true, recorder);
         s.pinned_cpu = pinned;
         s.request_cpu_buffers()?;

@@ -9,7 +9,7 @@ use ds_alloc::{BtsBuffer, ContextKind, Target};
 use crate::space::Space;
 use crate::sys::{self, Pid};
 use crate::traps;
-use crate::{Error, Result};
+use crate::{Error, Notice, Result};
 
 use super::attach::permission_cause;
 use super::cpu::clock_ns;
@@ -47,10 +47,10 @@ impl Session {
                 Ok(h) => Some(h),
                 // The first thread: nothing can be recorded; fail up front.
                 Err(e) if self.threads.is_empty() && self.finished.is_empty() => {
-                    return Err(Error::Alloc(e.to_string()));
+                    return Err(Error::Alloc(e));
                 }
                 Err(e) => {
-                    eprintln!("bts: thread {tid} is not recorded: {e}");
+                    self.notices.push(Notice::ThreadNotRecorded { tid, cause: Error::Alloc(e) });
                     None
                 }
             }
@@ -62,7 +62,7 @@ impl Session {
                 if self.threads.is_empty() && self.finished.is_empty() {
                     return Err(Error::Hardware(e));
                 }
-                eprintln!("bts: thread {tid} is not recorded: {e}");
+                self.notices.push(Notice::ThreadNotRecorded { tid, cause: Error::Hardware(e) });
             }
         }
         let cpu = self.current_cpu(tid);
@@ -245,12 +245,8 @@ impl Session {
                     if self.spaces[parent_space].released {
                         copy.forget_breakpoints();
                     }
-                    let errs = copy.remove_all_breakpoints();
-                    if let Some((a, e)) = errs.first() {
-                        return Err(Error::os(
-                            format!("restoring code at {a:#x} in child {child}"),
-                            std::io::Error::new(e.kind(), e.to_string()),
-                        ));
+                    if let Some((a, e)) = copy.remove_all_breakpoints().into_iter().next() {
+                        return Err(Error::os(format!("restoring code at {a:#x} in child {child}"), e));
                     }
                     if self.early_stops.remove(&child) {
                         return self.release_child(child);

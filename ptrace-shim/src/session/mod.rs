@@ -11,7 +11,7 @@ use crate::recorder::Recorder;
 use crate::space::Space;
 use crate::sys::{self, Pid, Wait};
 use crate::traps;
-use crate::{signals, Backend, Error, Result};
+use crate::{signals, Backend, Error, Notice, Result};
 
 mod attach;
 mod cpu;
@@ -213,6 +213,8 @@ pub struct Session {
     cpu_buffers: Vec<(u32, BtsHandle)>,
     /// The one CPU everything runs on, when pinned.
     pinned_cpu: Option<u32>,
+    /// What went wrong without stopping the session, for the caller to tell.
+    notices: Vec<Notice>,
     /// Decides how threads are resumed, and holds what it records
     /// outside the buffers.
     recorder: Box<dyn Recorder>,
@@ -259,6 +261,7 @@ impl Session {
             cpu_buffers: Vec::new(),
             pinned_cpu: None,
             recorder,
+            notices: Vec::new(),
             deferred: std::collections::VecDeque::new(),
             world_stopped: None,
         }
@@ -266,6 +269,11 @@ impl Session {
 
     pub fn root_pid(&self) -> Pid {
         self.root
+    }
+
+    /// What went wrong since the last call without stopping the session.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
     }
 
     /// Runs until a thread is held at a fatal signal or tracing ends.
