@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use bts_reader::{Meta, TraceFile};
 use ptrace_shim::{sys, Crash, Outcome};
 
-use crate::report::{Report, Selection};
-use crate::RecordArgs;
+use crate::args::RecordArgs;
+use analysis::report::{Report, Selection};
 
 pub(crate) fn crash_meta(command: &[String], c: &Crash) -> Meta {
     Meta {

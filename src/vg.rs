@@ -12,8 +12,9 @@ use ds_alloc::{Allocator, Target};
 use iced_x86::{FlowControl, Mnemonic};
 use ptrace_shim::Outcome;
 
+use crate::args::{RecordArgs, ReportWhen};
+use crate::exit::{exec_failure_status, EXIT_BTS_FAILED};
 use crate::save::{end_meta, Reporter};
-use crate::{RecordArgs, ReportWhen, EXIT_BTS_FAILED};
 
 /// Adds one traced image (a process between execs) to the trace file,
 /// delivering its records through the allocator.
@@ -104,7 +105,7 @@ pub fn run(
     if let Some(first) = command.first() {
         if let Err(e) = ptrace_shim::spawn::resolve_program(first) {
             crate::errln!("bts: cannot execute {}: {e}", first.to_string_lossy());
-            return crate::record::exec_failure_status(&e);
+            return exec_failure_status(&e);
         }
     }
     let records = ds_alloc::alloc::bts_records(rec.buffer_size) as u64;

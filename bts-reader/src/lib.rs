@@ -1,5 +1,12 @@
-//! Branch sources for `bts`. Today: the self-contained, versioned trace file
-//! (`.bts`) that every recorder writes and every command reads.
+//! Branch sources for `bts` and the trace file they end in.
+//!
+//! Owns: the self-contained, versioned trace file (`.bts`) every recorder
+//! writes and every command reads; writing user-named files by the shell's
+//! rules (`outfile`); the hardware through `perf_event_open` (BTS events,
+//! `intel_bts` AUX snapshots, PEBS, the ring parsers, the facts `bts doctor`
+//! shows); the bts Valgrind tool (built into the crate, installed only in
+//! private folders) and its trace format. Does not own: ptrace, decoding,
+//! or what is shown to the user (`ptrace-shim`, `decode`, `analysis`).
 
 pub mod outfile;
 pub mod perf;

@@ -1,5 +1,11 @@
 //! Decoding of BTS branch traces: the code an execution ran through, the
 //! kind of every branch, instructions between branches, and symbols.
+//!
+//! Owns: what an instruction is (iced-x86; the one definition of a system
+//! call instruction), the kernel filter, the flow walk between records,
+//! GDB-style call segments, symbols and source lines (addr2line). Does not
+//! own: which threads to show or how (`analysis`), nor reading trace files
+//! (`bts-reader`).
 
 pub mod calls;
 pub mod classify;
@@ -13,11 +19,3 @@ pub use classify::{classify, BranchKind};
 pub use code::CodeMap;
 pub use disasm::{format_insn, last_instructions, straight_line, Walked};
 pub use symbols::{ModuleInfo, Symbol, Symbolizer};
-
-/// Errors of the decoder.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    #[error("{path}: {msg}")]
-    Module { path: String, msg: String },
-}

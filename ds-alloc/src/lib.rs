@@ -3,6 +3,8 @@
 //! interleaved with branches, circular buffers, and the multi-tracer
 //! allocator every branch source — hardware or software — delivers into.
 //!
+//! Owns the records, the buffers and who is charged for them. Does not own
+//! any source of records (hardware, ptrace, Valgrind) or any file format.
 //! Nothing here depends on another crate of the workspace.
 
 pub mod alloc;

@@ -2,6 +2,14 @@
 //! thread in software, hold a crashing thread at signal delivery, and leave
 //! a detached process exactly as it was.
 //!
+//! Owns: the session (the ptrace event loop, one module per job under
+//! `session/`), the recorders (`recorder`: step, fast, and the hardware
+//! through `bts-reader`'s perf events), bts's own signals and the
+//! SIGKILL-proof split into a front and a tracer process (`front`), and the
+//! legacy `PTRACE_BTS_*` interface. Does not own: the buffers (`ds-alloc`),
+//! trace files (`bts-reader`), or any output: errors are typed and
+//! non-fatal problems are handed back as [`Notice`]s.
+//!
 //! Two recorders:
 //! - [`Backend::Step`] single-steps every instruction: slow, exact by
 //!   construction, the oracle the others are checked against.

@@ -6,16 +6,33 @@ use decode::calls::{CallBuilder, FnId, Segment};
 use decode::flow::{Class, Flow, GapKind, Item};
 use decode::kernel::{self, Filter};
 
-use crate::trace::Image;
+use crate::model::Image;
 
 /// A numbered entry of the instruction history.
 #[derive(Debug, Clone, Copy)]
 pub enum Entry {
-    Insn { number: u64, addr: u64, current: bool },
-    Gap { number: u64, kind: GapKind, at: u64 },
+    /// An instruction executed.
+    Insn {
+        /// Its number in the history (from 1).
+        number: u64,
+        /// Its address.
+        addr: u64,
+        /// The instruction the thread stood at (not executed).
+        current: bool,
+    },
+    /// Instructions the trace cannot account for.
+    Gap {
+        /// Its number in the history.
+        number: u64,
+        /// Why.
+        kind: GapKind,
+        /// The address where the walk stopped.
+        at: u64,
+    },
 }
 
 impl Entry {
+    /// Its number in the history.
     pub fn number(&self) -> u64 {
         match *self {
             Entry::Insn { number, .. } | Entry::Gap { number, .. } => number,
@@ -23,10 +40,15 @@ impl Entry {
     }
 }
 
+/// One thread's trace, decoded.
 pub struct Analysis {
+    /// The process.
     pub pid: i32,
+    /// The thread.
     pub tid: i32,
+    /// Every instruction executed, and the gaps, oldest first.
     pub entries: Vec<Entry>,
+    /// The function segments above them (GDB's call history).
     pub segments: Vec<Segment>,
 }
 
@@ -103,61 +125,4 @@ pub fn analyze(
         }
     }
     Analysis { pid, tid, entries, segments: calls.finish() }
-}
-
-/// A GDB-style range: `N` (ten from N), `N,M`, `N,+K`, `N,-K`; none: the last ten.
-pub fn parse_range(spec: Option<&str>, count: u64, size: u64) -> Result<(u64, u64), String> {
-    let last = count.max(1);
-    let Some(spec) = spec else {
-        return Ok((last.saturating_sub(size - 1).max(1), last));
-    };
-    let bad = || format!("bad range '{spec}': use N, N,M, N,+K or N,-K");
-    let num = |t: &str| t.trim().parse::<u64>().map_err(|_| bad());
-    let (a, b) = match spec.split_once(',') {
-        None => {
-            let a = num(spec)?;
-            (a, a.saturating_add(size - 1))
-        }
-        Some((a, b)) => {
-            let a = num(a)?;
-            let b = b.trim();
-            if let Some(k) = b.strip_prefix('+') {
-                let k = num(k)?.max(1);
-                (a, a.saturating_add(k - 1))
-            } else if let Some(k) = b.strip_prefix('-') {
-                let k = num(k)?.max(1);
-                (a.saturating_sub(k - 1).max(1), a)
-            } else {
-                (a, num(b)?)
-            }
-        }
-    };
-    if a == 0 || a > b {
-        return Err(bad());
-    }
-    if a > count {
-        return Err(format!("range starts at {a}, but the history has {count} entries"));
-    }
-    Ok((a, b.min(count)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_as_gdb_takes_them() {
-        assert_eq!(parse_range(None, 100, 10), Ok((91, 100)));
-        assert_eq!(parse_range(None, 4, 10), Ok((1, 4)));
-        assert_eq!(parse_range(Some("5"), 100, 10), Ok((5, 14)));
-        assert_eq!(parse_range(Some("5,8"), 100, 10), Ok((5, 8)));
-        assert_eq!(parse_range(Some("5,+3"), 100, 10), Ok((5, 7)));
-        assert_eq!(parse_range(Some("5,-3"), 100, 10), Ok((3, 5)));
-        assert_eq!(parse_range(Some("2,-5"), 100, 10), Ok((1, 2)));
-        assert_eq!(parse_range(Some("95,200"), 100, 10), Ok((95, 100)));
-        assert!(parse_range(Some("0"), 100, 10).is_err());
-        assert!(parse_range(Some("9,3"), 100, 10).is_err());
-        assert!(parse_range(Some("x"), 100, 10).is_err());
-        assert!(parse_range(Some("101"), 100, 10).is_err());
-    }
 }

@@ -3,7 +3,8 @@
 use std::hint::black_box;
 use std::process::ExitCode;
 
-use crate::{BackendArg, OutputArgs, RecordArgs, ReportWhen};
+use crate::args::{BackendArg, OutputArgs, RecordArgs, ReportWhen};
+use crate::exit::EXIT_BTS_FAILED;
 
 /// Runs `bts run -- <self> __demo-crash` and explains the expected crash.
 pub fn run(backend: BackendArg, json: bool) -> ExitCode {
@@ -11,7 +12,7 @@ pub fn run(backend: BackendArg, json: bool) -> ExitCode {
         Ok(p) => p,
         Err(e) => {
             crate::errln!("bts: cannot find my own executable: {e}");
-            return ExitCode::from(crate::EXIT_BTS_FAILED);
+            return ExitCode::from(EXIT_BTS_FAILED);
         }
     };
     // A private folder (0700, random name): a predictable name in /tmp could
@@ -20,7 +21,7 @@ pub fn run(backend: BackendArg, json: bool) -> ExitCode {
         Ok(d) => d.keep(),
         Err(e) => {
             crate::errln!("bts: cannot make a folder for the demo's trace: {e}");
-            return ExitCode::from(crate::EXIT_BTS_FAILED);
+            return ExitCode::from(EXIT_BTS_FAILED);
         }
     };
     let rec = RecordArgs {
@@ -34,7 +35,7 @@ pub fn run(backend: BackendArg, json: bool) -> ExitCode {
         per_cpu_buffer: None,
         insn_log: None,
     };
-    let code = crate::record::run_status(&rec, false, false, vec![exe.into(), "__demo-crash".into()]);
+    let code = crate::cmd::run::run_status(&rec, false, false, vec![exe.into(), "__demo-crash".into()]);
     if code == 128 + libc::SIGSEGV {
         if !json {
             crate::errln!(

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use bts_reader::{Stream, StreamKind, TraceFile};
 use decode::{classify, format_insn, last_instructions, BranchKind, CodeMap};
 
-use crate::trace::{images, Image};
+use crate::model::{images, Image};
 use decode::kernel::{self, Filter, Transfer};
 use serde::Serialize;
 
@@ -16,21 +16,32 @@ pub const REPORT_VERSION: u32 = 1;
 /// One decoded branch.
 #[derive(Debug, Clone, Serialize)]
 pub struct Branch {
+    /// The branch instruction, hex.
     pub from: String,
+    /// Where it went, hex.
     pub to: String,
+    /// `function+offset` of `from`.
     pub from_sym: Option<String>,
+    /// `function+offset` of `to`.
     pub to_sym: Option<String>,
+    /// `file:line` of `from`.
     pub from_line: Option<String>,
+    /// `file:line` of `to`.
     pub to_line: Option<String>,
+    /// `call`, `return`, `jump`, `conditional`, `syscall` or `async`.
     pub kind: &'static str,
 }
 
 /// One instruction of the run up to the stop.
 #[derive(Debug, Clone, Serialize)]
 pub struct Insn {
+    /// Its address, hex.
     pub addr: String,
+    /// `function+offset`.
     pub sym: Option<String>,
+    /// `file:line`.
     pub line: Option<String>,
+    /// The instruction, disassembled.
     pub text: String,
     /// The instruction where the thread stood (not executed).
     pub current: bool,
@@ -58,12 +69,14 @@ fn inlined_into(img: Option<&Image>, addr: u64) -> Vec<String> {
 }
 
 #[derive(Debug, Clone, Serialize)]
+/// One thread's part of the report.
 pub struct ThreadReport {
     /// The thread (-1 for a CPU's catch-all stream).
     pub tid: i32,
     /// For a CPU's catch-all stream: the CPU.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu: Option<u32>,
+    /// The thread that crashed.
     pub crashed: bool,
     /// Records lost before the kept ones (overwritten or dropped).
     pub lost: u64,
@@ -77,26 +90,41 @@ pub struct ThreadReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
+/// How the process ended.
 pub struct OutcomeReport {
+    /// `signal`, `exit` or `detached`.
     pub kind: String,
+    /// The fatal signal.
     pub signal: Option<i32>,
+    /// Its name (`SIGSEGV`).
     pub signal_name: Option<String>,
+    /// The fault address, hex, for signals the CPU raises.
     pub fault_addr: Option<String>,
+    /// The thread that got it.
     pub tid: Option<i32>,
+    /// The exit code, or the signal's `si_code`.
     pub code: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
+/// The report of one crash (or end) of one process.
 pub struct Report {
+    /// [`REPORT_VERSION`].
     pub version: u32,
+    /// The program's command line.
     pub command: Vec<String>,
+    /// Its pid.
     pub pid: i32,
+    /// The recorder.
     pub backend: String,
     /// Why this backend (when `auto` fell back from the hardware).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend_note: Option<String>,
+    /// How it ended.
     pub outcome: OutcomeReport,
+    /// The trace file the report was made from.
     pub trace_file: Option<String>,
+    /// The threads shown, the crashed one last.
     pub threads: Vec<ThreadReport>,
     /// The reports of other processes that crashed in the same run
     /// (followed children), each with its own command and trace file.
@@ -107,8 +135,11 @@ pub struct Report {
 /// Which threads a report covers.
 #[derive(Debug, Clone, Copy)]
 pub struct Selection {
+    /// How many branches to show per thread.
     pub branches: usize,
+    /// How many instructions before the stop to show.
     pub insns: usize,
+    /// Only this thread.
     pub thread: Option<i32>,
     /// Show this CPU's catch-all stream instead of threads.
     pub cpu: Option<u32>,
@@ -123,39 +154,6 @@ fn sym_name(img: Option<&Image>, addr: u64) -> (Option<String>, Option<String>) 
     let s = img.syms.lookup(addr);
     let name = s.name_offset();
     ((!name.is_empty()).then_some(name), s.file_line())
-}
-
-/// The threads of the image a report is about: the crashed or first traced
-/// process, its last exec.
-fn chosen_streams<'a>(tf: &'a TraceFile, sel: &Selection) -> Vec<&'a Stream> {
-    if let Some(cpu) = sel.cpu {
-        return tf.streams.iter().filter(|s| s.kind == StreamKind::Cpu { cpu }).collect();
-    }
-    let threads: Vec<&Stream> = tf.thread_streams().collect();
-    if let Some(tid) = sel.thread {
-        // The newest image of that thread.
-        return threads
-            .iter()
-            .rev()
-            .find(|s| matches!(s.kind, StreamKind::Thread { tid: t, .. } if t == tid))
-            .into_iter()
-            .copied()
-            .collect();
-    }
-    let key = |s: &Stream| match s.kind {
-        StreamKind::Thread { pid, generation, .. } => Some((pid, generation)),
-        StreamKind::Cpu { .. } => None,
-    };
-    let crashed = threads.iter().find(|s| matches!(s.kind, StreamKind::Thread { crashed: true, .. }));
-    let image = match crashed {
-        Some(s) => key(s),
-        None => threads
-            .iter()
-            .filter(|s| matches!(s.kind, StreamKind::Thread { pid, .. } if pid == tf.meta.pid))
-            .filter_map(|s| key(s))
-            .max_by_key(|k| k.1),
-    };
-    threads.into_iter().filter(|s| key(s) == image && image.is_some()).collect()
 }
 
 fn thread_report(
@@ -237,11 +235,14 @@ fn thread_report(
 }
 
 impl Report {
+    /// The report on `tf` for the threads `sel` chooses.
     pub fn build(tf: &TraceFile, trace_file: Option<String>, sel: &Selection) -> Report {
         let imgs = images(tf);
         let m = &tf.meta;
-        let mut threads: Vec<ThreadReport> =
-            chosen_streams(tf, sel).into_iter().map(|s| thread_report(&imgs, s, sel, m.pc, m.pid)).collect();
+        let mut threads: Vec<ThreadReport> = crate::select::report_streams(tf, sel.thread, sel.cpu)
+            .into_iter()
+            .map(|s| thread_report(&imgs, s, sel, m.pc, m.pid))
+            .collect();
         // The crashed thread last: nearest the prompt.
         threads.sort_by_key(|t| (t.crashed, t.tid));
         Report {
@@ -264,6 +265,7 @@ impl Report {
         }
     }
 
+    /// The report as one JSON document.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("report serializes")
     }

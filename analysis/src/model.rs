@@ -3,12 +3,23 @@
 
 use std::collections::HashMap;
 
-use bts_reader::{Stream, StreamKind, TraceFile};
+use bts_reader::{StreamKind, TraceFile};
 use decode::{CodeMap, ModuleInfo, Symbolizer};
 
+/// One process image (a pid after one exec): its code and symbols.
 pub struct Image {
+    /// The code bytes the trace kept.
     pub code: CodeMap,
+    /// Symbols and source lines of its modules.
     pub syms: Symbolizer,
+}
+
+/// The image a stream ran in (none for a CPU's catch-all buffer).
+pub fn image_of<'a>(imgs: &'a HashMap<(i32, u32), Image>, kind: &StreamKind) -> Option<&'a Image> {
+    match *kind {
+        StreamKind::Thread { pid, generation, .. } => imgs.get(&(pid, generation)),
+        StreamKind::Cpu { .. } => None,
+    }
 }
 
 /// Every image of the trace, by (pid, generation).
@@ -53,30 +64,4 @@ pub fn images(tf: &TraceFile) -> HashMap<(i32, u32), Image> {
         out.insert(k, Image { code, syms });
     }
     out
-}
-
-/// The thread stream a command works on: `--thread TID` (its newest image),
-/// else the crashed thread, else the first process's main thread.
-pub fn pick_thread(tf: &TraceFile, tid: Option<i32>) -> Result<&Stream, String> {
-    let threads: Vec<&Stream> = tf.thread_streams().collect();
-    let found = match tid {
-        Some(t) => {
-            threads.iter().rev().find(|s| matches!(s.kind, StreamKind::Thread { tid, .. } if tid == t))
-        }
-        None => threads
-            .iter()
-            .find(|s| matches!(s.kind, StreamKind::Thread { crashed: true, .. }))
-            .or_else(|| {
-                threads
-                    .iter()
-                    .rev()
-                    .find(|s| matches!(s.kind, StreamKind::Thread { tid, .. } if tid == tf.meta.pid))
-            })
-            .or(threads.first()),
-    };
-    match (found, tid) {
-        (Some(s), _) => Ok(s),
-        (None, Some(t)) => Err(format!("no thread {t} in this trace")),
-        (None, None) => Err("the trace holds no thread".into()),
-    }
 }

@@ -1,13 +1,11 @@
-//! `bts export`: the call timeline as Chrome Trace Event JSON (instruction
-//! count as the clock, one track per thread; opens in Perfetto), folded
-//! stacks weighted by instructions (for flame graphs), or plain JSON.
+//! Chrome Trace Event JSON: one complete ("X") event per function
+//! instance, instruction count as the clock, one track per thread (opens in
+//! Perfetto and chrome://tracing).
 
-use std::collections::BTreeMap;
-
-use decode::calls::{stack_names, Segment};
+use decode::calls::Segment;
 use serde_json::{json, Value};
 
-use crate::analyze::Analysis;
+use crate::timeline::Analysis;
 
 /// The instances of functions: chains of segments linked by prev/next.
 fn instances(segs: &[Segment]) -> Vec<Vec<usize>> {
@@ -57,7 +55,7 @@ fn instance_ends(segs: &[Segment], chains: &[Vec<usize>]) -> Vec<u64> {
 
 /// Complete ("X") events, one per function instance, nested by call depth:
 /// an instance lasts until its last instruction or its callees' last.
-pub fn chrome(threads: &[Analysis]) -> Value {
+pub fn events(threads: &[Analysis]) -> Value {
     let mut events = Vec::new();
     for an in threads {
         events.push(json!({"name": "thread_name", "ph": "M", "pid": an.pid, "tid": an.tid,
@@ -84,39 +82,4 @@ pub fn chrome(threads: &[Analysis]) -> Value {
     }
     json!({"traceEvents": events, "displayTimeUnit": "ns",
            "otherData": {"clock": "instructions executed"}})
-}
-
-/// `main;a;b 123` lines, weighted by instructions executed.
-pub fn folded(threads: &[Analysis]) -> String {
-    let mut weights: BTreeMap<String, u64> = BTreeMap::new();
-    for an in threads {
-        for (i, s) in an.segments.iter().enumerate() {
-            if s.gap.is_some() {
-                continue;
-            }
-            *weights.entry(stack_names(&an.segments, i).join(";")).or_default() += s.insn_count();
-        }
-    }
-    weights.into_iter().map(|(k, v)| format!("{k} {v}\n")).collect()
-}
-
-/// Segments of every thread as JSON.
-pub fn plain(threads: &[Analysis]) -> Value {
-    let ts: Vec<Value> = threads
-        .iter()
-        .map(|an| {
-            let segs: Vec<Value> = an
-                .segments
-                .iter()
-                .map(|s| {
-                    json!({"number": s.number, "function": s.function, "level": s.level,
-                           "insn_begin": s.insn_begin, "insn_end": s.insn_end, "up": s.up.map(|u| u + 1),
-                           "signal": s.signal, "tail_call": s.tail_call,
-                           "gap": s.gap.map(|g| g.text())})
-                })
-                .collect();
-            json!({"pid": an.pid, "tid": an.tid, "instructions": an.entries.len(), "segments": segs})
-        })
-        .collect();
-    json!({"version": 1, "threads": ts})
 }

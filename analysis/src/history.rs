@@ -7,23 +7,30 @@ use decode::calls::Segment;
 use decode::classify::decode_at;
 use serde_json::{json, Value};
 
-use crate::analyze::{Analysis, Entry};
-use crate::trace::Image;
+use crate::model::Image;
+use crate::timeline::{Analysis, Entry};
 
 /// What `--insns` prints (GDB's /m /s, /r, /f modifiers).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InsnOpts {
+    /// Interleave source lines (GDB `/s`).
     pub source: bool,
+    /// Show the raw instruction bytes (GDB `/r`).
     pub raw: bool,
+    /// Leave out function names (GDB `/f`).
     pub no_fn: bool,
+    /// Intel syntax instead of AT&T.
     pub intel: bool,
 }
 
 /// What `--calls` prints (GDB's /l, /i, /c modifiers).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallOpts {
+    /// Source lines of each segment (GDB `/l`).
     pub lines: bool,
+    /// Instruction ranges of each segment (GDB `/i`).
     pub insn_range: bool,
+    /// Indent by call depth (GDB `/c`).
     pub indent: bool,
 }
 

@@ -1,0 +1,224 @@
+//! The command line: every subcommand and option, as clap reads them.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "bts", version, about = "Branch-trace flight recorder: how did the process get here?")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Launch a program with every thread traced; report if it crashes.
+    Run {
+        #[command(flatten)]
+        rec: RecordArgs,
+        /// Also trace child processes.
+        #[arg(long)]
+        follow_fork: bool,
+        /// Disable address-space randomisation for the program.
+        #[arg(long)]
+        no_aslr: bool,
+        /// The program and its arguments.
+        #[arg(last = true, required = true, num_args = 1..)]
+        command: Vec<OsString>,
+    },
+    /// Trace a running process until it crashes, exits, or bts is interrupted.
+    Attach {
+        #[command(flatten)]
+        rec: RecordArgs,
+        pid: i32,
+    },
+    /// Print the last branches recorded in a trace file.
+    LastBranch {
+        #[command(flatten)]
+        out: OutputArgs,
+        /// Only this thread.
+        #[arg(long, conflicts_with = "cpu")]
+        thread: Option<i32>,
+        /// The catch-all buffer of this CPU (see --per-cpu-buffer).
+        #[arg(long)]
+        cpu: Option<u32>,
+        file: PathBuf,
+    },
+    /// The recorded instructions or function calls, as GDB's `record
+    /// instruction-history` / `record function-call-history` print them.
+    History {
+        file: PathBuf,
+        /// GDB's ranges: N (ten from N), N,M, N,+K, N,-K. Default: the last ten.
+        range: Option<String>,
+        /// The instruction history (the default).
+        #[arg(long, conflicts_with = "calls")]
+        insns: bool,
+        /// The function-call history.
+        #[arg(long)]
+        calls: bool,
+        #[arg(long)]
+        thread: Option<i32>,
+        #[arg(long)]
+        json: bool,
+        /// Show kernel addresses (root or perf_event_paranoid <= 1 only).
+        #[arg(long)]
+        kernel: bool,
+        /// --insns: interleave source lines (GDB /s).
+        #[arg(long)]
+        source: bool,
+        /// --insns: raw instruction bytes (GDB /r).
+        #[arg(long)]
+        raw: bool,
+        /// --insns: no function names (GDB /f).
+        #[arg(long)]
+        no_fn: bool,
+        /// --insns: Intel syntax instead of AT&T.
+        #[arg(long)]
+        intel: bool,
+        /// --calls: source lines of each segment (GDB /l).
+        #[arg(long)]
+        lines: bool,
+        /// --calls: instruction ranges (GDB /i).
+        #[arg(long)]
+        insn_range: bool,
+        /// --calls: indent by call depth (GDB /c).
+        #[arg(long)]
+        indent: bool,
+    },
+    /// Export the call timeline: chrome (Perfetto), folded stacks, or JSON.
+    Export {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = crate::cmd::export::ExportFormat::Chrome)]
+        format: crate::cmd::export::ExportFormat,
+        #[arg(long)]
+        thread: Option<i32>,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Trace a built-in crashing program end to end.
+    Demo {
+        #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+        backend: BackendArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What this machine offers for branch tracing, and why.
+    Doctor {
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    #[command(hide = true, name = "__demo-crash")]
+    DemoCrash,
+}
+
+#[derive(Args, Clone)]
+pub struct OutputArgs {
+    /// How many branches to show.
+    #[arg(short = 'n', long = "branches", default_value_t = 16)]
+    pub branches: usize,
+    /// How many instructions before the stop to show.
+    #[arg(long = "insns", default_value_t = 12)]
+    pub insns: usize,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Show every thread, not only the crashed one.
+    #[arg(long)]
+    pub all_threads: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub out: OutputArgs,
+    /// Recorder to use.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+    /// Size of each thread's circular buffer (bytes; K, M, G suffixes).
+    #[arg(long, default_value = "64K", value_parser = parse_size)]
+    pub buffer_size: usize,
+    /// Trace file to write (default bts-<pid>.bts).
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+    /// Also write the JSON report to this file, once, at the end (stdout is
+    /// shared with the program; this file is not).
+    #[arg(long)]
+    pub json_file: Option<PathBuf>,
+    /// When to print the report.
+    #[arg(long, value_enum, default_value_t = ReportWhen::Crash)]
+    pub report: ReportWhen,
+    /// Also keep a catch-all buffer of this size per CPU, for branches of
+    /// traced tasks that no buffer follows (kept as streams of their own).
+    #[arg(long, value_parser = parse_size)]
+    pub per_cpu_buffer: Option<usize>,
+    /// With --backend step: log every instruction address of the first
+    /// thread (u64 little-endian) to this file, as ground truth.
+    #[arg(long, hide = true)]
+    pub insn_log: Option<PathBuf>,
+    /// Do not run bts and the traced threads on one CPU (slower under a
+    /// hypervisor, but the program keeps its own CPU affinity).
+    #[arg(long)]
+    pub no_pin: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BackendArg {
+    /// The best recorder this machine offers.
+    Auto,
+    /// ptrace, one stop per branch.
+    Fast,
+    /// ptrace single-step of every instruction (slow, exact).
+    Step,
+    /// Intel BTS through perf_event_open (hardware).
+    Perf,
+    /// The bts Valgrind tool (launched programs only).
+    Valgrind,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReportWhen {
+    /// Only when the program dies of a signal.
+    Crash,
+    /// Also on a normal exit.
+    Always,
+    /// Never (the trace file is still written on a crash).
+    Never,
+}
+
+/// Parses `4096`, `64K`, `1M`, `1G` (binary units).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: usize = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size suffix '{c}' (use K, M or G)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: usize = num.trim().parse().map_err(|_| format!("'{s}' is not a size"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("{s} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("K").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
+}

@@ -1,0 +1,9 @@
+//! One module per subcommand.
+
+pub mod attach;
+pub mod demo;
+pub mod doctor;
+pub mod export;
+pub mod history;
+pub mod last_branch;
+pub mod run;
