@@ -11,7 +11,6 @@ mod exit;
 mod load;
 mod out;
 mod record;
-mod recording;
 mod save;
 mod vg;
 

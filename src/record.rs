@@ -2,12 +2,12 @@
 //! process split, and driving a ptrace session to its end with a report
 //! and a trace file for every crash.
 
+use bts_reader::TraceFile;
 use ptrace_shim::front::{self, Side, WorkerEnd};
 use ptrace_shim::{sys, Backend, Options, Outcome, Session, Stop};
 
 use crate::args::{BackendArg, RecordArgs, ReportWhen};
 use crate::exit::EXIT_BTS_FAILED;
-use crate::recording::to_trace_file;
 use crate::save::{crash_meta, end_meta, process_command, Reporter};
 
 /// Why the backend asked for cannot record. The advice is added here, in
@@ -119,7 +119,7 @@ pub(crate) fn drive(
                 let cmd = if c.pid == root { command.to_vec() } else { process_command(c.pid) };
                 let mut meta = crash_meta(&cmd, &c);
                 meta.note = note.map(str::to_string);
-                let tf = to_trace_file(&recording, meta);
+                let tf = TraceFile::from_recording(&recording, meta);
                 reporter.save(&tf, c.pid, rec.report != ReportWhen::Never);
                 session.deliver_crash()?;
             }
@@ -132,7 +132,7 @@ pub(crate) fn drive(
                     let recording = session.recording();
                     let mut meta = end_meta(command, root, o);
                     meta.note = note.map(str::to_string);
-                    let tf = to_trace_file(&recording, meta);
+                    let tf = TraceFile::from_recording(&recording, meta);
                     let print = (detached || killed) && rec.report != ReportWhen::Never
                         || rec.report == ReportWhen::Always;
                     reporter.save(&tf, root, print);

@@ -2,12 +2,11 @@
 //! tool; its buffers go through ds-alloc into a trace file like any other
 //! backend's, and the same report comes out.
 
-use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 
 use bts_reader::valgrind::{self, VgEnd, VgOptions, VgTrace};
-use bts_reader::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile};
+use bts_reader::{Meta, TraceFile};
 use ds_alloc::{Allocator, Target};
 use iced_x86::{FlowControl, Mnemonic};
 use ptrace_shim::Outcome;
@@ -15,74 +14,6 @@ use ptrace_shim::Outcome;
 use crate::args::{RecordArgs, ReportWhen};
 use crate::exit::{exec_failure_status, EXIT_BTS_FAILED};
 use crate::save::{end_meta, Reporter};
-
-/// Adds one traced image (a process between execs) to the trace file,
-/// delivering its records through the allocator.
-fn add_image(
-    tf: &mut TraceFile,
-    t: &VgTrace,
-    generation: u32,
-    crashed_tid: Option<i32>,
-    buffer_bytes: usize,
-) {
-    let mut alloc = Allocator::new();
-    let me = alloc.register_current("bts");
-    let mut build_ids: HashMap<String, Option<String>> = HashMap::new();
-    let mut seen = BTreeSet::new();
-    for m in &t.maps {
-        if !seen.insert((m.start, m.end, m.path.clone())) {
-            continue;
-        }
-        let build_id =
-            build_ids.entry(m.path.clone()).or_insert_with(|| decode::symbols::build_id(&m.path)).clone();
-        tf.modules.push(Module {
-            pid: t.pid,
-            generation,
-            path: m.path.clone(),
-            start: m.start,
-            end: m.end,
-            offset: m.offset,
-            build_id,
-        });
-    }
-    let mut pages = BTreeSet::new();
-    for th in &t.threads {
-        let crashed = crashed_tid == Some(th.os_tid);
-        // The tool's buffer was sized by ds-alloc's rule (request plus slack);
-        // the allocator's buffer is the same size, so it keeps the same records.
-        let records = match alloc.request_bts(me, Target::Task(th.os_tid as u32), buffer_bytes) {
-            Ok(h) => {
-                alloc.deliver_batch(0, th.os_tid as u32, &th.records);
-                alloc.bts_buffer(me, h).map(|b| b.snapshot()).unwrap_or_else(|_| th.records.clone())
-            }
-            // Over the limit now: keep what the tool kept.
-            Err(_) => th.records.clone(),
-        };
-        let capacity = ds_alloc::alloc::bts_records(buffer_bytes) as u64;
-        let kept = records.iter().filter(|r| r.is_branch()).count() as u64;
-        let overwritten = th.branches.saturating_sub(kept);
-        ds_alloc::pages::touched_pages(records.iter(), Some(th.last_pc), &mut pages);
-        tf.streams.push(Stream {
-            kind: StreamKind::Thread {
-                pid: t.pid,
-                generation,
-                tid: th.os_tid,
-                crashed,
-                last_pc: Some(th.last_pc),
-            },
-            capacity,
-            overwritten,
-            lost: 0,
-            records,
-        });
-    }
-    let by_addr: HashMap<u64, &Vec<u8>> = t.pages.iter().map(|(a, b)| (*a, b)).collect();
-    for p in pages {
-        if let Some(bytes) = by_addr.get(&p) {
-            tf.code.push(CodeRange { pid: t.pid, generation, addr: p, bytes: bytes.to_vec() });
-        }
-    }
-}
 
 /// `bts run --backend valgrind`: the program's status, or 125.
 pub fn run(
@@ -177,20 +108,13 @@ pub fn run(
     status
 }
 
-/// The trace file of `traces` (images of one or more processes, in order).
-/// The crashed thread named by `meta` is marked in its process's last image.
+/// The trace file of `traces` (images of one or more processes, in order),
+/// through the one builder every backend uses. The crashed thread named by
+/// `meta` is marked in its process's last image.
 fn build(meta: Meta, traces: &[&VgTrace], buffer_bytes: usize) -> TraceFile {
     let crash = meta.tid.filter(|_| meta.signal.is_some()).map(|tid| (meta.pid, tid));
-    let mut tf = TraceFile { meta, ..TraceFile::default() };
-    let mut generation: HashMap<i32, u32> = HashMap::new();
-    for (i, t) in traces.iter().enumerate() {
-        let g = generation.entry(t.pid).or_insert(0);
-        *g += 1;
-        let last_of_pid = !traces[i + 1..].iter().any(|o| o.pid == t.pid);
-        let crashed_tid = crash.filter(|&(pid, _)| pid == t.pid && last_of_pid).map(|c| c.1);
-        add_image(&mut tf, t, *g, crashed_tid, buffer_bytes);
-    }
-    tf
+    let recording = valgrind::recording(traces, crash, buffer_bytes, meta.pid);
+    TraceFile::from_recording(&recording, meta)
 }
 
 /// What a process that died of `sig` under Valgrind reports: the fault

@@ -7,7 +7,8 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use decode::symbols::{ModuleInfo, Symbolizer};
+use decode::symbols::Symbolizer;
+use decode::Mapping;
 
 fn build(name: &str, src: &str, flags: &[&str], dir: &Path) -> PathBuf {
     let out = dir.join(name);
@@ -36,7 +37,7 @@ fn inlined_frames_match_addr2line() {
     let dir = scratch("sym_inline");
     let bin = build("inlined", "inlined.c", &["-g", "-O2", "-no-pie"], &dir);
     // Non-PIE: link addresses are run-time addresses.
-    let syms = Symbolizer::new(vec![ModuleInfo {
+    let syms = Symbolizer::new(vec![Mapping {
         path: bin.display().to_string(),
         start: 0x400000,
         end: 0x800000,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use bts_reader::{StreamKind, TraceFile};
-use decode::{CodeMap, ModuleInfo, Symbolizer};
+use decode::{CodeMap, Symbolizer};
 
 /// One process image (a pid after one exec): its code and symbols.
 pub struct Image {
@@ -24,14 +24,9 @@ pub fn image_of<'a>(imgs: &'a HashMap<(i32, u32), Image>, kind: &StreamKind) -> 
 
 /// Every image of the trace, by (pid, generation).
 pub fn images(tf: &TraceFile) -> HashMap<(i32, u32), Image> {
-    let mut mods: HashMap<(i32, u32), Vec<ModuleInfo>> = HashMap::new();
+    let mut mods: HashMap<(i32, u32), Vec<decode::Mapping>> = HashMap::new();
     for m in &tf.modules {
-        mods.entry((m.pid, m.generation)).or_default().push(ModuleInfo {
-            path: m.path.clone(),
-            start: m.start,
-            end: m.end,
-            offset: m.offset,
-        });
+        mods.entry((m.pid, m.generation)).or_default().push(m.map.clone());
     }
     let mut codes: HashMap<(i32, u32), CodeMap> = HashMap::new();
     for c in &tf.code {

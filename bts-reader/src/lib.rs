@@ -10,6 +10,7 @@
 
 pub mod outfile;
 pub mod perf;
+pub mod recording;
 pub mod tracefile;
 pub mod valgrind;
 

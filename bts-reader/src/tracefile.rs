@@ -14,6 +14,7 @@
 
 use std::path::Path;
 
+use decode::Mapping;
 use ds_alloc::{BtsRecord, BTS_RECORD_SIZE};
 use serde::{Deserialize, Serialize};
 
@@ -56,12 +57,13 @@ pub struct Meta {
 /// An executable mapping of a traced image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Module {
+    /// The process.
     pub pid: i32,
+    /// Its exec generation (0 before the first exec seen).
     pub generation: u32,
-    pub path: String,
-    pub start: u64,
-    pub end: u64,
-    pub offset: u64,
+    /// Where the code is mapped (the file format keeps its fields flat).
+    #[serde(flatten)]
+    pub map: Mapping,
     /// GNU build-id, hex.
     pub build_id: Option<String>,
 }
@@ -328,10 +330,7 @@ mod tests {
             modules: vec![Module {
                 pid: 42,
                 generation: 1,
-                path: "/bin/x".into(),
-                start: 0x1000,
-                end: 0x2000,
-                offset: 0,
+                map: Mapping { path: "/bin/x".into(), start: 0x1000, end: 0x2000, offset: 0 },
                 build_id: Some("abcd".into()),
             }],
             streams: vec![Stream {

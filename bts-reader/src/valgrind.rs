@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
 pub mod install;
+mod recording;
 pub use install::{install, Installed};
+pub use recording::recording;
 
+use decode::Mapping;
 use ds_alloc::{BtsRecord, BTS_RECORD_SIZE};
 
 #[cfg(bts_valgrind_tool)]
@@ -104,15 +107,6 @@ pub struct VgThread {
     pub records: Vec<BtsRecord>,
 }
 
-/// An executable mapping the client had (kept after munmap).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VgMap {
-    pub start: u64,
-    pub end: u64,
-    pub offset: u64,
-    pub path: String,
-}
-
 /// One process's trace.
 #[derive(Debug, Clone)]
 pub struct VgTrace {
@@ -120,7 +114,7 @@ pub struct VgTrace {
     /// The thread that ran last (the one a fatal signal struck).
     pub last_tid: i32,
     pub threads: Vec<VgThread>,
-    pub maps: Vec<VgMap>,
+    pub maps: Vec<Mapping>,
     /// Code pages the client executed, as translated.
     pub pages: Vec<(u64, Vec<u8>)>,
     /// The program's command line (the executable, then its arguments).
@@ -181,7 +175,7 @@ impl VgTrace {
             let (start, end, offset) = (r.u64()?, r.u64()?, r.u64()?);
             let len = r.count(1)?;
             let path = String::from_utf8_lossy(r.take(len)?).into_owned();
-            maps.push(VgMap { start, end, offset, path });
+            maps.push(Mapping { start, end, offset, path });
         }
         let mut pages = Vec::with_capacity(npages);
         for _ in 0..npages {

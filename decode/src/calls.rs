@@ -12,6 +12,7 @@ use crate::flow::{Class, GapKind, Insn, Item};
 pub struct FnId {
     /// Start address of the function (0 when unknown).
     pub start: u64,
+    /// Its name, when symbols have it.
     pub name: Option<String>,
 }
 
@@ -20,17 +21,21 @@ pub struct FnId {
 pub struct Segment {
     /// 1-based, in execution order.
     pub number: usize,
+    /// The function's name, when known.
     pub function: Option<String>,
+    /// The function's start (0 when unknown).
     pub fn_start: u64,
     /// Call depth; the shallowest segment of the trace is at 0.
     pub level: i32,
     /// First and last instruction numbers (1-based, inclusive).
     pub insn_begin: u64,
+    /// The last instruction number (inclusive).
     pub insn_end: u64,
     /// Index of the caller's segment.
     pub up: Option<usize>,
     /// Previous / next segment of the same function instance.
     pub prev: Option<usize>,
+    /// The next segment of the same function instance.
     pub next: Option<usize>,
     /// Entered by a signal delivery.
     pub signal: bool,
@@ -41,6 +46,7 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// Instructions in the segment.
     pub fn insn_count(&self) -> u64 {
         self.insn_end + 1 - self.insn_begin
     }
@@ -49,6 +55,7 @@ impl Segment {
 /// Builds segments from reconstructed items; `fn_of` names an address.
 pub struct CallBuilder<F: FnMut(u64) -> FnId> {
     fn_of: F,
+    /// The segments, in execution order.
     pub segments: Vec<Segment>,
     /// Instruction number of the next instruction.
     next_number: u64,
@@ -57,6 +64,7 @@ pub struct CallBuilder<F: FnMut(u64) -> FnId> {
 }
 
 impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
+    /// A builder that names functions with `fn_of`.
     pub fn new(fn_of: F) -> Self {
         CallBuilder { fn_of, segments: Vec::new(), next_number: 1, last: None, pending_async: false }
     }
@@ -121,6 +129,7 @@ impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
         self.push(f, level, up, Some(last_of_instance))
     }
 
+    /// Takes the next item of the flow walk.
     pub fn item(&mut self, item: &Item) {
         match *item {
             Item::Gap { kind, .. } => {

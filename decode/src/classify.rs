@@ -7,10 +7,15 @@ use crate::CodeMap;
 /// What kind of control transfer a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BranchKind {
+    /// A call (near or far).
     Call,
+    /// A return.
     Return,
+    /// An unconditional jump.
     Jump,
+    /// A conditional branch taken.
     Conditional,
+    /// A system call and the return to user code.
     Syscall,
     /// An asynchronous transfer (signal delivery, interrupt): `from` is the
     /// interrupted instruction, which did not execute.
@@ -18,6 +23,7 @@ pub enum BranchKind {
 }
 
 impl BranchKind {
+    /// Its name in reports (`call`, `return`...).
     pub fn as_str(self) -> &'static str {
         match self {
             BranchKind::Call => "call",

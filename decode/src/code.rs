@@ -9,6 +9,7 @@ pub struct CodeMap {
 }
 
 impl CodeMap {
+    /// An empty map.
     pub fn new() -> Self {
         Self::default()
     }
@@ -50,6 +51,7 @@ impl CodeMap {
         bytes.get((addr - start) as usize..).filter(|s| !s.is_empty())
     }
 
+    /// The map holds the byte at `addr`.
     pub fn contains(&self, addr: u64) -> bool {
         self.read(addr, &mut [0u8; 1]) == 1
     }

@@ -11,6 +11,7 @@ pub const MAX_WALK: usize = 100_000;
 /// The instructions of a straight-line walk, and why it stopped early.
 #[derive(Debug, Clone, Default)]
 pub struct Walked {
+    /// The instructions, in order.
     pub insns: Vec<Instruction>,
     /// Why the walk did not reach its end, if it did not.
     pub gap: Option<String>,

@@ -17,11 +17,17 @@ pub const MAX_WALK: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Class {
+    /// No change of flow.
     Other,
+    /// A call.
     Call,
+    /// A return.
     Return,
+    /// An unconditional jump.
     Jump,
+    /// A conditional jump.
     CondJump,
+    /// A system call instruction.
     Syscall,
     /// int, iret, ud2 and other exceptional flow.
     Other2,
@@ -30,8 +36,11 @@ pub enum Class {
 /// One instruction of a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Insn {
+    /// Its address.
     pub addr: u64,
+    /// Its length in bytes.
     pub len: u8,
+    /// What kind of flow it ends in.
     pub class: Class,
 }
 
@@ -76,6 +85,7 @@ impl GapKind {
             GapKind::UnknownInsn => 2,
         }
     }
+    /// How GDB words the gap.
     pub fn text(self) -> &'static str {
         match self {
             GapKind::Overflow | GapKind::Resume => "instruction overflow",
@@ -87,20 +97,27 @@ impl GapKind {
 /// One step of the reconstructed execution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Item {
+    /// An instruction executed.
     Insn(Insn),
     /// An asynchronous transfer (signal delivery) happened before the next
     /// instruction.
     Async {
+        /// The interrupted instruction (not executed).
         from: u64,
+        /// The handler.
         to: u64,
     },
+    /// Instructions the walk cannot account for.
     Gap {
+        /// Why.
         kind: GapKind,
+        /// Where the walk stopped.
         at: u64,
     },
 }
 
 #[derive(Default)]
+/// A hasher for code addresses (a multiply, no SipHash): the walk looks blocks up by address in its hot loop.
 pub struct AddrHasher(u64);
 
 impl Hasher for AddrHasher {
@@ -150,6 +167,7 @@ pub struct Flow<'c> {
 const MAX_BLOCK: usize = 4096;
 
 impl<'c> Flow<'c> {
+    /// A walker over the code in `code`.
     pub fn new(code: &'c CodeMap) -> Self {
         Flow { code, index: AddrMap::default(), arena: Vec::new(), decoded_blocks: 0 }
     }

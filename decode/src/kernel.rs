@@ -27,8 +27,11 @@ pub enum Transfer {
 /// A record after filtering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Branch {
+    /// The source.
     pub from: u64,
+    /// The destination.
     pub to: u64,
+    /// What crossing between user and kernel it is.
     pub transfer: Transfer,
 }
 
@@ -43,6 +46,7 @@ pub fn is_kernel(addr: u64, kernel_text: Option<u64>) -> bool {
 pub struct Filter {
     /// Keep kernel records as they are (only for a privileged caller).
     pub keep_kernel: bool,
+    /// The kernel's `_text`, when known: everything at or above it is kernel.
     pub kernel_text: Option<u64>,
 }
 

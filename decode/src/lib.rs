@@ -7,15 +7,19 @@
 //! own: which threads to show or how (`analysis`), nor reading trace files
 //! (`bts-reader`).
 
+#![warn(missing_docs)]
+
 pub mod calls;
 pub mod classify;
 pub mod code;
 pub mod disasm;
 pub mod flow;
 pub mod kernel;
+pub mod mapping;
 pub mod symbols;
 
 pub use classify::{classify, BranchKind};
 pub use code::CodeMap;
 pub use disasm::{format_insn, last_instructions, straight_line, Walked};
-pub use symbols::{ModuleInfo, Symbol, Symbolizer};
+pub use mapping::Mapping;
+pub use symbols::{Symbol, Symbolizer};

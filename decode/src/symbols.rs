@@ -12,34 +12,33 @@ use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ObjectSymbolTable};
 
-/// One executable mapping of a traced image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModuleInfo {
-    pub path: String,
-    pub start: u64,
-    pub end: u64,
-    /// File offset mapped at `start`.
-    pub offset: u64,
-}
+pub use crate::mapping::Mapping;
 
 /// One frame of an address: the innermost is the inlined callee.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Frame {
+    /// The function.
     pub function: Option<String>,
+    /// The source file.
     pub file: Option<String>,
+    /// The source line.
     pub line: Option<u32>,
 }
 
 /// What is known about an address.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Symbol {
+    /// The module's path.
     pub module: Option<String>,
+    /// The function's name.
     pub function: Option<String>,
     /// Offset from the function's start.
     pub offset: u64,
     /// Offset in the module's file.
     pub file_offset: u64,
+    /// The source file.
     pub file: Option<String>,
+    /// The source line.
     pub line: Option<u32>,
 }
 
@@ -242,14 +241,15 @@ pub fn build_id(path: &str) -> Option<String> {
 
 /// Symbolizes addresses of one image; files are loaded on first use.
 pub struct Symbolizer {
-    modules: Vec<ModuleInfo>,
+    modules: Vec<Mapping>,
     images: HashMap<String, Vec<u8>>,
     loaded: RefCell<HashMap<String, Option<Loaded>>>,
     cache: RefCell<HashMap<u64, Symbol>>,
 }
 
 impl Symbolizer {
-    pub fn new(modules: Vec<ModuleInfo>) -> Self {
+    /// A symbolizer over `modules` (each loaded when first needed).
+    pub fn new(modules: Vec<Mapping>) -> Self {
         Symbolizer { modules, images: HashMap::new(), loaded: RefCell::default(), cache: RefCell::default() }
     }
 
@@ -258,10 +258,12 @@ impl Symbolizer {
         self.images.insert(path.to_string(), bytes);
     }
 
-    pub fn module_of(&self, addr: u64) -> Option<&ModuleInfo> {
+    /// The mapping that holds `addr`.
+    pub fn module_of(&self, addr: u64) -> Option<&Mapping> {
         self.modules.iter().rev().find(|m| (m.start..m.end).contains(&addr))
     }
 
+    /// What is known of `addr`.
     pub fn lookup(&self, addr: u64) -> Symbol {
         if let Some(s) = self.cache.borrow().get(&addr) {
             return s.clone();
@@ -277,7 +279,7 @@ impl Symbolizer {
         self.with_loaded(m, |l, _| l.debug_file.clone()).flatten()
     }
 
-    fn with_loaded<T>(&self, m: &ModuleInfo, f: impl FnOnce(&Loaded, u64) -> T) -> Option<T> {
+    fn with_loaded<T>(&self, m: &Mapping, f: impl FnOnce(&Loaded, u64) -> T) -> Option<T> {
         let mut loaded = self.loaded.borrow_mut();
         let entry = loaded.entry(m.path.clone()).or_insert_with(|| match self.images.get(&m.path) {
             Some(bytes) => load_image(bytes),
@@ -288,7 +290,7 @@ impl Symbolizer {
     }
 
     /// The module's link-time address of `addr` (what DWARF and symbols use).
-    fn probe(l: &Loaded, m: &ModuleInfo, addr: u64) -> Option<u64> {
+    fn probe(l: &Loaded, m: &Mapping, addr: u64) -> Option<u64> {
         let file_off = m.offset + (addr - m.start);
         let &(seg_off, _, seg_addr) =
             l.segments.iter().find(|&&(o, sz, _)| file_off >= (o & !0xfff) && file_off < o + sz.max(1))?;

@@ -20,12 +20,15 @@ use crate::{BtsBuffer, BtsRecord, ContextKind, Error};
 
 /// Bytes added to every buffer for kernel-mode records (filtered in software).
 pub const KERNEL_SLACK: usize = 10 * 1024;
+/// The page size buffers are charged in.
 pub const PAGE_SIZE: u64 = 4096;
 
 /// What a request is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
+    /// One task (thread), by tid.
     Task(u32),
+    /// Every task on one CPU that no task buffer takes (the catch-all).
     Cpu(u32),
 }
 
@@ -148,6 +151,7 @@ fn pebs_record_bytes(format: PebsFormat) -> u64 {
 }
 
 impl Allocator {
+    /// An allocator with no tracer.
     pub fn new() -> Self {
         Self::default()
     }
@@ -250,11 +254,13 @@ impl Allocator {
         Ok(())
     }
 
+    /// Lets a suspended buffer take records again.
     pub fn resume_bts(&mut self, t: TracerId, h: BtsHandle) -> Result<(), Error> {
         self.bts_of_mut(t, h)?.suspended = false;
         Ok(())
     }
 
+    /// The buffer takes no records for now.
     pub fn is_suspended(&self, t: TracerId, h: BtsHandle) -> Result<bool, Error> {
         Ok(self.bts_of(t, h)?.suspended)
     }
@@ -264,6 +270,7 @@ impl Allocator {
         Ok(&self.bts_of(t, h)?.buffer)
     }
 
+    /// What the buffer records.
     pub fn bts_target(&self, t: TracerId, h: BtsHandle) -> Result<Target, Error> {
         Ok(self.bts_of(t, h)?.target)
     }
@@ -394,11 +401,13 @@ impl Allocator {
         self.tracers.get(u.tracer.0).map(|t| t.name.as_str())
     }
 
+    /// Stops a PEBS buffer taking records for now.
     pub fn suspend_pebs(&mut self, t: TracerId, h: PebsHandle) -> Result<(), Error> {
         self.pebs_of_mut(t, h)?.suspended = true;
         Ok(())
     }
 
+    /// Lets a suspended PEBS buffer take records again.
     pub fn resume_pebs(&mut self, t: TracerId, h: PebsHandle) -> Result<(), Error> {
         self.pebs_of_mut(t, h)?.suspended = false;
         Ok(())
@@ -426,6 +435,7 @@ impl Allocator {
         Ok(self.pebs_of_mut(t, h)?.records.iter().cloned().collect())
     }
 
+    /// Gives PEBS up and refunds its buffer.
     pub fn release_pebs(&mut self, t: TracerId, h: PebsHandle) -> Result<(), Error> {
         self.pebs_of_mut(t, h)?;
         let u = self.pebs.remove(h.0).expect("checked above");

@@ -2,12 +2,19 @@
 
 /// DEBUGCTL MSR bits.
 pub mod debugctl {
+    /// Last branch records on.
     pub const LBR: u64 = 1 << 0;
+    /// Single-step on branches.
     pub const BTF: u64 = 1 << 1;
+    /// Branch trace messages on.
     pub const TR: u64 = 1 << 6;
+    /// Branch trace messages go to the BTS buffer.
     pub const BTS: u64 = 1 << 7;
+    /// Interrupt when the BTS buffer reaches its threshold.
     pub const BTINT: u64 = 1 << 8;
+    /// No BTS records in ring 0.
     pub const BTS_OFF_OS: u64 = 1 << 9;
+    /// No BTS records above ring 0.
     pub const BTS_OFF_USR: u64 = 1 << 10;
 }
 
@@ -18,14 +25,23 @@ pub const PEBS_COUNTERS: usize = 8;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DsArea {
+    /// The first byte of the BTS buffer.
     pub bts_buffer_base: u64,
+    /// Where the next BTS record goes.
     pub bts_index: u64,
+    /// One past the last byte of the BTS buffer.
     pub bts_absolute_maximum: u64,
+    /// The BTS index at which an interrupt is raised.
     pub bts_interrupt_threshold: u64,
+    /// The first byte of the PEBS buffer.
     pub pebs_buffer_base: u64,
+    /// Where the next PEBS record goes.
     pub pebs_index: u64,
+    /// One past the last byte of the PEBS buffer.
     pub pebs_absolute_maximum: u64,
+    /// The PEBS index at which an interrupt is raised.
     pub pebs_interrupt_threshold: u64,
+    /// Each counter's reset value after a PEBS record.
     pub pebs_counter_reset: [u64; PEBS_COUNTERS],
 }
 
@@ -66,6 +82,7 @@ impl DsArea {
         out
     }
 
+    /// Reads the 128-byte save area.
     pub fn from_bytes(b: &[u8; 128]) -> DsArea {
         let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         let mut reset = [0u64; PEBS_COUNTERS];

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use crate::BtsRecord;
 
+/// The page size code is kept in.
 pub const PAGE: u64 = 4096;
 
 /// The longest straight line between two records whose pages are kept whole.

@@ -18,6 +18,7 @@ pub enum PebsFormat {
 }
 
 impl PebsFormat {
+    /// The format of `PERF_CAPABILITIES` bits 8-11.
     pub fn from_caps(fmt: u8) -> PebsFormat {
         match fmt {
             0 => PebsFormat::Fmt0,
@@ -43,15 +44,25 @@ impl PebsFormat {
 /// General-purpose registers as a PEBS record saves them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Gprs {
+    /// RFLAGS.
     pub flags: u64,
+    /// RIP (of the instruction after the event, before format 2's real IP).
     pub ip: u64,
+    /// RAX.
     pub ax: u64,
+    /// RBX.
     pub bx: u64,
+    /// RCX.
     pub cx: u64,
+    /// RDX.
     pub dx: u64,
+    /// RSI.
     pub si: u64,
+    /// RDI.
     pub di: u64,
+    /// RBP.
     pub bp: u64,
+    /// RSP.
     pub sp: u64,
     /// r8 to r15.
     pub r: [u64; 8],
@@ -60,39 +71,59 @@ pub struct Gprs {
 /// The adaptive memory-info group.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemInfo {
+    /// The data linear address.
     pub address: u64,
+    /// The auxiliary data source.
     pub aux: u64,
+    /// The access latency.
     pub latency: u64,
+    /// TSX tuning information.
     pub tsx_tuning: u64,
 }
 
 /// One LBR entry of an adaptive record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LbrEntry {
+    /// The branch source.
     pub from: u64,
+    /// The branch target.
     pub to: u64,
+    /// The branch info (cycles, misprediction).
     pub info: u64,
 }
 
 /// One PEBS record of any format; fields a format lacks are zero / empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PebsRecord {
+    /// The event's instruction pointer (next instruction before format 2).
     pub ip: u64,
+    /// The general-purpose registers, when saved.
     pub gprs: Option<Gprs>,
     // fmt1+
+    /// IA32_PERF_GLOBAL_STATUS at the event (format 1+).
     pub status: u64,
+    /// The data linear address (format 1+).
     pub dla: u64,
+    /// The data source encoding (format 1+).
     pub dse: u64,
+    /// The load latency (format 1+).
     pub lat: u64,
     // fmt2+
+    /// The eventing instruction's own address (format 2+).
     pub real_ip: u64,
+    /// TSX tuning information (format 2+).
     pub tsx_tuning: u64,
     // fmt3+, adaptive
+    /// The timestamp counter (format 3+).
     pub tsc: u64,
     // adaptive
+    /// The counters the record applies to (adaptive).
     pub applicable_counters: u64,
+    /// The memory-info group (adaptive).
     pub meminfo: Option<MemInfo>,
+    /// XMM0 to XMM15 (adaptive).
     pub xmm: Option<[[u8; 16]; 16]>,
+    /// The LBR entries (adaptive).
     pub lbr: Vec<LbrEntry>,
 }
 
@@ -279,6 +310,7 @@ impl PebsRecord {
 /// What a tracer asks of PEBS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PebsConfig {
+    /// The record format the CPU writes.
     pub format: PebsFormat,
     /// Counter reset value (the sampling period).
     pub reset: u64,

@@ -52,9 +52,23 @@ impl ContextKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
     /// A branch from `from` to `to`.
-    Branch { from: u64, to: u64, predicted: bool },
+    Branch {
+        /// The branch instruction.
+        from: u64,
+        /// Its target.
+        to: u64,
+        /// The hardware's predicted bit.
+        predicted: bool,
+    },
     /// A context record with its clock and pid.
-    Context { kind: ContextKind, clock: u64, pid: u64 },
+    Context {
+        /// Arrives or departs.
+        kind: ContextKind,
+        /// The clock when it happened.
+        clock: u64,
+        /// The task.
+        pid: u64,
+    },
 }
 
 impl BtsRecord {

@@ -30,8 +30,9 @@ pub mod spawn;
 pub mod sys;
 mod traps;
 
+pub use bts_reader::recording::{ImageTrace, Recording, ThreadTrace};
 pub use maps::Mapping;
-pub use session::{Crash, ImageTrace, Options, Outcome, Recording, Session, Stop, ThreadTrace};
+pub use session::{Crash, Options, Outcome, Session, Stop};
 pub use signals::{die_of, install_stop_handlers, is_stop_request, stop_requested};
 
 /// Which software recorder to use.

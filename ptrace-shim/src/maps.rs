@@ -2,22 +2,7 @@
 
 use std::io;
 
-/// One executable mapping.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mapping {
-    pub start: u64,
-    pub end: u64,
-    /// File offset of `start`.
-    pub offset: u64,
-    /// The mapped file, or a pseudo name such as `[vdso]`.
-    pub path: String,
-}
-
-impl Mapping {
-    pub fn contains(&self, addr: u64) -> bool {
-        (self.start..self.end).contains(&addr)
-    }
-}
+pub use decode::Mapping;
 
 /// Reads the executable mappings of `pid`.
 pub fn read_exec_maps(pid: i32) -> io::Result<Vec<Mapping>> {

@@ -3,12 +3,13 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
+use bts_reader::TraceFile;
 use ptrace_shim::{Outcome, Session};
 
 use crate::args::RecordArgs;
 use crate::exit::{self, exec_failure_status, EXIT_BTS_FAILED};
 use crate::record::{backend, drive, end_by_signal, options, split_off_tracer, Chosen};
-use crate::recording::to_trace_file;
+
 use crate::save::{end_meta, Reporter};
 
 pub fn run(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsString>) -> ExitCode {
@@ -55,7 +56,7 @@ pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: V
             crate::errln!("bts: tracing failed: {e}");
             // Keep what was recorded.
             let recording = session.recording();
-            let tf = to_trace_file(&recording, end_meta(&shown, root, Outcome::Exited(0)));
+            let tf = TraceFile::from_recording(&recording, end_meta(&shown, root, Outcome::Exited(0)));
             reporter.save(&tf, root, false);
             reporter.finish();
             i32::from(EXIT_BTS_FAILED)

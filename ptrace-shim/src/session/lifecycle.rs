@@ -15,7 +15,9 @@ use super::attach::permission_cause;
 use super::cpu::clock_ns;
 use super::proc::sig_mask;
 use super::snapshot::{collect_code, slot_sites};
-use super::{ImageTrace, Outcome, Pending, Session, SpaceSlot, Thread, ThreadTrace};
+use bts_reader::recording::{ImageTrace, ThreadTrace};
+
+use super::{Outcome, Pending, Session, SpaceSlot, Thread};
 
 pub(super) fn empty_buffer() -> BtsBuffer {
     BtsBuffer::with_bytes(ds_alloc::BTS_RECORD_SIZE).expect("one record")
@@ -98,9 +100,11 @@ impl Session {
             self.alloc.context(t.cpu, t.tid as u32, ContextKind::TaskDeparts, clock_ns());
         }
         let buffer = t.handle.and_then(|h| self.alloc.release_bts(self.tracer, h).ok());
+        let buffer = buffer.unwrap_or_else(empty_buffer);
         ThreadTrace {
             tid: t.tid,
-            buffer: buffer.unwrap_or_else(empty_buffer),
+            overwritten: buffer.branches_overwritten(),
+            buffer,
             crashed: t.crashed,
             last_pc: t.last_pc,
             lost,

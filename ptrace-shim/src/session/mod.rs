@@ -4,9 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ds_alloc::{Allocator, BtsBuffer, BtsHandle, TracerId};
+use bts_reader::recording::ImageTrace;
+use ds_alloc::{Allocator, BtsHandle, TracerId};
 
-use crate::maps::Mapping;
 use crate::recorder::Recorder;
 use crate::space::Space;
 use crate::sys::{self, Pid, Wait};
@@ -98,39 +98,6 @@ pub enum Stop {
     Crash(Crash),
     /// Tracing is over.
     Finished(Outcome),
-}
-
-/// The recorded branches of one thread.
-#[derive(Debug, Clone)]
-pub struct ThreadTrace {
-    pub tid: Pid,
-    pub buffer: BtsBuffer,
-    pub crashed: bool,
-    /// The thread's last known instruction pointer.
-    pub last_pc: Option<u64>,
-    /// Records the source reported lost (besides overwritten ones).
-    pub lost: u64,
-}
-
-/// Everything recorded for one program image (a pid between two execs).
-#[derive(Debug, Clone)]
-pub struct ImageTrace {
-    pub pid: Pid,
-    pub generation: u32,
-    pub maps: Vec<Mapping>,
-    /// Original bytes of every code page the kept records touch, by address.
-    pub code: Vec<(u64, Vec<u8>)>,
-    pub threads: Vec<ThreadTrace>,
-}
-
-/// A snapshot of everything recorded.
-#[derive(Debug, Clone)]
-pub struct Recording {
-    pub backend: Backend,
-    pub root_pid: Pid,
-    pub images: Vec<ImageTrace>,
-    /// The catch-all buffer of each CPU (with `per_cpu_bytes`).
-    pub cpus: Vec<(u32, BtsBuffer)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

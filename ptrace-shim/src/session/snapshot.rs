@@ -6,7 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use crate::space::Space;
 use crate::sys::Pid;
 
-use super::{ImageTrace, Recording, Session, Thread, ThreadTrace};
+use bts_reader::recording::{ImageTrace, Recording, ThreadTrace};
+
+use super::{Session, Thread};
 
 pub(super) fn slot_sites(space: &Space) -> Vec<u64> {
     space.breakpoint_sites()
@@ -44,9 +46,11 @@ impl Session {
         let mut tids: Vec<&Thread> = self.threads.values().filter(|t| t.record).collect();
         tids.sort_by_key(|t| t.tid);
         for t in tids {
+            let buffer = self.buffer_of(t);
             let trace = ThreadTrace {
                 tid: t.tid,
-                buffer: self.buffer_of(t),
+                overwritten: buffer.branches_overwritten(),
+                buffer,
                 crashed: t.crashed,
                 last_pc: t.last_pc,
                 lost: hw_lost.get(&t.tid).copied().unwrap_or(0),
@@ -82,6 +86,6 @@ impl Session {
             .iter()
             .filter_map(|&(c, h)| self.alloc.bts_buffer(self.tracer, h).ok().map(|b| (c, b.clone())))
             .collect();
-        Recording { backend: self.recorder.backend(), root_pid: self.root, images, cpus }
+        Recording { backend: self.recorder.backend().name(), root_pid: self.root, images, cpus }
     }
 }
