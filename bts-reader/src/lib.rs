@@ -8,6 +8,8 @@
 //! private folders) and its trace format. Does not own: ptrace, decoding,
 //! or what is shown to the user (`ptrace-shim`, `decode`, `analysis`).
 
+#![warn(missing_docs)]
+
 pub mod outfile;
 pub mod perf;
 pub mod recording;
@@ -20,20 +22,41 @@ pub use tracefile::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile, FORM
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The file could not be read or written.
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        /// The file.
+        path: String,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// Not a trace file.
     #[error("not a bts trace file (bad magic)")]
     BadMagic,
+    /// A trace file of a version this bts cannot read.
     #[error("trace file format version {found} is not supported (this bts reads version {FORMAT_VERSION})")]
-    UnsupportedVersion { found: u32 },
+    UnsupportedVersion {
+        /// Its version.
+        found: u32,
+    },
+    /// The file ends early.
     #[error("trace file is truncated: {0}")]
     Truncated(String),
+    /// The file's content is inconsistent.
     #[error("trace file is corrupt: {0}")]
     Corrupt(String),
+    /// A stream's records are not whole BTS records.
     #[error("trace file is corrupt: the stream at offset {at}: {source}")]
-    Records { at: usize, source: ds_alloc::Error },
+    Records {
+        /// The stream's offset in the file.
+        at: usize,
+        /// Why.
+        source: ds_alloc::Error,
+    },
+    /// The file could not be written (see [`outfile`]).
     #[error(transparent)]
     Write(#[from] outfile::WriteError),
 }
 
+/// The result of reading or writing a trace file.
 pub type Result<T> = std::result::Result<T, Error>;

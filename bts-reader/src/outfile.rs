@@ -24,14 +24,32 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WriteError {
+    /// The system refused.
     #[error("{path}: {source}")]
-    Io { path: String, source: io::Error },
+    Io {
+        /// The file.
+        path: String,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// A folder is there.
     #[error("{path} is a directory")]
-    IsDirectory { path: String },
+    IsDirectory {
+        /// The path.
+        path: String,
+    },
+    /// The file has no write permission.
     #[error("{path} is read-only; bts does not overwrite it")]
-    ReadOnly { path: String },
+    ReadOnly {
+        /// The file.
+        path: String,
+    },
+    /// The symlinks never end.
     #[error("{path}: too many levels of symbolic links")]
-    SymlinkLoop { path: String },
+    SymlinkLoop {
+        /// The path.
+        path: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl Fn(io::Error) -> WriteError + '_ {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// The format version this bts writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"BTSTRACE";
 const TAG_META: u32 = 1;
@@ -34,14 +35,21 @@ const SECTION_HEADER: usize = 16;
 /// What was traced and how it ended.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
+    /// The program's command line.
     pub command: Vec<String>,
+    /// Its pid.
     pub pid: i32,
+    /// The recorder.
     pub backend: String,
     /// "signal", "exit", "detached" or "running".
     pub outcome: String,
+    /// The fatal signal.
     pub signal: Option<i32>,
+    /// Its name.
     pub signal_name: Option<String>,
+    /// The fault address, for signals the CPU raises.
     pub fault_addr: Option<u64>,
+    /// The signal's `si_code`.
     pub si_code: Option<i32>,
     /// The crashing thread.
     pub tid: Option<i32>,
@@ -72,13 +80,30 @@ pub struct Module {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum StreamKind {
-    Thread { pid: i32, generation: u32, tid: i32, crashed: bool, last_pc: Option<u64> },
-    Cpu { cpu: u32 },
+    /// A thread's own buffer.
+    Thread {
+        /// Its process.
+        pid: i32,
+        /// The process's exec generation.
+        generation: u32,
+        /// The thread.
+        tid: i32,
+        /// It is the thread that crashed.
+        crashed: bool,
+        /// Where it stood last.
+        last_pc: Option<u64>,
+    },
+    /// A CPU's catch-all buffer.
+    Cpu {
+        /// The CPU.
+        cpu: u32,
+    },
 }
 
 /// One circular buffer's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stream {
+    /// Whose records.
     pub kind: StreamKind,
     /// Records the buffer holds when full.
     pub capacity: u64,
@@ -104,18 +129,26 @@ struct StreamHeader {
 /// Original code bytes of an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodeRange {
+    /// The process.
     pub pid: i32,
+    /// Its exec generation.
     pub generation: u32,
+    /// The first address.
     pub addr: u64,
+    /// The original bytes.
     pub bytes: Vec<u8>,
 }
 
 /// A whole trace file in memory.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TraceFile {
+    /// How the process ended, and who recorded.
     pub meta: Meta,
+    /// Every executable mapping of every image.
     pub modules: Vec<Module>,
+    /// Every buffer.
     pub streams: Vec<Stream>,
+    /// The code the kept records run through.
     pub code: Vec<CodeRange>,
 }
 
@@ -279,6 +312,7 @@ impl TraceFile {
         Ok(crate::outfile::write(path, &self.to_bytes())?)
     }
 
+    /// Reads and checks a trace file.
     pub fn read(path: &Path) -> Result<TraceFile> {
         let data =
             std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;

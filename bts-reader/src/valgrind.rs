@@ -27,6 +27,7 @@ const PRELOAD: &str = "vgpreload_core-amd64-linux.so";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+/// Why the Valgrind backend failed.
 pub enum VgError {
     /// No private folder could take the tool.
     #[error("the Valgrind tool cannot be installed in a private folder: {0}")]
@@ -95,7 +96,9 @@ pub enum VgProblem {
 /// One thread's buffer as the tool wrote it.
 #[derive(Debug, Clone)]
 pub struct VgThread {
+    /// The thread's id in the kernel.
     pub os_tid: i32,
+    /// Where it stood last.
     pub last_pc: u64,
     /// Records the buffer holds.
     pub capacity: u64,
@@ -110,10 +113,13 @@ pub struct VgThread {
 /// One process's trace.
 #[derive(Debug, Clone)]
 pub struct VgTrace {
+    /// The process.
     pub pid: i32,
     /// The thread that ran last (the one a fatal signal struck).
     pub last_tid: i32,
+    /// Its threads' buffers.
     pub threads: Vec<VgThread>,
+    /// Its executable mappings (kept after munmap).
     pub maps: Vec<Mapping>,
     /// Code pages the client executed, as translated.
     pub pages: Vec<(u64, Vec<u8>)>,
@@ -195,7 +201,9 @@ impl VgTrace {
 /// What Valgrind said about the end of the client (from its log).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VgEnd {
+    /// The fatal signal.
     pub signal: Option<i32>,
+    /// The fault address Valgrind reported.
     pub fault_addr: Option<u64>,
     /// The instruction the signal struck (the first frame of the log's stack).
     pub pc: Option<u64>,
@@ -266,7 +274,9 @@ pub fn unavailable() -> Option<Unavailable> {
 pub struct VgOptions {
     /// Records per thread buffer (what ds-alloc asked for).
     pub records: u64,
+    /// Child processes are traced too.
     pub follow_children: bool,
+    /// Address-space randomisation off.
     pub no_aslr: bool,
 }
 
@@ -280,11 +290,15 @@ impl VgOptions {
 /// The outcome of a run: the exit status, what Valgrind's log says, and
 /// every trace file the tool wrote (one per process, and per exec).
 pub struct VgRun {
+    /// How Valgrind ended.
     pub status: ExitStatus,
+    /// Valgrind's pid (the program's).
     pub pid: i32,
+    /// What its log says of the end.
     pub end: VgEnd,
     /// What each process's Valgrind log says, by pid (the first process's is `end`).
     pub ends: std::collections::HashMap<i32, VgEnd>,
+    /// The tool's traces, one per process image.
     pub traces: Vec<VgTrace>,
     /// Files that could not be read, with why.
     pub bad: Vec<(PathBuf, VgError)>,

@@ -48,7 +48,12 @@ pub enum Side {
     /// The worker: go on and trace.
     Worker,
     /// The front, once the worker ended (the worker's pid and end).
-    Front { worker: i32, end: WorkerEnd },
+    Front {
+        /// The worker's pid.
+        worker: i32,
+        /// How it ended.
+        end: WorkerEnd,
+    },
 }
 
 static WORKER: AtomicI32 = AtomicI32::new(0);

@@ -6,11 +6,17 @@ use std::collections::HashMap;
 
 use ds_alloc::{Allocator, BtsHandle, BtsRecord, Target, TracerId, BTS_RECORD_SIZE};
 
+/// Configure a task's buffer.
 pub const PTRACE_BTS_CONFIG: u32 = 40;
+/// Read a task's configuration.
 pub const PTRACE_BTS_STATUS: u32 = 41;
+/// The number of records held.
 pub const PTRACE_BTS_SIZE: u32 = 42;
+/// Read one record (0 the newest).
 pub const PTRACE_BTS_GET: u32 = 43;
+/// Empty the buffer.
 pub const PTRACE_BTS_CLEAR: u32 = 44;
+/// Read every record and empty the buffer.
 pub const PTRACE_BTS_DRAIN: u32 = 45;
 
 /// Trace branches.
@@ -28,14 +34,19 @@ pub const PTRACE_BTS_O_ALLOC: u32 = 0x8;
 pub struct PtraceBtsConfig {
     /// Size of this struct, for versioning.
     pub size: u32,
+    /// `PTRACE_BTS_O_*` flags.
     pub flags: u32,
+    /// The signal on overflow (not supported: 0).
     pub signal: u32,
+    /// The buffer's size in bytes.
     pub bts_size: u32,
 }
 
+/// The size of the config struct.
 pub const CONFIG_SIZE: usize = std::mem::size_of::<PtraceBtsConfig>();
 
 impl PtraceBtsConfig {
+    /// The struct as the kernel read it.
     pub fn to_bytes(&self) -> [u8; CONFIG_SIZE] {
         let mut b = [0u8; CONFIG_SIZE];
         for (i, w) in [self.size, self.flags, self.signal, self.bts_size].iter().enumerate() {
@@ -44,6 +55,7 @@ impl PtraceBtsConfig {
         b
     }
 
+    /// Reads the struct (`None` if too short).
     pub fn from_bytes(b: &[u8]) -> Option<PtraceBtsConfig> {
         let w = |i: usize| Some(u32::from_le_bytes(b.get(i * 4..i * 4 + 4)?.try_into().ok()?));
         Some(PtraceBtsConfig { size: w(0)?, flags: w(1)?, signal: w(2)?, bts_size: w(3)? })
@@ -55,18 +67,35 @@ impl PtraceBtsConfig {
 #[non_exhaustive]
 pub enum BtsError {
     #[error("PTRACE_BTS_O_SIGNAL is not supported: overflow signals were never implemented (EINVAL)")]
+    /// A signal on overflow was asked for.
     SignalNotSupported,
     #[error("task {0} has no BTS buffer: configure it with PTRACE_BTS_O_ALLOC first (ENXIO)")]
+    /// The task has no buffer.
     NoBuffer(u32),
     #[error("index {index} is beyond the {len} records in the buffer (EINVAL)")]
-    BadIndex { index: usize, len: usize },
+    /// An index past the records.
+    BadIndex {
+        /// The index asked for.
+        index: usize,
+        /// The records there are.
+        len: usize,
+    },
     #[error("the config struct is {0} bytes; at least {CONFIG_SIZE} are needed (EINVAL)")]
+    /// The config struct is too small.
     BadConfigSize(usize),
     #[error("the output buffer holds {have} bytes but {need} are needed (EINVAL)")]
-    ShortBuffer { have: usize, need: usize },
+    /// The caller's buffer is too small.
+    ShortBuffer {
+        /// The buffer's size.
+        have: usize,
+        /// The size needed.
+        need: usize,
+    },
     #[error("unknown request {0} (EIO)")]
+    /// Not a `PTRACE_BTS_*` request.
     UnknownRequest(u32),
     #[error(transparent)]
+    /// The allocator refused.
     Alloc(#[from] ds_alloc::Error),
 }
 
@@ -100,6 +129,7 @@ impl LegacyBts {
         LegacyBts { tracer: alloc.register(name, memlock_bytes), tasks: HashMap::new() }
     }
 
+    /// This tracer's id in the allocator.
     pub fn tracer(&self) -> TracerId {
         self.tracer
     }

@@ -18,6 +18,8 @@
 //!   emulates it, so it costs one stop per branch executed; system calls
 //!   are seen as syscall stops. It single-steps only what it cannot evaluate.
 
+#![warn(missing_docs)]
+
 mod eval;
 pub mod front;
 pub mod legacy;
@@ -48,6 +50,7 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Its name in reports and trace files.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Step => "step",
@@ -62,13 +65,35 @@ impl Backend {
 #[non_exhaustive]
 pub enum Error {
     #[error("no process with pid {pid}")]
-    NoSuchProcess { pid: i32 },
+    /// The process does not exist.
+    NoSuchProcess {
+        /// The pid asked for.
+        pid: i32,
+    },
     #[error("not allowed to trace pid {pid}: {cause}")]
-    PermissionDenied { pid: i32, cause: String },
+    /// The kernel refused to let bts trace it.
+    PermissionDenied {
+        /// The process.
+        pid: i32,
+        /// Why, in the user's terms (tracer, uid, capability, Yama).
+        cause: String,
+    },
     #[error("cannot execute {program}: {source}")]
-    Exec { program: String, source: std::io::Error },
+    /// The program cannot be executed.
+    Exec {
+        /// The program.
+        program: String,
+        /// The exec error.
+        source: std::io::Error,
+    },
     #[error("{what}: {source}")]
-    Os { what: String, source: std::io::Error },
+    /// A system call failed.
+    Os {
+        /// What was being done.
+        what: String,
+        /// The system's error.
+        source: std::io::Error,
+    },
     /// No command was given to launch.
     #[error("no command given")]
     NoCommand,
@@ -77,20 +102,32 @@ pub enum Error {
     NulInArgument,
     /// The process exited and waits for its parent to reap it.
     #[error("pid {pid} has already exited (a zombie waiting for its parent)")]
-    Zombie { pid: i32 },
+    Zombie {
+        /// The process.
+        pid: i32,
+    },
     /// A thread id was given where a process was wanted.
     #[error("{pid} is a thread, not a process: attach to its process")]
-    NotAProcess { pid: i32 },
+    NotAProcess {
+        /// The thread id given.
+        pid: i32,
+    },
     /// bts must fork its tracer while it has a single thread.
     #[error("bts has {threads} threads: cannot fork its tracer safely")]
-    Threaded { threads: usize },
+    Threaded {
+        /// The threads bts has.
+        threads: usize,
+    },
     /// bts was asked to trace itself.
     #[error("bts cannot trace itself")]
     SelfTrace,
     /// The program's SIGTRAP action must be read or restored and its code
     /// has no system call instruction to do it through.
     #[error("no system call instruction in the program to {what} its SIGTRAP action through")]
-    NoSyscallSite { what: &'static str },
+    NoSyscallSite {
+        /// Read or restore.
+        what: &'static str,
+    },
     /// The allocator refused a buffer (locked-memory limit, size).
     #[error(transparent)]
     Alloc(#[from] ds_alloc::Error),
@@ -119,4 +156,5 @@ pub enum Notice {
     },
 }
 
+/// The result of the ptrace layer.
 pub type Result<T> = std::result::Result<T, Error>;

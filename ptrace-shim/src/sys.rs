@@ -1,32 +1,52 @@
 //! Thin wrappers over the raw ptrace and wait calls. Every `unsafe` block of
-//! the crate that talks to the kernel lives here.
+//! the crate that talks to the kernel lives here; the numbers are libc's.
+//!
+//! Raw libc, not nix: nix's `Signal` cannot hold a real-time signal, so
+//! `ptrace::cont`, `syscall`, `step` and `detach` could not deliver one the
+//! program is due (bts must deliver every signal as the kernel would), and
+//! nix has no `PTRACE_GETSIGMASK`/`SETSIGMASK`, `PTRACE_GET_SYSCALL_INFO` or
+//! `PTRACE_LISTEN`. The wrappers stay a few lines each.
 
 use std::io;
 
+/// A process or thread id.
 pub type Pid = i32;
+/// The registers of a stopped thread.
 pub type Regs = libc::user_regs_struct;
 
-pub const PTRACE_O_TRACESYSGOOD: i32 = 0x01;
-pub const PTRACE_O_TRACEFORK: i32 = 0x02;
-pub const PTRACE_O_TRACEVFORK: i32 = 0x04;
-pub const PTRACE_O_TRACECLONE: i32 = 0x08;
-pub const PTRACE_O_TRACEEXEC: i32 = 0x10;
-pub const PTRACE_O_TRACEEXIT: i32 = 0x40;
-pub const PTRACE_O_EXITKILL: i32 = 0x10_0000;
+/// Syscall stops report SIGTRAP|0x80.
+pub const PTRACE_O_TRACESYSGOOD: i32 = libc::PTRACE_O_TRACESYSGOOD;
+/// Follow fork.
+pub const PTRACE_O_TRACEFORK: i32 = libc::PTRACE_O_TRACEFORK;
+/// Follow vfork.
+pub const PTRACE_O_TRACEVFORK: i32 = libc::PTRACE_O_TRACEVFORK;
+/// Follow clone (threads).
+pub const PTRACE_O_TRACECLONE: i32 = libc::PTRACE_O_TRACECLONE;
+/// Stop at exec.
+pub const PTRACE_O_TRACEEXEC: i32 = libc::PTRACE_O_TRACEEXEC;
+/// Stop at exit.
+pub const PTRACE_O_TRACEEXIT: i32 = libc::PTRACE_O_TRACEEXIT;
+/// The tracee dies with the tracer (launched programs only).
+pub const PTRACE_O_EXITKILL: i32 = libc::PTRACE_O_EXITKILL;
 
-pub const EVENT_FORK: i32 = 1;
-pub const EVENT_VFORK: i32 = 2;
-pub const EVENT_CLONE: i32 = 3;
-pub const EVENT_EXEC: i32 = 4;
-pub const EVENT_EXIT: i32 = 6;
+/// A fork event.
+pub const EVENT_FORK: i32 = libc::PTRACE_EVENT_FORK;
+/// A vfork event.
+pub const EVENT_VFORK: i32 = libc::PTRACE_EVENT_VFORK;
+/// A clone event.
+pub const EVENT_CLONE: i32 = libc::PTRACE_EVENT_CLONE;
+/// An exec event.
+pub const EVENT_EXEC: i32 = libc::PTRACE_EVENT_EXEC;
+/// An exit event.
+pub const EVENT_EXIT: i32 = libc::PTRACE_EVENT_EXIT;
+/// A group-stop or `PTRACE_INTERRUPT` stop of a seized thread
+/// (`PTRACE_EVENT_STOP` of linux/ptrace.h; glibc's libc crate lacks it).
 pub const EVENT_STOP: i32 = 128;
 
-const PTRACE_GET_SYSCALL_INFO: libc::c_uint = 0x420e;
-// Not in every libc release: the values of linux/ptrace.h.
-const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
-const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
-pub const SYSCALL_INFO_ENTRY: u8 = 1;
-pub const SYSCALL_INFO_EXIT: u8 = 2;
+/// A syscall-entry stop, for [`get_syscall_info`].
+pub const SYSCALL_INFO_ENTRY: u8 = libc::PTRACE_SYSCALL_INFO_ENTRY;
+/// A syscall-exit stop.
+pub const SYSCALL_INFO_EXIT: u8 = libc::PTRACE_SYSCALL_INFO_EXIT;
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
     if ret == -1 {
@@ -48,37 +68,47 @@ fn ptrace(req: libc::c_uint, pid: Pid, addr: usize, data: usize) -> io::Result<l
     }
 }
 
+/// `PTRACE_SEIZE` with `options`.
 pub fn seize(pid: Pid, options: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_SEIZE, pid, 0, options as usize).map(drop)
 }
+/// `PTRACE_INTERRUPT`.
 pub fn interrupt(pid: Pid) -> io::Result<()> {
     ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0).map(drop)
 }
+/// `PTRACE_CONT`, delivering `sig`.
 pub fn cont(pid: Pid, sig: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_CONT, pid, 0, sig as usize).map(drop)
 }
+/// `PTRACE_SYSCALL`, delivering `sig`.
 pub fn syscall(pid: Pid, sig: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_SYSCALL, pid, 0, sig as usize).map(drop)
 }
+/// `PTRACE_SINGLESTEP`, delivering `sig`.
 pub fn singlestep(pid: Pid, sig: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_SINGLESTEP, pid, 0, sig as usize).map(drop)
 }
+/// `PTRACE_LISTEN`.
 pub fn listen(pid: Pid) -> io::Result<()> {
     ptrace(libc::PTRACE_LISTEN, pid, 0, 0).map(drop)
 }
+/// `PTRACE_DETACH`, leaving `sig` to be delivered.
 pub fn detach(pid: Pid, sig: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_DETACH, pid, 0, sig as usize).map(drop)
 }
+/// `PTRACE_SETOPTIONS`.
 pub fn set_options(pid: Pid, options: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_SETOPTIONS, pid, 0, options as usize).map(drop)
 }
 
+/// `PTRACE_GETEVENTMSG`.
 pub fn get_event_msg(pid: Pid) -> io::Result<u64> {
     let mut msg: libc::c_ulong = 0;
     ptrace(libc::PTRACE_GETEVENTMSG, pid, 0, &mut msg as *mut _ as usize)?;
     Ok(msg)
 }
 
+/// `PTRACE_GETREGS`.
 pub fn get_regs(pid: Pid) -> io::Result<Regs> {
     // SAFETY: user_regs_struct is plain old data; all-zero is a valid value.
     let mut regs: Regs = unsafe { std::mem::zeroed() };
@@ -86,6 +116,7 @@ pub fn get_regs(pid: Pid) -> io::Result<Regs> {
     Ok(regs)
 }
 
+/// `PTRACE_SETREGS`.
 pub fn set_regs(pid: Pid, regs: &Regs) -> io::Result<()> {
     ptrace(libc::PTRACE_SETREGS, pid, 0, regs as *const Regs as usize).map(drop)
 }
@@ -93,19 +124,21 @@ pub fn set_regs(pid: Pid, regs: &Regs) -> io::Result<()> {
 /// The thread's blocked-signal mask (bit `n - 1` for signal `n`).
 pub fn get_sigmask(pid: Pid) -> io::Result<u64> {
     let mut mask: u64 = 0;
-    ptrace(PTRACE_GETSIGMASK, pid, 8, &mut mask as *mut u64 as usize)?;
+    ptrace(libc::PTRACE_GETSIGMASK, pid, 8, &mut mask as *mut u64 as usize)?;
     Ok(mask)
 }
 
 /// Sets the thread's blocked-signal mask.
 pub fn set_sigmask(pid: Pid, mask: u64) -> io::Result<()> {
-    ptrace(PTRACE_SETSIGMASK, pid, 8, &mask as *const u64 as usize).map(drop)
+    ptrace(libc::PTRACE_SETSIGMASK, pid, 8, &mask as *const u64 as usize).map(drop)
 }
 
 /// The parts of `siginfo_t` a crash report needs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SigInfo {
+    /// The signal.
     pub signo: i32,
+    /// `si_code`.
     pub code: i32,
     /// `si_addr` for the fault signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP).
     pub addr: u64,
@@ -113,6 +146,7 @@ pub struct SigInfo {
     pub sender: i32,
 }
 
+/// `PTRACE_GETSIGINFO`.
 pub fn get_siginfo(pid: Pid) -> io::Result<SigInfo> {
     // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
     let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -133,22 +167,27 @@ pub fn get_siginfo(pid: Pid) -> io::Result<SigInfo> {
 /// What `PTRACE_GET_SYSCALL_INFO` says about a syscall stop.
 #[derive(Debug, Clone, Copy)]
 pub struct SyscallInfo {
+    /// Entry or exit.
     pub op: u8,
     /// Address after the syscall instruction.
     pub ip: u64,
 }
 
+/// `PTRACE_GET_SYSCALL_INFO`.
 pub fn get_syscall_info(pid: Pid) -> io::Result<SyscallInfo> {
-    // struct ptrace_syscall_info: op u8, pad[3], arch u32, ip u64, sp u64, union...
-    let mut buf = [0u64; 11];
-    ptrace(PTRACE_GET_SYSCALL_INFO, pid, std::mem::size_of_val(&buf), buf.as_mut_ptr() as usize)?;
-    Ok(SyscallInfo { op: (buf[0] & 0xff) as u8, ip: buf[1] })
+    // SAFETY: ptrace_syscall_info is plain old data; all-zero is valid.
+    let mut info: libc::ptrace_syscall_info = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of_val(&info);
+    ptrace(libc::PTRACE_GET_SYSCALL_INFO, pid, size, &mut info as *mut _ as usize)?;
+    Ok(SyscallInfo { op: info.op, ip: info.instruction_pointer })
 }
 
 /// A decoded wait status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
+    /// The task exited with this code.
     Exited(Pid, i32),
+    /// The task was killed by this signal.
     Signaled(Pid, i32),
     /// A signal-delivery-stop (or the stop of a not-yet-seized child).
     Signal(Pid, i32),
@@ -255,31 +294,6 @@ pub fn default_is_fatal(sig: i32) -> bool {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wait_status_decoding() {
-        assert_eq!(decode_status(5, 3 << 8), Wait::Exited(5, 3));
-        assert_eq!(decode_status(5, libc::SIGSEGV), Wait::Signaled(5, libc::SIGSEGV));
-        assert_eq!(decode_status(5, 0x7f | (libc::SIGSEGV << 8)), Wait::Signal(5, libc::SIGSEGV));
-        assert_eq!(decode_status(5, 0x7f | ((libc::SIGTRAP | 0x80) << 8)), Wait::Syscall(5));
-        assert_eq!(
-            decode_status(5, 0x7f | (libc::SIGTRAP << 8) | (EVENT_EXEC << 16)),
-            Wait::Event(5, EVENT_EXEC, libc::SIGTRAP)
-        );
-    }
-
-    #[test]
-    fn signal_names() {
-        assert_eq!(signal_name(libc::SIGSEGV), "SIGSEGV");
-        assert_eq!(signal_name(libc::SIGRTMIN() + 1), "SIGRT1");
-        assert!(default_is_fatal(libc::SIGABRT));
-        assert!(!default_is_fatal(libc::SIGCHLD));
-    }
-}
-
 /// A thread's CPU affinity mask.
 pub fn get_affinity(tid: Pid) -> io::Result<libc::cpu_set_t> {
     // SAFETY: cpu_set_t is plain old data; the kernel fills it.
@@ -292,6 +306,7 @@ pub fn get_affinity(tid: Pid) -> io::Result<libc::cpu_set_t> {
     }
 }
 
+/// Sets a thread's CPU affinity.
 pub fn set_affinity(tid: Pid, set: &libc::cpu_set_t) -> io::Result<()> {
     // SAFETY: `set` is a valid cpu_set_t of the size passed.
     if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) } != 0 {
@@ -321,4 +336,29 @@ pub fn pick_cpu(allowed: &libc::cpu_set_t) -> Option<usize> {
         return Some(here as usize);
     }
     (0..libc::CPU_SETSIZE as usize).find(|&c| in_set(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_status_decoding() {
+        assert_eq!(decode_status(5, 3 << 8), Wait::Exited(5, 3));
+        assert_eq!(decode_status(5, libc::SIGSEGV), Wait::Signaled(5, libc::SIGSEGV));
+        assert_eq!(decode_status(5, 0x7f | (libc::SIGSEGV << 8)), Wait::Signal(5, libc::SIGSEGV));
+        assert_eq!(decode_status(5, 0x7f | ((libc::SIGTRAP | 0x80) << 8)), Wait::Syscall(5));
+        assert_eq!(
+            decode_status(5, 0x7f | (libc::SIGTRAP << 8) | (EVENT_EXEC << 16)),
+            Wait::Event(5, EVENT_EXEC, libc::SIGTRAP)
+        );
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(libc::SIGSEGV), "SIGSEGV");
+        assert_eq!(signal_name(libc::SIGRTMIN() + 1), "SIGRT1");
+        assert!(default_is_fatal(libc::SIGABRT));
+        assert!(!default_is_fatal(libc::SIGCHLD));
+    }
 }

@@ -3,9 +3,13 @@
 /// The CPU as /proc/cpuinfo describes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CpuInfo {
+    /// `vendor_id` (`GenuineIntel`, `AuthenticAMD`).
     pub vendor: String,
+    /// The CPU family.
     pub family: u32,
+    /// The CPU model.
     pub model: u32,
+    /// `model name`.
     pub model_name: String,
     /// Running under a hypervisor (the `hypervisor` flag).
     pub hypervisor: bool,
@@ -14,6 +18,7 @@ pub struct CpuInfo {
 }
 
 impl CpuInfo {
+    /// The first CPU of /proc/cpuinfo.
     pub fn read() -> CpuInfo {
         std::fs::read_to_string("/proc/cpuinfo").map(|t| CpuInfo::parse(&t)).unwrap_or_default()
     }
@@ -43,10 +48,12 @@ impl CpuInfo {
         c
     }
 
+    /// An Intel CPU.
     pub fn is_intel(&self) -> bool {
         self.vendor == "GenuineIntel"
     }
 
+    /// An AMD CPU.
     pub fn is_amd(&self) -> bool {
         self.vendor == "AuthenticAMD" || self.vendor == "HygonGenuine"
     }

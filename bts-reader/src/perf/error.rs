@@ -6,37 +6,74 @@ use super::cpu::{self, CpuInfo};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
+/// Why the hardware cannot record, each naming its cause.
 pub enum PerfError {
+    /// The CPU has no BTS (or the hypervisor hides it).
     #[error("no hardware BTS on this CPU: {cpu} {why}")]
-    NoBts { cpu: String, why: String },
+    NoBts {
+        /// The CPU's name.
+        cpu: String,
+        /// Why, in words.
+        why: String,
+    },
+    /// A CPU whose BTS records are unreliable.
     #[error(
         "BTS is disabled on {cpu} (family 6, model {model:#x}): erratum AAJ122 makes its \
          branch \"from\" addresses unreliable, and GDB refuses it too"
     )]
-    Erratum { cpu: String, model: u32 },
+    Erratum {
+        /// The CPU's name.
+        cpu: String,
+        /// Its model number.
+        model: u32,
+    },
+    /// perf_event_paranoid forbids it.
     #[error(
         "not allowed to record: kernel.perf_event_paranoid is {level}; set it to 1 or less \
          (sysctl kernel.perf_event_paranoid=1) or run bts as root"
     )]
-    Paranoid { level: i32 },
+    Paranoid {
+        /// The setting.
+        level: i32,
+    },
+    /// The ring cannot be locked in memory.
     #[error(
         "cannot lock the perf buffer: {pages} pages are over perf_event_mlock_kb ({mlock_kb} KiB per CPU) \
          and RLIMIT_MEMLOCK; raise `ulimit -l`, or ask for a smaller --buffer-size"
     )]
-    Memlock { pages: u64, mlock_kb: u64 },
+    Memlock {
+        /// The pages asked for.
+        pages: u64,
+        /// perf_event_mlock_kb.
+        mlock_kb: u64,
+    },
+    /// Another user of the branch hardware holds it.
     #[error(
         "branch tracing is busy on this thread: another LBR, Intel PT or BTS user \
          (perf, a debugger, a profiler) holds it (EBUSY); stop it"
     )]
     Busy,
+    /// No intel_bts PMU.
     #[error("the intel_bts PMU is not registered: {why}; bts falls back to the legacy BTS event")]
-    IntelBtsAbsent { why: String },
+    IntelBtsAbsent {
+        /// Why, in words.
+        why: String,
+    },
+    /// A system call failed otherwise.
     #[error("{what} failed: {}", errno_name(*errno))]
-    Os { what: &'static str, errno: i32 },
+    Os {
+        /// Which.
+        what: &'static str,
+        /// Its errno.
+        errno: i32,
+    },
+    /// The kernel's ring header points outside the mapping.
     #[error("the kernel reported a perf ring outside its mapping")]
     RingOutsideMapping,
+    /// The allocator refused PEBS.
     #[error("PEBS cannot be had: {0}")]
     Pebs(#[from] ds_alloc::Error),
+    /// The ring could not be read.
     #[error("{0}")]
     Ring(#[from] super::ring::RingError),
 }
@@ -103,6 +140,7 @@ pub fn intel_bts_absent(c: &CpuInfo) -> PerfError {
     PerfError::IntelBtsAbsent { why }
 }
 
+/// The system's words for an errno.
 pub fn errno_name(e: i32) -> String {
     std::io::Error::from_raw_os_error(e).to_string()
 }

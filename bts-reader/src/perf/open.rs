@@ -127,6 +127,7 @@ pub struct BtsEvent {
     map: Mapping,
     data_offset: usize,
     data_size: usize,
+    /// The ring's data pages.
     pub pages: usize,
 }
 
@@ -188,6 +189,7 @@ pub struct IntelBtsEvent {
     data_pages: usize,
 }
 
+/// Opens an `intel_bts` AUX event on thread `tid` with an AUX area of `bytes`.
 pub fn open_intel_bts(tid: i32, bytes: usize) -> Result<IntelBtsEvent, PerfError> {
     let c = CpuInfo::read();
     error::check_cpu(&c)?;
@@ -237,6 +239,7 @@ pub struct PebsEvent {
     _fd: OwnedFd,
     map: Mapping,
     data_size: usize,
+    /// The PEBS ownership the allocator granted.
     pub owner: ds_alloc::PebsHandle,
 }
 

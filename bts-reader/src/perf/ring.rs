@@ -5,31 +5,46 @@
 
 use ds_alloc::BtsRecord;
 
+/// `PERF_RECORD_LOST`.
 pub const PERF_RECORD_LOST: u32 = 2;
+/// `PERF_RECORD_SAMPLE`.
 pub const PERF_RECORD_SAMPLE: u32 = 9;
+/// `PERF_RECORD_AUX`.
 pub const PERF_RECORD_AUX: u32 = 11;
 /// A BTS sample: header (8), ip = from (8), addr = to (8).
 pub const BTS_SAMPLE_SIZE: usize = 24;
 /// Offsets in the header page (`struct perf_event_mmap_page`).
 pub const OFF_VERSION: usize = 0;
+/// Offset of `size` in `perf_event_mmap_page`.
 pub const OFF_SIZE: usize = 72;
+/// Offset of `data_head`.
 pub const OFF_DATA_HEAD: usize = 1024;
+/// Offset of `data_tail`.
 pub const OFF_DATA_TAIL: usize = 1032;
+/// Offset of `data_offset`.
 pub const OFF_DATA_OFFSET: usize = 1040;
+/// Offset of `data_size`.
 pub const OFF_DATA_SIZE: usize = 1048;
+/// Offset of `aux_head`.
 pub const OFF_AUX_HEAD: usize = 1056;
+/// Offset of `aux_tail`.
 pub const OFF_AUX_TAIL: usize = 1064;
+/// Offset of `aux_offset`.
 pub const OFF_AUX_OFFSET: usize = 1072;
+/// Offset of `aux_size`.
 pub const OFF_AUX_SIZE: usize = 1080;
 
 /// Why a ring could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RingError {
+    /// The header page is too short.
     #[error("the perf header page is {0} bytes; at least 1088 are needed")]
     ShortHeader(usize),
+    /// The ring's size is not a power of two.
     #[error("the ring is {0} bytes: not a power of two")]
     BadRingSize(usize),
+    /// The kernel kept writing while the ring was read.
     #[error("the ring kept changing while it was read ({0} tries)")]
     Unstable(u32),
 }
@@ -37,15 +52,25 @@ pub enum RingError {
 /// The fields of the header page a reader needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MmapHeader {
+    /// `version`.
     pub version: u32,
+    /// `size` of the header as the kernel knows it.
     pub size: u32,
+    /// Where the kernel writes next in the data ring.
     pub data_head: u64,
+    /// What the reader consumed.
     pub data_tail: u64,
+    /// Where the data ring starts in the mapping.
     pub data_offset: u64,
+    /// The data ring's size.
     pub data_size: u64,
+    /// Where the kernel writes next in the AUX area.
     pub aux_head: u64,
+    /// What the reader consumed of the AUX area.
     pub aux_tail: u64,
+    /// Where the AUX area starts in the file.
     pub aux_offset: u64,
+    /// The AUX area's size.
     pub aux_size: u64,
 }
 
@@ -58,6 +83,7 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
 }
 
 impl MmapHeader {
+    /// Reads the header page.
     pub fn parse(page: &[u8]) -> Result<MmapHeader, RingError> {
         if page.len() < OFF_AUX_SIZE + 8 {
             return Err(RingError::ShortHeader(page.len()));
@@ -190,11 +216,13 @@ pub struct AuxEvents {
     pub truncated: u64,
     /// PERF_RECORD_AUX records in all.
     pub aux_records: u64,
+    /// Records the kernel dropped.
     pub lost: u64,
     /// A record with a bad size ended the scan.
     pub incomplete: bool,
 }
 
+/// An AUX record's flag: the data was truncated.
 pub const PERF_AUX_FLAG_TRUNCATED: u64 = 0x01;
 
 /// Scans the (unwrapped) data ring of an intel_bts event.

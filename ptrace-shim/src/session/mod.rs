@@ -24,15 +24,14 @@ mod recorders;
 mod snapshot;
 mod syscalls;
 
-const SI_KERNEL: i32 = 0x80;
-const SI_USER: i32 = 0;
-const SI_TKILL: i32 = -6;
+use libc::{SI_KERNEL, SI_TKILL, SI_USER};
 /// EFLAGS.TF: the program single-steps itself.
 const TRAP_FLAG: u64 = 0x100;
 
 /// How to record.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The recorder.
     pub backend: Backend,
     /// Bytes of each thread's circular buffer.
     pub buffer_bytes: usize,
@@ -70,9 +69,13 @@ impl Default for Options {
 /// A fatal signal held at delivery.
 #[derive(Debug, Clone)]
 pub struct Crash {
+    /// The process.
     pub pid: Pid,
+    /// The thread held at the signal.
     pub tid: Pid,
+    /// The signal.
     pub signal: i32,
+    /// Its `si_code`.
     pub si_code: i32,
     /// The fault address, for the signals that have one.
     pub fault_addr: Option<u64>,
@@ -83,7 +86,9 @@ pub struct Crash {
 /// How the traced program (the first process) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// It exited with this code.
     Exited(i32),
+    /// It was killed by this signal.
     Signaled(i32),
     /// bts detached because it got this signal (SIGINT for
     /// [`Session::request_detach`]); the process runs on.
@@ -234,6 +239,7 @@ impl Session {
         }
     }
 
+    /// The first process.
     pub fn root_pid(&self) -> Pid {
         self.root
     }
