@@ -265,6 +265,50 @@ mod tests {
     }
 
     #[test]
+    fn the_programs_own_traps_are_told_apart() {
+        assert!(raises_sigtrap(&decode(&[0xcc]))); // int3
+        assert!(raises_sigtrap(&decode(&[0xcd, 0x03]))); // int 3
+        assert!(raises_sigtrap(&decode(&[0xf1]))); // int1
+        assert!(!raises_sigtrap(&decode(&[0xcd, 0x80]))); // a system call
+        assert!(!raises_sigtrap(&decode(&[0x90])));
+    }
+
+    #[test]
+    fn a_stepped_branch_is_taken_when_it_did_not_fall_through() {
+        let jne = decode(&[0x75, 0x10]); // at 0x1000, to 0x1012
+        assert!(!stepped_branch_taken(&jne, 0x1002));
+        assert!(stepped_branch_taken(&jne, 0x1012));
+        assert!(stepped_branch_taken(&decode(&[0xe8, 0, 0, 0, 0]), 0x1005)); // call next
+        assert!(stepped_branch_taken(&decode(&[0xc3]), 0x4000)); // ret
+        assert!(!stepped_branch_taken(&decode(&[0x90]), 0x1001));
+        assert!(!stepped_branch_taken(&decode(&[0xcc]), 0x1001));
+    }
+
+    #[test]
+    fn branches_evaluate_and_emulate_against_real_memory() {
+        // This process's own memory stands for the tracee's.
+        let space = Space::new(std::process::id() as i32, 0).unwrap();
+        let slot = Box::new(0xdead_b000u64);
+        let mut r = regs();
+        r.rax = &*slot as *const u64 as u64;
+        assert_eq!(evaluate(&decode(&[0xff, 0x20]), &r, &space), Outcome::Taken(0xdead_b000)); // jmp [rax]
+        let stack = Box::new([0x1234u64, 0]);
+        r.rsp = stack.as_ptr() as u64;
+        let ret = decode(&[0xc3]);
+        let o = evaluate(&ret, &r, &space);
+        assert_eq!(o, Outcome::Taken(0x1234));
+        let mut after = r;
+        assert!(emulate(&ret, o, &mut after, &space));
+        assert_eq!((after.rip, after.rsp), (0x1234, r.rsp + 8));
+        let je = decode(&[0x74, 0x10]);
+        assert_eq!(evaluate(&je, &r, &space), Outcome::NotTaken);
+        r.eflags = ZF;
+        assert_eq!(evaluate(&je, &r, &space), Outcome::Taken(0x1012));
+        // A far jump through memory cannot be evaluated: it is stepped.
+        assert_eq!(evaluate(&decode(&[0x48, 0xff, 0x28]), &r, &space), Outcome::Unknown);
+    }
+
+    #[test]
     fn loop_counter_widths() {
         assert_eq!(counter_bits(&decode(&[0xe2, 0xfe])), 64); // loop rcx
         assert_eq!(counter_bits(&decode(&[0x67, 0xe2, 0xfe])), 32); // loop ecx
