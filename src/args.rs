@@ -189,8 +189,22 @@ pub enum ReportWhen {
     Never,
 }
 
+/// Why a size given on the command line was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// A suffix other than K, M or G.
+    #[error("unknown size suffix '{0}' (use K, M or G)")]
+    Suffix(char),
+    /// Not a number before the suffix.
+    #[error("'{0}' is not a size")]
+    NotANumber(String),
+    /// More bytes than this machine can address.
+    #[error("{0} is too large")]
+    TooLarge(String),
+}
+
 /// Parses `4096`, `64K`, `1M`, `1G` (binary units).
-pub fn parse_size(s: &str) -> Result<usize, String> {
+pub fn parse_size(s: &str) -> Result<usize, SizeError> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
@@ -198,14 +212,14 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
                 'K' => 1 << 10,
                 'M' => 1 << 20,
                 'G' => 1 << 30,
-                _ => return Err(format!("unknown size suffix '{c}' (use K, M or G)")),
+                _ => return Err(SizeError::Suffix(c)),
             };
             (&s[..i], m)
         }
         _ => (s, 1),
     };
-    let n: usize = num.trim().parse().map_err(|_| format!("'{s}' is not a size"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("{s} is too large"))
+    let n: usize = num.trim().parse().map_err(|_| SizeError::NotANumber(s.into()))?;
+    n.checked_mul(mult).ok_or_else(|| SizeError::TooLarge(s.into()))
 }
 
 #[cfg(test)]
@@ -217,8 +231,9 @@ mod tests {
         assert_eq!(parse_size("64K"), Ok(65536));
         assert_eq!(parse_size("1m"), Ok(1 << 20));
         assert_eq!(parse_size("100"), Ok(100));
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("K").is_err());
+        assert_eq!(parse_size("12Q"), Err(SizeError::Suffix('Q')));
+        assert_eq!(parse_size("K"), Err(SizeError::NotANumber("K".into())));
         assert!(parse_size("99999999999999999999G").is_err());
+        assert_eq!(parse_size("17179869184G"), Err(SizeError::TooLarge("17179869184G".into())));
     }
 }

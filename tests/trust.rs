@@ -381,8 +381,6 @@ fn the_tracer_is_not_the_bts_the_user_started() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let worker: i32 = children.split_whitespace().next().expect("a tracer child").parse().unwrap();
-    let comm = std::fs::read_to_string(format!("/proc/{worker}/comm")).unwrap();
-    assert_eq!(comm.trim(), "bts-tracer");
     // The program is traced by bts-tracer, not by the front.
     let t0 = Instant::now();
     let tracer_of_program = loop {
@@ -399,6 +397,10 @@ fn the_tracer_is_not_the_bts_the_user_started() {
         }
     };
     assert_eq!(tracer_of_program, worker);
+    // The child names itself right after the fork; by the time it traces
+    // the program, the name is set (read earlier, it may still be "bts").
+    let comm = std::fs::read_to_string(format!("/proc/{worker}/comm")).unwrap();
+    assert_eq!(comm.trim(), "bts-tracer");
     assert!(front.wait().unwrap().success());
 }
 
