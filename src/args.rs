@@ -163,6 +163,11 @@ pub struct RecordArgs {
     /// hypervisor, but the program keeps its own CPU affinity).
     #[arg(long)]
     pub no_pin: bool,
+    /// Stack bytes kept (above the stack pointer) of each thread stopped
+    /// when the trace is saved, so that `bts gdb` can unwind after the
+    /// process is gone.
+    #[arg(long, default_value = "64K", value_parser = parse_size)]
+    pub stack_size: usize,
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]

@@ -93,6 +93,7 @@ pub(crate) fn options(rec: &RecordArgs, backend: Backend, follow_fork: bool, no_
         pin_cpu: !rec.no_pin,
         per_cpu_bytes: rec.per_cpu_buffer,
         insn_log: rec.insn_log.clone(),
+        stack_bytes: rec.stack_size,
     }
 }
 

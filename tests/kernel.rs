@@ -40,6 +40,7 @@ fn trace() -> TraceFile {
             records: recs,
         }],
         code: vec![CodeRange { pid: 7, generation: 1, addr: 0x1000, bytes: code }],
+        states: Vec::new(),
     }
 }
 
@@ -157,6 +158,7 @@ fn random_records_give_gaps_never_a_panic() {
                 records,
             }],
             code: vec![CodeRange { pid: 9, generation: 1, addr: base, bytes: data.clone() }],
+            states: Vec::new(),
         };
         tf.write(&dir.join("r.bts")).unwrap();
         for args in [

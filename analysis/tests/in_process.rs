@@ -52,6 +52,7 @@ fn trace(crashed_tid: Option<i32>) -> TraceFile {
             thread(PID + 1, crashed_tid == Some(PID + 1), calls),
         ],
         code: vec![CodeRange { pid: PID, generation: 0, addr: 0x1000, bytes: code() }],
+        states: Vec::new(),
     }
 }
 

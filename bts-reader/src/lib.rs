@@ -16,7 +16,10 @@ pub mod recording;
 pub mod tracefile;
 pub mod valgrind;
 
-pub use tracefile::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile, FORMAT_VERSION};
+pub use tracefile::{
+    CodeRange, Meta, Module, Registers, Stream, StreamKind, ThreadState, TraceFile, FORMAT_VERSION,
+    OLDEST_VERSION,
+};
 
 /// Errors of the branch sources.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +37,7 @@ pub enum Error {
     #[error("not a bts trace file (bad magic)")]
     BadMagic,
     /// A trace file of a version this bts cannot read.
-    #[error("trace file format version {found} is not supported (this bts reads version {FORMAT_VERSION})")]
+    #[error("trace file format version {found} is not supported (this bts reads versions {OLDEST_VERSION} to {FORMAT_VERSION})")]
     UnsupportedVersion {
         /// Its version.
         found: u32,

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use decode::Mapping;
 use ds_alloc::BtsBuffer;
 
-use crate::{CodeRange, Meta, Module, Stream, StreamKind, TraceFile};
+use crate::{CodeRange, Meta, Module, Stream, StreamKind, ThreadState, TraceFile};
 
 /// The recorded branches of one thread.
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub struct ThreadTrace {
     pub last_pc: Option<u64>,
     /// Records the source reported lost (besides overwritten ones).
     pub lost: u64,
+    /// Registers and stack, when the thread was stopped at the snapshot.
+    pub state: Option<ThreadState>,
 }
 
 /// Everything recorded for one program image (a pid between two execs).
@@ -91,6 +93,7 @@ impl TraceFile {
                     lost: t.lost,
                     records: t.buffer.snapshot(),
                 });
+                tf.states.extend(t.state.clone());
             }
             for (addr, bytes) in &img.code {
                 tf.code.push(CodeRange {

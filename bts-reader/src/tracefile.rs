@@ -8,9 +8,12 @@
 //! ```
 //! All integers are little-endian. Sections: META (JSON), MODULES (JSON),
 //! STREAM (u32 header length, JSON header, then 24-byte BTS records oldest
-//! first), CODE (pid u32, generation u32, address u64, bytes). Sections
-//! whose tag has bit 31 set are optional: a reader that does not know them
-//! skips them; any other unknown tag is an error.
+//! first), CODE (pid u32, generation u32, address u64, bytes), and since
+//! version 2 STATE (u32 header length, JSON header: a thread's registers
+//! and signal at the stop, then the stack bytes from its header's
+//! `stack_addr`). Sections whose tag has bit 31 set are optional: a reader
+//! that does not know them skips them; any other unknown tag is an error.
+//! Version 1 files (no STATE) still load.
 
 use std::path::Path;
 
@@ -21,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// The format version this bts writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this bts reads.
+pub const OLDEST_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"BTSTRACE";
 const TAG_META: u32 = 1;
 const TAG_MODULES: u32 = 2;
@@ -30,6 +35,7 @@ const TAG_CODE: u32 = 4;
 const TAG_END: u32 = 0xFFFF_FFFF;
 /// Tags with this bit set may be skipped by a reader that does not know them.
 const OPTIONAL: u32 = 0x8000_0000;
+const TAG_STATE: u32 = 5;
 const SECTION_HEADER: usize = 16;
 
 /// What was traced and how it ended.
@@ -139,6 +145,69 @@ pub struct CodeRange {
     pub bytes: Vec<u8>,
 }
 
+/// A thread's general registers, as the kernel's `user_regs_struct` holds them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct Registers {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+/// A thread as it stood when the trace was taken: what a debugger needs
+/// to unwind it after the process is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadState {
+    /// The process.
+    pub pid: i32,
+    /// Its exec generation.
+    pub generation: u32,
+    /// The thread.
+    pub tid: i32,
+    /// The signal it was stopped with (the fatal one for the crashed thread).
+    pub signal: Option<i32>,
+    /// Its general registers.
+    pub regs: Registers,
+    /// Where `stack` begins (a little below the stack pointer: the red zone).
+    pub stack_addr: u64,
+    /// The stack bytes from `stack_addr` up.
+    pub stack: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateHeader {
+    pid: i32,
+    generation: u32,
+    tid: i32,
+    signal: Option<i32>,
+    regs: Registers,
+    stack_addr: u64,
+}
+
 /// A whole trace file in memory.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TraceFile {
@@ -150,6 +219,9 @@ pub struct TraceFile {
     pub streams: Vec<Stream>,
     /// The code the kept records run through.
     pub code: Vec<CodeRange>,
+    /// Registers and stacks of the threads that were stopped when the
+    /// trace was taken (none in version 1 files, nor from Valgrind).
+    pub states: Vec<ThreadState>,
 }
 
 fn section(out: &mut Vec<u8>, tag: u32, payload: &[u8]) {
@@ -226,6 +298,21 @@ impl TraceFile {
             p.extend_from_slice(&c.bytes);
             section(&mut out, TAG_CODE, &p);
         }
+        for st in &self.states {
+            let header = json(&StateHeader {
+                pid: st.pid,
+                generation: st.generation,
+                tid: st.tid,
+                signal: st.signal,
+                regs: st.regs,
+                stack_addr: st.stack_addr,
+            });
+            let mut p = Vec::with_capacity(4 + header.len() + st.stack.len());
+            p.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            p.extend_from_slice(&header);
+            p.extend_from_slice(&st.stack);
+            section(&mut out, TAG_STATE, &p);
+        }
         section(&mut out, TAG_END, &[]);
         out
     }
@@ -245,7 +332,7 @@ impl TraceFile {
             return Err(Error::BadMagic);
         }
         let version = c.u32("the format version")?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion { found: version });
         }
         c.u32("the header")?;
@@ -296,6 +383,7 @@ impl TraceFile {
                     }
                     tf.code.push(CodeRange { pid, generation, addr, bytes });
                 }
+                TAG_STATE => tf.states.push(parse_state(payload, at)?),
                 t if t & OPTIONAL != 0 => {}
                 t => return Err(Error::Corrupt(format!("unknown section tag {t:#x} at offset {at}"))),
             }
@@ -317,6 +405,11 @@ impl TraceFile {
         let data =
             std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
         TraceFile::from_bytes(&data)
+    }
+
+    /// The state of thread `tid` of image (`pid`, `generation`) at the stop.
+    pub fn state(&self, pid: i32, generation: u32, tid: i32) -> Option<&ThreadState> {
+        self.states.iter().find(|s| (s.pid, s.generation, s.tid) == (pid, generation, tid))
     }
 
     /// Branch streams of threads, in file order.
@@ -342,6 +435,27 @@ fn parse_stream(payload: &[u8], at: usize) -> Result<Stream> {
     }
     let records = BtsRecord::parse_all(body).map_err(|source| Error::Records { at, source })?;
     Ok(Stream { kind: h.kind, capacity: h.capacity, overwritten: h.overwritten, lost: h.lost, records })
+}
+
+fn parse_state(payload: &[u8], at: usize) -> Result<ThreadState> {
+    let mut p = Cursor { data: payload, pos: 0 };
+    let hlen = p.u32("thread state header length")? as usize;
+    let header = p.take(hlen, "thread state header")?;
+    let h: StateHeader = serde_json::from_slice(header)
+        .map_err(|e| Error::Corrupt(format!("thread state at offset {at}: {e}")))?;
+    let stack = payload[p.pos..].to_vec();
+    if h.stack_addr.checked_add(stack.len() as u64).is_none() {
+        return Err(Error::Corrupt(format!("stack at {:#x} wraps the address space", h.stack_addr)));
+    }
+    Ok(ThreadState {
+        pid: h.pid,
+        generation: h.generation,
+        tid: h.tid,
+        signal: h.signal,
+        regs: h.regs,
+        stack_addr: h.stack_addr,
+        stack,
+    })
 }
 
 #[cfg(test)]
@@ -375,6 +489,15 @@ mod tests {
                 records: vec![BtsRecord::branch(0x1000, 0x1010), BtsRecord::branch(0x1012, 0)],
             }],
             code: vec![CodeRange { pid: 42, generation: 1, addr: 0x1000, bytes: vec![0x90; 64] }],
+            states: vec![ThreadState {
+                pid: 42,
+                generation: 1,
+                tid: 42,
+                signal: Some(11),
+                regs: Registers { rip: 0, rsp: 0x7ff0_0000, rbp: 0x7ff0_0010, ..Registers::default() },
+                stack_addr: 0x7ff0_0000 - 128,
+                stack: (0..=255).collect(),
+            }],
         }
     }
 
@@ -414,5 +537,15 @@ mod tests {
         let mut b = sample().to_bytes();
         b[8] = 9;
         assert!(matches!(TraceFile::from_bytes(&b), Err(Error::UnsupportedVersion { found: 9 })));
+    }
+
+    #[test]
+    fn version_1_files_still_load() {
+        // A version 1 file is a version 2 file without STATE sections.
+        let mut t = sample();
+        t.states.clear();
+        let mut b = t.to_bytes();
+        b[8] = 1;
+        assert_eq!(TraceFile::from_bytes(&b).unwrap(), t);
     }
 }

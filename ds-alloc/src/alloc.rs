@@ -334,9 +334,7 @@ impl Allocator {
         for &k in list {
             if let Some(u) = self.bts.get_mut(k) {
                 if !u.suspended {
-                    for r in recs {
-                        u.buffer.push(*r);
-                    }
+                    u.buffer.push_all(recs);
                     n += 1;
                 }
             }

@@ -34,6 +34,7 @@ pub fn run(backend: BackendArg, json: bool) -> ExitCode {
         no_pin: false,
         per_cpu_buffer: None,
         insn_log: None,
+        stack_size: ptrace_shim::DEFAULT_STACK_BYTES,
     };
     let code = crate::cmd::run::run_status(&rec, false, false, vec![exe.into(), "__demo-crash".into()]);
     if code == 128 + libc::SIGSEGV {

@@ -46,6 +46,8 @@ fn image(
             crashed: crashed_tid == Some(tid),
             last_pc: Some(th.last_pc),
             lost: 0,
+            // The tool reports the pc only.
+            state: None,
         });
     }
     let by_addr: HashMap<u64, &Vec<u8>> = t.pages.iter().map(|(a, b)| (*a, b)).collect();

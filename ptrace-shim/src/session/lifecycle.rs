@@ -108,6 +108,8 @@ impl Session {
             crashed: t.crashed,
             last_pc: t.last_pc,
             lost,
+            // The thread is gone: nothing to read.
+            state: None,
         }
     }
 

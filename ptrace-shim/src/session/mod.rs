@@ -28,6 +28,9 @@ use libc::{SI_KERNEL, SI_TKILL, SI_USER};
 /// EFLAGS.TF: the program single-steps itself.
 const TRAP_FLAG: u64 = 0x100;
 
+/// The stack kept per stopped thread unless told otherwise.
+pub const DEFAULT_STACK_BYTES: usize = 64 * 1024;
+
 /// How to record.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -50,6 +53,9 @@ pub struct Options {
     /// first thread executes (u64, little-endian) here — ground truth for
     /// checking decoders.
     pub insn_log: Option<std::path::PathBuf>,
+    /// Bytes of each stopped thread's stack kept in a snapshot (above the
+    /// stack pointer), for a debugger to unwind after the process is gone.
+    pub stack_bytes: usize,
 }
 
 impl Default for Options {
@@ -62,6 +68,7 @@ impl Default for Options {
             pin_cpu: true,
             per_cpu_bytes: None,
             insn_log: None,
+            stack_bytes: DEFAULT_STACK_BYTES,
         }
     }
 }

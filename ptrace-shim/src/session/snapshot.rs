@@ -4,9 +4,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::space::Space;
-use crate::sys::Pid;
+use crate::sys::{self, Pid, Regs};
 
 use bts_reader::recording::{ImageTrace, Recording, ThreadTrace};
+use bts_reader::{Registers, ThreadState};
 
 use super::{Session, Thread};
 
@@ -30,7 +31,84 @@ pub(super) fn collect_code<'a>(
     pages.into_iter().filter_map(|p| space.cached_page(p).map(|b| (p, b))).collect()
 }
 
+/// Bytes kept below the stack pointer: the x86-64 red zone, where leaf
+/// functions keep their locals.
+const RED_ZONE: u64 = 128;
+
+fn registers(r: &Regs) -> Registers {
+    Registers {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
+/// The stack from just below `rsp` up to `limit` bytes, stopping at the
+/// first page that cannot be read (the top of the stack mapping).
+fn read_stack(space: &Space, rsp: u64, limit: usize) -> (u64, Vec<u8>) {
+    let start = rsp.saturating_sub(RED_ZONE);
+    let end = rsp.saturating_add(limit as u64);
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        let next_page = (at | (crate::space::PAGE - 1)).saturating_add(1).min(end);
+        let mut chunk = vec![0u8; (next_page - at) as usize];
+        if space.read_live(at, &mut chunk).is_err() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+        at = next_page;
+    }
+    (start, out)
+}
+
 impl Session {
+    /// Registers and stack of thread `tid` if it is stopped (a running
+    /// thread cannot be read, and is left alone).
+    fn thread_state(&self, t: &Thread) -> Option<ThreadState> {
+        let regs = sys::get_regs(t.tid).ok()?;
+        let slot = self.spaces.get(t.space)?;
+        let (stack_addr, stack) = read_stack(&slot.space, regs.rsp, self.opts.stack_bytes);
+        let signal = match (&self.crash, t.held) {
+            (Some(c), _) if c.tid == t.tid => Some(c.signal),
+            (_, Some(sig)) if sig != 0 => Some(sig),
+            _ => None,
+        };
+        Some(ThreadState {
+            pid: slot.space.pid,
+            generation: slot.space.generation,
+            tid: t.tid,
+            signal,
+            regs: registers(&regs),
+            stack_addr,
+            stack,
+        })
+    }
+
     /// A snapshot of everything recorded so far, finished images first.
     pub fn recording(&mut self) -> Recording {
         let mut hw_lost = HashMap::new();
@@ -54,6 +132,7 @@ impl Session {
                 crashed: t.crashed,
                 last_pc: t.last_pc,
                 lost: hw_lost.get(&t.tid).copied().unwrap_or(0),
+                state: self.thread_state(t),
             };
             match live.iter_mut().find(|(s, _)| *s == t.space) {
                 Some((_, v)) => v.push(trace),
