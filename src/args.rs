@@ -98,6 +98,32 @@ pub enum Command {
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
     },
+    /// Serve a saved trace to GDB over the remote protocol: GDB's record
+    /// btrace, instruction and call history, reverse-stepi and bt work on it.
+    Gdbserver {
+        /// Talk on stdin/stdout: `target remote | bts gdbserver --stdio FILE`.
+        #[arg(long, required_unless_present = "listen", conflicts_with = "listen")]
+        stdio: bool,
+        /// Wait for GDB on PORT (127.0.0.1) or HOST:PORT (another address
+        /// lets anyone who reaches it read the trace).
+        #[arg(long, value_name = "PORT|HOST:PORT")]
+        listen: Option<String>,
+        /// The trace file.
+        file: PathBuf,
+    },
+    /// Start GDB on a saved trace, with the stub and `last-branch` set up.
+    Gdb {
+        /// The GDB to run.
+        #[arg(long, default_value = "gdb")]
+        gdb: PathBuf,
+        /// The trace file.
+        file: PathBuf,
+        /// More arguments for GDB.
+        #[arg(last = true)]
+        gdb_args: Vec<String>,
+    },
+    /// Print the GDB script that defines `last-branch` (source it in GDB).
+    Gdbinit,
     /// Trace a built-in crashing program end to end.
     Demo {
         #[arg(long, value_enum, default_value_t = BackendArg::Auto)]

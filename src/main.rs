@@ -31,6 +31,15 @@ fn main() -> ExitCode {
         Command::Demo { backend, json } => cmd::demo::run(backend, json),
         Command::DemoCrash => cmd::demo::crash(),
         Command::Doctor { json } => cmd::doctor::run(json),
+        Command::Gdbserver { stdio, listen, file } => {
+            let transport = match (&listen, stdio) {
+                (Some(l), _) => cmd::gdbserver::Transport::Listen(l),
+                (None, _) => cmd::gdbserver::Transport::Stdio,
+            };
+            cmd::gdbserver::run(&file, transport)
+        }
+        Command::Gdb { gdb, file, gdb_args } => cmd::gdb::run(&file, &gdb, &gdb_args),
+        Command::Gdbinit => cmd::gdb::gdbinit(),
         Command::History {
             file,
             range,

@@ -4,6 +4,8 @@ pub mod attach;
 pub mod demo;
 pub mod doctor;
 pub mod export;
+pub mod gdb;
+pub mod gdbserver;
 pub mod history;
 pub mod last_branch;
 pub mod run;
