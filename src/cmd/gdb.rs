@@ -73,7 +73,9 @@ pub fn run(file: &Path, gdb: &Path, gdb_args: &[String]) -> ExitCode {
         sh_quote(&file.display().to_string())
     );
     let mut cmd = Command::new(gdb);
-    cmd.arg("-q").arg("-x").arg(&script);
+    // The trace's modules are this machine's files (bts read them when it
+    // recorded): no file transfer over the stub.
+    cmd.arg("-q").arg("-iex").arg("set sysroot /").arg("-x").arg(&script);
     if let Some(exe) = &exec {
         cmd.arg(exe);
     }
