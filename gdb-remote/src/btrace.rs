@@ -23,11 +23,35 @@ pub fn document(blocks: &[Block]) -> String {
     x.push_str("<!DOCTYPE btrace SYSTEM \"btrace.dtd\">\n<btrace version=\"1.0\">\n");
     for b in blocks {
         // Hand-formatted: this runs once per block of traces of millions.
-        use std::fmt::Write;
-        let _ = writeln!(x, "<block begin=\"{:#x}\" end=\"{:#x}\"/>", b.begin, b.end);
+        x.push_str("<block begin=\"");
+        push_hex(&mut x, b.begin);
+        x.push_str("\" end=\"");
+        push_hex(&mut x, b.end);
+        x.push_str("\"/>\n");
     }
     x.push_str("</btrace>\n");
     x
+}
+
+/// Appends `0x` and `v` in lower-case hex, no leading zeros.
+fn push_hex(x: &mut String, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 18];
+    let mut i = buf.len();
+    let mut v = v;
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    i -= 2;
+    buf[i] = b'0';
+    buf[i + 1] = b'x';
+    // Only ASCII digits were written.
+    x.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
 /// The `btrace-conf` document: BTS with a buffer of `size` bytes.
@@ -124,6 +148,15 @@ mod tests {
     fn a_resume_from_nowhere_ends_no_block() {
         let br = [b(0x1000, 0x1010, Transfer::Branch), b(0x1030, 0x1030, Transfer::Resume)];
         assert_eq!(blocks(&br, &nops(), Some(0x1031)), vec![Block { begin: 0x1030, end: 0x1031 }]);
+    }
+
+    #[test]
+    fn hex_as_format_gives_it() {
+        for v in [0u64, 1, 0xf, 0x10, 0x401000, 0x7fff_ffff_ffff, u64::MAX] {
+            let mut s = String::new();
+            push_hex(&mut s, v);
+            assert_eq!(s, format!("{v:#x}"));
+        }
     }
 
     #[test]

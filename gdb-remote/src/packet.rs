@@ -165,19 +165,24 @@ fn expand_rle(body: &[u8]) -> Option<Vec<u8>> {
 /// The bytes that carry `payload` as a packet: `$payload#cs`, with `$`,
 /// `#`, `}` and `*` escaped.
 pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let special = |b: &u8| matches!(b, b'$' | b'#' | b'}' | b'*');
     let mut out = Vec::with_capacity(payload.len() + 4);
     out.push(b'$');
-    let mut sum = 0u8;
-    for &b in payload {
-        if matches!(b, b'$' | b'#' | b'}' | b'*') {
+    // Copy runs between the bytes to escape whole: replies of megabytes
+    // (btrace documents) are mostly plain text.
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let run = rest.iter().position(special).unwrap_or(rest.len());
+        out.extend_from_slice(&rest[..run]);
+        if let Some(&b) = rest.get(run) {
             out.push(b'}');
             out.push(b ^ 0x20);
-            sum = sum.wrapping_add(b'}').wrapping_add(b ^ 0x20);
+            rest = &rest[run + 1..];
         } else {
-            out.push(b);
-            sum = sum.wrapping_add(b);
+            rest = &[];
         }
     }
+    let sum = out[1..].iter().fold(0u8, |s, &b| s.wrapping_add(b));
     out.push(b'#');
     out.extend_from_slice(format!("{sum:02x}").as_bytes());
     out

@@ -260,7 +260,7 @@ fn xfer_read<T: Target>(
         }
     }
     let doc = &conn.xfer[&key];
-    let len = len.min(MAX_PACKET / 2);
+    let len = len.min(MAX_PACKET);
     let start = offset.min(doc.len());
     let end = start.saturating_add(len).min(doc.len());
     let mut reply = Vec::with_capacity(end - start + 1);
