@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::space::Space;
-use crate::sys::{self, Pid, Regs};
+use crate::sys::{self, Pid, Regs, Wait};
 
 use bts_reader::recording::{ImageTrace, Recording, ThreadTrace};
 use bts_reader::{Registers, ThreadState};
@@ -90,7 +90,16 @@ impl Session {
     /// Registers and stack of thread `tid` if it is stopped (a running
     /// thread cannot be read, and is left alone).
     fn thread_state(&self, t: &Thread) -> Option<ThreadState> {
-        let regs = sys::get_regs(t.tid).ok()?;
+        let mut regs = sys::get_regs(t.tid).ok()?;
+        // Stopped just after one of our int3 (its trap waits to be
+        // handled): the program stands at the site, not one past it.
+        let trapped =
+            self.deferred.iter().any(|w| matches!(*w, Wait::Signal(p, libc::SIGTRAP) if p == t.tid));
+        let at_site =
+            self.spaces.get(t.space).is_some_and(|s| s.space.is_breakpoint(regs.rip.wrapping_sub(1)));
+        if trapped && at_site {
+            regs.rip -= 1;
+        }
         let slot = self.spaces.get(t.space)?;
         let (stack_addr, stack) = read_stack(&slot.space, regs.rsp, self.opts.stack_bytes);
         let signal = match (&self.crash, t.held) {
@@ -110,7 +119,27 @@ impl Session {
     }
 
     /// A snapshot of everything recorded so far, finished images first.
+    /// At a crash, the crashed process's other threads are stopped for the
+    /// moment of the snapshot, so that their registers and stacks are kept
+    /// too (a debugger unwinds every thread after the process is gone).
     pub fn recording(&mut self) -> Recording {
+        let hold = match (&self.crash, &self.world_stopped) {
+            (Some(c), None) => Some(c.tid),
+            _ => None,
+        };
+        if let Some(tid) = hold {
+            // Threads that cannot be stopped keep no state; the trace is
+            // taken all the same.
+            let _ = self.stop_the_world(tid);
+        }
+        let r = self.snapshot();
+        if let Some(tid) = hold {
+            let _ = self.restart_the_world(tid);
+        }
+        r
+    }
+
+    fn snapshot(&mut self) -> Recording {
         let mut hw_lost = HashMap::new();
         let live: Vec<Pid> = self.threads.keys().copied().collect();
         for tid in live {
