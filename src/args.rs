@@ -98,29 +98,31 @@ pub enum Command {
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
     },
-    /// Serve a saved trace to GDB over the remote protocol: GDB's record
-    /// btrace, instruction and call history, reverse-stepi and bt work on it.
+    /// Serve a saved trace, or a process traced live, to GDB over the remote
+    /// protocol: GDB's record btrace, instruction and call history,
+    /// reverse-stepi and bt work on it.
     Gdbserver {
         /// Talk on stdin/stdout: `target remote | bts gdbserver --stdio FILE`.
         #[arg(long, required_unless_present = "listen", conflicts_with = "listen")]
         stdio: bool,
         /// Wait for GDB on PORT (127.0.0.1) or HOST:PORT (another address
-        /// lets anyone who reaches it read the trace).
+        /// lets anyone who reaches it read and control the target).
         #[arg(long, value_name = "PORT|HOST:PORT")]
         listen: Option<String>,
-        /// The trace file.
-        file: PathBuf,
+        #[command(flatten)]
+        target: GdbTarget,
     },
-    /// Start GDB on a saved trace, with the stub and `last-branch` set up.
+    /// Start GDB on a saved trace, or on a process traced live, with bts's
+    /// stub and `last-branch` set up.
     Gdb {
         /// The GDB to run.
         #[arg(long, default_value = "gdb")]
         gdb: PathBuf,
-        /// The trace file.
-        file: PathBuf,
-        /// More arguments for GDB.
-        #[arg(last = true)]
+        /// One more argument for GDB (repeat it: --gdb-arg=-batch --gdb-arg=-x --gdb-arg=FILE).
+        #[arg(long = "gdb-arg", allow_hyphen_values = true)]
         gdb_args: Vec<String>,
+        #[command(flatten)]
+        target: GdbTarget,
     },
     /// Print the GDB script that defines `last-branch` (source it in GDB).
     Gdbinit,
@@ -139,6 +141,24 @@ pub enum Command {
     },
     #[command(hide = true, name = "__demo-crash")]
     DemoCrash,
+}
+
+/// What a GDB stub serves: a saved trace, a running process, or a program
+/// it launches.
+#[derive(Args, Clone)]
+pub struct GdbTarget {
+    /// Trace this running process live.
+    #[arg(long, value_name = "PID", conflicts_with = "file")]
+    pub attach: Option<i32>,
+    /// Each thread's circular buffer when tracing live (K, M, G suffixes).
+    #[arg(long, default_value = "64K", value_parser = parse_size)]
+    pub buffer_size: usize,
+    /// The trace file (post-mortem).
+    #[arg(required_unless_present_any = ["attach", "command"], conflicts_with = "command")]
+    pub file: Option<PathBuf>,
+    /// Launch this program traced live.
+    #[arg(last = true, num_args = 1..)]
+    pub command: Vec<OsString>,
 }
 
 #[derive(Args, Clone)]

@@ -31,14 +31,14 @@ fn main() -> ExitCode {
         Command::Demo { backend, json } => cmd::demo::run(backend, json),
         Command::DemoCrash => cmd::demo::crash(),
         Command::Doctor { json } => cmd::doctor::run(json),
-        Command::Gdbserver { stdio, listen, file } => {
-            let transport = match (&listen, stdio) {
-                (Some(l), _) => cmd::gdbserver::Transport::Listen(l),
-                (None, _) => cmd::gdbserver::Transport::Stdio,
+        Command::Gdbserver { stdio: _, listen, target } => {
+            let transport = match &listen {
+                Some(l) => cmd::gdbserver::Transport::Listen(l),
+                None => cmd::gdbserver::Transport::Stdio,
             };
-            cmd::gdbserver::run(&file, transport)
+            cmd::gdbserver::run(&target, transport)
         }
-        Command::Gdb { gdb, file, gdb_args } => cmd::gdb::run(&file, &gdb, &gdb_args),
+        Command::Gdb { gdb, gdb_args, target } => cmd::gdb::run(&target, &gdb, &gdb_args),
         Command::Gdbinit => cmd::gdb::gdbinit(),
         Command::History {
             file,

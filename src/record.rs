@@ -124,6 +124,8 @@ pub(crate) fn drive(
                 reporter.save(&tf, c.pid, rec.report != ReportWhen::Never);
                 session.deliver_crash()?;
             }
+            // No debugger here: the session never stops for one.
+            Stop::Debug(_) => {}
             Stop::Finished(o) => {
                 let detached = matches!(o, Outcome::Detached(_));
                 let clean = matches!(o, Outcome::Exited(_));

@@ -22,8 +22,9 @@ fn gdb(dir: &Path, file: &str, commands: &str) -> String {
     let script = dir.join("cmds.gdb");
     std::fs::write(&script, format!("set pagination off\nset width 0\n{commands}\n")).unwrap();
     let out = Command::new(BTS)
-        .args(["gdb", file, "--", "-nx", "-batch", "-x"])
-        .arg(&script)
+        .args(["gdb", "--gdb-arg=-nx", "--gdb-arg=-batch", "--gdb-arg=-x"])
+        .arg(format!("--gdb-arg={}", script.display()))
+        .arg(file)
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()

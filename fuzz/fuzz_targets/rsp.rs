@@ -34,6 +34,6 @@ fn trace() -> TraceFile {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(mut target) = gdb_remote::PostMortem::new(trace(), "fuzz".into()) {
-        let _ = gdb_remote::serve(&mut target, data, std::io::sink());
+        let _ = gdb_remote::serve(&mut target, std::io::Cursor::new(data.to_vec()), std::io::sink());
     }
 });

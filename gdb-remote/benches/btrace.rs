@@ -94,7 +94,7 @@ fn main() {
         let mut target = gdb_remote::PostMortem::new(tf.clone(), "bench".into()).expect("a thread");
         let mut out = Sink { bytes: 0 };
         let t0 = Instant::now();
-        gdb_remote::serve(&mut target, &input[..], &mut out).expect("served");
+        gdb_remote::serve(&mut target, std::io::Cursor::new(input.clone()), &mut out).expect("served");
         best = best.min(t0.elapsed().as_secs_f64());
         assert!(out.bytes as u64 > BRANCHES * 40, "the whole document was served ({} bytes)", out.bytes);
     }

@@ -99,9 +99,9 @@ pub enum Command {
     BtraceConfSize(u64),
     /// `vCont?`.
     VContQuery,
-    /// `vCont;…`, `c`, `s`, `C`, `S`: the first action that applies to all
-    /// threads or to the named one.
-    Resume(Action),
+    /// `vCont;…`, `c`, `s`, `C`, `S`: the first action, and the thread it
+    /// names (none: every thread, or the one `Hc` chose).
+    Resume(Action, Option<ThreadId>),
     /// `Z<type>,<addr>,<kind>` (insert) and `z…` (remove).
     Breakpoint {
         /// Insert (true) or remove.
@@ -196,7 +196,15 @@ fn vcont(rest: &[u8]) -> Command {
     // ;action[:thread]… — the first action is the one for the thread GDB
     // resumes; a stop-only vCont (;t) stops.
     if let Some(item) = rest.split(|&b| b == b';').find(|s| !s.is_empty()) {
-        let action = item.split(|&b| b == b':').next().unwrap_or(&[]);
+        let mut parts = item.splitn(2, |&b| b == b':');
+        let action = parts.next().unwrap_or(&[]);
+        let thread = match parts.next() {
+            Some(t) => match thread_id(t) {
+                Some(t) => Some(t),
+                None => return Command::Malformed("vCont thread"),
+            },
+            None => None,
+        };
         let a = match action.first() {
             Some(b'c') => Action::Continue(None),
             Some(b'C') => Action::Continue(signal(&action[1..])),
@@ -205,7 +213,7 @@ fn vcont(rest: &[u8]) -> Command {
             Some(b't') => Action::Stop,
             _ => return Command::Malformed("vCont action"),
         };
-        return Command::Resume(a);
+        return Command::Resume(a, thread);
     }
     Command::Malformed("vCont")
 }
@@ -251,10 +259,10 @@ impl Command {
                 Some(t) => Command::ThreadAlive(t),
                 None => Command::Malformed("T"),
             },
-            b'c' => Command::Resume(Action::Continue(None)),
-            b's' => Command::Resume(Action::Step(None)),
-            b'C' => Command::Resume(Action::Continue(signal(rest))),
-            b'S' => Command::Resume(Action::Step(signal(rest))),
+            b'c' => Command::Resume(Action::Continue(None), None),
+            b's' => Command::Resume(Action::Step(None), None),
+            b'C' => Command::Resume(Action::Continue(signal(rest)), None),
+            b'S' => Command::Resume(Action::Step(signal(rest)), None),
             b'D' => Command::Detach,
             b'k' => Command::Kill,
             b'Z' | b'z' => {
@@ -352,8 +360,15 @@ mod tests {
         );
         assert_eq!(Command::parse(b"Qbtrace:bts"), Command::Btrace("bts".into()));
         assert_eq!(Command::parse(b"Qbtrace-conf:bts:size=0x10000"), Command::BtraceConfSize(0x10000));
-        assert_eq!(Command::parse(b"vCont;c:1f;t"), Command::Resume(Action::Continue(None)));
-        assert_eq!(Command::parse(b"vCont;S0b:1f"), Command::Resume(Action::Step(Some(11))));
+        assert_eq!(
+            Command::parse(b"vCont;c:1f;t"),
+            Command::Resume(Action::Continue(None), Some(ThreadId::Id(0x1f)))
+        );
+        assert_eq!(
+            Command::parse(b"vCont;S0b:1f"),
+            Command::Resume(Action::Step(Some(11)), Some(ThreadId::Id(0x1f)))
+        );
+        assert_eq!(Command::parse(b"vCont;c"), Command::Resume(Action::Continue(None), None));
         assert_eq!(
             Command::parse(b"Z0,401000,1"),
             Command::Breakpoint { insert: true, kind: 0, addr: 0x401000 }

@@ -7,7 +7,7 @@
 //! protocol's loop over a [`server::Target`] ([`server`]), the x86-64
 //! target description ([`tdesc`]), GDB's btrace documents ([`btrace`]),
 //! placing modules for GDB ([`elf`]), and the saved-trace target
-//! ([`postmortem`]). Does not own: recording (`ptrace-shim`), trace files
+//! ([`postmortem`]) and the live one over a recording session ([`live`]). Does not own: recording (`ptrace-shim`), trace files
 //! (`bts-reader`), reports (`analysis`), or what the CLI tells the user.
 //! The `gdbstub` crate has no btrace packets and no way to add them,
 //! hence this small layer of our own.
@@ -17,11 +17,13 @@
 pub mod btrace;
 pub mod command;
 pub mod elf;
+pub mod live;
 pub mod packet;
 pub mod postmortem;
 pub mod server;
 pub mod tdesc;
 
+pub use live::Live;
 pub use postmortem::PostMortem;
 pub use server::{serve, Target};
 

@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use bts_reader::Registers;
 
@@ -32,6 +34,11 @@ pub enum StopReply {
         /// The thread.
         tid: i32,
     },
+    /// Thread `tid` reached a software breakpoint (its pc is the breakpoint's).
+    Breakpoint {
+        /// The thread.
+        tid: i32,
+    },
 }
 
 impl StopReply {
@@ -41,6 +48,7 @@ impl StopReply {
             StopReply::Exited(c) => format!("W{c:02x}"),
             StopReply::Terminated(s) => format!("X{s:02x}"),
             StopReply::ReplayEnd { tid } => format!("T05replaylog:end;thread:{tid:x};"),
+            StopReply::Breakpoint { tid } => format!("T05swbreak:;thread:{tid:x};"),
         }
     }
 }
@@ -101,8 +109,18 @@ pub trait Target {
     fn libraries(&self) -> Vec<Library>;
     /// The auxiliary vector (pairs of u64).
     fn auxv(&self) -> Vec<(u64, u64)>;
-    /// Resumes (or, for a trace, says why it cannot go on).
+    /// Writes memory.
+    fn write_memory(&mut self, _addr: u64, _data: &[u8]) -> Result<(), TargetError> {
+        Err(TargetError::Unsupported)
+    }
+    /// Resumes (or, for a trace, says why it cannot go on): every thread,
+    /// or with [`Action::Step`] thread `tid` alone for one instruction.
     fn resume(&mut self, tid: i32, action: Action) -> Result<StopReply, TargetError>;
+    /// The flag the stub sets when GDB asks a running target to stop
+    /// (Ctrl-C); a target that runs watches it.
+    fn interrupt_flag(&self) -> Option<Arc<AtomicBool>> {
+        None
+    }
     /// Inserts (or removes) a breakpoint of `kind` (0 software, 1
     /// hardware, 2-4 watchpoints) at `addr`.
     fn breakpoint(&mut self, insert: bool, kind: u8, addr: u64) -> Result<(), TargetError>;
@@ -110,17 +128,23 @@ pub trait Target {
     fn monitor(&mut self, cmd: &str) -> String;
     /// GDB leaves: let the process go (a trace has nothing to do).
     fn detach(&mut self);
+    /// GDB says `kill`.
+    fn kill(&mut self) {
+        self.detach();
+    }
 }
 
 const SUPPORTED: &str = "QStartNoAckMode+;qXfer:features:read+;qXfer:exec-file:read+;\
 qXfer:libraries-svr4:read+;qXfer:auxv:read+;Qbtrace:bts+;Qbtrace-conf:bts:size+;Qbtrace:off+;\
-qXfer:btrace:read+;qXfer:btrace-conf:read+;vContSupported+";
+qXfer:btrace:read+;qXfer:btrace-conf:read+;vContSupported+;swbreak+";
 
 /// The connection's state.
 struct Conn<W: Write> {
     out: W,
     no_ack: bool,
     general: Option<i32>,
+    /// The thread `Hc` named for resuming.
+    cont: Option<i32>,
     /// Documents served in pieces: built at offset 0, later offsets from this copy.
     xfer: HashMap<(String, String), Vec<u8>>,
 }
@@ -140,45 +164,132 @@ fn error_text(e: &TargetError) -> String {
     format!("E.{e}")
 }
 
-/// Serves `target` on a connection until GDB detaches, kills or goes.
-pub fn serve<T: Target, R: Read, W: Write>(target: &mut T, mut input: R, out: W) -> Result<(), Error> {
-    let mut conn = Conn { out, no_ack: false, general: None, xfer: HashMap::new() };
+/// What the reader thread passes on.
+enum Input {
+    Event(Event),
+    /// The connection ended (or failed).
+    Closed(Option<std::io::Error>),
+}
+
+/// Reads the connection on a thread of its own, so that a Ctrl-C from GDB
+/// reaches a running target (through its interrupt flag) at once.
+fn reader<R: Read + Send + 'static>(
+    mut input: R,
+    tx: mpsc::Sender<Input>,
+    interrupt: Option<Arc<AtomicBool>>,
+) {
+    // Signals meant for the tracer (its timer, the user's) must not land
+    // on this thread.
+    // SAFETY: a full signal set, initialised by sigfillset, blocked for
+    // this thread only.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
     let mut decoder = Decoder::new();
     let mut events = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => {
-                target.detach();
-                return Ok(());
+        let closed = match input.read(&mut buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                decoder.feed(&buf[..n], &mut events);
+                Some(n)
             }
-            Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                target.detach();
-                return Err(Error::Io(e));
+                // GDB is gone: a running target stops, so that it can be let go.
+                if let Some(f) = &interrupt {
+                    f.store(true, Ordering::SeqCst);
+                }
+                let _ = tx.send(Input::Closed(Some(e)));
+                return;
             }
         };
-        decoder.feed(&buf[..n], &mut events);
+        if closed.is_none() {
+            if let Some(f) = &interrupt {
+                f.store(true, Ordering::SeqCst);
+            }
+            let _ = tx.send(Input::Closed(None));
+            return;
+        }
         for ev in events.drain(..) {
-            match ev {
-                Event::Packet(p) => {
-                    if !conn.no_ack {
-                        conn.out.write_all(b"+").map_err(Error::Io)?;
-                    }
-                    let cmd = Command::parse(&p);
-                    let end = matches!(cmd, Command::Detach | Command::Kill);
-                    let reply = answer(target, &mut conn, cmd);
-                    conn.send(&reply)?;
-                    if end {
-                        target.detach();
+            if ev == Event::Interrupt {
+                if let Some(f) = &interrupt {
+                    f.store(true, Ordering::SeqCst);
+                }
+            }
+            if tx.send(Input::Event(ev)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Serves `target` on a connection until GDB detaches, kills or goes.
+/// However it ends (GDB gone, a write failed), the target is let go:
+/// detached, or killed when GDB said `kill`.
+pub fn serve<T: Target, R: Read + Send + 'static, W: Write>(
+    target: &mut T,
+    input: R,
+    out: W,
+) -> Result<(), Error> {
+    let r = serve_until_done(target, input, out);
+    target.detach();
+    r
+}
+
+fn serve_until_done<T: Target, R: Read + Send + 'static, W: Write>(
+    target: &mut T,
+    input: R,
+    out: W,
+) -> Result<(), Error> {
+    let mut conn = Conn { out, no_ack: false, general: None, cont: None, xfer: HashMap::new() };
+    let interrupt = target.interrupt_flag();
+    let (tx, rx) = mpsc::channel();
+    let flag = interrupt.clone();
+    std::thread::Builder::new()
+        .name("gdb-reader".into())
+        .spawn(move || reader(input, tx, flag))
+        .map_err(Error::Io)?;
+    loop {
+        let ev = match rx.recv() {
+            Ok(Input::Event(ev)) => ev,
+            Ok(Input::Closed(None)) | Err(_) => return Ok(()),
+            Ok(Input::Closed(Some(e))) => return Err(Error::Io(e)),
+        };
+        match ev {
+            Event::Packet(p) => {
+                if !conn.no_ack {
+                    conn.out.write_all(b"+").map_err(Error::Io)?;
+                }
+                let cmd = Command::parse(&p);
+                let end = match cmd {
+                    Command::Detach => Some(false),
+                    Command::Kill => Some(true),
+                    _ => None,
+                };
+                let reply = answer(target, &mut conn, cmd);
+                conn.send(&reply)?;
+                match end {
+                    Some(true) => {
+                        target.kill();
                         return Ok(());
                     }
+                    Some(false) => return Ok(()),
+                    None => {}
                 }
-                Event::BadChecksum if !conn.no_ack => conn.out.write_all(b"-").map_err(Error::Io)?,
-                Event::TooLong => conn.send(b"E.packet too long")?,
-                Event::BadChecksum | Event::Ack | Event::Nack | Event::Interrupt => {}
             }
+            Event::BadChecksum if !conn.no_ack => conn.out.write_all(b"-").map_err(Error::Io)?,
+            Event::TooLong => conn.send(b"E.packet too long")?,
+            // A Ctrl-C while the target is stopped means nothing.
+            Event::Interrupt => {
+                if let Some(f) = &interrupt {
+                    f.store(false, Ordering::SeqCst);
+                }
+            }
+            Event::BadChecksum | Event::Ack | Event::Nack => {}
         }
     }
 }
@@ -278,12 +389,15 @@ fn answer_text<T: Target>(target: &mut T, conn: &mut Conn<impl Write>, cmd: Comm
         }
         Command::StopReason => target.stop_reply().packet(),
         Command::SetThread { general, thread } => {
+            let t = match thread {
+                ThreadId::Id(t) => Some(t),
+                ThreadId::Any => target.threads().first().copied(),
+                ThreadId::All => None,
+            };
             if general {
-                conn.general = match thread {
-                    ThreadId::Id(t) => Some(t),
-                    ThreadId::Any => target.threads().first().copied(),
-                    ThreadId::All => None,
-                };
+                conn.general = t;
+            } else {
+                conn.cont = t;
             }
             "OK".into()
         }
@@ -293,7 +407,11 @@ fn answer_text<T: Target>(target: &mut T, conn: &mut Conn<impl Write>, cmd: Comm
         },
         Command::ThreadsFirst => {
             let ts: Vec<String> = target.threads().iter().map(|t| format!("{t:x}")).collect();
-            format!("m{}", ts.join(","))
+            if ts.is_empty() {
+                "l".into()
+            } else {
+                format!("m{}", ts.join(","))
+            }
         }
         Command::ThreadsNext => "l".into(),
         Command::ThreadAlive(ThreadId::Id(t)) if target.threads().contains(&t) => "OK".into(),
@@ -315,7 +433,12 @@ fn answer_text<T: Target>(target: &mut T, conn: &mut Conn<impl Write>, cmd: Comm
             Ok(b) if !b.is_empty() => hex(&b),
             _ => "E14".into(),
         },
-        Command::WriteRegisters | Command::WriteMemory { .. } => "E.This target cannot be written.".into(),
+        Command::WriteRegisters => "E.Registers cannot be written here.".into(),
+        Command::WriteMemory { addr, data } => match target.write_memory(addr, &data) {
+            Ok(()) => "OK".into(),
+            Err(TargetError::Unsupported) => "E.This target cannot be written.".into(),
+            Err(e) => error_text(&e),
+        },
         // Answered as bytes by `xfer_read`, before this match.
         Command::XferRead { .. } => String::new(),
         Command::Btrace(kind) => {
@@ -335,8 +458,16 @@ fn answer_text<T: Target>(target: &mut T, conn: &mut Conn<impl Write>, cmd: Comm
         // Sizes are the recorder's, fixed when it started.
         Command::BtraceConfSize(_) => "OK".into(),
         Command::VContQuery => "vCont;c;C;s;S;t".into(),
-        Command::Resume(action) => {
-            let tid = conn.general.or_else(|| target.threads().first().copied()).unwrap_or(0);
+        Command::Resume(action, thread) => {
+            let named = match thread {
+                Some(ThreadId::Id(t)) => Some(t),
+                _ => None,
+            };
+            let tid = named
+                .or(conn.cont)
+                .or(conn.general)
+                .or_else(|| target.threads().first().copied())
+                .unwrap_or(0);
             match target.resume(tid, action) {
                 Ok(stop) => stop.packet(),
                 Err(e) => error_text(&e),

@@ -207,6 +207,50 @@ impl Space {
         Ok(())
     }
 
+    /// Removes the int3 at `addr` for good (its original byte back).
+    pub fn unplant(&mut self, addr: u64) -> io::Result<()> {
+        match self.bps.remove(&addr) {
+            Some(orig) => self.write_live(addr, &[orig]),
+            None => Ok(()),
+        }
+    }
+
+    /// Puts the original bytes of planted sites into `buf`, read live at `addr`.
+    pub fn hide_breakpoints(&self, addr: u64, buf: &mut [u8]) {
+        let end = addr.saturating_add(buf.len() as u64);
+        for (&a, &orig) in &self.bps {
+            if a >= addr && a < end {
+                buf[(a - addr) as usize] = orig;
+            }
+        }
+    }
+
+    /// Writes `data` at `addr` as the program's own bytes: a planted site
+    /// keeps its int3 and takes the new byte as its original.
+    pub fn write_keeping_breakpoints(&mut self, addr: u64, data: &[u8]) -> io::Result<()> {
+        let mut live = data.to_vec();
+        let end = addr.saturating_add(data.len() as u64);
+        for (&a, orig) in self.bps.iter_mut() {
+            if a >= addr && a < end {
+                let i = (a - addr) as usize;
+                *orig = data[i];
+                live[i] = INT3;
+            }
+        }
+        self.write_live(addr, &live)?;
+        // Cached code of those pages is stale now.
+        self.invalidate_code(addr, end);
+        Ok(())
+    }
+
+    /// Forgets decoded code in `[lo, hi)`, keeping the breakpoints.
+    fn invalidate_code(&mut self, lo: u64, hi: u64) {
+        let first = lo & !(PAGE - 1);
+        self.pages.retain(|&p, _| p + PAGE <= first || p >= hi);
+        self.insns.clear();
+        self.blocks.clear();
+    }
+
     /// Removes every breakpoint from memory. Errors are collected, not fatal:
     /// the caller reports them, and every site that can be restored is.
     pub fn remove_all_breakpoints(&mut self) -> Vec<(u64, io::Error)> {

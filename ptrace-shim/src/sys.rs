@@ -14,6 +14,39 @@ pub type Pid = i32;
 /// The registers of a stopped thread.
 pub type Regs = libc::user_regs_struct;
 
+/// The registers as a trace file keeps them.
+pub fn registers(r: &Regs) -> bts_reader::Registers {
+    bts_reader::Registers {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
 /// Syscall stops report SIGTRAP|0x80.
 pub const PTRACE_O_TRACESYSGOOD: i32 = libc::PTRACE_O_TRACESYSGOOD;
 /// Follow fork.

@@ -6,6 +6,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
+use crate::args::GdbTarget;
+
 /// The GDB script `bts gdbinit` prints and `bts gdb` loads.
 pub const SCRIPT: &str = include_str!("gdbinit.gdb");
 
@@ -23,21 +25,47 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// `bts gdb FILE [-- GDB-ARGS]`.
-pub fn run(file: &Path, gdb: &Path, gdb_args: &[String]) -> ExitCode {
-    // Check the file here, so that a bad one is a clear error, not a
-    // failed `target remote` inside GDB.
-    let tf = match crate::load::load(file) {
-        Ok(t) => t,
+/// The program `argv0` names, as the shell would find it.
+fn which(argv0: &std::ffi::OsStr) -> Option<String> {
+    let p = Path::new(argv0);
+    if p.components().count() > 1 {
+        return std::fs::canonicalize(p).ok().map(|p| p.display().to_string());
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path).map(|d| d.join(p)).find(|c| c.is_file()).map(|c| c.display().to_string())
+    })
+}
+
+/// What GDB loads as the executable, and the stub's arguments.
+fn plan(target: &GdbTarget) -> Result<(Option<String>, Vec<String>), String> {
+    let mut args = vec!["gdbserver".to_string(), "--stdio".to_string()];
+    if let Some(file) = &target.file {
+        // Checked here, so that a bad file is a clear error, not a failed
+        // `target remote` inside GDB.
+        let tf = crate::load::load(file).map_err(|e| e.to_string())?;
+        let t = gdb_remote::PostMortem::new(tf, file.display().to_string())
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        args.push(file.display().to_string());
+        return Ok((gdb_remote::Target::exec_file(&t), args));
+    }
+    args.push(format!("--buffer-size={}", target.buffer_size));
+    if let Some(pid) = target.attach {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
+        args.push(format!("--attach={pid}"));
+        return Ok((exe, args));
+    }
+    let exe = target.command.first().and_then(|a| which(a));
+    args.push("--".into());
+    args.extend(target.command.iter().map(|a| a.to_string_lossy().into_owned()));
+    Ok((exe, args))
+}
+
+/// `bts gdb (FILE | --attach PID | -- CMD) [--gdb-arg ARG]...`.
+pub fn run(target: &GdbTarget, gdb: &Path, gdb_args: &[String]) -> ExitCode {
+    let (exec, stub_args) = match plan(target) {
+        Ok(p) => p,
         Err(e) => {
             crate::errln!("bts: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let exec = match gdb_remote::PostMortem::new(tf, file.display().to_string()) {
-        Ok(t) => gdb_remote::Target::exec_file(&t),
-        Err(e) => {
-            crate::errln!("bts: {}: {e}", file.display());
             return ExitCode::FAILURE;
         }
     };
@@ -67,11 +95,11 @@ pub fn run(file: &Path, gdb: &Path, gdb_args: &[String]) -> ExitCode {
         crate::errln!("bts: {}: {e}", script.display());
         return ExitCode::FAILURE;
     }
-    let stub = format!(
-        "target remote | exec {} gdbserver --stdio {}",
-        sh_quote(&me.display().to_string()),
-        sh_quote(&file.display().to_string())
-    );
+    let mut stub = format!("target remote | exec {}", sh_quote(&me.display().to_string()));
+    for a in &stub_args {
+        stub.push(' ');
+        stub.push_str(&sh_quote(a));
+    }
     let mut cmd = Command::new(gdb);
     // The trace's modules are this machine's files (bts read them when it
     // recorded): no file transfer over the stub.

@@ -1,12 +1,18 @@
-//! `bts gdbserver`: a saved trace served to stock GDB over the remote
-//! protocol, on stdin/stdout (`target remote | bts gdbserver --stdio FILE`)
-//! or on a TCP port (loopback unless another address is named).
+//! `bts gdbserver`: a saved trace (post-mortem), a running process
+//! (`--attach PID`) or a launched program (`-- CMD`) served to stock GDB
+//! over the remote protocol, on stdin/stdout (`target remote | bts
+//! gdbserver --stdio …`) or on a TCP port (loopback unless another address
+//! is named).
 
+use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::os::fd::FromRawFd;
 use std::process::ExitCode;
 
-use gdb_remote::PostMortem;
+use gdb_remote::{Live, PostMortem};
+use ptrace_shim::{Backend, Options, Session};
+
+use crate::args::GdbTarget;
 
 /// Where GDB connects.
 pub enum Transport<'a> {
@@ -16,78 +22,124 @@ pub enum Transport<'a> {
     Listen(&'a str),
 }
 
+/// Why the stub could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+enum StubError {
+    #[error("--listen {0}: not a PORT or HOST:PORT (e.g. 127.0.0.1:2345)")]
+    Address(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Load(#[from] crate::load::InspectError),
+    #[error("{file}: {source}")]
+    Trace { file: String, source: gdb_remote::Error },
+    #[error("{0}")]
+    Engine(#[from] ptrace_shim::Error),
+    #[error("gdbserver: {0}")]
+    Serve(#[from] gdb_remote::Error),
+    #[error("setting up the connection: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// The address `--listen` names: a bare port is loopback's.
-fn listen_addr(spec: &str) -> Result<SocketAddr, String> {
+fn listen_addr(spec: &str) -> Result<SocketAddr, StubError> {
     if let Ok(port) = spec.parse::<u16>() {
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    spec.parse::<SocketAddr>()
-        .map_err(|_| format!("--listen {spec}: not a PORT or HOST:PORT (e.g. 127.0.0.1:2345)"))
+    spec.parse::<SocketAddr>().map_err(|_| StubError::Address(spec.to_string()))
 }
 
-/// `bts gdbserver`.
-pub fn run(file: &Path, transport: Transport) -> ExitCode {
-    let tf = match crate::load::load(file) {
-        Ok(t) => t,
-        Err(e) => {
-            crate::errln!("bts: {e}");
-            return ExitCode::FAILURE;
+/// The connection on stdin/stdout, moved to descriptors of its own; the
+/// program bts launches gets /dev/null as input and bts's stderr as its
+/// output, so nothing it prints mixes with the protocol (as gdbserver does).
+fn stdio_connection() -> Result<(File, File), StubError> {
+    // SAFETY: duplicating our own open descriptors (close-on-exec), then
+    // pointing 0 and 1 elsewhere; every fd used is checked.
+    unsafe {
+        let input = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        let output = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
+        if input < 0 || output < 0 {
+            return Err(std::io::Error::last_os_error().into());
         }
-    };
-    let mut target = match PostMortem::new(tf, file.display().to_string()) {
-        Ok(t) => t,
-        Err(e) => {
-            crate::errln!("bts: {}: {e}", file.display());
-            return ExitCode::FAILURE;
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(2, 1) < 0 {
+            return Err(std::io::Error::last_os_error().into());
         }
-    };
-    let served = match transport {
-        Transport::Stdio => {
+        libc::close(null);
+        Ok((File::from_raw_fd(input), File::from_raw_fd(output)))
+    }
+}
+
+fn serve_on<T: gdb_remote::Target>(
+    target: &mut T,
+    transport: &Transport,
+    stdio: Option<(File, File)>,
+) -> Result<(), StubError> {
+    match transport {
+        Transport::Stdio => match stdio {
+            Some((input, output)) => Ok(gdb_remote::serve(target, input, output)?),
+            None => Ok(gdb_remote::serve(target, std::io::stdin(), std::io::stdout().lock())?),
+        },
+        Transport::Listen(spec) => {
+            let addr = listen_addr(spec)?;
+            if !addr.ip().is_loopback() {
+                crate::errln!(
+                    "bts: warning: listening on {addr}, not loopback: anyone who can reach it can read \
+                     this target's memory (and control a live one)"
+                );
+            }
+            let listener = TcpListener::bind(addr).map_err(|source| StubError::Listen { addr, source })?;
+            let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
+            crate::errln!("bts: waiting for gdb on {bound}; in gdb: target remote {bound}");
+            let (sock, _) = listener.accept()?;
+            let _ = sock.set_nodelay(true);
+            let input = sock.try_clone()?;
+            Ok(gdb_remote::serve(target, input, sock)?)
+        }
+    }
+}
+
+fn run_inner(target: &GdbTarget, transport: Transport) -> Result<(), StubError> {
+    let stdio = matches!(transport, Transport::Stdio);
+    if let Some(file) = &target.file {
+        let tf = crate::load::load(file)?;
+        let mut t = PostMortem::new(tf, file.display().to_string())
+            .map_err(|source| StubError::Trace { file: file.display().to_string(), source })?;
+        if stdio {
             // GDB sends Ctrl-C as a byte on the pipe; the terminal's SIGINT
             // to the whole process group must not end the stub.
             // SAFETY: setting a signal's disposition to SIG_IGN.
             unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-            gdb_remote::serve(&mut target, std::io::stdin().lock(), std::io::stdout().lock())
         }
-        Transport::Listen(spec) => {
-            let addr = match listen_addr(spec) {
-                Ok(a) => a,
-                Err(e) => {
-                    crate::errln!("bts: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            if !addr.ip().is_loopback() {
-                crate::errln!(
-                    "bts: warning: listening on {addr}, not loopback: anyone who can reach it can read this \
-                     trace's memory and code"
-                );
-            }
-            let listener = match TcpListener::bind(addr) {
-                Ok(l) => l,
-                Err(e) => {
-                    crate::errln!("bts: cannot listen on {addr}: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
-            crate::errln!("bts: serving {} on {bound}; in gdb: target remote {bound}", file.display());
-            match listener.accept() {
-                Ok((sock, _)) => {
-                    let _ = sock.set_nodelay(true);
-                    match sock.try_clone() {
-                        Ok(input) => gdb_remote::serve(&mut target, input, sock),
-                        Err(e) => Err(gdb_remote::Error::Io(e)),
-                    }
-                }
-                Err(e) => Err(gdb_remote::Error::Io(e)),
-            }
-        }
+        return serve_on(&mut t, &transport, None);
+    }
+    let conn = if stdio { Some(stdio_connection()?) } else { None };
+    let opts = Options { backend: Backend::Fast, buffer_bytes: target.buffer_size, ..Options::default() };
+    let (session, launched) = match target.attach {
+        Some(pid) => (Session::attach(pid, opts)?, false),
+        None => (Session::launch(&target.command, opts)?, true),
     };
-    match served {
+    let mut live = Live::new(session, launched, target.buffer_size)?;
+    serve_on(&mut live, &transport, conn)
+}
+
+/// `bts gdbserver`.
+pub fn run(target: &GdbTarget, transport: Transport) -> ExitCode {
+    if target.file.is_none() {
+        // Live: the terminal's Ctrl-C is GDB's (it sends it on the
+        // connection), so bts and the program leave the terminal's process
+        // group (before the split, so that no part of bts gets it).
+        // SAFETY: setpgid on ourselves.
+        unsafe { libc::setpgid(0, 0) };
+        // The tracer survives the SIGKILL of the process GDB started.
+        if let Some(code) = crate::record::split_off_tracer() {
+            return crate::exit::code(code);
+        }
+    }
+    match run_inner(target, transport) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            crate::errln!("bts: gdbserver: {e}");
+            crate::errln!("bts: {e}");
             ExitCode::FAILURE
         }
     }

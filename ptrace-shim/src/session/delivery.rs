@@ -35,6 +35,9 @@ impl Session {
                     None => (false, false),
                 };
                 let stepping_it = matches!(pending, Pending::Step { from, .. } if from == site);
+                if is_bp && !released && !stepping_it && self.debug_trap(tid, site, &regs)? {
+                    return Ok(());
+                }
                 if is_bp && !released && !stepping_it && self.recorder.plants() {
                     if !self.repair_after_trap(tid)? {
                         return Ok(());

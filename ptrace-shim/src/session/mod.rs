@@ -15,6 +15,7 @@ use crate::{signals, Backend, Error, Notice, Result};
 
 mod attach;
 mod cpu;
+mod debug;
 mod delivery;
 mod detach;
 mod launch;
@@ -110,7 +111,11 @@ pub enum Stop {
     Crash(Crash),
     /// Tracing is over.
     Finished(Outcome),
+    /// A stop for the debugger (only after [`Session::start_debugging`]).
+    Debug(DebugStop),
 }
+
+pub use debug::DebugStop;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
@@ -203,6 +208,8 @@ pub struct Session {
     /// Threads stopped so that none runs past a lifted int3 (the stepping
     /// thread, and those to resume after).
     world_stopped: Option<(Pid, Vec<Pid>)>,
+    /// The debugger's breakpoints, steps and pauses, when one is attached.
+    debug: Option<debug::Debug>,
 }
 
 /// The task a wait result is about.
@@ -243,6 +250,7 @@ impl Session {
             notices: Vec::new(),
             deferred: std::collections::VecDeque::new(),
             world_stopped: None,
+            debug: None,
         }
     }
 
@@ -265,6 +273,9 @@ impl Session {
             if let Some(o) = self.outcome {
                 self.recorder.finish()?;
                 return Ok(Stop::Finished(o));
+            }
+            if let Some(e) = self.debug_event() {
+                return Ok(Stop::Debug(e));
             }
             if let Some(sig) = signals::stop_requested() {
                 if self.launched && signals::is_stop_request(sig) {

@@ -37,6 +37,10 @@ impl Session {
 
     /// Resumes `tid` in the mode its recorder needs.
     pub(super) fn resume(&mut self, tid: Pid, sig: i32) -> Result<()> {
+        // The single step a debugger asked for is done: stop here.
+        if sig == 0 && self.debug_hold(tid) {
+            return Ok(());
+        }
         self.observe_cpu(tid);
         let Some(t) = self.threads.get(&tid) else {
             return Ok(());

@@ -4,10 +4,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::space::Space;
-use crate::sys::{self, Pid, Regs, Wait};
+use crate::sys::{self, Pid, Wait};
 
 use bts_reader::recording::{ImageTrace, Recording, ThreadTrace};
-use bts_reader::{Registers, ThreadState};
+use bts_reader::ThreadState;
 
 use super::{Session, Thread};
 
@@ -34,38 +34,6 @@ pub(super) fn collect_code<'a>(
 /// Bytes kept below the stack pointer: the x86-64 red zone, where leaf
 /// functions keep their locals.
 const RED_ZONE: u64 = 128;
-
-fn registers(r: &Regs) -> Registers {
-    Registers {
-        r15: r.r15,
-        r14: r.r14,
-        r13: r.r13,
-        r12: r.r12,
-        rbp: r.rbp,
-        rbx: r.rbx,
-        r11: r.r11,
-        r10: r.r10,
-        r9: r.r9,
-        r8: r.r8,
-        rax: r.rax,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        orig_rax: r.orig_rax,
-        rip: r.rip,
-        cs: r.cs,
-        eflags: r.eflags,
-        rsp: r.rsp,
-        ss: r.ss,
-        fs_base: r.fs_base,
-        gs_base: r.gs_base,
-        ds: r.ds,
-        es: r.es,
-        fs: r.fs,
-        gs: r.gs,
-    }
-}
 
 /// The stack from just below `rsp` up to `limit` bytes, stopping at the
 /// first page that cannot be read (the top of the stack mapping).
@@ -112,7 +80,7 @@ impl Session {
             generation: slot.space.generation,
             tid: t.tid,
             signal,
-            regs: registers(&regs),
+            regs: sys::registers(&regs),
             stack_addr,
             stack,
         })

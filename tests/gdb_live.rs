@@ -1,0 +1,226 @@
+//! Stock GDB on live processes through bts's stub: a launched program and
+//! an attached one, GDB's breakpoints beside the recorder's int3 bytes,
+//! steps, the crash, Ctrl-C, detach, and GDB going away mid-session.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fixture, scratch, text, BTS};
+
+fn gdb_script(dir: &Path, commands: &str) -> std::path::PathBuf {
+    let script = dir.join("cmds.gdb");
+    std::fs::write(&script, format!("set pagination off\nset width 0\n{commands}\n")).unwrap();
+    script
+}
+
+/// `bts gdb` in batch mode with `commands`, on TARGET (`-- CMD` or `--attach=PID`).
+fn gdb(dir: &Path, target: &[&str], commands: &str) -> String {
+    let script = gdb_script(dir, commands);
+    let out = Command::new(BTS)
+        .args(["gdb", "--gdb-arg=-nx", "--gdb-arg=-batch", "--gdb-arg=-x"])
+        .arg(format!("--gdb-arg={}", script.display()))
+        .args(target)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bts gdb");
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains("panicked"), "{all}");
+    all
+}
+
+/// (kind, from, to) of each branch row of a report.
+fn rows(s: &str) -> Vec<(String, String, String)> {
+    s.lines()
+        .filter(|l| l.contains(" -> ") && l.trim_start().starts_with('-'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let arrow = f.iter().position(|w| *w == "->")?;
+            Some((f.get(1)?.to_string(), f.get(2)?.to_string(), f.get(arrow + 1)?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_launched_program_with_breakpoints_steps_and_its_crash() {
+    let dir = scratch("gdb_live_launch");
+    let prog = fixture("null_call");
+    let out = gdb(
+        &dir,
+        &["--", prog.to_str().unwrap()],
+        "break c\ncontinue\nbt\n\
+         break *c+49\ncontinue\n\
+         stepi\nprintf \"RIP=%#lx C=%#lx\\n\", $rip, &c\n\
+         last-branch 3\nmonitor last-branch 3\n\
+         record instruction-history\n\
+         delete\ncontinue\nbt\ncontinue",
+    );
+    // GDB's breakpoint at c; the stack is the live one.
+    assert!(out.contains("Breakpoint 1, c (x=7)"), "{out}");
+    let frames: Vec<&str> = out.lines().filter(|l| l.starts_with('#')).collect();
+    assert!(
+        frames.iter().any(|l| l.contains(" in a (x=3)")) && frames.iter().any(|l| l.contains(" in main ()")),
+        "{out}"
+    );
+    // A breakpoint on the loop's branch, where the recorder has its own int3.
+    assert!(out.contains("Breakpoint 2, 0x"), "{out}");
+    // One step from the taken `jl` lands at the loop body (c+27).
+    let line = out.lines().find_map(|l| l.strip_prefix("RIP=")).expect("printf");
+    let (rip, c) = line.split_once(" C=").unwrap();
+    let rip = u64::from_str_radix(rip.trim_start_matches("0x"), 16).unwrap();
+    let c = u64::from_str_radix(c.trim().trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(rip - c, 27, "{out}");
+    // The recorder saw that branch beside GDB's breakpoint: GDB's
+    // last-branch (through its btrace) and the stub's own report agree.
+    let r = rows(&out);
+    assert!(r.len() >= 6, "{out}");
+    assert_eq!(r[..3], r[3..6], "{out}");
+    assert_eq!(r[2].0, "conditional", "{out}");
+    assert!(out.contains("<c+49>:\tjl"), "{out}");
+    // The crash is reported at the fault, with the live stack; then it takes its course.
+    assert!(out.contains("Program received signal SIGSEGV"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("#1") && l.contains(" in c (")), "{out}");
+    assert!(out.contains("Program terminated with signal SIGSEGV"), "{out}");
+    // The program's own output went to the terminal, not into the protocol.
+    assert!(out.contains("calling a"), "{out}");
+}
+
+fn start_ticker(dir: &Path) -> (Child, std::path::PathBuf) {
+    let log = dir.join("ticker.out");
+    let child = Command::new(fixture("ticker"))
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&log).unwrap_or_default().lines().count() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "ticker did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, log)
+}
+
+/// The ticker's output untraced.
+fn ticker_native() -> String {
+    text(&Command::new(fixture("ticker")).output().unwrap().stdout)
+}
+
+#[test]
+fn attach_break_detach_leaves_the_program_as_it_was() {
+    let dir = scratch("gdb_live_attach");
+    let (mut child, log) = start_ticker(&dir);
+    let pid = child.id().to_string();
+    let out =
+        gdb(&dir, &[&format!("--attach={pid}")], "break nanosleep\ncontinue\nbt 3\nlast-branch 2\ndetach");
+    assert!(out.contains("Breakpoint 1, ") && out.contains("nanosleep"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with('#') && l.contains(" in main ")), "{out}");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "ticker ended with {status}: {out}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), ticker_native());
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(!st.contains("TracerPid:\t") || st.contains("TracerPid:\t0"));
+}
+
+#[test]
+fn gdb_killed_mid_session_leaves_the_program_unharmed() {
+    let dir = scratch("gdb_live_gdb_killed");
+    let (mut child, log) = start_ticker(&dir);
+    // GDB stops the program at a breakpoint, then sits in `shell sleep`.
+    let script = gdb_script(&dir, "break nanosleep\ncontinue\nshell touch stopped\nshell sleep 30");
+    let mut g = Command::new(BTS)
+        .args(["gdb", "--gdb-arg=-nx", "--gdb-arg=-batch", "--gdb-arg=-x"])
+        .arg(format!("--gdb-arg={}", script.display()))
+        .arg(format!("--attach={}", child.id()))
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !dir.join("stopped").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "GDB never stopped the program");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    assert!(!status.contains("TracerPid:\t0\n"), "not traced: {status}");
+    let lines = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert!(lines < 40, "the program finished before GDB was killed");
+    // Kill GDB (and the `bts gdb` that started it) while it holds the program.
+    let gdbs = Command::new("pgrep").args(["-P", &g.id().to_string()]).output().unwrap();
+    for p in text(&gdbs.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-9", p]).status();
+    }
+    let _ = g.kill();
+    let _ = g.wait();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "ticker ended with {status}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), ticker_native());
+}
+
+/// One packet, framed.
+fn packet(p: &str) -> Vec<u8> {
+    let sum = p.bytes().fold(0u8, |s, b| s.wrapping_add(b));
+    format!("${p}#{sum:02x}").into_bytes()
+}
+
+/// Reads one reply packet's payload (acks skipped).
+fn reply(r: &mut impl Read) -> String {
+    let mut got = Vec::new();
+    let mut b = [0u8; 1];
+    let mut in_packet = false;
+    loop {
+        r.read_exact(&mut b).expect("a reply");
+        match b[0] {
+            b'$' if !in_packet => in_packet = true,
+            b'#' if in_packet => {
+                let mut cs = [0u8; 2];
+                r.read_exact(&mut cs).unwrap();
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+            c if in_packet => got.push(c),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_stops_a_running_program_and_detach_lets_it_finish() {
+    let dir = scratch("gdb_live_ctrl_c");
+    let (mut child, log) = start_ticker(&dir);
+    let mut stub = Command::new(BTS)
+        .args(["gdbserver", "--stdio", &format!("--attach={}", child.id())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to = stub.stdin.take().unwrap();
+    let mut from = stub.stdout.take().unwrap();
+    to.write_all(&packet("QStartNoAckMode")).unwrap();
+    assert_eq!(reply(&mut from), "OK");
+    to.write_all(&packet("?")).unwrap();
+    assert!(reply(&mut from).starts_with('T'));
+    to.write_all(&packet("vCont;c")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+    to.write_all(&[0x03]).unwrap();
+    let stop = reply(&mut from);
+    assert!(stop.starts_with("T02thread:"), "{stop}");
+    // Stopped: no line while GDB looks.
+    let stopped_at = std::fs::read_to_string(&log).unwrap().lines().count();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), stopped_at);
+    assert!(stopped_at >= before);
+    to.write_all(&packet("D")).unwrap();
+    assert_eq!(reply(&mut from), "OK");
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), ticker_native());
+    drop(to);
+    assert!(stub.wait().unwrap().success());
+}
