@@ -224,3 +224,31 @@ fn ctrl_c_stops_a_running_program_and_detach_lets_it_finish() {
     drop(to);
     assert!(stub.wait().unwrap().success());
 }
+
+#[test]
+fn threads_hit_breakpoints_and_replay_their_own_history() {
+    let dir = scratch("gdb_live_threads");
+    let prog = fixture("threads_loop");
+    let out = gdb(
+        &dir,
+        &["--", prog.to_str().unwrap(), "2"],
+        "break work\ncontinue\ncontinue\ncontinue\nthread apply all bt 1\n\
+         reverse-stepi\ninfo record\nrecord goto end\ndelete\ncontinue",
+    );
+    // Each worker, a new thread GDB learns of as it comes, stops at work.
+    let hits: Vec<&str> = out.lines().filter(|l| l.contains("hit Breakpoint 1, work (arg=0x")).collect();
+    assert_eq!(hits.len(), 3, "{out}");
+    for arg in ["0x1", "0x2", "0x3"] {
+        assert!(hits.iter().any(|h| h.contains(&format!("arg={arg})"))), "{out}");
+    }
+    // GDB records every thread (record btrace bts on the new ones too) and
+    // replays the newest thread's history back from work.
+    assert!(!out.contains("does not support branch tracing"), "{out}");
+    assert!(out.contains("Replay in progress."), "{out}");
+    assert!(out.contains("Recording format: Branch Trace Store."), "{out}");
+    // Then the program runs to its end as it would untraced.
+    let native = text(&Command::new(&prog).arg("2").output().unwrap().stdout);
+    let checksum = native.lines().find(|l| l.starts_with("checksum")).unwrap();
+    assert!(out.contains(checksum), "{out}");
+    assert!(out.contains("exited normally"), "{out}");
+}

@@ -6,7 +6,7 @@
 //! detaches, disconnects or dies, the process is detached unharmed; a
 //! launched one is killed only when GDB says `kill`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -38,6 +38,10 @@ pub struct Live {
     exec: Option<String>,
     /// What GDB last read of each thread's trace.
     seen: HashMap<i32, TraceMark>,
+    /// Threads GDB recorded (`record btrace bts`): bts records every
+    /// thread from the start, but GDB is told only of those it asked for,
+    /// so that it enables new threads itself as they come.
+    enabled: HashSet<i32>,
 }
 
 fn os(e: std::io::Error) -> TargetError {
@@ -69,6 +73,7 @@ impl Live {
             interrupt,
             exec,
             seen: HashMap::new(),
+            enabled: HashSet::new(),
         })
     }
 
@@ -132,20 +137,29 @@ impl Target for Live {
         self.session()?.debug_write(addr, data).map_err(os)
     }
 
-    fn btrace_enable(&mut self, _tid: i32) -> Result<(), TargetError> {
-        // Every thread is recorded from the start.
+    fn btrace_enable(&mut self, tid: i32) -> Result<(), TargetError> {
+        // Every thread is recorded from its start already.
+        if !self.threads().contains(&tid) {
+            return Err(TargetError::NoThread);
+        }
+        self.enabled.insert(tid);
         Ok(())
     }
 
-    fn btrace_disable(&mut self, _tid: i32) -> Result<(), TargetError> {
+    fn btrace_disable(&mut self, tid: i32) -> Result<(), TargetError> {
+        self.enabled.remove(&tid);
+        self.seen.remove(&tid);
         Ok(())
     }
 
-    fn btrace_size(&self, _tid: i32) -> Option<u64> {
-        self.session.as_ref().map(|_| self.buffer_bytes)
+    fn btrace_size(&self, tid: i32) -> Option<u64> {
+        self.enabled.contains(&tid).then_some(self.buffer_bytes)
     }
 
     fn btrace(&mut self, tid: i32, read: BtraceRead) -> Result<Option<Vec<Block>>, TargetError> {
+        if !self.enabled.contains(&tid) {
+            return Err(TargetError::Message("branch tracing is not enabled for this thread".into()));
+        }
         if read == BtraceRead::Delta {
             // GDB then asks for `new`: the whole trace when it changed.
             return Err(TargetError::Message("no delta trace; read new".into()));

@@ -108,7 +108,12 @@ pub fn run(target: &GdbTarget, gdb: &Path, gdb_args: &[String]) -> ExitCode {
         cmd.arg(exe);
     }
     // GDB runs -x and -ex in order: the user's own come once connected.
-    cmd.arg("-ex").arg(stub).args(gdb_args);
+    cmd.arg("-ex").arg(stub);
+    if target.file.is_none() {
+        // Live: GDB's record-btrace on bts's recording, new threads too.
+        cmd.arg("-ex").arg("record btrace bts");
+    }
+    cmd.args(gdb_args);
     // Ctrl-C is GDB's: bts only waits.
     // SAFETY: setting signal dispositions to SIG_IGN in this process.
     unsafe {
