@@ -252,3 +252,30 @@ fn threads_hit_breakpoints_and_replay_their_own_history() {
     assert!(out.contains(checksum), "{out}");
     assert!(out.contains("exited normally"), "{out}");
 }
+
+#[test]
+fn registers_and_memory_are_written_and_kill_ends_a_launched_program() {
+    let dir = scratch("gdb_live_write_kill");
+    let prog = fixture("null_call");
+    let out = gdb(
+        &dir,
+        &["--", prog.to_str().unwrap()],
+        "break b\ncontinue\ninfo threads\nset $rbx = 0x1234\nprintf \"RBX=%#lx\\n\", $rbx\n\
+         set var hook = (void *) 0x42\nprintf \"HOOK=%p\\n\", hook\nkill",
+    );
+    assert!(out.contains("RBX=0x1234"), "{out}");
+    assert!(out.contains("HOOK=0x42"), "{out}");
+    assert!(out.contains("killed"), "{out}");
+    // The launched program is gone.
+    let pid: i32 = out
+        .lines()
+        .find_map(|l| l.split("Thread ").nth(1))
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    let t0 = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "pid {pid} lives on: {out}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

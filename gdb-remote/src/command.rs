@@ -66,8 +66,15 @@ pub enum Command {
     ReadRegisters,
     /// `p<n>`.
     ReadRegister(usize),
-    /// `G`, `P`: register writes.
+    /// `G`: all registers at once (answered: use `P`).
     WriteRegisters,
+    /// `P<n>=<value>`: one register, its bytes in target order.
+    WriteRegister {
+        /// GDB's number of the register.
+        n: usize,
+        /// Its new bytes.
+        bytes: Vec<u8>,
+    },
     /// `m<addr>,<len>`.
     ReadMemory {
         /// Where.
@@ -227,7 +234,17 @@ impl Command {
             b'?' => Command::StopReason,
             b'!' => Command::Extended,
             b'g' if rest.is_empty() => Command::ReadRegisters,
-            b'G' | b'P' => Command::WriteRegisters,
+            b'G' => Command::WriteRegisters,
+            b'P' => {
+                let Some(eq) = rest.iter().position(|&b| b == b'=') else { return Command::Malformed("P") };
+                match (
+                    parse_hex(&rest[..eq]).and_then(|n| usize::try_from(n).ok()),
+                    decode_hex(&rest[eq + 1..]),
+                ) {
+                    (Some(n), Some(bytes)) => Command::WriteRegister { n, bytes },
+                    _ => Command::Malformed("P"),
+                }
+            }
             b'p' => match parse_hex(rest).and_then(|v| usize::try_from(v).ok()) {
                 Some(n) => Command::ReadRegister(n),
                 None => Command::Malformed("p"),
@@ -345,6 +362,11 @@ mod tests {
         );
         assert_eq!(Command::parse(b"m7ffe0010,40"), Command::ReadMemory { addr: 0x7ffe0010, len: 0x40 });
         assert_eq!(Command::parse(b"p10"), Command::ReadRegister(16));
+        assert_eq!(
+            Command::parse(b"P10=3412000000000000"),
+            Command::WriteRegister { n: 16, bytes: vec![0x34, 0x12, 0, 0, 0, 0, 0, 0] }
+        );
+        assert_eq!(Command::parse(b"P10=zz"), Command::Malformed("P"));
         assert_eq!(
             Command::parse(b"qXfer:btrace:read:delta:0,fff"),
             Command::XferRead { object: "btrace".into(), annex: "delta".into(), offset: 0, len: 0xfff }

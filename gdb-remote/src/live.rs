@@ -133,6 +133,17 @@ impl Target for Live {
         Ok(b)
     }
 
+    fn write_register(&mut self, tid: i32, n: usize, bytes: &[u8]) -> Result<(), TargetError> {
+        let s = self.session()?;
+        let mut raw = s.debug_regs(tid).map_err(|_| TargetError::NoThread)?;
+        let mut regs = ptrace_shim::sys::registers(&raw);
+        if !crate::tdesc::set_value(&mut regs, n, bytes) {
+            return Err(TargetError::Message(format!("register {n} cannot be written here")));
+        }
+        ptrace_shim::sys::apply_registers(&mut raw, &regs);
+        s.debug_set_regs(tid, &raw).map_err(os)
+    }
+
     fn write_memory(&mut self, addr: u64, data: &[u8]) -> Result<(), TargetError> {
         self.session()?.debug_write(addr, data).map_err(os)
     }

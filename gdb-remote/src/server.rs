@@ -109,6 +109,10 @@ pub trait Target {
     fn libraries(&self) -> Vec<Library>;
     /// The auxiliary vector (pairs of u64).
     fn auxv(&self) -> Vec<(u64, u64)>;
+    /// Sets register `n` (GDB's number) of `tid` from its bytes.
+    fn write_register(&mut self, _tid: i32, _n: usize, _bytes: &[u8]) -> Result<(), TargetError> {
+        Err(TargetError::Unsupported)
+    }
     /// Writes memory.
     fn write_memory(&mut self, _addr: u64, _data: &[u8]) -> Result<(), TargetError> {
         Err(TargetError::Unsupported)
@@ -433,7 +437,16 @@ fn answer_text<T: Target>(target: &mut T, conn: &mut Conn<impl Write>, cmd: Comm
             Ok(b) if !b.is_empty() => hex(&b),
             _ => "E14".into(),
         },
-        Command::WriteRegisters => "E.Registers cannot be written here.".into(),
+        // GDB falls back to P for one register at a time.
+        Command::WriteRegisters => String::new(),
+        Command::WriteRegister { n, bytes } => {
+            let tid = conn.general.or_else(|| target.threads().first().copied()).unwrap_or(0);
+            match target.write_register(tid, n, &bytes) {
+                Ok(()) => "OK".into(),
+                Err(TargetError::Unsupported) => "E.This target cannot be written.".into(),
+                Err(e) => error_text(&e),
+            }
+        }
         Command::WriteMemory { addr, data } => match target.write_memory(addr, &data) {
             Ok(()) => "OK".into(),
             Err(TargetError::Unsupported) => "E.This target cannot be written.".into(),

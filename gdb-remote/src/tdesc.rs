@@ -164,6 +164,50 @@ pub fn value(regs: Option<&Registers>, pc: Option<u64>, n: usize) -> Option<u64>
     })
 }
 
+/// Sets register `n` in `regs` from its little-endian `bytes`; false for
+/// a register not kept (x87, SSE) or bytes of the wrong size.
+pub fn set_value(regs: &mut Registers, n: usize, bytes: &[u8]) -> bool {
+    let Some(reg) = registers().nth(n) else { return false };
+    if bytes.len() != (reg.bits / 8) as usize || bytes.len() > 8 {
+        return false;
+    }
+    let mut b = [0u8; 8];
+    b[..bytes.len()].copy_from_slice(bytes);
+    let v = u64::from_le_bytes(b);
+    let field = match reg.name {
+        "rax" => &mut regs.rax,
+        "rbx" => &mut regs.rbx,
+        "rcx" => &mut regs.rcx,
+        "rdx" => &mut regs.rdx,
+        "rsi" => &mut regs.rsi,
+        "rdi" => &mut regs.rdi,
+        "rbp" => &mut regs.rbp,
+        "rsp" => &mut regs.rsp,
+        "r8" => &mut regs.r8,
+        "r9" => &mut regs.r9,
+        "r10" => &mut regs.r10,
+        "r11" => &mut regs.r11,
+        "r12" => &mut regs.r12,
+        "r13" => &mut regs.r13,
+        "r14" => &mut regs.r14,
+        "r15" => &mut regs.r15,
+        "rip" => &mut regs.rip,
+        "eflags" => &mut regs.eflags,
+        "cs" => &mut regs.cs,
+        "ss" => &mut regs.ss,
+        "ds" => &mut regs.ds,
+        "es" => &mut regs.es,
+        "fs" => &mut regs.fs,
+        "gs" => &mut regs.gs,
+        "orig_rax" => &mut regs.orig_rax,
+        "fs_base" => &mut regs.fs_base,
+        "gs_base" => &mut regs.gs_base,
+        _ => return false,
+    };
+    *field = v;
+    true
+}
+
 /// Register `n` as the `p` packet answers it: little-endian hex, or `xx`
 /// per byte when unknown. None for a number beyond the description.
 pub fn hex_register(regs: Option<&Registers>, pc: Option<u64>, n: usize) -> Option<String> {
@@ -206,5 +250,16 @@ mod tests {
         assert_eq!(hex_register(None, Some(0x401000), 16).unwrap(), "0010400000000000");
         assert_eq!(hex_register(None, Some(0x401000), 0).unwrap(), "xx".repeat(8));
         assert!(hex_register(None, None, 60).is_none());
+    }
+
+    #[test]
+    fn writes_what_it_reads() {
+        let mut regs = Registers::default();
+        assert!(set_value(&mut regs, 16, &0x401234u64.to_le_bytes()));
+        assert!(set_value(&mut regs, 17, &0x246u32.to_le_bytes()));
+        assert_eq!((regs.rip, regs.eflags), (0x401234, 0x246));
+        assert_eq!(hex_register(Some(&regs), None, 16).unwrap(), "3412400000000000");
+        assert!(!set_value(&mut regs, 16, &[1, 2]));
+        assert!(!set_value(&mut regs, 24, &[0; 10]));
     }
 }

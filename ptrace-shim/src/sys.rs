@@ -14,6 +14,37 @@ pub type Pid = i32;
 /// The registers of a stopped thread.
 pub type Regs = libc::user_regs_struct;
 
+/// Puts a trace file's registers into the kernel's struct (the inverse of [`registers`]).
+pub fn apply_registers(r: &mut Regs, v: &bts_reader::Registers) {
+    r.r15 = v.r15;
+    r.r14 = v.r14;
+    r.r13 = v.r13;
+    r.r12 = v.r12;
+    r.rbp = v.rbp;
+    r.rbx = v.rbx;
+    r.r11 = v.r11;
+    r.r10 = v.r10;
+    r.r9 = v.r9;
+    r.r8 = v.r8;
+    r.rax = v.rax;
+    r.rcx = v.rcx;
+    r.rdx = v.rdx;
+    r.rsi = v.rsi;
+    r.rdi = v.rdi;
+    r.orig_rax = v.orig_rax;
+    r.rip = v.rip;
+    r.cs = v.cs;
+    r.eflags = v.eflags;
+    r.rsp = v.rsp;
+    r.ss = v.ss;
+    r.fs_base = v.fs_base;
+    r.gs_base = v.gs_base;
+    r.ds = v.ds;
+    r.es = v.es;
+    r.fs = v.fs;
+    r.gs = v.gs;
+}
+
 /// The registers as a trace file keeps them.
 pub fn registers(r: &Regs) -> bts_reader::Registers {
     bts_reader::Registers {

@@ -81,6 +81,14 @@ impl Session {
         sys::get_regs(tid)
     }
 
+    /// Sets a paused thread's registers.
+    pub fn debug_set_regs(&mut self, tid: Pid, regs: &Regs) -> std::io::Result<()> {
+        match self.threads.get(&tid) {
+            Some(t) if t.held.is_some() => sys::set_regs(tid, regs),
+            _ => Err(std::io::Error::from_raw_os_error(libc::ESRCH)),
+        }
+    }
+
     /// Reads the first process's memory as the program wrote it (the int3
     /// bytes of the recorder and the debugger are not shown). Returns the
     /// bytes read, up to the first unreadable one.
