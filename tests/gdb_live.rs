@@ -279,3 +279,30 @@ fn registers_and_memory_are_written_and_kill_ends_a_launched_program() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn an_attached_program_stops_at_a_breakpoint_then_crashes_under_gdb() {
+    let dir = scratch("gdb_live_attach_crash");
+    let log = dir.join("out");
+    let mut child =
+        Command::new(fixture("sleepy_crash")).stdout(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("ready") {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = gdb(
+        &dir,
+        &[&format!("--attach={}", child.id())],
+        "break late_fault\ncontinue\nlast-branch 2\ncontinue\nbt\nlast-branch 1\ncontinue",
+    );
+    assert!(out.contains("Breakpoint 1, ") && out.contains("late_fault ()"), "{out}");
+    assert!(out.contains("Program received signal SIGSEGV"), "{out}");
+    // At the crash: the call through NULL, from late_fault, live stack and recorded branch alike.
+    assert!(out.lines().any(|l| l.starts_with("#1") && l.contains(" in late_fault ()")), "{out}");
+    let last = out.lines().filter(|l| l.contains(" -> 0x0")).last().unwrap_or_else(|| panic!("{out}"));
+    assert!(last.contains("call") && last.contains("<late_fault+"), "{last}");
+    assert!(out.contains("Program terminated with signal SIGSEGV"), "{out}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGSEGV));
+}
