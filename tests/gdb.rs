@@ -19,19 +19,7 @@ fn record(dir: &Path, prog: &Path) -> String {
 
 /// Runs `bts gdb FILE` with GDB commands, returning what GDB printed.
 fn gdb(dir: &Path, file: &str, commands: &str) -> String {
-    let script = dir.join("cmds.gdb");
-    std::fs::write(&script, format!("set pagination off\nset width 0\n{commands}\n")).unwrap();
-    let out = Command::new(BTS)
-        .args(["gdb", "--gdb-arg=-nx", "--gdb-arg=-batch", "--gdb-arg=-x"])
-        .arg(format!("--gdb-arg={}", script.display()))
-        .arg(file)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run bts gdb");
-    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(!all.contains("panicked"), "{all}");
-    all
+    common::gdb_batch(dir, &[file], commands)
 }
 
 /// `N\t   0xADDR <sym>:` of an instruction-history line: (N, address, symbol).
@@ -151,17 +139,7 @@ fn bt_and_reverse_finish_at_the_stop() {
 fn last_branch_in_gdb_matches_bts_last_branch() {
     let dir = scratch("gdb_last_branch");
     let file = record(&dir, &fixture("null_call"));
-    // (kind, from, to) of every row.
-    let rows = |s: &str| -> Vec<(String, String, String)> {
-        s.lines()
-            .filter(|l| l.contains(" -> "))
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                let arrow = f.iter().position(|w| *w == "->")?;
-                Some((f.get(1)?.to_string(), f.get(2)?.to_string(), f.get(arrow + 1)?.to_string()))
-            })
-            .collect()
-    };
+    let rows = common::branch_rows;
     let ours = rows(&text(&bts(&dir, &["last-branch", "-n", "8", &file]).stdout));
     let out = gdb(&dir, &file, "last-branch 8");
     let theirs = rows(&out);

@@ -9,40 +9,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixture, scratch, text, BTS};
-
-fn gdb_script(dir: &Path, commands: &str) -> std::path::PathBuf {
-    let script = dir.join("cmds.gdb");
-    std::fs::write(&script, format!("set pagination off\nset width 0\n{commands}\n")).unwrap();
-    script
-}
+use common::{branch_rows as rows, fixture, gdb_script, scratch, text, BTS};
 
 /// `bts gdb` in batch mode with `commands`, on TARGET (`-- CMD` or `--attach=PID`).
 fn gdb(dir: &Path, target: &[&str], commands: &str) -> String {
-    let script = gdb_script(dir, commands);
-    let out = Command::new(BTS)
-        .args(["gdb", "--gdb-arg=-nx", "--gdb-arg=-batch", "--gdb-arg=-x"])
-        .arg(format!("--gdb-arg={}", script.display()))
-        .args(target)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run bts gdb");
-    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(!all.contains("panicked"), "{all}");
-    all
-}
-
-/// (kind, from, to) of each branch row of a report.
-fn rows(s: &str) -> Vec<(String, String, String)> {
-    s.lines()
-        .filter(|l| l.contains(" -> ") && l.trim_start().starts_with('-'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let arrow = f.iter().position(|w| *w == "->")?;
-            Some((f.get(1)?.to_string(), f.get(2)?.to_string(), f.get(arrow + 1)?.to_string()))
-        })
-        .collect()
+    common::gdb_batch(dir, target, commands)
 }
 
 #[test]
@@ -300,7 +271,7 @@ fn an_attached_program_stops_at_a_breakpoint_then_crashes_under_gdb() {
     assert!(out.contains("Program received signal SIGSEGV"), "{out}");
     // At the crash: the call through NULL, from late_fault, live stack and recorded branch alike.
     assert!(out.lines().any(|l| l.starts_with("#1") && l.contains(" in late_fault ()")), "{out}");
-    let last = out.lines().filter(|l| l.contains(" -> 0x0")).last().unwrap_or_else(|| panic!("{out}"));
+    let last = out.lines().rfind(|l| l.contains(" -> 0x0")).unwrap_or_else(|| panic!("{out}"));
     assert!(last.contains("call") && last.contains("<late_fault+"), "{last}");
     assert!(out.contains("Program terminated with signal SIGSEGV"), "{out}");
     use std::os::unix::process::ExitStatusExt;

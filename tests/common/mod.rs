@@ -131,3 +131,38 @@ pub fn first_child(pid: i32) -> i32 {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// Writes a GDB command file (no paging, no wrapping) into `dir`.
+pub fn gdb_script(dir: &Path, commands: &str) -> PathBuf {
+    let script = dir.join("cmds.gdb");
+    std::fs::write(&script, format!("set pagination off\nset width 0\n{commands}\n")).unwrap();
+    script
+}
+
+/// `bts gdb TARGET...` in batch mode running `commands`: what GDB printed.
+pub fn gdb_batch(dir: &Path, target: &[&str], commands: &str) -> String {
+    let script = gdb_script(dir, commands);
+    let out = Command::new(BTS)
+        .args(["gdb", "--gdb-arg=-nx", "--gdb-arg=-batch", "--gdb-arg=-x"])
+        .arg(format!("--gdb-arg={}", script.display()))
+        .args(target)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bts gdb");
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains("panicked"), "{all}");
+    all
+}
+
+/// (kind, from, to) of each branch row of a bts report (or GDB's last-branch).
+pub fn branch_rows(s: &str) -> Vec<(String, String, String)> {
+    s.lines()
+        .filter(|l| l.contains(" -> ") && l.trim_start().starts_with('-'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let arrow = f.iter().position(|w| *w == "->")?;
+            Some((f.get(1)?.to_string(), f.get(2)?.to_string(), f.get(arrow + 1)?.to_string()))
+        })
+        .collect()
+}
