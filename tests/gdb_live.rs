@@ -277,3 +277,19 @@ fn an_attached_program_stops_at_a_breakpoint_then_crashes_under_gdb() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGSEGV));
 }
+
+#[test]
+fn a_port_in_use_fails_before_the_process_is_touched() {
+    let dir = scratch("gdb_live_port_in_use");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let (mut child, log) = start_ticker(&dir);
+    let out = Command::new(BTS)
+        .args(["gdbserver", "--listen", &port, &format!("--attach={}", child.id())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cannot listen on 127.0.0.1:"), "{}", text(&out.stderr));
+    assert!(child.wait().unwrap().success());
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), ticker_native());
+}

@@ -106,9 +106,10 @@ pub enum Command {
     BtraceConfSize(u64),
     /// `vCont?`.
     VContQuery,
-    /// `vCont;…`, `c`, `s`, `C`, `S`: the first action, and the thread it
-    /// names (none: every thread, or the one `Hc` chose).
-    Resume(Action, Option<ThreadId>),
+    /// `vCont;…`, `c`, `s`, `C`, `S`: the first action, the thread it
+    /// names (none: every thread, or the one `Hc` chose), and whether the
+    /// other threads continue meanwhile (`vCont;s:T;c`).
+    Resume(Action, Option<ThreadId>, bool),
     /// `Z<type>,<addr>,<kind>` (insert) and `z…` (remove).
     Breakpoint {
         /// Insert (true) or remove.
@@ -220,7 +221,13 @@ fn vcont(rest: &[u8]) -> Command {
             Some(b't') => Action::Stop,
             _ => return Command::Malformed("vCont action"),
         };
-        return Command::Resume(a, thread);
+        // A later bare `c` lets the other threads run while this one steps.
+        let others = rest
+            .split(|&b| b == b';')
+            .filter(|s| !s.is_empty())
+            .skip(1)
+            .any(|item| item.first() == Some(&b'c') && !item.contains(&b':'));
+        return Command::Resume(a, thread, others);
     }
     Command::Malformed("vCont")
 }
@@ -276,10 +283,10 @@ impl Command {
                 Some(t) => Command::ThreadAlive(t),
                 None => Command::Malformed("T"),
             },
-            b'c' => Command::Resume(Action::Continue(None), None),
-            b's' => Command::Resume(Action::Step(None), None),
-            b'C' => Command::Resume(Action::Continue(signal(rest)), None),
-            b'S' => Command::Resume(Action::Step(signal(rest)), None),
+            b'c' => Command::Resume(Action::Continue(None), None, false),
+            b's' => Command::Resume(Action::Step(None), None, false),
+            b'C' => Command::Resume(Action::Continue(signal(rest)), None, false),
+            b'S' => Command::Resume(Action::Step(signal(rest)), None, false),
             b'D' => Command::Detach,
             b'k' => Command::Kill,
             b'Z' | b'z' => {
@@ -384,13 +391,17 @@ mod tests {
         assert_eq!(Command::parse(b"Qbtrace-conf:bts:size=0x10000"), Command::BtraceConfSize(0x10000));
         assert_eq!(
             Command::parse(b"vCont;c:1f;t"),
-            Command::Resume(Action::Continue(None), Some(ThreadId::Id(0x1f)))
+            Command::Resume(Action::Continue(None), Some(ThreadId::Id(0x1f)), false)
         );
         assert_eq!(
             Command::parse(b"vCont;S0b:1f"),
-            Command::Resume(Action::Step(Some(11)), Some(ThreadId::Id(0x1f)))
+            Command::Resume(Action::Step(Some(11)), Some(ThreadId::Id(0x1f)), false)
         );
-        assert_eq!(Command::parse(b"vCont;c"), Command::Resume(Action::Continue(None), None));
+        assert_eq!(Command::parse(b"vCont;c"), Command::Resume(Action::Continue(None), None, false));
+        assert_eq!(
+            Command::parse(b"vCont;s:1f;c"),
+            Command::Resume(Action::Step(None), Some(ThreadId::Id(0x1f)), true)
+        );
         assert_eq!(
             Command::parse(b"Z0,401000,1"),
             Command::Breakpoint { insert: true, kind: 0, addr: 0x401000 }

@@ -61,7 +61,11 @@ impl Live {
         buffer_bytes: usize,
     ) -> Result<Live, ptrace_shim::Error> {
         let interrupt = Arc::new(AtomicBool::new(false));
-        session.start_debugging(interrupt.clone())?;
+        if let Err(e) = session.start_debugging(interrupt.clone()) {
+            // Let the process go before saying why.
+            let _ = session.debug_detach();
+            return Err(e);
+        }
         let pid = session.root_pid();
         let exec = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
         Ok(Live {
@@ -108,6 +112,14 @@ impl Live {
         };
         self.last = r;
         r
+    }
+}
+
+impl Drop for Live {
+    /// However the stub ends (an error before GDB came, a panic), the
+    /// process is let go unharmed: every int3 removed, detached.
+    fn drop(&mut self) {
+        self.detach();
     }
 }
 
@@ -226,14 +238,14 @@ impl Target for Live {
             .collect()
     }
 
-    fn resume(&mut self, tid: i32, action: Action) -> Result<StopReply, TargetError> {
+    fn resume(&mut self, tid: i32, action: Action, others_run: bool) -> Result<StopReply, TargetError> {
         let step = match action {
             Action::Step(_) => Some(tid),
             Action::Continue(_) => None,
             // Every thread is stopped already.
             Action::Stop => return Ok(self.last),
         };
-        let stop = self.session()?.debug_resume(step).map_err(engine)?;
+        let stop = self.session()?.debug_resume_with(step, others_run).map_err(engine)?;
         Ok(self.reply(stop))
     }
 

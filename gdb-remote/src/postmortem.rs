@@ -210,7 +210,7 @@ impl Target for PostMortem {
         self.auxv.clone()
     }
 
-    fn resume(&mut self, tid: i32, _action: Action) -> Result<StopReply, TargetError> {
+    fn resume(&mut self, tid: i32, _action: Action, _others_run: bool) -> Result<StopReply, TargetError> {
         // The process is gone: history ends at the stop.
         self.thread(tid)?;
         Ok(StopReply::ReplayEnd { tid })

@@ -41,12 +41,36 @@ pub enum StopReply {
     },
 }
 
+/// GDB's number of a Linux signal: the remote protocol speaks GDB's own
+/// numbering (`gdb/signals.def`), which differs from Linux's for SIGBUS,
+/// SIGUSR1/2, SIGCHLD, SIGSTOP, SIGSYS, the real-time signals and others.
+pub fn gdb_signal(sig: u8) -> u8 {
+    match sig {
+        7 => 10,  // SIGBUS
+        10 => 30, // SIGUSR1
+        12 => 31, // SIGUSR2
+        16 => 0,  // SIGSTKFLT: GDB has none
+        17 => 20, // SIGCHLD
+        18 => 19, // SIGCONT
+        19 => 17, // SIGSTOP
+        20 => 18, // SIGTSTP
+        23 => 16, // SIGURG
+        29 => 23, // SIGIO
+        30 => 32, // SIGPWR
+        31 => 12, // SIGSYS
+        32 => 77, // SIGRTMIN (glibc's own)
+        33..=63 => 45 + (sig - 33),
+        64 => 78,
+        s => s,
+    }
+}
+
 impl StopReply {
     fn packet(self) -> String {
         match self {
-            StopReply::Signal { tid, signal } => format!("T{signal:02x}thread:{tid:x};"),
+            StopReply::Signal { tid, signal } => format!("T{:02x}thread:{tid:x};", gdb_signal(signal)),
             StopReply::Exited(c) => format!("W{c:02x}"),
-            StopReply::Terminated(s) => format!("X{s:02x}"),
+            StopReply::Terminated(s) => format!("X{:02x}", gdb_signal(s)),
             StopReply::ReplayEnd { tid } => format!("T05replaylog:end;thread:{tid:x};"),
             StopReply::Breakpoint { tid } => format!("T05swbreak:;thread:{tid:x};"),
         }
@@ -118,8 +142,9 @@ pub trait Target {
         Err(TargetError::Unsupported)
     }
     /// Resumes (or, for a trace, says why it cannot go on): every thread,
-    /// or with [`Action::Step`] thread `tid` alone for one instruction.
-    fn resume(&mut self, tid: i32, action: Action) -> Result<StopReply, TargetError>;
+    /// or with [`Action::Step`] thread `tid` for one instruction, the
+    /// others running meanwhile when `others_run`.
+    fn resume(&mut self, tid: i32, action: Action, others_run: bool) -> Result<StopReply, TargetError>;
     /// The flag the stub sets when GDB asks a running target to stop
     /// (Ctrl-C); a target that runs watches it.
     fn interrupt_flag(&self) -> Option<Arc<AtomicBool>> {
@@ -471,7 +496,7 @@ fn answer_text<T: Target>(target: &mut T, conn: &mut Conn<impl Write>, cmd: Comm
         // Sizes are the recorder's, fixed when it started.
         Command::BtraceConfSize(_) => "OK".into(),
         Command::VContQuery => "vCont;c;C;s;S;t".into(),
-        Command::Resume(action, thread) => {
+        Command::Resume(action, thread, others_run) => {
             let named = match thread {
                 Some(ThreadId::Id(t)) => Some(t),
                 _ => None,
@@ -481,7 +506,7 @@ fn answer_text<T: Target>(target: &mut T, conn: &mut Conn<impl Write>, cmd: Comm
                 .or(conn.general)
                 .or_else(|| target.threads().first().copied())
                 .unwrap_or(0);
-            match target.resume(tid, action) {
+            match target.resume(tid, action, others_run) {
                 Ok(stop) => stop.packet(),
                 Err(e) => error_text(&e),
             }
@@ -504,5 +529,20 @@ fn answer_text<T: Target>(target: &mut T, conn: &mut Conn<impl Write>, cmd: Comm
         Command::Detach | Command::Kill => "OK".into(),
         Command::Malformed(what) => format!("E.malformed {what} packet"),
         Command::Extended | Command::Unknown => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_numbered_as_gdb_numbers_them() {
+        // SIGSEGV, SIGTRAP, SIGABRT are the same; SIGBUS, SIGUSR1, SIGSYS are not.
+        assert_eq!((gdb_signal(11), gdb_signal(5), gdb_signal(6)), (11, 5, 6));
+        assert_eq!((gdb_signal(7), gdb_signal(10), gdb_signal(31)), (10, 30, 12));
+        assert_eq!(StopReply::Signal { tid: 0x10, signal: 7 }.packet(), "T0athread:10;");
+        assert_eq!(StopReply::Terminated(10).packet(), "X1e");
+        assert_eq!(gdb_signal(34), 46);
     }
 }

@@ -39,6 +39,8 @@ enum StubError {
     Serve(#[from] gdb_remote::Error),
     #[error("setting up the connection: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{} received before gdb connected: the process is let go", ptrace_shim::sys::signal_name(*.0))]
+    Stopped(i32),
 }
 
 /// The address `--listen` names: a bare port is loopback's.
@@ -70,16 +72,17 @@ fn stdio_connection() -> Result<(File, File), StubError> {
     }
 }
 
-fn serve_on<T: gdb_remote::Target>(
-    target: &mut T,
-    transport: &Transport,
-    stdio: Option<(File, File)>,
-) -> Result<(), StubError> {
+/// Where GDB will connect, set up before any process is touched: a bad
+/// address or a port in use is an error while nothing is traced yet.
+enum Conn {
+    Stdio(Option<(File, File)>),
+    Listen(TcpListener),
+}
+
+fn open_conn(transport: &Transport, live: bool) -> Result<Conn, StubError> {
     match transport {
-        Transport::Stdio => match stdio {
-            Some((input, output)) => Ok(gdb_remote::serve(target, input, output)?),
-            None => Ok(gdb_remote::serve(target, std::io::stdin(), std::io::stdout().lock())?),
-        },
+        Transport::Stdio if live => Ok(Conn::Stdio(Some(stdio_connection()?))),
+        Transport::Stdio => Ok(Conn::Stdio(None)),
         Transport::Listen(spec) => {
             let addr = listen_addr(spec)?;
             if !addr.ip().is_loopback() {
@@ -88,10 +91,35 @@ fn serve_on<T: gdb_remote::Target>(
                      this target's memory (and control a live one)"
                 );
             }
-            let listener = TcpListener::bind(addr).map_err(|source| StubError::Listen { addr, source })?;
-            let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
+            Ok(Conn::Listen(TcpListener::bind(addr).map_err(|source| StubError::Listen { addr, source })?))
+        }
+    }
+}
+
+fn serve_on<T: gdb_remote::Target>(target: &mut T, conn: Conn) -> Result<(), StubError> {
+    match conn {
+        Conn::Stdio(Some((input, output))) => Ok(gdb_remote::serve(target, input, output)?),
+        Conn::Stdio(None) => Ok(gdb_remote::serve(target, std::io::stdin(), std::io::stdout().lock())?),
+        Conn::Listen(listener) => {
+            let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
             crate::errln!("bts: waiting for gdb on {bound}; in gdb: target remote {bound}");
-            let (sock, _) = listener.accept()?;
+            // Polled, so that a signal asking bts to stop is seen while
+            // no GDB comes (the process waits paused meanwhile).
+            listener.set_nonblocking(true)?;
+            let sock = loop {
+                match listener.accept() {
+                    Ok((sock, _)) => break sock,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if let Some(sig) = ptrace_shim::stop_requested() {
+                            return Err(StubError::Stopped(sig));
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            sock.set_nonblocking(false)?;
             let _ = sock.set_nodelay(true);
             let input = sock.try_clone()?;
             Ok(gdb_remote::serve(target, input, sock)?)
@@ -101,6 +129,7 @@ fn serve_on<T: gdb_remote::Target>(
 
 fn run_inner(target: &GdbTarget, transport: Transport) -> Result<(), StubError> {
     let stdio = matches!(transport, Transport::Stdio);
+    let conn = open_conn(&transport, target.file.is_none())?;
     if let Some(file) = &target.file {
         let tf = crate::load::load(file)?;
         let mut t = PostMortem::new(tf, file.display().to_string())
@@ -111,26 +140,28 @@ fn run_inner(target: &GdbTarget, transport: Transport) -> Result<(), StubError> 
             // SAFETY: setting a signal's disposition to SIG_IGN.
             unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
         }
-        return serve_on(&mut t, &transport, None);
+        return serve_on(&mut t, conn);
     }
-    let conn = if stdio { Some(stdio_connection()?) } else { None };
     let opts = Options { backend: Backend::Fast, buffer_bytes: target.buffer_size, ..Options::default() };
     let (session, launched) = match target.attach {
         Some(pid) => (Session::attach(pid, opts)?, false),
         None => (Session::launch(&target.command, opts)?, true),
     };
+    // From here on, however this ends, dropping `live` lets the process go.
     let mut live = Live::new(session, launched, target.buffer_size)?;
-    serve_on(&mut live, &transport, conn)
+    serve_on(&mut live, conn)
 }
 
 /// `bts gdbserver`.
 pub fn run(target: &GdbTarget, transport: Transport) -> ExitCode {
-    if target.file.is_none() {
-        // Live: the terminal's Ctrl-C is GDB's (it sends it on the
-        // connection), so bts and the program leave the terminal's process
-        // group (before the split, so that no part of bts gets it).
+    if target.file.is_none() && matches!(transport, Transport::Stdio) {
+        // Live on GDB's pipe: the terminal's Ctrl-C is GDB's (it sends it
+        // on the connection), so bts and the program leave the terminal's
+        // process group (before the split, so that no part of bts gets it).
         // SAFETY: setpgid on ourselves.
         unsafe { libc::setpgid(0, 0) };
+    }
+    if target.file.is_none() {
         // The tracer survives the SIGKILL of the process GDB started.
         if let Some(code) = crate::record::split_off_tracer() {
             return crate::exit::code(code);

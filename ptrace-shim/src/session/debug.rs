@@ -83,8 +83,9 @@ impl Session {
 
     /// Sets a paused thread's registers.
     pub fn debug_set_regs(&mut self, tid: Pid, regs: &Regs) -> std::io::Result<()> {
+        let crashed = self.crash.as_ref().is_some_and(|c| c.tid == tid);
         match self.threads.get(&tid) {
-            Some(t) if t.held.is_some() => sys::set_regs(tid, regs),
+            Some(t) if t.held.is_some() || crashed => sys::set_regs(tid, regs),
             _ => Err(std::io::Error::from_raw_os_error(libc::ESRCH)),
         }
     }
@@ -147,6 +148,12 @@ impl Session {
     /// Resumes every paused thread (or single-steps `step` alone) and runs
     /// until the next stop worth telling the debugger.
     pub fn debug_resume(&mut self, step: Option<Pid>) -> Result<DebugStop> {
+        self.debug_resume_with(step, false)
+    }
+
+    /// As [`Session::debug_resume`]; with `others_run`, the threads other
+    /// than `step`'s go on while it steps (GDB's `vCont;s:T;c`).
+    pub fn debug_resume_with(&mut self, step: Option<Pid>, others_run: bool) -> Result<DebugStop> {
         // Breakpoint hits seen while pausing come first.
         if let Some(tid) = self.debug.as_mut().and_then(|d| d.unreported.pop_front()) {
             return Ok(DebugStop::Breakpoint(tid));
@@ -156,8 +163,14 @@ impl Session {
             self.deliver_crash()?;
         }
         match step {
-            Some(tid) if self.threads.contains_key(&tid) => self.step_one(tid)?,
-            _ => self.release_all()?,
+            Some(tid) if self.threads.contains_key(&tid) => {
+                if others_run {
+                    self.release_all(Some(tid))?;
+                }
+                self.step_one(tid)?
+            }
+            Some(tid) => return Err(Error::NoSuchProcess { pid: tid }),
+            None => self.release_all(None)?,
         }
         self.run_to_debug_stop()
     }
@@ -189,6 +202,17 @@ impl Session {
             Stop::Debug(d) => d,
         };
         self.pause_all()?;
+        // What happened while pausing waits for the next resume: another
+        // thread's breakpoint is reported then; a step asked for is over.
+        if let Some(d) = self.debug.as_mut() {
+            d.stepping = None;
+            if let Some(DebugStop::Breakpoint(t)) = d.event.take() {
+                d.unreported.push_back(t);
+            }
+            if let Some(f) = &d.interrupt {
+                f.store(false, Ordering::SeqCst);
+            }
+        }
         Ok(out)
     }
 
@@ -257,12 +281,18 @@ impl Session {
     fn pause_all(&mut self) -> Result<()> {
         let crashed = self.crash.as_ref().map(|c| c.tid);
         let mut asked: HashSet<Pid> = HashSet::new();
+        // Threads in an uninterruptible wait (a vfork parent waiting for its
+        // child, which is paused too) cannot stop now: they stay in the
+        // kernel, and stop when they come out.
+        let mut asleep: HashSet<Pid> = HashSet::new();
         loop {
             // Threads that run and were not asked yet (new ones too).
             let run: Vec<Pid> = self
                 .threads
                 .values()
-                .filter(|t| t.held.is_none() && !t.exiting && Some(t.tid) != crashed)
+                .filter(|t| {
+                    t.held.is_none() && !t.exiting && Some(t.tid) != crashed && !asleep.contains(&t.tid)
+                })
                 .map(|t| t.tid)
                 .collect();
             for &t in &run {
@@ -273,18 +303,30 @@ impl Session {
             if run.is_empty() && self.world_stopped.is_none() && self.deferred.is_empty() {
                 return Ok(());
             }
-            let w = match (self.world_stopped.is_none(), self.deferred.pop_front()) {
-                (true, Some(w)) => w,
+            let next = match (self.world_stopped.is_none(), self.deferred.pop_front()) {
+                (true, Some(w)) => Some(w),
                 (false, Some(w)) => {
                     self.deferred.push_front(w);
-                    self.wait_one()?
+                    sys::wait(-1).map_err(|e| Error::os("waitpid", e))?
                 }
-                (_, None) => self.wait_one()?,
+                (_, None) => sys::wait(-1).map_err(|e| Error::os("waitpid", e))?,
             };
+            let Some(w) = next else {
+                // A timer tick: who cannot stop now?
+                asleep.extend(run.iter().copied().filter(|&t| super::proc::task_state(t) == Some('D')));
+                continue;
+            };
+            let ours = |w: &Wait| matches!(*w, Wait::Event(t, sys::EVENT_STOP, _) if asked.contains(&t));
             match w {
-                Wait::Event(tid, sys::EVENT_STOP, _)
-                    if asked.contains(&tid) && self.threads.contains_key(&tid) =>
-                {
+                // The interrupt is reported before a signal already queued:
+                // a thread that has just hit an int3 stops here with its
+                // SIGTRAP pending. Let it take the trap first (handled as
+                // any trap), and ask again.
+                Wait::Event(tid, ..) if ours(&w) && super::proc::trap_pending(tid) => {
+                    let _ = sys::cont(tid, 0);
+                    asked.remove(&tid);
+                }
+                Wait::Event(tid, ..) if ours(&w) && self.threads.contains_key(&tid) => {
                     if let Some(t) = self.threads.get_mut(&tid) {
                         t.held = Some(0);
                     }
@@ -305,31 +347,47 @@ impl Session {
         }
     }
 
-    fn wait_one(&mut self) -> Result<Wait> {
-        loop {
+    /// Runs the session until no thread steps over a lifted int3.
+    fn finish_step(&mut self) -> Result<()> {
+        while self.world_stopped.is_some() {
             match sys::wait(-1) {
-                Ok(Some(w)) => return Ok(w),
-                Ok(None) => continue,
+                Ok(Some(w)) => self.handle(w)?,
+                Ok(None) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(()),
                 Err(e) => return Err(Error::os("waitpid", e)),
             }
         }
+        Ok(())
     }
 
-    /// Lets every paused thread go on; one at a debugger breakpoint first
-    /// executes the instruction there.
-    fn release_all(&mut self) -> Result<()> {
+    /// Lets every paused thread go on (but `except`); one at a debugger
+    /// breakpoint first executes the instruction there.
+    fn release_all(&mut self, except: Option<Pid>) -> Result<()> {
         let at_bp: Vec<Pid> =
             self.debug.as_mut().map(|d| std::mem::take(&mut d.at_breakpoint)).unwrap_or_default();
-        let held: Vec<Pid> = self.threads.values().filter(|t| t.held == Some(0)).map(|t| t.tid).collect();
+        // First those at a breakpoint, one at a time, the others still
+        // paused: none may run past an int3 lifted for a step.
+        for &tid in &at_bp {
+            if Some(tid) == except {
+                continue;
+            }
+            if let Some(t) = self.threads.get_mut(&tid) {
+                t.held = None;
+            }
+            self.go_over_breakpoint(tid)?;
+            self.finish_step()?;
+        }
+        let held: Vec<Pid> = self
+            .threads
+            .values()
+            .filter(|t| t.held == Some(0) && Some(t.tid) != except && !at_bp.contains(&t.tid))
+            .map(|t| t.tid)
+            .collect();
         for tid in held {
             if let Some(t) = self.threads.get_mut(&tid) {
                 t.held = None;
             }
-            if at_bp.contains(&tid) {
-                self.go_over_breakpoint(tid)?;
-            } else {
-                self.resume(tid, 0)?;
-            }
+            self.resume(tid, 0)?;
         }
         Ok(())
     }

@@ -274,8 +274,11 @@ impl Session {
                 self.recorder.finish()?;
                 return Ok(Stop::Finished(o));
             }
-            if let Some(e) = self.debug_event() {
-                return Ok(Stop::Debug(e));
+            // Not while a thread steps over a lifted int3: that finishes first.
+            if self.world_stopped.is_none() {
+                if let Some(e) = self.debug_event() {
+                    return Ok(Stop::Debug(e));
+                }
             }
             if let Some(sig) = signals::stop_requested() {
                 if self.launched && signals::is_stop_request(sig) {

@@ -18,3 +18,16 @@ pub(super) fn thread_cpu(tid: Pid) -> Option<u32> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(36)?.parse().ok()
 }
+
+/// A thread's scheduler state (field 3 of /proc/TID/stat: R, S, D, t...).
+pub(super) fn task_state(tid: Pid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
+}
+
+/// A SIGTRAP is pending for the thread and not blocked (a trap waiting
+/// behind an interrupt stop).
+pub(super) fn trap_pending(tid: Pid) -> bool {
+    let trap = 1u64 << (libc::SIGTRAP - 1);
+    sig_mask(tid, "SigPnd") & !sig_mask(tid, "SigBlk") & trap != 0
+}
