@@ -28,13 +28,26 @@ impl Session {
         for &tid in &tids {
             let _ = sys::interrupt(tid);
         }
+        // Threads in an uninterruptible wait cannot stop now: a vfork
+        // parent waits for its child, which stops here and could never exec.
+        // They are detached once the others are (below).
+        let mut asleep: Vec<Pid> = Vec::new();
         // Collect a stop from every live thread: first those already waiting.
         while self.threads.values().any(|t| t.held.is_none()) {
             let w = match self.deferred.pop_front() {
                 Some(w) => w,
                 None => match sys::wait(-1) {
                     Ok(Some(w)) => w,
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        // A timer tick: who cannot stop?
+                        for (&tid, th) in self.threads.iter_mut() {
+                            if th.held.is_none() && super::proc::task_state(tid) == Some('D') {
+                                th.held = Some(0);
+                                asleep.push(tid);
+                            }
+                        }
+                        continue;
+                    }
                     Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
                     Err(e) => return Err(Error::os("waitpid", e)),
                 },
@@ -115,12 +128,16 @@ impl Session {
             }
         }
         for (tid, sig) in held {
+            if asleep.contains(&tid) {
+                continue;
+            }
             if let Err(e) = sys::detach(tid, sig) {
                 if e.raw_os_error() != Some(libc::ESRCH) {
                     first_err.get_or_insert(Error::os(format!("detaching thread {tid}"), e));
                 }
             }
         }
+        self.detach_when_awake(&asleep);
         let tids: Vec<Pid> = self.threads.keys().copied().collect();
         for tid in tids {
             if let Some(t) = self.threads.remove(&tid) {
@@ -133,6 +150,32 @@ impl Session {
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// Detaches threads that were in an uninterruptible wait: each stops
+    /// (for the interrupt asked of it) once its wait is over, e.g. when the
+    /// vfork child, detached now, execs. One that does not within a second
+    /// is left to the kernel, which lets it go when bts exits (no int3 byte
+    /// is left in its memory by then).
+    fn detach_when_awake(&mut self, asleep: &[Pid]) {
+        for &tid in asleep {
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < std::time::Duration::from_secs(1) {
+                match sys::wait(tid) {
+                    Ok(Some(Wait::Exited(..) | Wait::Signaled(..))) | Err(_) => break,
+                    // A signal that stopped it is passed on, not lost.
+                    Ok(Some(Wait::Signal(_, sig))) => {
+                        let _ = sys::detach(tid, sig);
+                        break;
+                    }
+                    Ok(Some(_)) => {
+                        let _ = sys::detach(tid, 0);
+                        break;
+                    }
+                    Ok(None) => {}
+                }
+            }
         }
     }
 }
