@@ -180,10 +180,11 @@ fn every_thread_has_its_history() {
         assert_eq!(own_symbols(&theirs), own_symbols(&ours), "thread {tid}");
     }
     // Every thread was stopped for the snapshot at the crash: GDB unwinds
-    // each, the waiting main thread through pthread_join back to main.
+    // each, the main thread back to main.
     let out = gdb(&dir, &file, "thread apply all bt");
-    let main_thread =
-        out.split("\nThread ").find(|b| b.contains("pthread") || b.contains("futex")).unwrap_or("");
+    // (Where main stands depends on timing: in pthread_join, or still
+    // resolving its PLT slot; either way it unwinds back to main.)
+    let main_thread = out.split("\nThread ").skip(1).find(|b| !b.contains("worker_fault")).unwrap_or("");
     assert!(main_thread.contains(" in main () at "), "{out}");
     let worker = out.split("\nThread ").skip(1).find(|b| b.contains("worker_fault")).unwrap_or("");
     assert!(worker.contains(" in worker ("), "{out}");
