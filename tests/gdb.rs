@@ -241,4 +241,7 @@ fn bad_trace_files_are_clear_errors() {
     let out = bts(&dir, &["gdb", "missing.bts"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("missing.bts"), "{}", text(&out.stderr));
+    let out = bts(&dir, &["gdb", "--attach", "999999999"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no process 999999999"), "{}", text(&out.stderr));
 }

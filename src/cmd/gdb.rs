@@ -50,6 +50,9 @@ fn plan(target: &GdbTarget) -> Result<(Option<String>, Vec<String>), String> {
     }
     args.push(format!("--buffer-size={}", target.buffer_size));
     if let Some(pid) = target.attach {
+        if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(format!("no process {pid}"));
+        }
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
         args.push(format!("--attach={pid}"));
         return Ok((exe, args));
