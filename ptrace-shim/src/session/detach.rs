@@ -32,6 +32,7 @@ impl Session {
         // parent waits for its child, which stops here and could never exec.
         // They are detached once the others are (below).
         let mut asleep: Vec<Pid> = Vec::new();
+        let mut ticks = 0u32;
         // Collect a stop from every live thread: first those already waiting.
         while self.threads.values().any(|t| t.held.is_none()) {
             let w = match self.deferred.pop_front() {
@@ -39,12 +40,24 @@ impl Session {
                 None => match sys::wait(-1) {
                     Ok(Some(w)) => w,
                     Ok(None) => {
-                        // A timer tick: who cannot stop?
+                        // A timer tick: who cannot stop, or stopped unseen?
+                        ticks += 1;
+                        let mut unseen = Vec::new();
                         for (&tid, th) in self.threads.iter_mut() {
-                            if th.held.is_none() && super::proc::task_state(tid) == Some('D') {
-                                th.held = Some(0);
-                                asleep.push(tid);
+                            match (th.held, super::proc::task_state(tid)) {
+                                (None, Some('D')) => {
+                                    th.held = Some(0);
+                                    asleep.push(tid);
+                                }
+                                // Stopped, with no stop left to collect (a new
+                                // task whose first stop came before its
+                                // parent's event): take it as it stands.
+                                (None, Some('t')) if ticks >= 3 => unseen.push(tid),
+                                _ => {}
                             }
+                        }
+                        for tid in unseen {
+                            self.adopt_stopped(tid);
                         }
                         continue;
                     }
@@ -176,6 +189,28 @@ impl Session {
                     Ok(None) => {}
                 }
             }
+        }
+    }
+
+    /// Holds a thread found stopped without an event to collect: at one of
+    /// our traps, its pc goes back to the site (the int3 is about to go);
+    /// a signal of the program's own stays pending for it.
+    fn adopt_stopped(&mut self, tid: Pid) {
+        let mut held = 0;
+        if let (Ok(info), Ok(mut regs)) = (sys::get_siginfo(tid), sys::get_regs(tid)) {
+            let ours = info.signo == libc::SIGTRAP && info.code != SI_USER && info.code != SI_TKILL;
+            if ours && info.code == SI_KERNEL {
+                let site = regs.rip.wrapping_sub(1);
+                if self.space_of(tid).is_some_and(|s| s.space.is_breakpoint(site)) {
+                    regs.rip = site;
+                    let _ = sys::set_regs(tid, &regs);
+                }
+            } else if !ours {
+                held = info.signo;
+            }
+        }
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.held = Some(held);
         }
     }
 }
