@@ -418,6 +418,45 @@ fn sigusr1_sigquit_sigpipe_to_bts_run_leave_the_program_unharmed() {
     }
 }
 
+#[test]
+fn detaching_while_the_program_spawns_never_hangs_it() {
+    // posix_spawn uses vfork: the parent sits in an uninterruptible wait
+    // until its child execs, and the child is traced too. Attaching and
+    // detaching must not wait for the parent to stop (it cannot until the
+    // child goes), nor for an interrupt that another stop cleared.
+    let dir = scratch("trust_detach_vfork");
+    let log = dir.join("out");
+    for round in 0..3 {
+        let mut prog =
+            Command::new(fixture("spawn_loop")).stdout(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+        wait_lines(&log, 1);
+        let mut b = Command::new(BTS)
+            .args(["attach", "--report", "never", &prog.id().to_string()])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(400 + 150 * round));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(b.id() as i32, libc::SIGINT) };
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = b.try_wait().unwrap() {
+                break s;
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = prog.kill();
+                panic!("bts attach hangs detaching from a spawning program (round {round})");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "round {round}: bts ended with {status}");
+        assert!(prog.wait().unwrap().success(), "round {round}");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "ready\ndone\n", "round {round}");
+    }
+}
+
 // ---- 7. bts's own output ---------------------------------------------------
 
 #[test]

@@ -149,7 +149,28 @@ impl Session {
                     waiting.remove(&tid);
                     s.handle(w)?;
                 }
-                other => s.handle(other)?,
+                other => {
+                    // Any other stop of a thread clears the interrupt asked
+                    // of it (the kernel's rule): one that stopped for, say,
+                    // the SIGCHLD of a vfork child it waited for would never
+                    // report the interrupt. Handle the stop; if the thread
+                    // runs on, ask again; if it is held, it is collected.
+                    let tid = super::wait_pid(&other);
+                    s.handle(other)?;
+                    if waiting.contains(&tid) {
+                        match s.threads.get(&tid) {
+                            Some(t) if t.held.is_some() => {
+                                waiting.remove(&tid);
+                            }
+                            Some(_) => {
+                                let _ = sys::interrupt(tid);
+                            }
+                            None => {
+                                waiting.remove(&tid);
+                            }
+                        }
+                    }
+                }
             }
         }
         Ok(s)
