@@ -78,6 +78,24 @@ impl Space {
         self.mem.read_exact_at(buf, addr)
     }
 
+    /// Up to `len` bytes of live memory at `addr`, read a page at a time:
+    /// what comes before the first unreadable page.
+    pub fn read_live_upto(&self, addr: u64, len: usize) -> Vec<u8> {
+        let end = addr.saturating_add(len as u64);
+        let mut out = Vec::with_capacity(len);
+        let mut at = addr;
+        while at < end {
+            let next = (at | (PAGE - 1)).saturating_add(1).min(end);
+            let mut chunk = vec![0u8; (next - at) as usize];
+            if self.read_live(at, &mut chunk).is_err() {
+                break;
+            }
+            out.extend_from_slice(&chunk);
+            at = next;
+        }
+        out
+    }
+
     pub fn read_u64(&self, addr: u64) -> io::Result<u64> {
         let mut b = [0u8; 8];
         self.read_live(addr, &mut b)?;
@@ -239,16 +257,8 @@ impl Space {
         }
         self.write_live(addr, &live)?;
         // Cached code of those pages is stale now.
-        self.invalidate_code(addr, end);
+        self.forget_code(addr, end);
         Ok(())
-    }
-
-    /// Forgets decoded code in `[lo, hi)`, keeping the breakpoints.
-    fn invalidate_code(&mut self, lo: u64, hi: u64) {
-        let first = lo & !(PAGE - 1);
-        self.pages.retain(|&p, _| p + PAGE <= first || p >= hi);
-        self.insns.clear();
-        self.blocks.clear();
     }
 
     /// Removes every breakpoint from memory. Errors are collected, not fatal:
@@ -273,9 +283,15 @@ impl Space {
     /// The memory in `[lo, hi)` changed (munmap, mmap over it, mremap): drop
     /// what we knew of it.
     pub fn invalidate(&mut self, lo: u64, hi: u64) {
+        self.bps.retain(|&a, _| a < lo || a >= hi);
+        self.forget_code(lo, hi);
+    }
+
+    /// Forgets the code pages cached in `[lo, hi)`, and what was decoded
+    /// from them; the breakpoints stay.
+    fn forget_code(&mut self, lo: u64, hi: u64) {
         let before = self.pages.len();
         self.pages.retain(|&p, _| p + PAGE <= lo || p >= hi);
-        self.bps.retain(|&a, _| a < lo || a >= hi);
         if self.pages.len() != before {
             self.insns.clear();
             self.blocks.clear();

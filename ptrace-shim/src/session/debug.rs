@@ -95,19 +95,8 @@ impl Session {
     /// bytes read, up to the first unreadable one.
     pub fn debug_read(&mut self, addr: u64, len: usize) -> Vec<u8> {
         let Some(slot) = self.root_slot() else { return Vec::new() };
-        let mut out = Vec::with_capacity(len);
-        let mut at = addr;
-        let end = addr.saturating_add(len as u64);
-        while at < end {
-            let next = (at | (crate::space::PAGE - 1)).saturating_add(1).min(end);
-            let mut chunk = vec![0u8; (next - at) as usize];
-            if slot.space.read_live(at, &mut chunk).is_err() {
-                break;
-            }
-            slot.space.hide_breakpoints(at, &mut chunk);
-            out.extend_from_slice(&chunk);
-            at = next;
-        }
+        let mut out = slot.space.read_live_upto(addr, len);
+        slot.space.hide_breakpoints(addr, &mut out);
         out
     }
 

@@ -40,18 +40,7 @@ const RED_ZONE: u64 = 128;
 fn read_stack(space: &Space, rsp: u64, limit: usize) -> (u64, Vec<u8>) {
     let start = rsp.saturating_sub(RED_ZONE);
     let end = rsp.saturating_add(limit as u64);
-    let mut out = Vec::new();
-    let mut at = start;
-    while at < end {
-        let next_page = (at | (crate::space::PAGE - 1)).saturating_add(1).min(end);
-        let mut chunk = vec![0u8; (next_page - at) as usize];
-        if space.read_live(at, &mut chunk).is_err() {
-            break;
-        }
-        out.extend_from_slice(&chunk);
-        at = next_page;
-    }
-    (start, out)
+    (start, space.read_live_upto(start, (end - start) as usize))
 }
 
 impl Session {
