@@ -125,56 +125,10 @@ pub fn target_xml() -> String {
     x
 }
 
-/// The value of register `n` when known (only registers of 64 bits or
-/// fewer ever are): from a full set, or just the pc.
-pub fn value(regs: Option<&Registers>, pc: Option<u64>, n: usize) -> Option<u64> {
-    let name = registers().nth(n)?.name;
-    let Some(r) = regs else {
-        return if name == "rip" { pc } else { None };
-    };
+/// The field of `regs` that holds the register GDB calls `name` (none for
+/// the registers bts does not keep: x87, SSE).
+fn field<'a>(regs: &'a mut Registers, name: &str) -> Option<&'a mut u64> {
     Some(match name {
-        "rax" => r.rax,
-        "rbx" => r.rbx,
-        "rcx" => r.rcx,
-        "rdx" => r.rdx,
-        "rsi" => r.rsi,
-        "rdi" => r.rdi,
-        "rbp" => r.rbp,
-        "rsp" => r.rsp,
-        "r8" => r.r8,
-        "r9" => r.r9,
-        "r10" => r.r10,
-        "r11" => r.r11,
-        "r12" => r.r12,
-        "r13" => r.r13,
-        "r14" => r.r14,
-        "r15" => r.r15,
-        "rip" => r.rip,
-        "eflags" => r.eflags,
-        "cs" => r.cs,
-        "ss" => r.ss,
-        "ds" => r.ds,
-        "es" => r.es,
-        "fs" => r.fs,
-        "gs" => r.gs,
-        "orig_rax" => r.orig_rax,
-        "fs_base" => r.fs_base,
-        "gs_base" => r.gs_base,
-        _ => return None,
-    })
-}
-
-/// Sets register `n` in `regs` from its little-endian `bytes`; false for
-/// a register not kept (x87, SSE) or bytes of the wrong size.
-pub fn set_value(regs: &mut Registers, n: usize, bytes: &[u8]) -> bool {
-    let Some(reg) = registers().nth(n) else { return false };
-    if bytes.len() != (reg.bits / 8) as usize || bytes.len() > 8 {
-        return false;
-    }
-    let mut b = [0u8; 8];
-    b[..bytes.len()].copy_from_slice(bytes);
-    let v = u64::from_le_bytes(b);
-    let field = match reg.name {
         "rax" => &mut regs.rax,
         "rbx" => &mut regs.rbx,
         "rcx" => &mut regs.rcx,
@@ -202,10 +156,40 @@ pub fn set_value(regs: &mut Registers, n: usize, bytes: &[u8]) -> bool {
         "orig_rax" => &mut regs.orig_rax,
         "fs_base" => &mut regs.fs_base,
         "gs_base" => &mut regs.gs_base,
-        _ => return false,
-    };
-    *field = v;
-    true
+        _ => return None,
+    })
+}
+
+/// The value of register `n` when known (only registers of 64 bits or
+/// fewer ever are): from a full set, or just the pc.
+pub fn value(regs: Option<&Registers>, pc: Option<u64>, n: usize) -> Option<u64> {
+    let name = registers().nth(n)?.name;
+    match regs {
+        Some(&r) => {
+            let mut r = r;
+            field(&mut r, name).map(|v| *v)
+        }
+        None if name == "rip" => pc,
+        None => None,
+    }
+}
+
+/// Sets register `n` in `regs` from its little-endian `bytes`; false for
+/// a register not kept (x87, SSE) or bytes of the wrong size.
+pub fn set_value(regs: &mut Registers, n: usize, bytes: &[u8]) -> bool {
+    let Some(reg) = registers().nth(n) else { return false };
+    if bytes.len() != (reg.bits / 8) as usize || bytes.len() > 8 {
+        return false;
+    }
+    let mut b = [0u8; 8];
+    b[..bytes.len()].copy_from_slice(bytes);
+    match field(regs, reg.name) {
+        Some(f) => {
+            *f = u64::from_le_bytes(b);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Register `n` as the `p` packet answers it: little-endian hex, or `xx`
