@@ -5,8 +5,9 @@
 //! `end` the address of the run's last instruction (inclusive). GDB wants
 //! them newest first; the newest ends at the current pc (not yet executed).
 
-use decode::kernel::{Branch, Transfer};
+use decode::kernel::{self, Branch, Filter, Transfer};
 use decode::CodeMap;
+use ds_alloc::BtsRecord;
 
 /// One block of executed instructions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +111,12 @@ pub fn blocks(branches: &[Branch], code: &CodeMap, pc: Option<u64>) -> Vec<Block
         }
     }
     out
+}
+
+/// The blocks of a thread's raw records (oldest first): kernel records
+/// filtered out, then [`blocks`].
+pub fn blocks_of(records: &[BtsRecord], code: &CodeMap, pc: Option<u64>) -> Vec<Block> {
+    blocks(&kernel::filter(records, code, Filter::default()), code, pc)
 }
 
 #[cfg(test)]

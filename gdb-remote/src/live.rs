@@ -11,8 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use analysis::report::{Report, Selection};
-use bts_reader::{Meta, Registers, StreamKind, TraceFile};
-use decode::kernel::{self, Filter};
+use bts_reader::{Meta, Registers, TraceFile};
 use decode::CodeMap;
 use ptrace_shim::{DebugStop, Outcome, Session};
 
@@ -187,28 +186,28 @@ impl Target for Live {
             // GDB then asks for `new`: the whole trace when it changed.
             return Err(TargetError::Message("no delta trace; read new".into()));
         }
-        let pc = self.session()?.debug_regs(tid).map(|r| r.rip).ok();
-        let tf = self.snapshot()?;
-        let stream = tf
-            .thread_streams()
-            .filter(|s| matches!(s.kind, StreamKind::Thread { tid: t, .. } if t == tid))
-            .last()
+        let s = self.session()?;
+        let pc = s.debug_regs(tid).map(|r| r.rip).ok();
+        // The session's recording as it stands, not a trace file: that
+        // would read every module's ELF file for its build-id at each stop.
+        let rec = s.recording();
+        let (image, thread) = rec
+            .images
+            .iter()
+            .rev()
+            .find_map(|img| img.threads.iter().find(|t| t.tid == tid).map(|t| (img, t)))
             .ok_or(TargetError::NoThread)?;
-        let StreamKind::Thread { pid, generation, .. } = stream.kind else {
-            return Err(TargetError::NoThread);
-        };
-        let newest = stream.records.last().map(|r| (r.from, r.to));
-        let mark = (stream.records.len(), stream.overwritten, newest);
+        let records = thread.buffer.snapshot();
+        let mark = (records.len(), thread.overwritten, records.last().map(|r| (r.from, r.to)));
         if read == BtraceRead::New && self.seen.get(&tid) == Some(&mark) {
             return Ok(None);
         }
-        self.seen.insert(tid, mark);
         let mut code = CodeMap::new();
-        for c in tf.code.iter().filter(|c| (c.pid, c.generation) == (pid, generation)) {
-            code.insert(c.addr, c.bytes.clone());
+        for (addr, bytes) in &image.code {
+            code.insert(*addr, bytes.clone());
         }
-        let branches = kernel::filter(&stream.records, &code, Filter::default());
-        Ok(Some(btrace::blocks(&branches, &code, pc)))
+        self.seen.insert(tid, mark);
+        Ok(Some(btrace::blocks_of(&records, &code, pc)))
     }
 
     fn exec_file(&self) -> Option<String> {

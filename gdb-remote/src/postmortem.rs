@@ -8,7 +8,6 @@ use std::collections::HashSet;
 
 use analysis::report::{Report, Selection};
 use bts_reader::{Registers, StreamKind, TraceFile};
-use decode::kernel::{self, Filter};
 use decode::CodeMap;
 
 use crate::btrace::{self, Block};
@@ -120,9 +119,7 @@ impl PostMortem {
     /// `tid`'s blocks, newest first.
     pub fn blocks(&self, tid: i32) -> Result<Vec<Block>, TargetError> {
         let t = self.thread(tid)?;
-        let records = &self.tf.streams[t.stream].records;
-        let branches = kernel::filter(records, &self.code, Filter::default());
-        Ok(btrace::blocks(&branches, &self.code, t.pc))
+        Ok(btrace::blocks_of(&self.tf.streams[t.stream].records, &self.code, t.pc))
     }
 
     fn last_branch(&self, args: &str) -> String {
