@@ -28,6 +28,9 @@ pub enum Command {
         #[arg(last = true, required = true, num_args = 1..)]
         command: Vec<OsString>,
     },
+    /// Run a CI step (a test suite, a build) with every process traced;
+    /// report every process that crashed, where CI systems show it.
+    Ci(CiArgs),
     /// Trace a running process until it crashes, exits, or bts is interrupted.
     Attach {
         #[command(flatten)]
@@ -141,6 +144,68 @@ pub enum Command {
     },
     #[command(hide = true, name = "__demo-crash")]
     DemoCrash,
+}
+
+/// `bts ci`: the options of a traced CI step.
+#[derive(Args, Clone)]
+pub struct CiArgs {
+    /// Recorder to use (`auto`: hardware BTS, else Valgrind, else fast).
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+    /// Size of each thread's circular buffer (bytes; K, M, G suffixes).
+    #[arg(long, default_value = "64K", value_parser = parse_size)]
+    pub buffer_size: usize,
+    /// Where each crashing process's trace file goes (created if needed).
+    #[arg(long, default_value = "bts-artifacts")]
+    pub artifacts: PathBuf,
+    /// Which processes leave a trace file: those that crashed, or all.
+    #[arg(long, value_enum, default_value_t = Keep::Crash)]
+    pub keep: Keep,
+    /// At most this many trace files: the oldest are removed first, and
+    /// the report says so.
+    #[arg(long, value_name = "N")]
+    pub max_artifacts: Option<usize>,
+    /// Write one JSON document of the step's crashes here, at the end.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write a JUnit XML report here: one test case per crashed process.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Branches shown per crash.
+    #[arg(short = 'n', long = "branches", default_value_t = 8)]
+    pub branches: usize,
+    /// Do not run bts and the traced threads on one CPU (ptrace recorders).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// The step: a command and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<OsString>,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Keep {
+    /// Only processes that died of a signal leave a trace file.
+    Crash,
+    /// Every process leaves one (mind --max-artifacts).
+    Always,
+}
+
+impl CiArgs {
+    /// The recording options `run` would take for the same choices.
+    pub fn record_args(&self) -> RecordArgs {
+        RecordArgs {
+            out: OutputArgs { branches: self.branches, insns: 12, json: false, all_threads: false },
+            backend: self.backend,
+            buffer_size: self.buffer_size,
+            output: None,
+            json_file: None,
+            report: ReportWhen::Never,
+            per_cpu_buffer: None,
+            insn_log: None,
+            no_pin: self.no_pin,
+            stack_size: ptrace_shim::DEFAULT_STACK_BYTES,
+        }
+    }
 }
 
 /// What a GDB stub serves: a saved trace, a running process, or a program

@@ -6,6 +6,7 @@
 //! libraries: `ptrace-shim` and `bts-reader` record, `analysis` tells.
 
 mod args;
+mod ci;
 mod cmd;
 mod exit;
 mod load;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         Command::Run { rec, follow_fork, no_aslr, command } => {
             cmd::run::run(&rec, follow_fork, no_aslr, command)
         }
+        Command::Ci(args) => cmd::ci::run(&args),
         Command::Attach { rec, pid } => cmd::attach::run(&rec, pid),
         Command::LastBranch { out, thread, cpu, file } => cmd::last_branch::run(&out, thread, cpu, &file),
         Command::Demo { backend, json } => cmd::demo::run(backend, json),

@@ -94,6 +94,7 @@ pub(crate) fn options(rec: &RecordArgs, backend: Backend, follow_fork: bool, no_
         per_cpu_bytes: rec.per_cpu_buffer,
         insn_log: rec.insn_log.clone(),
         stack_bytes: rec.stack_size,
+        report_process_ends: false,
     }
 }
 
@@ -115,7 +116,9 @@ pub(crate) fn drive(
         match stop? {
             Stop::Crash(c) => {
                 crashed |= c.pid == root;
-                let recording = session.recording();
+                // A followed child's file holds that child alone.
+                let recording =
+                    if c.pid == root { session.recording() } else { session.process_recording(c.pid) };
                 // A followed child is named by its own command line (it is held: /proc has it).
                 let cmd = if c.pid == root { command.to_vec() } else { process_command(c.pid) };
                 let mut meta = crash_meta(&cmd, &c);
@@ -124,9 +127,10 @@ pub(crate) fn drive(
                 reporter.save(&tf, c.pid, rec.report != ReportWhen::Never);
                 session.deliver_crash()?;
             }
-            // No debugger here: the session never stops for one.
-            Stop::Debug(_) => {}
+            // No debugger here, and process ends are not asked for.
+            Stop::Debug(_) | Stop::ProcessEnded(_) => {}
             Stop::Finished(o) => {
+                detach_left_running(session);
                 let detached = matches!(o, Outcome::Detached(_));
                 let clean = matches!(o, Outcome::Exited(_));
                 // Killed by a signal bts could not hold (SIGKILL): keep the trace.
@@ -142,6 +146,28 @@ pub(crate) fn drive(
                 }
                 return Ok(o);
             }
+        }
+    }
+}
+
+/// Followed processes that outlive the first one (daemons it started) are
+/// detached and run on; each is named. Returns them.
+pub(crate) fn detach_left_running(session: &mut Session) -> Vec<ptrace_shim::ProcessInfo> {
+    match session.detach_remaining() {
+        Ok(left) => {
+            for p in &left {
+                crate::errln!(
+                    "bts: pid {} ({}) was still running when pid {} ended: detached, it runs on",
+                    p.pid,
+                    p.command.join(" "),
+                    session.root_pid()
+                );
+            }
+            left
+        }
+        Err(e) => {
+            crate::errln!("bts: could not detach the processes left running: {e}");
+            Vec::new()
         }
     }
 }

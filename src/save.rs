@@ -55,21 +55,7 @@ pub(crate) fn default_path(rec: &RecordArgs, pid: i32, root: i32) -> PathBuf {
     }
 }
 
-/// The command line of a live (or held) process.
-pub(crate) fn process_command(pid: i32) -> Vec<String> {
-    match std::fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(b) if !b.is_empty() => b
-            .split(|&c| c == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect(),
-        // No command line (a kernel thread, a zombie): its name, as ps shows it.
-        _ => match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-            Ok(c) if !c.trim().is_empty() => vec![format!("[{}]", c.trim_end())],
-            _ => vec![format!("pid {pid}")],
-        },
-    }
-}
+pub(crate) use ptrace_shim::process_command;
 
 /// The reports of one `bts run` or `bts attach`.
 pub(crate) struct Reporter<'a> {

@@ -111,7 +111,7 @@ pub fn run(
 /// The trace file of `traces` (images of one or more processes, in order),
 /// through the one builder every backend uses. The crashed thread named by
 /// `meta` is marked in its process's last image.
-fn build(meta: Meta, traces: &[&VgTrace], buffer_bytes: usize) -> TraceFile {
+pub(crate) fn build(meta: Meta, traces: &[&VgTrace], buffer_bytes: usize) -> TraceFile {
     let crash = meta.tid.filter(|_| meta.signal.is_some()).map(|tid| (meta.pid, tid));
     let recording = valgrind::recording(traces, crash, buffer_bytes, meta.pid);
     TraceFile::from_recording(&recording, meta)
@@ -120,7 +120,7 @@ fn build(meta: Meta, traces: &[&VgTrace], buffer_bytes: usize) -> TraceFile {
 /// What a process that died of `sig` under Valgrind reports: the fault
 /// address and the thread and pc where it stood, from Valgrind's log and the
 /// tool's last image of it.
-fn signal_meta(
+pub(crate) fn signal_meta(
     command: &[String],
     pid: i32,
     sig: i32,

@@ -17,6 +17,7 @@ pub mod model;
 pub mod range;
 pub mod report;
 pub mod select;
+pub mod stack;
 pub mod timeline;
 
 /// Why a trace cannot answer a question.

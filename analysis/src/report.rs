@@ -87,6 +87,10 @@ pub struct ThreadReport {
     /// The last instructions executed, then the one the thread stopped at.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub last_instructions: Vec<Insn>,
+    /// Where the thread stopped, then the calls it had not returned from,
+    /// newest first (from the branches: no unwinding needed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<crate::stack::Frame>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -199,6 +203,7 @@ fn thread_report(
         })
         .collect();
     let mut last = Vec::new();
+    let mut stack = Vec::new();
     let pc = if crashed { crash_pc.or(last_pc) } else { last_pc };
     if let (Some(pc), true) = (pc, sel.insns > 0 && (crashed || sel.thread.is_some())) {
         let recs: Vec<(u64, u64, bool)> =
@@ -222,6 +227,7 @@ fn thread_report(
         };
         let inl = inlined_into(img, pc);
         last.push(Insn { addr: hex(pc), sym, line, text, current: true, inlined_into: inl });
+        stack = crate::stack::call_stack(img, &branches, &kinds, pc);
     }
     ThreadReport {
         tid,
@@ -231,6 +237,7 @@ fn thread_report(
         recorded: branches.len(),
         branches: shown,
         last_instructions: last,
+        stack,
     }
 }
 

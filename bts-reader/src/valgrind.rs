@@ -209,6 +209,11 @@ pub struct VgEnd {
     pub pc: Option<u64>,
     /// What stopped Valgrind itself.
     pub problem: Option<VgProblem>,
+    /// The process that started this one (the log's "Parent PID").
+    pub parent: Option<i32>,
+    /// The command line Valgrind started with (the log's "Command", words
+    /// split at unescaped spaces).
+    pub command: Vec<String>,
 }
 
 /// Reads Valgrind's log: the fatal signal, its address, unsupported code.
@@ -216,7 +221,13 @@ pub fn parse_log(log: &str) -> VgEnd {
     let mut end = VgEnd::default();
     for line in log.lines() {
         let l = line.split_once("== ").map_or(line, |(_, r)| r).trim();
-        if let Some(rest) = l.strip_prefix("Process terminating with default action of signal ") {
+        if let Some(rest) = l.strip_prefix("Parent PID: ") {
+            end.parent = end.parent.or_else(|| rest.trim().parse().ok());
+        } else if let Some(rest) = l.strip_prefix("Command: ") {
+            if end.command.is_empty() {
+                end.command = split_escaped(rest);
+            }
+        } else if let Some(rest) = l.strip_prefix("Process terminating with default action of signal ") {
             end.signal = rest.split_whitespace().next().and_then(|n| n.parse().ok());
         } else if let Some(pos) = l.find("at address 0x") {
             // The data address of SIGSEGV and SIGBUS. (For SIGFPE Valgrind
@@ -237,6 +248,29 @@ pub fn parse_log(log: &str) -> VgEnd {
         }
     }
     end
+}
+
+/// Valgrind's "Command:" line as words: it escapes spaces in a word with
+/// a backslash.
+fn split_escaped(s: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            ' ' => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
 }
 
 /// The hex number at the start of `s` (`0x` prefixed).
@@ -447,6 +481,10 @@ mod tests {
                    ==9==    at 0x40131E: main (faults.c:36)\n";
         let e = parse_log(fpe);
         assert_eq!((e.signal, e.fault_addr, e.pc), (Some(8), None, Some(0x40131e)));
+        let head = "==7== Command: sh -c /bin/true;\\ exit\\ 0\n==7== Parent PID: 6\n";
+        let e = parse_log(head);
+        assert_eq!(e.parent, Some(6));
+        assert_eq!(e.command, vec!["sh", "-c", "/bin/true; exit 0"]);
         let e = parse_log("vex amd64->IR: unhandled instruction bytes: 0x62 0xF1 0x7D 0x48\n");
         assert_eq!(e.problem, Some(VgProblem::Evex));
     }

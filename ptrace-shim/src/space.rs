@@ -27,7 +27,8 @@ pub enum BlockEnd {
 
 pub struct Space {
     pub pid: Pid,
-    mem: File,
+    /// `/proc/PID/mem`; none once the process is gone ([`Space::close`]).
+    mem: Option<File>,
     /// Original bytes of code pages; `None` for a page that cannot be read.
     pages: HashMap<u64, Option<Box<[u8]>>>,
     /// Planted int3 sites and the byte each replaced.
@@ -48,7 +49,7 @@ impl Space {
     pub fn new(pid: Pid, generation: u32) -> io::Result<Space> {
         Ok(Space {
             pid,
-            mem: open_mem(pid)?,
+            mem: Some(open_mem(pid)?),
             pages: HashMap::new(),
             bps: HashMap::new(),
             insns: HashMap::new(),
@@ -63,7 +64,7 @@ impl Space {
     pub fn fork_copy(&self, child: Pid) -> io::Result<Space> {
         Ok(Space {
             pid: child,
-            mem: open_mem(child)?,
+            mem: Some(open_mem(child)?),
             pages: self.pages.clone(),
             bps: self.bps.clone(),
             insns: self.insns.clone(),
@@ -75,7 +76,22 @@ impl Space {
 
     /// Reads live memory (what the process sees, our int3 bytes included).
     pub fn read_live(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.mem.read_exact_at(buf, addr)
+        self.mem()?.read_exact_at(buf, addr)
+    }
+
+    fn mem(&self) -> io::Result<&File> {
+        self.mem.as_ref().ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))
+    }
+
+    /// The process is gone: its file descriptor and cached code go (a
+    /// session that follows thousands of processes must not keep them).
+    /// The maps stay, for the image's trace.
+    pub fn close(&mut self) {
+        self.mem = None;
+        self.pages = HashMap::new();
+        self.bps = HashMap::new();
+        self.insns = HashMap::new();
+        self.blocks = HashMap::new();
     }
 
     /// Up to `len` bytes of live memory at `addr`, read a page at a time:
@@ -103,14 +119,14 @@ impl Space {
     }
 
     pub fn write_live(&self, addr: u64, data: &[u8]) -> io::Result<()> {
-        self.mem.write_all_at(data, addr)
+        self.mem()?.write_all_at(data, addr)
     }
 
     /// The original bytes of the code page at `page` (page-aligned).
     fn page(&mut self, page: u64) -> Option<&[u8]> {
         if !self.pages.contains_key(&page) {
             let mut buf = vec![0u8; PAGE as usize].into_boxed_slice();
-            let got = match self.mem.read_exact_at(&mut buf, page) {
+            let got = match self.mem().and_then(|m| m.read_exact_at(&mut buf, page)) {
                 Ok(()) => {
                     for (&a, &orig) in &self.bps {
                         if a & !(PAGE - 1) == page {

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod attach;
+pub mod ci;
 pub mod demo;
 pub mod doctor;
 pub mod export;

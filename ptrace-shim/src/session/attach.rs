@@ -101,6 +101,7 @@ impl Session {
         if seized.is_empty() {
             return Err(Error::NoSuchProcess { pid });
         }
+        s.processes.started(pid, super::processes::parent_of(pid), None);
         let space = match s.new_space(pid, 0) {
             Ok(space) => space,
             Err(e) => {

@@ -173,7 +173,7 @@ impl Session {
             match self.next_stop()? {
                 Stop::Crash(_) => self.deliver_crash()?,
                 Stop::Finished(o) => return Ok(o),
-                Stop::Debug(_) => {}
+                Stop::Debug(_) | Stop::ProcessEnded(_) => {}
             }
         }
     }
@@ -184,11 +184,14 @@ impl Session {
     }
 
     fn run_to_debug_stop(&mut self) -> Result<DebugStop> {
-        let stop = self.next_stop()?;
-        let out = match stop {
-            Stop::Crash(c) => DebugStop::Crash(c),
-            Stop::Finished(o) => return Ok(DebugStop::Finished(o)),
-            Stop::Debug(d) => d,
+        let out = loop {
+            match self.next_stop()? {
+                Stop::Crash(c) => break DebugStop::Crash(c),
+                Stop::Finished(o) => return Ok(DebugStop::Finished(o)),
+                Stop::Debug(d) => break d,
+                // Not asked for by a debugging session.
+                Stop::ProcessEnded(_) => {}
+            }
         };
         self.pause_all()?;
         // What happened while pausing waits for the next resume: another

@@ -82,6 +82,8 @@ impl Session {
             }
         }
         drop(errf);
+        let shown = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        s.processes.started(pid, std::process::id() as sys::Pid, Some(shown));
         let space = s.new_space(pid, 1)?;
         s.add_thread(pid, space, true)?;
         s.resume(pid, 0)?;

@@ -120,6 +120,10 @@ impl Session {
             let alive = self.threads.values().any(|o| o.space == idx);
             let trace = self.retire(t);
             self.park_thread(idx, trace, !alive);
+            if !alive {
+                let pid = self.spaces[idx].space.pid;
+                self.process_ended(pid, how);
+            }
         }
         if tid == self.root {
             self.outcome = Some(how);
@@ -150,6 +154,8 @@ impl Session {
             image.maps = slot.space.maps.clone();
             let code = collect_code(&mut slot.space, image.threads.iter());
             image.code = code;
+            // Nothing runs in it any more: its descriptor and caches go.
+            slot.space.close();
         }
     }
 
@@ -181,6 +187,10 @@ impl Session {
             sys::EVENT_CLONE | sys::EVENT_FORK | sys::EVENT_VFORK => {
                 let child = sys::get_event_msg(tid).map_err(|e| Error::os("PTRACE_GETEVENTMSG", e))? as Pid;
                 let parent_space = self.threads.get(&tid).map(|t| t.space);
+                if let (Some(ps), true) = (parent_space, ev != sys::EVENT_CLONE && self.opts.follow_fork) {
+                    let parent = self.spaces[ps].space.pid;
+                    self.processes.started(child, parent, None);
+                }
                 if let Some(ps) = parent_space {
                     self.new_task(tid, child, ps, ev)?;
                 }
@@ -311,6 +321,7 @@ impl Session {
                 Ok(()) | Err(_) => Ok(()),
             };
         }
+        self.processes.exec(tid);
         let gen = if shared { 1 } else { generation + 1 };
         let idx = self.new_space(tid, gen)?;
         self.add_thread(tid, idx, true)?;

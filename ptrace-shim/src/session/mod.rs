@@ -21,6 +21,7 @@ mod detach;
 mod launch;
 mod lifecycle;
 mod proc;
+mod processes;
 mod recorders;
 mod snapshot;
 mod syscalls;
@@ -57,6 +58,10 @@ pub struct Options {
     /// Bytes of each stopped thread's stack kept in a snapshot (above the
     /// stack pointer), for a debugger to unwind after the process is gone.
     pub stack_bytes: usize,
+    /// Report each followed process's end ([`Stop::ProcessEnded`]) and
+    /// keep no trace of a process after that: memory stays bounded over
+    /// thousands of processes.
+    pub report_process_ends: bool,
 }
 
 impl Default for Options {
@@ -70,6 +75,7 @@ impl Default for Options {
             per_cpu_bytes: None,
             insn_log: None,
             stack_bytes: DEFAULT_STACK_BYTES,
+            report_process_ends: false,
         }
     }
 }
@@ -113,9 +119,15 @@ pub enum Stop {
     Finished(Outcome),
     /// A stop for the debugger (only after [`Session::start_debugging`]).
     Debug(DebugStop),
+    /// A followed process other than the first ended (only with
+    /// [`Options::report_process_ends`]). Its trace is there for
+    /// [`Session::process_recording`] until the next call of
+    /// [`Session::next_stop`], which drops it.
+    ProcessEnded(ProcessEnd),
 }
 
 pub use debug::DebugStop;
+pub use processes::{process_command, ProcessEnd, ProcessInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
@@ -210,6 +222,12 @@ pub struct Session {
     world_stopped: Option<(Pid, Vec<Pid>)>,
     /// The debugger's breakpoints, steps and pauses, when one is attached.
     debug: Option<debug::Debug>,
+    /// Every process followed, with its parent and command line.
+    processes: processes::ProcessTable,
+    /// Process ends not yet reported.
+    ended: std::collections::VecDeque<ProcessEnd>,
+    /// The process whose end was reported last (its trace goes next turn).
+    reported_end: Option<Pid>,
 }
 
 /// The task a wait result is about.
@@ -251,6 +269,9 @@ impl Session {
             deferred: std::collections::VecDeque::new(),
             world_stopped: None,
             debug: None,
+            processes: processes::ProcessTable::default(),
+            ended: std::collections::VecDeque::new(),
+            reported_end: None,
         }
     }
 
@@ -269,6 +290,9 @@ impl Session {
         loop {
             if let Some(c) = &self.crash {
                 return Ok(Stop::Crash(c.clone()));
+            }
+            if let Some(end) = self.next_end() {
+                return Ok(Stop::ProcessEnded(end));
             }
             if let Some(o) = self.outcome {
                 self.recorder.finish()?;

@@ -80,6 +80,16 @@ impl Session {
     /// moment of the snapshot, so that their registers and stacks are kept
     /// too (a debugger unwinds every thread after the process is gone).
     pub fn recording(&mut self) -> Recording {
+        self.recording_where(None)
+    }
+
+    /// A snapshot of process `pid` alone (every image it ran, the CPU
+    /// buffers too): the trace of one process of many.
+    pub fn process_recording(&mut self, pid: Pid) -> Recording {
+        self.recording_where(Some(pid))
+    }
+
+    fn recording_where(&mut self, only: Option<Pid>) -> Recording {
         let hold = match (&self.crash, &self.world_stopped) {
             (Some(c), None) => Some(c.tid),
             _ => None,
@@ -89,25 +99,29 @@ impl Session {
             // taken all the same.
             let _ = self.stop_the_world(tid);
         }
-        let r = self.snapshot();
+        let r = self.snapshot(only);
         if let Some(tid) = hold {
             let _ = self.restart_the_world(tid);
         }
         r
     }
 
-    fn snapshot(&mut self) -> Recording {
+    fn snapshot(&mut self, only: Option<Pid>) -> Recording {
+        let wanted = |pid: Pid| only.is_none_or(|o| o == pid);
         let mut hw_lost = HashMap::new();
-        let live: Vec<Pid> = self.threads.keys().copied().collect();
+        let spaces = &self.spaces;
+        let live: Vec<Pid> =
+            self.threads.values().filter(|t| wanted(spaces[t.space].space.pid)).map(|t| t.tid).collect();
         for tid in live {
             if let Some(t) = self.threads.remove(&tid) {
                 hw_lost.insert(tid, self.sync_hardware(&t));
                 self.threads.insert(tid, t);
             }
         }
-        let mut images = self.finished.clone();
+        let mut images: Vec<ImageTrace> = self.finished.iter().filter(|i| wanted(i.pid)).cloned().collect();
         let mut live: Vec<(usize, Vec<ThreadTrace>)> = Vec::new();
-        let mut tids: Vec<&Thread> = self.threads.values().filter(|t| t.record).collect();
+        let mut tids: Vec<&Thread> =
+            self.threads.values().filter(|t| t.record && wanted(self.spaces[t.space].space.pid)).collect();
         tids.sort_by_key(|t| t.tid);
         for t in tids {
             let buffer = self.buffer_of(t);
@@ -151,6 +165,11 @@ impl Session {
             .iter()
             .filter_map(|&(c, h)| self.alloc.bts_buffer(self.tracer, h).ok().map(|b| (c, b.clone())))
             .collect();
-        Recording { backend: self.recorder.backend().name(), root_pid: self.root, images, cpus }
+        Recording {
+            backend: self.recorder.backend().name(),
+            root_pid: only.unwrap_or(self.root),
+            images,
+            cpus,
+        }
     }
 }

@@ -1,0 +1,163 @@
+//! The processes of a session: who started whom, with which command line,
+//! and each process's end, for a caller that follows a whole tree of them
+//! (`bts ci`), which must name a crash by its parent chain and must not
+//! keep the trace of every process that came and went.
+
+use std::collections::HashMap;
+
+use crate::sys::Pid;
+
+use super::{Outcome, Session};
+
+/// What the session knows of a process it followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// The process.
+    pub pid: Pid,
+    /// The process that started it (for the first process, the one that
+    /// launched it or its parent when attached).
+    pub ppid: Pid,
+    /// Its command line: as of its last exec, or its parent's when it
+    /// never exec'd.
+    pub command: Vec<String>,
+}
+
+/// A followed process (not the first) whose last thread is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessEnd {
+    /// The process.
+    pub pid: Pid,
+    /// How its last thread ended.
+    pub outcome: Outcome,
+}
+
+/// The command line of a live (or held) process, from /proc: as `ps`
+/// shows it, its name in brackets when it has none (a zombie).
+pub fn process_command(pid: Pid) -> Vec<String> {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(b) if !b.is_empty() => b
+            .split(|&c| c == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+        _ => match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+            Ok(c) if !c.trim().is_empty() => vec![format!("[{}]", c.trim_end())],
+            _ => vec![format!("pid {pid}")],
+        },
+    }
+}
+
+/// The parent of a live process (field 4 of /proc/PID/stat).
+pub(super) fn parent_of(pid: Pid) -> Pid {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s[s.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every process of the session, by pid.
+#[derive(Debug, Default)]
+pub(super) struct ProcessTable {
+    known: HashMap<Pid, ProcessInfo>,
+}
+
+impl ProcessTable {
+    /// A process enters: the first one, or a fork/vfork child, which runs
+    /// its parent's program until it execs.
+    pub(super) fn started(&mut self, pid: Pid, ppid: Pid, command: Option<Vec<String>>) {
+        let command = command
+            .or_else(|| self.known.get(&ppid).map(|p| p.command.clone()))
+            .unwrap_or_else(|| process_command(pid));
+        self.known.insert(pid, ProcessInfo { pid, ppid, command });
+    }
+
+    /// A process ran exec: its new command line.
+    pub(super) fn exec(&mut self, pid: Pid) {
+        let command = process_command(pid);
+        match self.known.get_mut(&pid) {
+            Some(p) => p.command = command,
+            None => {
+                self.known.insert(pid, ProcessInfo { pid, ppid: parent_of(pid), command });
+            }
+        }
+    }
+
+    fn get(&self, pid: Pid) -> Option<&ProcessInfo> {
+        self.known.get(&pid)
+    }
+}
+
+impl Session {
+    /// What the session knows of process `pid`.
+    pub fn process(&self, pid: Pid) -> Option<&ProcessInfo> {
+        self.processes.get(pid)
+    }
+
+    /// The parents of process `pid` that the session followed, nearest
+    /// first, up to the first process.
+    pub fn parent_chain(&self, pid: Pid) -> Vec<ProcessInfo> {
+        let mut chain: Vec<ProcessInfo> = Vec::new();
+        let mut at = self.processes.get(pid);
+        while let Some(p) = at {
+            if p.pid == self.root || chain.len() > self.processes.known.len() {
+                break;
+            }
+            at = self.processes.get(p.ppid);
+            if let Some(parent) = at {
+                chain.push(parent.clone());
+            }
+        }
+        chain
+    }
+
+    /// How many processes the session has followed (the first included).
+    pub fn processes_seen(&self) -> usize {
+        self.processes.known.len()
+    }
+
+    /// The first process ended with followed processes still running
+    /// (daemons it left behind): detaches them as `attach` would at Ctrl-C,
+    /// every int3 gone, and returns them, each once. Launched, they would
+    /// otherwise be killed when bts exits.
+    pub fn detach_remaining(&mut self) -> crate::Result<Vec<ProcessInfo>> {
+        let mut left: Vec<Pid> = self.threads.values().map(|t| self.spaces[t.space].space.pid).collect();
+        left.sort_unstable();
+        left.dedup();
+        if left.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outcome = self.outcome;
+        self.detach_all()?;
+        self.outcome = outcome;
+        Ok(left
+            .into_iter()
+            .map(|pid| {
+                self.processes.get(pid).cloned().unwrap_or_else(|| ProcessInfo {
+                    pid,
+                    ppid: parent_of(pid),
+                    command: process_command(pid),
+                })
+            })
+            .collect())
+    }
+
+    /// Notes that the last thread of `pid`'s image is gone; with
+    /// `report_process_ends`, the caller hears of it (once the session
+    /// drops its trace at the next turn).
+    pub(super) fn process_ended(&mut self, pid: Pid, outcome: Outcome) {
+        if self.opts.report_process_ends && pid != self.root {
+            self.ended.push_back(ProcessEnd { pid, outcome });
+        }
+    }
+
+    /// The end to report now, if any; the trace of the one reported
+    /// before is dropped (the caller had its turn to save it).
+    pub(super) fn next_end(&mut self) -> Option<ProcessEnd> {
+        if let Some(done) = self.reported_end.take() {
+            self.finished.retain(|i| i.pid != done);
+        }
+        let end = self.ended.pop_front()?;
+        self.reported_end = Some(end.pid);
+        Some(end)
+    }
+}

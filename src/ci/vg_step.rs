@@ -1,0 +1,115 @@
+//! A CI step under the Valgrind tool: Valgrind follows every exec and
+//! fork by itself (`--trace-children=yes`); each process's log names its
+//! parent and says how it ended. Only the processes kept are turned into
+//! trace files. Valgrind cannot let go of a process: daemons the step
+//! leaves running stay under it, unharmed, and are named.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+
+use bts_reader::valgrind::{self, VgEnd, VgOptions, VgRun, VgTrace};
+use ptrace_shim::Outcome;
+
+use super::{Collector, Proc};
+use crate::save::end_meta;
+use crate::vg::{build, signal_meta};
+
+/// Runs the step under the tool: its status, the processes seen and those
+/// left running.
+pub fn trace(
+    tool: &valgrind::Installed,
+    command: &[OsString],
+    buffer_bytes: usize,
+    keep_all: bool,
+    note: &Option<String>,
+    collector: &mut Collector,
+) -> Result<(i32, usize, Vec<Proc>), valgrind::VgError> {
+    let records = ds_alloc::alloc::bts_records(buffer_bytes) as u64;
+    let opts = VgOptions { records, follow_children: true, no_aslr: false };
+    // Ctrl-C reaches the step by itself (same process group); SIGTERM and
+    // SIGHUP are passed on; bts stays to read the traces.
+    let mut pass = || match ptrace_shim::stop_requested() {
+        Some(libc::SIGINT) | None => None,
+        Some(s) if ptrace_shim::is_stop_request(s) => Some(s),
+        Some(s) => ptrace_shim::die_of(s),
+    };
+    let vr = valgrind::run(tool, command, &opts, &mut pass)?;
+    for (p, why) in &vr.bad {
+        crate::errln!("bts: {}: {why}", p.display());
+    }
+    if let Some(p) = &vr.end.problem {
+        crate::errln!("bts: {p}; use --backend fast for this step");
+    }
+    let shown: Vec<String> = command.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+    let mut by_pid: HashMap<i32, Vec<&VgTrace>> = HashMap::new();
+    for t in &vr.traces {
+        by_pid.entry(t.pid).or_default().push(t);
+    }
+    let mut pids: Vec<i32> = vr.ends.keys().copied().collect();
+    pids.sort_unstable();
+    for &pid in &pids {
+        let end = &vr.ends[&pid];
+        let Some(images) = by_pid.get(&pid) else { continue };
+        let cmd = if pid == vr.pid { shown.clone() } else { command_of(&vr, pid) };
+        let meta = match end.signal.or(if pid == vr.pid { vr.status.signal() } else { None }) {
+            Some(sig) => signal_meta(&cmd, pid, sig, end, images, note),
+            None if keep_all => {
+                let code = if pid == vr.pid { vr.status.code().unwrap_or(0) } else { 0 };
+                let mut m = end_meta(&cmd, pid, Outcome::Exited(code));
+                m.backend = "valgrind".into();
+                m.note = note.clone();
+                m
+            }
+            None => continue,
+        };
+        let tf = build(meta, images, buffer_bytes);
+        let ppid = end.parent.unwrap_or(0);
+        collector.keep(&tf, pid, ppid, parents(&vr, pid, &shown));
+    }
+    let status = match (vr.status.signal(), vr.status.code()) {
+        (Some(s), _) => 128 + s,
+        (None, c) => c.unwrap_or(0),
+    };
+    Ok((status, pids.len(), left_running(&vr, &by_pid)))
+}
+
+/// A process's command line: from its last image's trace, else its log.
+fn command_of(vr: &VgRun, pid: i32) -> Vec<String> {
+    let traced = vr.traces.iter().rev().find(|t| t.pid == pid).map(|t| t.command.clone());
+    traced
+        .filter(|c| !c.is_empty())
+        .or_else(|| vr.ends.get(&pid).map(|e| e.command.clone()))
+        .unwrap_or_default()
+}
+
+/// The parents of `pid` that ran under the tool, nearest first.
+fn parents(vr: &VgRun, pid: i32, shown: &[String]) -> Vec<Proc> {
+    let mut out = Vec::new();
+    let mut at = pid;
+    while at != vr.pid && out.len() <= vr.ends.len() {
+        let Some(ppid) = vr.ends.get(&at).and_then(|e: &VgEnd| e.parent) else { break };
+        if !vr.ends.contains_key(&ppid) {
+            break;
+        }
+        let command = if ppid == vr.pid { shown.to_vec() } else { command_of(vr, ppid) };
+        out.push(Proc { pid: ppid, command });
+        at = ppid;
+    }
+    out
+}
+
+/// Processes with a log but no trace yet (the tool writes it at exit) that
+/// are still alive.
+fn left_running(vr: &VgRun, traced: &HashMap<i32, Vec<&VgTrace>>) -> Vec<Proc> {
+    let mut out: Vec<Proc> = vr
+        .ends
+        .keys()
+        .filter(|&&pid| pid != vr.pid && !traced.contains_key(&pid))
+        // SAFETY: signal 0 only checks that the process exists.
+        .filter(|&&pid| unsafe { libc::kill(pid, 0) } == 0)
+        .map(|&pid| Proc { pid, command: command_of(vr, pid) })
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    out
+}

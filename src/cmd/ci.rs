@@ -1,0 +1,155 @@
+//! `bts ci -- COMMAND`: a CI step traced whole; every crashing process
+//! reported on stderr, in the artifacts folder, and where CI systems look
+//! (GitHub annotations and step summary, JUnit XML, JSON).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::args::{CiArgs, Keep};
+use crate::ci::artifacts::Artifacts;
+use crate::ci::{github, junit, ptrace_step, text, vg_step, Collector, StepEnd, StepReport};
+use crate::exit::{self, exec_failure_status, EXIT_BTS_FAILED};
+use crate::record::{backend, split_off_tracer, Chosen};
+
+/// `bts ci`.
+pub fn run(args: &CiArgs) -> ExitCode {
+    exit::code(run_status(args))
+}
+
+fn run_status(args: &CiArgs) -> i32 {
+    let rec = args.record_args();
+    let command: Vec<String> = args.command.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+    let (chosen, note) = match backend(&rec, true) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::errln!("bts: {e}");
+            return i32::from(EXIT_BTS_FAILED);
+        }
+    };
+    // Fail as a shell would when the step cannot be executed.
+    if let Err(e) = ptrace_shim::spawn::resolve_program(&args.command[0]) {
+        crate::errln!("bts: cannot execute {}: {e}", command[0]);
+        return exec_failure_status(&e);
+    }
+    let artifacts = match Artifacts::open(&args.artifacts, args.max_artifacts) {
+        Ok(a) => a,
+        Err(e) => {
+            crate::errln!("bts: {e}");
+            return i32::from(EXIT_BTS_FAILED);
+        }
+    };
+    let mut collector =
+        Collector { artifacts, branches: args.branches, crashes: Vec::new(), workspace: workspace() };
+    let keep_all = args.keep == Keep::Always;
+    let end = match chosen {
+        Chosen::Valgrind(tool) => {
+            if let Err(e) = ptrace_shim::install_stop_handlers() {
+                crate::errln!("bts: cannot install signal handlers: {e}");
+                return i32::from(EXIT_BTS_FAILED);
+            }
+            match vg_step::trace(&tool, &args.command, args.buffer_size, keep_all, &note, &mut collector) {
+                Ok((status, processes, left)) => StepEnd {
+                    command,
+                    status,
+                    backend: "valgrind".into(),
+                    note,
+                    processes,
+                    left_running: left,
+                },
+                Err(e) => {
+                    crate::errln!("bts: {e}");
+                    return i32::from(EXIT_BTS_FAILED);
+                }
+            }
+        }
+        Chosen::Ptrace(be) => {
+            if let Some(status) = split_off_tracer() {
+                return status;
+            }
+            match ptrace_step::trace(&args.command, &rec, be, keep_all, &mut collector) {
+                Ok((outcome, processes, left)) => StepEnd {
+                    command,
+                    status: exit::status(outcome),
+                    backend: be.name().to_string(),
+                    note,
+                    processes,
+                    left_running: left,
+                },
+                Err(ptrace_shim::Error::Exec { source, .. }) => {
+                    crate::errln!("bts: cannot execute {}: {source}", command[0]);
+                    return exec_failure_status(&source);
+                }
+                Err(e) => {
+                    crate::errln!("bts: {e}");
+                    // What was kept is reported all the same.
+                    let end = StepEnd {
+                        command,
+                        status: i32::from(EXIT_BTS_FAILED),
+                        backend: be.name().to_string(),
+                        note,
+                        processes: 0,
+                        left_running: Vec::new(),
+                    };
+                    publish(&collector.finish(end), args);
+                    return i32::from(EXIT_BTS_FAILED);
+                }
+            }
+        }
+    };
+    let report = collector.finish(end);
+    if !publish(&report, args) {
+        return i32::from(EXIT_BTS_FAILED);
+    }
+    report.status
+}
+
+/// The project's folder: GitHub's workspace, else where bts runs.
+fn workspace() -> Option<PathBuf> {
+    std::env::var_os("GITHUB_WORKSPACE")
+        .filter(|w| !w.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+}
+
+/// Everything the step's report goes to. False when a file asked for
+/// could not be written.
+fn publish(report: &StepReport, args: &CiArgs) -> bool {
+    let mut ok = true;
+    crate::out::err(&text::step_text(report));
+    let workspace = workspace();
+    if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+        for c in &report.crashes {
+            crate::outln!("{}", github::annotation(c, workspace.as_deref()));
+        }
+        if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY").filter(|p| !p.is_empty()) {
+            let path = Path::new(&path);
+            if let Err(e) = github::append_summary(path, &github::summary(report, workspace.as_deref())) {
+                crate::errln!("bts: could not write the step summary {}: {e}", path.display());
+            }
+        }
+    }
+    if let Some(p) = &args.json {
+        let doc = serde_json::to_string_pretty(report).expect("the report serializes") + "\n";
+        ok &= write_file(p, doc.as_bytes(), "JSON report");
+    }
+    if let Some(p) = &args.junit {
+        match junit::to_xml(report) {
+            Ok(xml) => ok &= write_file(p, xml.as_bytes(), "JUnit report"),
+            Err(e) => {
+                crate::errln!("bts: could not make the JUnit report: {e}");
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+fn write_file(path: &Path, bytes: &[u8], what: &str) -> bool {
+    match bts_reader::outfile::write(path, bytes) {
+        Ok(()) => true,
+        Err(e) => {
+            crate::errln!("bts: could not write the {what}: {e}");
+            false
+        }
+    }
+}
