@@ -211,6 +211,9 @@ pub struct VgEnd {
     pub problem: Option<VgProblem>,
     /// The process that started this one (the log's "Parent PID").
     pub parent: Option<i32>,
+    /// The exit code the tool logged at the end (meaningless after a
+    /// fatal signal, which `signal` tells).
+    pub exit_code: Option<i32>,
     /// The command line Valgrind started with (the log's "Command", words
     /// split at unescaped spaces).
     pub command: Vec<String>,
@@ -221,7 +224,9 @@ pub fn parse_log(log: &str) -> VgEnd {
     let mut end = VgEnd::default();
     for line in log.lines() {
         let l = line.split_once("== ").map_or(line, |(_, r)| r).trim();
-        if let Some(rest) = l.strip_prefix("Parent PID: ") {
+        if let Some(rest) = l.strip_prefix("bts: exit code ") {
+            end.exit_code = rest.trim().parse().ok();
+        } else if let Some(rest) = l.strip_prefix("Parent PID: ") {
             end.parent = end.parent.or_else(|| rest.trim().parse().ok());
         } else if let Some(rest) = l.strip_prefix("Command: ") {
             if end.command.is_empty() {
@@ -481,9 +486,10 @@ mod tests {
                    ==9==    at 0x40131E: main (faults.c:36)\n";
         let e = parse_log(fpe);
         assert_eq!((e.signal, e.fault_addr, e.pc), (Some(8), None, Some(0x40131e)));
-        let head = "==7== Command: sh -c /bin/true;\\ exit\\ 0\n==7== Parent PID: 6\n";
+        let head =
+            "==7== Command: sh -c /bin/true;\\ exit\\ 0\n==7== Parent PID: 6\n==7== bts: exit code 3\n";
         let e = parse_log(head);
-        assert_eq!(e.parent, Some(6));
+        assert_eq!((e.parent, e.exit_code), (Some(6), Some(3)));
         assert_eq!(e.command, vec!["sh", "-c", "/bin/true; exit 0"]);
         let e = parse_log("vex amd64->IR: unhandled instruction bytes: 0x62 0xF1 0x7D 0x48\n");
         assert_eq!(e.problem, Some(VgProblem::Evex));

@@ -113,8 +113,14 @@ static VG_REGPARM(1) void rec_syscall(HWord from)
    running->syscall_from = from;
 }
 
+/* The status the process exits with: Valgrind passes 0 to fini, so the
+   tool takes it from exit_group (or the exit of a thread). */
+static Int exit_status;
+
 static void pre_syscall(ThreadId tid, UInt no, UWord *args, UInt nargs)
 {
+   if ((no == 60 || no == 231) && nargs > 0)
+      exit_status = (Int)(args[0] & 0xff);
 }
 
 static void post_syscall(ThreadId tid, UInt no, UWord *args, UInt nargs, SysRes res)
@@ -378,6 +384,8 @@ static void bts_fini(Int exitcode)
 {
    HChar name[1024];
    Int pid = VG_(getpid)();
+   /* For the log: how the process ended when no signal ended it. */
+   VG_(umsg)("bts: exit code %d\n", exit_status);
    for (Int n = 0; n < 1000 && out_fd < 0; n++) {
       VG_(snprintf)(name, sizeof name, "%s.%d.%d", out_prefix, pid, n);
       SysRes r = VG_(open)(name, VKI_O_CREAT | VKI_O_EXCL | VKI_O_WRONLY, 0600);

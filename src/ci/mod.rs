@@ -66,6 +66,22 @@ impl CrashEntry {
     }
 }
 
+/// A process that exited with a code other than 0 (not a crash: no trace
+/// is kept, but CI users look for it all the same).
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedExit {
+    /// The process.
+    pub pid: i32,
+    /// The process that started it.
+    pub ppid: i32,
+    /// Its command line.
+    pub command: Vec<String>,
+    /// Its exit code.
+    pub code: i32,
+    /// Its parents up to the step's command, nearest first.
+    pub parents: Vec<Proc>,
+}
+
 /// The whole step.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepReport {
@@ -84,6 +100,9 @@ pub struct StepReport {
     pub processes: usize,
     /// Every process that died of a signal, in the order they died.
     pub crashes: Vec<CrashEntry>,
+    /// Every other process (not the step's command) that exited with a
+    /// code other than 0, in the order they ended.
+    pub failed_exits: Vec<FailedExit>,
     /// Processes the step left running, detached at its end.
     pub left_running: Vec<Proc>,
     /// The artifacts folder.
@@ -102,6 +121,8 @@ pub struct Collector {
     pub branches: usize,
     /// Crashes so far.
     pub crashes: Vec<CrashEntry>,
+    /// Non-zero exits so far.
+    pub failed_exits: Vec<FailedExit>,
     /// The project's folder: a crash site in its sources is preferred to
     /// one in a library's.
     pub workspace: Option<std::path::PathBuf>,
@@ -135,6 +156,13 @@ impl Collector {
         self.crashes.push(entry);
     }
 
+    /// Notes a process (not the step's command) that exited with `code`.
+    pub fn exited(&mut self, who: Proc, ppid: i32, parents: Vec<Proc>, code: i32) {
+        if code != 0 {
+            self.failed_exits.push(FailedExit { pid: who.pid, ppid, command: who.command, code, parents });
+        }
+    }
+
     /// The step's report, once it is over.
     pub fn finish(mut self, end: StepEnd) -> StepReport {
         // Files removed to stay within the limit no longer back a report.
@@ -151,6 +179,7 @@ impl Collector {
             backend_note: end.note,
             processes: end.processes,
             crashes: self.crashes,
+            failed_exits: self.failed_exits,
             left_running: end.left_running,
             artifacts: self.artifacts.dir().display().to_string(),
             artifacts_removed: self.artifacts.removed().iter().map(|p| p.display().to_string()).collect(),

@@ -58,6 +58,11 @@ pub fn trace(
                 }
             }
             Stop::ProcessEnded(e) => {
+                if let Outcome::Exited(code) = e.outcome {
+                    let command = session.process(e.pid).map(|p| p.command.clone()).unwrap_or_default();
+                    let (ppid, parents) = lineage(&session, e.pid);
+                    collector.exited(Proc { pid: e.pid, command }, ppid, parents, code);
+                }
                 if keep_all && !crashed.contains(&e.pid) {
                     keep_end(&mut session, collector, e.pid, e.outcome);
                 }

@@ -6,6 +6,14 @@ use analysis::report::Branch;
 
 use super::{CrashEntry, Proc, StepReport};
 
+/// Non-zero exits listed in the text report at most.
+const MAX_EXITS_SHOWN: usize = 20;
+
+/// `1 thing`, `2 things`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn proc_name(p: &Proc) -> String {
     format!("{} (pid {})", p.command.join(" "), p.pid)
 }
@@ -65,7 +73,7 @@ pub fn crash_text(n: usize, c: &CrashEntry) -> String {
 /// The whole report.
 pub fn step_text(s: &StepReport) -> String {
     let mut out = String::new();
-    let procs = if s.processes == 1 { "process".to_string() } else { format!("{} processes", s.processes) };
+    let procs = count(s.processes, "process", "processes");
     if s.crashes.is_empty() {
         out += &format!("bts ci: no crash in {procs} ({} recorder)\n", s.backend);
     } else {
@@ -80,6 +88,21 @@ pub fn step_text(s: &StepReport) -> String {
         }
         out += "\n";
     }
+    if !s.failed_exits.is_empty() {
+        let n = s.failed_exits.len();
+        out += &format!(
+            "bts ci: {} exited with a code other than 0:\n",
+            count(n, "other process", "other processes")
+        );
+        for f in s.failed_exits.iter().take(MAX_EXITS_SHOWN) {
+            let by = f.parents.first().map(|p| format!(", started by {}", proc_name(p))).unwrap_or_default();
+            out += &format!("  {} (pid {}) exited with code {}{by}\n", f.command.join(" "), f.pid, f.code);
+        }
+        if s.failed_exits.len() > MAX_EXITS_SHOWN {
+            out +=
+                &format!("  … and {} more (--json has them all)\n", s.failed_exits.len() - MAX_EXITS_SHOWN);
+        }
+    }
     let how = if s.backend == "valgrind" {
         "it runs on under Valgrind, which cannot let go of a process"
     } else {
@@ -90,8 +113,8 @@ pub fn step_text(s: &StepReport) -> String {
     }
     if !s.artifacts_removed.is_empty() {
         out += &format!(
-            "bts ci: --max-artifacts: {} older trace files removed ({})\n",
-            s.artifacts_removed.len(),
+            "bts ci: --max-artifacts: {} removed ({})\n",
+            count(s.artifacts_removed.len(), "older trace file", "older trace files"),
             s.artifacts_removed.join(", ")
         );
     }

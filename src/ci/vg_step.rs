@@ -50,12 +50,17 @@ pub fn trace(
     pids.sort_unstable();
     for &pid in &pids {
         let end = &vr.ends[&pid];
+        if let (Some(code), None, false) = (end.exit_code, end.signal, pid == vr.pid) {
+            let who = Proc { pid, command: command_of(&vr, pid) };
+            collector.exited(who, end.parent.unwrap_or(0), parents(&vr, pid, &shown), code);
+        }
         let Some(images) = by_pid.get(&pid) else { continue };
         let cmd = if pid == vr.pid { shown.clone() } else { command_of(&vr, pid) };
         let meta = match end.signal.or(if pid == vr.pid { vr.status.signal() } else { None }) {
             Some(sig) => signal_meta(&cmd, pid, sig, end, images, note),
             None if keep_all => {
-                let code = if pid == vr.pid { vr.status.code().unwrap_or(0) } else { 0 };
+                let code = if pid == vr.pid { vr.status.code() } else { end.exit_code };
+                let code = code.unwrap_or(0);
                 let mut m = end_meta(&cmd, pid, Outcome::Exited(code));
                 m.backend = "valgrind".into();
                 m.note = note.clone();

@@ -38,8 +38,13 @@ fn run_status(args: &CiArgs) -> i32 {
             return i32::from(EXIT_BTS_FAILED);
         }
     };
-    let mut collector =
-        Collector { artifacts, branches: args.branches, crashes: Vec::new(), workspace: workspace() };
+    let mut collector = Collector {
+        artifacts,
+        branches: args.branches,
+        crashes: Vec::new(),
+        failed_exits: Vec::new(),
+        workspace: workspace(),
+    };
     let keep_all = args.keep == Keep::Always;
     let end = match chosen {
         Chosen::Valgrind(tool) => {
