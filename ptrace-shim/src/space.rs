@@ -79,15 +79,21 @@ impl Space {
         self.mem()?.read_exact_at(buf, addr)
     }
 
+    /// [`Space::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.mem.is_none()
+    }
+
     fn mem(&self) -> io::Result<&File> {
         self.mem.as_ref().ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))
     }
 
     /// The process is gone: its file descriptor and cached code go (a
     /// session that follows thousands of processes must not keep them).
-    /// The maps stay, for the image's trace.
+    /// The image's trace has its maps already.
     pub fn close(&mut self) {
         self.mem = None;
+        self.maps = Vec::new();
         self.pages = HashMap::new();
         self.bps = HashMap::new();
         self.insns = HashMap::new();

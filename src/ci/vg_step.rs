@@ -76,7 +76,7 @@ pub fn trace(
         (Some(s), _) => 128 + s,
         (None, c) => c.unwrap_or(0),
     };
-    Ok((status, pids.len(), left_running(&vr, &by_pid)))
+    Ok((status, pids.len(), left_running(&vr)))
 }
 
 /// A process's command line: from its last image's trace, else its log.
@@ -104,13 +104,14 @@ fn parents(vr: &VgRun, pid: i32, shown: &[String]) -> Vec<Proc> {
     out
 }
 
-/// Processes with a log but no trace yet (the tool writes it at exit) that
-/// are still alive.
-fn left_running(vr: &VgRun, traced: &HashMap<i32, Vec<&VgTrace>>) -> Vec<Proc> {
+/// Processes whose log has no end yet (the tool logs the exit status, and
+/// Valgrind the fatal signal) that are still alive.
+fn left_running(vr: &VgRun) -> Vec<Proc> {
     let mut out: Vec<Proc> = vr
         .ends
-        .keys()
-        .filter(|&&pid| pid != vr.pid && !traced.contains_key(&pid))
+        .iter()
+        .filter(|(&pid, end)| pid != vr.pid && end.exit_code.is_none() && end.signal.is_none())
+        .map(|(pid, _)| pid)
         // SAFETY: signal 0 only checks that the process exists.
         .filter(|&&pid| unsafe { libc::kill(pid, 0) } == 0)
         .map(|&pid| Proc { pid, command: command_of(vr, pid) })

@@ -119,8 +119,9 @@ impl Session {
             let idx = t.space;
             let alive = self.threads.values().any(|o| o.space == idx);
             let trace = self.retire(t);
+            let was_open = !self.spaces[idx].space.is_closed();
             self.park_thread(idx, trace, !alive);
-            if !alive {
+            if !alive && was_open {
                 let pid = self.spaces[idx].space.pid;
                 self.process_ended(pid, how);
             }
@@ -150,7 +151,8 @@ impl Session {
             }
         };
         image.threads.push(trace);
-        if image_done {
+        // Done before (a straggler of an image left by exec): keep what it had.
+        if image_done && !slot.space.is_closed() {
             image.maps = slot.space.maps.clone();
             let code = collect_code(&mut slot.space, image.threads.iter());
             image.code = code;
