@@ -53,13 +53,14 @@ pub fn run(
         Some(s) if ptrace_shim::is_stop_request(s) => Some(s),
         Some(s) => ptrace_shim::die_of(s),
     };
-    let vr = match valgrind::run(tool, &command, &opts, &mut pass) {
+    let mut vr = match valgrind::run(tool, &command, &opts, &mut pass) {
         Ok(r) => r,
         Err(e) => {
             crate::errln!("bts: {e}");
             return i32::from(EXIT_BTS_FAILED);
         }
     };
+    vr.load_all();
     for (p, why) in &vr.bad {
         crate::errln!("bts: {}: {why}", p.display());
     }

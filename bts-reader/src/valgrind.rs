@@ -327,7 +327,9 @@ impl VgOptions {
 }
 
 /// The outcome of a run: the exit status, what Valgrind's log says, and
-/// every trace file the tool wrote (one per process, and per exec).
+/// every trace file the tool wrote (one per process, and per exec), read
+/// when asked for ([`VgRun::load_all`], or one process's with
+/// [`VgRun::load`]: a step of thousands of processes need not hold them all).
 pub struct VgRun {
     /// How Valgrind ended.
     pub status: ExitStatus,
@@ -337,10 +339,49 @@ pub struct VgRun {
     pub end: VgEnd,
     /// What each process's Valgrind log says, by pid (the first process's is `end`).
     pub ends: std::collections::HashMap<i32, VgEnd>,
-    /// The tool's traces, one per process image.
+    /// The tool's traces, one per process image (after [`VgRun::load_all`]).
     pub traces: Vec<VgTrace>,
     /// Files that could not be read, with why.
     pub bad: Vec<(PathBuf, VgError)>,
+    /// The trace files, by pid, in (pid, image) order.
+    files: Vec<(i32, PathBuf)>,
+    /// The private folder they are in, removed with the run.
+    _work: tempfile::TempDir,
+}
+
+impl VgRun {
+    /// Reads every trace file into `traces` (unreadable ones into `bad`).
+    pub fn load_all(&mut self) {
+        for (_, p) in &self.files {
+            match read_trace(p) {
+                Ok(t) => self.traces.push(t),
+                Err(e) => self.bad.push((p.clone(), e)),
+            }
+        }
+    }
+
+    /// The images of process `pid`, in order, and the files of it that
+    /// could not be read.
+    pub fn load(&self, pid: i32) -> (Vec<VgTrace>, Vec<(PathBuf, VgError)>) {
+        let mut traces = Vec::new();
+        let mut bad = Vec::new();
+        for (_, p) in self.files.iter().filter(|(p, _)| *p == pid) {
+            match read_trace(p) {
+                Ok(t) => traces.push(t),
+                Err(e) => bad.push((p.clone(), e)),
+            }
+        }
+        (traces, bad)
+    }
+
+    /// Whether the tool wrote a trace for `pid`.
+    pub fn has_trace(&self, pid: i32) -> bool {
+        self.files.iter().any(|(p, _)| *p == pid)
+    }
+}
+
+fn read_trace(p: &Path) -> Result<VgTrace, VgError> {
+    std::fs::read(p).map_err(|e| VgError::io(p.display().to_string(), e)).and_then(|b| VgTrace::parse(&b))
 }
 
 /// Runs `argv` under the tool; the program's stdio is bts's. `signal_to_pass`
@@ -394,8 +435,7 @@ pub fn run(
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
-    let mut traces = Vec::new();
-    let mut bad = Vec::new();
+    let mut files = Vec::new();
     let mut ends = std::collections::HashMap::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&work)
         .map_err(|e| VgError::io(work.display().to_string(), e))?
@@ -416,19 +456,13 @@ pub fn run(
             if let Ok(p_pid) = p_pid.parse::<i32>() {
                 ends.insert(p_pid, parse_log(&std::fs::read_to_string(&p).unwrap_or_default()));
             }
-        } else if name.starts_with("t.") {
-            match std::fs::read(&p)
-                .map_err(|e| VgError::io(p.display().to_string(), e))
-                .and_then(|b| VgTrace::parse(&b))
-            {
-                Ok(t) => traces.push(t),
-                Err(e) => bad.push((p.clone(), e)),
-            }
+        } else if let Some(rest) = name.strip_prefix("t.") {
+            let owner = rest.split('.').next().and_then(|n| n.parse::<i32>().ok());
+            files.push((owner.unwrap_or(-1), p));
         }
     }
-    drop(work_dir);
     let end = ends.get(&pid).cloned().unwrap_or_default();
-    Ok(VgRun { status, pid, end, ends, traces, bad })
+    Ok(VgRun { status, pid, end, ends, traces: Vec::new(), bad: Vec::new(), files, _work: work_dir })
 }
 
 #[cfg(test)]

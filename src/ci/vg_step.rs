@@ -4,7 +4,6 @@
 //! trace files. Valgrind cannot let go of a process: daemons the step
 //! leaves running stay under it, unharmed, and are named.
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 
@@ -35,17 +34,10 @@ pub fn trace(
         Some(s) => ptrace_shim::die_of(s),
     };
     let vr = valgrind::run(tool, command, &opts, &mut pass)?;
-    for (p, why) in &vr.bad {
-        crate::errln!("bts: {}: {why}", p.display());
-    }
     if let Some(p) = &vr.end.problem {
         crate::errln!("bts: {p}; use --backend fast for this step");
     }
     let shown: Vec<String> = command.iter().map(|c| c.to_string_lossy().into_owned()).collect();
-    let mut by_pid: HashMap<i32, Vec<&VgTrace>> = HashMap::new();
-    for t in &vr.traces {
-        by_pid.entry(t.pid).or_default().push(t);
-    }
     let mut pids: Vec<i32> = vr.ends.keys().copied().collect();
     pids.sort_unstable();
     for &pid in &pids {
@@ -54,10 +46,20 @@ pub fn trace(
             let who = Proc { pid, command: command_of(&vr, pid) };
             collector.exited(who, end.parent.unwrap_or(0), parents(&vr, pid, &shown), code);
         }
-        let Some(images) = by_pid.get(&pid) else { continue };
-        let cmd = if pid == vr.pid { shown.clone() } else { command_of(&vr, pid) };
-        let meta = match end.signal.or(if pid == vr.pid { vr.status.signal() } else { None }) {
-            Some(sig) => signal_meta(&cmd, pid, sig, end, images, note),
+        let sig = end.signal.or(if pid == vr.pid { vr.status.signal() } else { None });
+        if sig.is_none() && !keep_all || !vr.has_trace(pid) {
+            continue;
+        }
+        // One process's traces at a time: a step may have thousands.
+        let (traces, bad) = vr.load(pid);
+        for (p, why) in &bad {
+            crate::errln!("bts: {}: {why}", p.display());
+        }
+        let images: Vec<&VgTrace> = traces.iter().collect();
+        let own = images.last().map(|t| t.command.clone()).filter(|c| !c.is_empty());
+        let cmd = if pid == vr.pid { shown.clone() } else { own.unwrap_or_else(|| end.command.clone()) };
+        let meta = match sig {
+            Some(sig) => signal_meta(&cmd, pid, sig, end, &images, note),
             None if keep_all => {
                 let code = if pid == vr.pid { vr.status.code() } else { end.exit_code };
                 let code = code.unwrap_or(0);
@@ -68,7 +70,7 @@ pub fn trace(
             }
             None => continue,
         };
-        let tf = build(meta, images, buffer_bytes);
+        let tf = build(meta, &images, buffer_bytes);
         let ppid = end.parent.unwrap_or(0);
         collector.keep(&tf, pid, ppid, parents(&vr, pid, &shown));
     }
@@ -79,13 +81,9 @@ pub fn trace(
     Ok((status, pids.len(), left_running(&vr)))
 }
 
-/// A process's command line: from its last image's trace, else its log.
+/// A process's command line, as its log gives it (of its last exec).
 fn command_of(vr: &VgRun, pid: i32) -> Vec<String> {
-    let traced = vr.traces.iter().rev().find(|t| t.pid == pid).map(|t| t.command.clone());
-    traced
-        .filter(|c| !c.is_empty())
-        .or_else(|| vr.ends.get(&pid).map(|e| e.command.clone()))
-        .unwrap_or_default()
+    vr.ends.get(&pid).map(|e| e.command.clone()).unwrap_or_default()
 }
 
 /// The parents of `pid` that ran under the tool, nearest first.
