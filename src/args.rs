@@ -174,9 +174,11 @@ pub struct CiArgs {
     /// Branches shown per crash.
     #[arg(short = 'n', long = "branches", default_value_t = 8)]
     pub branches: usize,
-    /// Do not run bts and the traced threads on one CPU (ptrace recorders).
+    /// Run bts and every traced process on one CPU (ptrace recorders:
+    /// faster stops under a hypervisor, but the step sees one CPU, and
+    /// `make -j$(nproc)` runs one job at a time).
     #[arg(long)]
-    pub no_pin: bool,
+    pub pin: bool,
     /// The step: a command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<OsString>,
@@ -202,7 +204,7 @@ impl CiArgs {
             report: ReportWhen::Never,
             per_cpu_buffer: None,
             insn_log: None,
-            no_pin: self.no_pin,
+            no_pin: !self.pin,
             stack_size: ptrace_shim::DEFAULT_STACK_BYTES,
         }
     }

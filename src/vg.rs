@@ -61,6 +61,15 @@ pub fn run(
         }
     };
     vr.load_all();
+    if let Some(dir) = vr.kept_folder() {
+        let pids: Vec<String> = vr.left_running().iter().map(|p| p.to_string()).collect();
+        crate::errln!(
+            "bts: still running under Valgrind: pid {}; Valgrind goes on writing their logs to {} \
+             (remove it once they are gone)",
+            pids.join(", "),
+            dir.display()
+        );
+    }
     for (p, why) in &vr.bad {
         crate::errln!("bts: {}: {why}", p.display());
     }

@@ -117,7 +117,7 @@ fn every_crash_of_a_step_is_reported_with_its_parents() {
             assert_eq!(parents[1]["command"][1], "-c");
         }
         // The exit 3 is reported, not kept; so is the parent's exit 2.
-        let exits = doc["failed_exits"].as_array().unwrap();
+        let exits = doc["failures"].as_array().unwrap();
         let three = exits.iter().find(|e| e["code"] == 3).expect("the exit 3");
         assert!(three["command"][0].as_str().unwrap().ends_with("/exit3"));
         assert_eq!(three["parents"][0]["pid"], segv["ppid"]);
@@ -260,13 +260,15 @@ fn a_daemon_left_running_by_the_step_is_named_and_survives() {
     for backend in BACKENDS {
         let dir = scratch(&format!("ci_daemon_{backend}"));
         let flag = dir.join("daemon.done");
-        // The daemon runs for 4 s; the step ends after 1 s. Like a real
-        // daemon it lets go of the step's output (or the test, reading it
-        // to its end, would wait for the daemon).
+        let stop = dir.join("daemon.stop");
+        // The daemon runs until told to stop; the step ends after 1 s. Like
+        // a real daemon it lets go of the step's output (or the test,
+        // reading it to its end, would wait for the daemon).
         let script = format!(
-            "{} {} 4000 </dev/null >/dev/null 2>&1 & sleep 1; echo step over",
+            "{} {} {} </dev/null >/dev/null 2>&1 & sleep 1; echo step over",
             path(&fixture("daemon")),
-            path(&flag)
+            path(&flag),
+            path(&stop)
         );
         let out = ci(&dir, backend, &["--json", "ci.json"], &["sh", "-c", script.as_str()], &[]);
         let err = text(&out.stderr);
@@ -281,11 +283,16 @@ fn a_daemon_left_running_by_the_step_is_named_and_survives() {
         let pid = daemon["pid"].as_i64().unwrap();
         assert!(err.contains(&format!("(pid {pid})")), "{err}");
         assert!(!flag.exists(), "the daemon is still running when bts is done");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         if backend == "fast" {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
             assert!(status.contains("TracerPid:\t0\n"), "detached: {status}");
         }
-        // It runs to its end, unharmed.
+        // Its CPU mask is its own again (bts pins nothing here).
+        let cpus = |s: &str| s.lines().find(|l| l.starts_with("Cpus_allowed_list:")).map(str::to_string);
+        let mine = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert_eq!(cpus(&status), cpus(&mine), "{backend}");
+        // Told to stop, it starts a child (fork and exec) and ends, unharmed.
+        std::fs::write(&stop, "").unwrap();
         let t0 = std::time::Instant::now();
         while !flag.exists() {
             assert!(
@@ -294,8 +301,30 @@ fn a_daemon_left_running_by_the_step_is_named_and_survives() {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        assert_eq!(std::fs::read_to_string(&flag).unwrap(), "done 1\n");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(std::fs::read_to_string(&flag).unwrap(), "done 0\n", "{backend}: its child ran");
+        if let Some(folder) = doc["valgrind_folder"].as_str() {
+            let _ = std::fs::remove_dir_all(folder);
+        }
+    }
+}
+
+#[test]
+fn processes_killed_from_outside_are_failures_not_crashes() {
+    for backend in BACKENDS {
+        let dir = scratch(&format!("ci_killed_{backend}"));
+        let script =
+            "sleep 30 & a=$!; sleep 30 & b=$!; sleep 2; kill -TERM $a; kill -KILL $b; wait; echo done";
+        let out = ci(&dir, backend, &["--json", "ci.json"], &["sh", "-c", script], &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let doc = read_json(&dir.join("ci.json"));
+        assert_eq!(doc["crashes"].as_array().unwrap().len(), 0, "{backend}: {doc:#}");
+        let mut signals: Vec<&str> =
+            doc["failures"].as_array().unwrap().iter().filter_map(|f| f["signal"].as_str()).collect();
+        signals.sort();
+        assert_eq!(signals, ["SIGKILL", "SIGTERM"], "{backend}: {doc:#}");
+        assert!(files(&dir.join("bts-artifacts")).is_empty(), "no trace of a process that did not crash");
+        assert!(text(&out.stderr).contains("was killed by SIGTERM"));
     }
 }
 

@@ -345,8 +345,14 @@ pub struct VgRun {
     pub bad: Vec<(PathBuf, VgError)>,
     /// The trace files, by pid, in (pid, image) order.
     files: Vec<(i32, PathBuf)>,
-    /// The private folder they are in, removed with the run.
-    _work: tempfile::TempDir,
+    /// Processes by the time their log was last written (their end).
+    end_order: Vec<i32>,
+    /// Processes still running under Valgrind when the first one ended.
+    left_running: Vec<i32>,
+    /// The private folder they are in, removed with the run; kept when
+    /// processes run on (Valgrind reopens their logs there at each fork
+    /// and exec, and ends them if it cannot).
+    work: Result<tempfile::TempDir, PathBuf>,
 }
 
 impl VgRun {
@@ -372,6 +378,23 @@ impl VgRun {
             }
         }
         (traces, bad)
+    }
+
+    /// Processes in the order they ended (the time of their log's last
+    /// write), those still running last.
+    pub fn end_order(&self) -> &[i32] {
+        &self.end_order
+    }
+
+    /// Processes other than the first that were still running under
+    /// Valgrind when the first one ended (daemons it left behind).
+    pub fn left_running(&self) -> &[i32] {
+        &self.left_running
+    }
+
+    /// The folder kept for the processes left running, if any.
+    pub fn kept_folder(&self) -> Option<&Path> {
+        self.work.as_ref().err().map(PathBuf::as_path)
     }
 
     /// Whether the tool wrote a trace for `pid`.
@@ -437,6 +460,7 @@ pub fn run(
     };
     let mut files = Vec::new();
     let mut ends = std::collections::HashMap::new();
+    let mut written = Vec::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(&work)
         .map_err(|e| VgError::io(work.display().to_string(), e))?
         .flatten()
@@ -454,6 +478,8 @@ pub fn run(
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if let Some(p_pid) = name.strip_prefix("vg.").and_then(|r| r.strip_suffix(".log")) {
             if let Ok(p_pid) = p_pid.parse::<i32>() {
+                let when = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+                written.push((when, p_pid));
                 ends.insert(p_pid, parse_log(&std::fs::read_to_string(&p).unwrap_or_default()));
             }
         } else if let Some(rest) = name.strip_prefix("t.") {
@@ -462,7 +488,33 @@ pub fn run(
         }
     }
     let end = ends.get(&pid).cloned().unwrap_or_default();
-    Ok(VgRun { status, pid, end, ends, traces: Vec::new(), bad: Vec::new(), files, _work: work_dir })
+    // No end in the log (the tool logs the exit status, Valgrind a fatal
+    // signal) and still there: left running.
+    let mut left_running: Vec<i32> = ends
+        .iter()
+        .filter(|(&p, e)| p != pid && e.exit_code.is_none() && e.signal.is_none())
+        // SAFETY: signal 0 only checks that the process exists.
+        .filter(|(&p, _)| unsafe { libc::kill(p, 0) } == 0)
+        .map(|(&p, _)| p)
+        .collect();
+    left_running.sort_unstable();
+    written.sort();
+    let mut end_order: Vec<i32> =
+        written.into_iter().map(|(_, p)| p).filter(|p| !left_running.contains(p)).collect();
+    end_order.extend(&left_running);
+    let work = if left_running.is_empty() { Ok(work_dir) } else { Err(work_dir.keep()) };
+    Ok(VgRun {
+        status,
+        pid,
+        end,
+        ends,
+        traces: Vec::new(),
+        bad: Vec::new(),
+        files,
+        end_order,
+        left_running,
+        work,
+    })
 }
 
 #[cfg(test)]

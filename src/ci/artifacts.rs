@@ -30,8 +30,8 @@ pub enum ArtifactsError {
 pub struct Artifacts {
     dir: PathBuf,
     max: Option<usize>,
-    /// Files written by this step, oldest first.
-    written: VecDeque<PathBuf>,
+    /// Files written by this step, oldest first, and whether each is a crash's.
+    written: VecDeque<(PathBuf, bool)>,
     /// Files of this step removed to stay within `max`.
     removed: Vec<PathBuf>,
 }
@@ -72,16 +72,22 @@ impl Artifacts {
 
     /// Writes the trace of process `pid`; returns its path (none with
     /// `--max-artifacts 0`). Beyond the limit, the oldest file of this
-    /// step goes.
-    pub fn save(&mut self, tf: &TraceFile, pid: i32) -> Result<Option<PathBuf>, bts_reader::Error> {
+    /// step goes: a clean process's before any crash's.
+    pub fn save(
+        &mut self,
+        tf: &TraceFile,
+        pid: i32,
+        crash: bool,
+    ) -> Result<Option<PathBuf>, bts_reader::Error> {
         if self.max == Some(0) {
             return Ok(None);
         }
         let path = self.fresh_name(pid, &tf.meta.command);
         tf.write(&path)?;
-        self.written.push_back(path.clone());
+        self.written.push_back((path.clone(), crash));
         while self.max.is_some_and(|m| self.written.len() > m) {
-            if let Some(old) = self.written.pop_front() {
+            let victim = self.written.iter().position(|(_, c)| !c).unwrap_or(0);
+            if let Some((old, _)) = self.written.remove(victim) {
                 if std::fs::remove_file(&old).is_ok() {
                     self.removed.push(old);
                 }
@@ -92,7 +98,7 @@ impl Artifacts {
 
     /// Whether this step's file at `path` is still there.
     pub fn kept(&self, path: &str) -> bool {
-        self.written.iter().any(|p| p.to_string_lossy() == path)
+        self.written.iter().any(|(p, _)| p.to_string_lossy() == path)
     }
 
     /// The files removed to stay within the limit.

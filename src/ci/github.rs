@@ -51,24 +51,45 @@ pub fn annotation(c: &CrashEntry, workspace: Option<&Path>) -> String {
     format!("::error {}::{}", props.join(","), escape_data(&msg))
 }
 
-/// A Markdown table cell: no pipes or newlines.
+/// A Markdown table cell: no pipes or newlines (GitHub's tables take
+/// `\|` even inside a code span).
 fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
+/// `s` as a Markdown code span: fenced by more backticks than it holds in
+/// a row, padded when it starts or ends with one.
+fn code(s: &str) -> String {
+    let s = s.replace('\n', " ");
+    let mut longest = 0;
+    let mut run = 0;
+    for c in s.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    let pad = if s.starts_with('`') || s.ends_with('`') { " " } else { "" };
+    format!("{fence}{pad}{s}{pad}{fence}")
+}
+
+/// Text for HTML: `&`, `<`, `>` escaped.
+fn html(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
 /// The step summary: a table of crashes, then each crash's last branches.
 pub fn summary(s: &StepReport, workspace: Option<&Path>) -> String {
-    let mut out = format!("### bts ci: `{}`\n\n", cell(&s.command.join(" ")));
+    let mut out = format!("### bts ci: {}\n\n", code(&s.command.join(" ")));
     if s.crashes.is_empty() {
         out += &format!("No crash in {} processes ({} recorder).\n", s.processes, s.backend);
         return out;
     }
     out += &format!(
-        "{} of {} processes crashed ({} recorder); traces in `{}`.\n\n",
+        "{} of {} processes crashed ({} recorder); traces in {}.\n\n",
         s.crashes.len(),
         s.processes,
         s.backend,
-        s.artifacts
+        code(&s.artifacts)
     );
     out += "| pid | process | signal | where | started by | trace |\n|---|---|---|---|---|---|\n";
     for c in &s.crashes {
@@ -77,22 +98,23 @@ pub fn summary(s: &StepReport, workspace: Option<&Path>) -> String {
             Some(f) => {
                 let func = f.function.clone().unwrap_or_else(|| f.addr.clone());
                 match (&f.file, f.line) {
-                    (Some(file), Some(line)) => format!("`{}` {}:{line}", func, relative_to(file, workspace)),
-                    _ => format!("`{func}`"),
+                    (Some(file), Some(line)) => {
+                        format!("{} {}:{line}", code(&func), relative_to(file, workspace))
+                    }
+                    _ => code(&func),
                 }
             }
             None => String::new(),
         };
-        let parent =
-            c.parents.first().map(|p| format!("`{}` ({})", p.command.join(" "), p.pid)).unwrap_or_default();
+        let parent = c.parents.first().map(|p| format!("{} ({})", code(&p.command.join(" ")), p.pid));
         out += &format!(
-            "| {} | `{}` | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} |\n",
             r.pid,
-            cell(&r.command.join(" ")),
+            cell(&code(&r.command.join(" "))),
             cell(&c.what()),
             cell(&site),
-            cell(&parent),
-            r.trace_file.as_deref().map(|t| format!("`{}`", cell(t))).unwrap_or_else(|| "not kept".into())
+            cell(&parent.unwrap_or_default()),
+            r.trace_file.as_deref().map(|t| cell(&code(t))).unwrap_or_else(|| "not kept".into())
         );
     }
     for c in &s.crashes {
@@ -102,7 +124,7 @@ pub fn summary(s: &StepReport, workspace: Option<&Path>) -> String {
         out += &format!(
             "\n<details><summary>pid {} <code>{}</code>: last {} branches</summary>\n\n```text\n",
             c.report.pid,
-            c.program(),
+            html(&c.program()),
             t.branches.len()
         );
         for b in &t.branches {

@@ -66,10 +66,31 @@ impl CrashEntry {
     }
 }
 
-/// A process that exited with a code other than 0 (not a crash: no trace
-/// is kept, but CI users look for it all the same).
+/// The signals whose default action dumps core (signal(7)): a program's
+/// own fault or abort. A process killed by another signal (SIGTERM from
+/// `timeout` or a test's cleanup, SIGPIPE under `| head`, SIGKILL) did
+/// not crash: it is listed among the failures, without a trace file.
+pub fn is_crash_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGQUIT
+            | libc::SIGILL
+            | libc::SIGTRAP
+            | libc::SIGABRT
+            | libc::SIGBUS
+            | libc::SIGFPE
+            | libc::SIGSEGV
+            | libc::SIGSYS
+            | libc::SIGXCPU
+            | libc::SIGXFSZ
+    )
+}
+
+/// A process (not the step's command) that failed without crashing: it
+/// exited with a code other than 0, or a signal that is not a crash
+/// killed it.
 #[derive(Debug, Clone, Serialize)]
-pub struct FailedExit {
+pub struct Failure {
     /// The process.
     pub pid: i32,
     /// The process that started it.
@@ -77,7 +98,11 @@ pub struct FailedExit {
     /// Its command line.
     pub command: Vec<String>,
     /// Its exit code.
-    pub code: i32,
+    pub code: Option<i32>,
+    /// The signal that killed it (`SIGTERM`).
+    pub signal: Option<String>,
+    /// Its trace (with `--keep always` only).
+    pub trace_file: Option<String>,
     /// Its parents up to the step's command, nearest first.
     pub parents: Vec<Proc>,
 }
@@ -98,17 +123,21 @@ pub struct StepReport {
     pub backend_note: Option<String>,
     /// Processes traced.
     pub processes: usize,
-    /// Every process that died of a signal, in the order they died.
+    /// Every process that crashed (a signal that dumps core), in the
+    /// order they died.
     pub crashes: Vec<CrashEntry>,
-    /// Every other process (not the step's command) that exited with a
-    /// code other than 0, in the order they ended.
-    pub failed_exits: Vec<FailedExit>,
+    /// Every other process (not the step's command) that failed, in the
+    /// order they ended.
+    pub failures: Vec<Failure>,
     /// Processes the step left running, detached at its end.
     pub left_running: Vec<Proc>,
+    /// Where Valgrind goes on writing for the processes left running
+    /// under it (to remove once they are gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valgrind_folder: Option<String>,
     /// The artifacts folder.
     pub artifacts: String,
     /// Trace files removed to stay within `--max-artifacts`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub artifacts_removed: Vec<String>,
 }
 
@@ -119,28 +148,71 @@ pub struct Collector {
     pub artifacts: Artifacts,
     /// Branches per report.
     pub branches: usize,
+    /// Every process leaves a trace file (`--keep always`).
+    pub keep_all: bool,
+    /// The step's command (its status is the step's, not a failure).
+    pub root: i32,
     /// Crashes so far.
     pub crashes: Vec<CrashEntry>,
-    /// Non-zero exits so far.
-    pub failed_exits: Vec<FailedExit>,
+    /// Failures so far.
+    pub failures: Vec<Failure>,
     /// The project's folder: a crash site in its sources is preferred to
     /// one in a library's.
     pub workspace: Option<std::path::PathBuf>,
 }
 
 impl Collector {
-    /// Saves the trace of process `pid`; if it crashed (its meta has a
-    /// signal), reports it. A file that cannot be written is said once;
-    /// the report still comes.
+    /// A collector with nothing collected yet.
+    pub fn new(
+        artifacts: Artifacts,
+        branches: usize,
+        keep_all: bool,
+        workspace: Option<std::path::PathBuf>,
+    ) -> Self {
+        Collector {
+            artifacts,
+            branches,
+            keep_all,
+            root: 0,
+            crashes: Vec::new(),
+            failures: Vec::new(),
+            workspace,
+        }
+    }
+
+    /// Whether a process that ended this way needs its trace built: a
+    /// crash always, anything with `--keep always`.
+    pub fn wants_trace(&self, signal: Option<i32>) -> bool {
+        self.keep_all || signal.is_some_and(is_crash_signal)
+    }
+
+    /// Saves the trace of process `pid` (a crash, or any process with
+    /// `--keep always`); reports a crash, notes a failure. A file that
+    /// cannot be written is said once; the report still comes.
     pub fn keep(&mut self, tf: &TraceFile, pid: i32, ppid: i32, parents: Vec<Proc>) {
-        let written = match self.artifacts.save(tf, pid) {
+        let crash = tf.meta.signal.is_some_and(is_crash_signal);
+        let written = match self.artifacts.save(tf, pid, crash) {
             Ok(p) => p.map(|p| p.display().to_string()),
             Err(e) => {
                 crate::errln!("bts: could not save the trace of pid {pid}: {e}");
                 None
             }
         };
-        if tf.meta.signal.is_none() {
+        if !crash {
+            let signal = tf.meta.signal_name.clone();
+            let code = tf.meta.code.filter(|&c| c != 0);
+            if signal.is_some() || code.is_some() && pid != self.root {
+                let who = Proc { pid, command: tf.meta.command.clone() };
+                self.failures.push(Failure {
+                    pid,
+                    ppid,
+                    command: who.command,
+                    code,
+                    signal,
+                    trace_file: written,
+                    parents,
+                });
+            }
             return;
         }
         let sel = Selection { branches: self.branches, insns: 12, thread: None, cpu: None };
@@ -156,11 +228,30 @@ impl Collector {
         self.crashes.push(entry);
     }
 
-    /// Notes a process (not the step's command) that exited with `code`.
-    pub fn exited(&mut self, who: Proc, ppid: i32, parents: Vec<Proc>, code: i32) {
-        if code != 0 {
-            self.failed_exits.push(FailedExit { pid: who.pid, ppid, command: who.command, code, parents });
+    /// Notes a process (not the step's command) that ended with `code`,
+    /// or was killed by `signal`, whose trace is not kept.
+    pub fn failed(
+        &mut self,
+        who: Proc,
+        ppid: i32,
+        parents: Vec<Proc>,
+        code: Option<i32>,
+        signal: Option<i32>,
+    ) {
+        let code = code.filter(|&c| c != 0);
+        if code.is_none() && signal.is_none() {
+            return;
         }
+        let signal = signal.map(ptrace_shim::sys::signal_name);
+        self.failures.push(Failure {
+            pid: who.pid,
+            ppid,
+            command: who.command,
+            code,
+            signal,
+            trace_file: None,
+            parents,
+        });
     }
 
     /// The step's report, once it is over.
@@ -171,6 +262,11 @@ impl Collector {
                 c.report.trace_file = None;
             }
         }
+        for f in &mut self.failures {
+            if f.trace_file.as_deref().is_some_and(|t| !self.artifacts.kept(t)) {
+                f.trace_file = None;
+            }
+        }
         StepReport {
             version: CI_REPORT_VERSION,
             command: end.command,
@@ -179,8 +275,9 @@ impl Collector {
             backend_note: end.note,
             processes: end.processes,
             crashes: self.crashes,
-            failed_exits: self.failed_exits,
+            failures: self.failures,
             left_running: end.left_running,
+            valgrind_folder: end.valgrind_folder,
             artifacts: self.artifacts.dir().display().to_string(),
             artifacts_removed: self.artifacts.removed().iter().map(|p| p.display().to_string()).collect(),
         }
@@ -201,6 +298,8 @@ pub struct StepEnd {
     pub processes: usize,
     /// Processes left running.
     pub left_running: Vec<Proc>,
+    /// The folder Valgrind goes on writing to for them.
+    pub valgrind_folder: Option<String>,
 }
 
 /// The crash site: the crashed thread's first frame in a source file of

@@ -23,20 +23,36 @@ fn lineage(session: &Session, pid: i32) -> (i32, Vec<Proc>) {
     (ppid, session.parent_chain(pid).iter().map(proc_of).collect())
 }
 
-/// Runs the step (the caller has split off the tracer): how the step's
-/// command ended, how many processes ran, and those left running.
+fn command_of(session: &Session, pid: i32) -> Vec<String> {
+    session.process(pid).map(|p| p.command.clone()).unwrap_or_default()
+}
+
+/// How the step ended under a ptrace recorder.
+pub struct Traced {
+    /// How the step's command ended.
+    pub outcome: Outcome,
+    /// Processes traced.
+    pub processes: usize,
+    /// Processes left running, detached.
+    pub left_running: Vec<Proc>,
+    /// Why tracing stopped before the step's end (it was detached, and
+    /// waited for untraced).
+    pub failure: Option<ptrace_shim::Error>,
+}
+
+/// Runs the step (the caller has split off the tracer).
 pub fn trace(
     command: &[OsString],
     rec: &RecordArgs,
     backend: Backend,
-    keep_all: bool,
     collector: &mut Collector,
-) -> Result<(Outcome, usize, Vec<Proc>), ptrace_shim::Error> {
+) -> Result<Traced, ptrace_shim::Error> {
     let mut opts = options(rec, backend, true, false);
     opts.report_process_ends = true;
     let mut session = Session::launch(command, opts)?;
     let root = session.root_pid();
-    let mut crashed = std::collections::HashSet::new();
+    collector.root = root;
+    let mut held = std::collections::HashSet::new();
     let result = loop {
         let stop = session.next_stop();
         for n in session.take_notices() {
@@ -48,48 +64,90 @@ pub fn trace(
         };
         match stop {
             Stop::Crash(c) => {
-                crashed.insert(c.pid);
-                let cmd = session.process(c.pid).map(|p| p.command.clone()).unwrap_or_default();
-                let tf = TraceFile::from_recording(&session.process_recording(c.pid), crash_meta(&cmd, &c));
+                held.insert(c.pid);
                 let (ppid, parents) = lineage(&session, c.pid);
-                collector.keep(&tf, c.pid, ppid, parents);
+                let cmd = command_of(&session, c.pid);
+                if collector.wants_trace(Some(c.signal)) {
+                    let tf =
+                        TraceFile::from_recording(&session.process_recording(c.pid), crash_meta(&cmd, &c));
+                    collector.keep(&tf, c.pid, ppid, parents);
+                } else if c.pid != root {
+                    collector.failed(Proc { pid: c.pid, command: cmd }, ppid, parents, None, Some(c.signal));
+                }
                 if let Err(e) = session.deliver_crash() {
                     break Err(e);
                 }
             }
             Stop::ProcessEnded(e) => {
-                if let Outcome::Exited(code) = e.outcome {
-                    let command = session.process(e.pid).map(|p| p.command.clone()).unwrap_or_default();
-                    let (ppid, parents) = lineage(&session, e.pid);
-                    collector.exited(Proc { pid: e.pid, command }, ppid, parents, code);
+                if held.remove(&e.pid) {
+                    continue;
                 }
-                if keep_all && !crashed.contains(&e.pid) {
+                let (ppid, parents) = lineage(&session, e.pid);
+                let (code, signal) = match e.outcome {
+                    Outcome::Exited(c) => (Some(c), None),
+                    // A signal bts could not hold (SIGKILL).
+                    Outcome::Signaled(s) => (None, Some(s)),
+                    Outcome::Detached(_) => (None, None),
+                };
+                if collector.keep_all {
                     keep_end(&mut session, collector, e.pid, e.outcome);
+                } else {
+                    collector.failed(
+                        Proc { pid: e.pid, command: command_of(&session, e.pid) },
+                        ppid,
+                        parents,
+                        code,
+                        signal,
+                    );
                 }
             }
             Stop::Debug(_) => {}
             Stop::Finished(o) => break Ok(o),
         }
     };
-    let outcome = match result {
-        Ok(o) => o,
-        Err(e) => {
-            // Keep what was recorded of every process still there.
-            crate::errln!("bts: tracing failed: {e}");
-            detach_left_running(&mut session);
-            return Err(e);
+    match result {
+        Ok(outcome) => {
+            if collector.keep_all && !held.contains(&root) && !matches!(outcome, Outcome::Detached(_)) {
+                keep_end(&mut session, collector, root, outcome);
+            }
+            let left = detach_left_running(&mut session).iter().map(proc_of).collect();
+            Ok(Traced { outcome, processes: session.processes_seen(), left_running: left, failure: None })
         }
-    };
-    if keep_all && !crashed.contains(&root) {
-        keep_end(&mut session, collector, root, outcome);
+        Err(e) => {
+            // Let the step go on untraced, every int3 gone, and wait for
+            // it: its status is still the step's.
+            let left: Vec<Proc> =
+                session.detach_remaining().unwrap_or_default().iter().map(proc_of).collect();
+            let outcome = wait_untraced(root);
+            let left = left.into_iter().filter(|p| p.pid != root).collect();
+            Ok(Traced { outcome, processes: session.processes_seen(), left_running: left, failure: Some(e) })
+        }
     }
-    let left = detach_left_running(&mut session).iter().map(proc_of).collect();
-    Ok((outcome, session.processes_seen(), left))
+}
+
+/// Waits for the step's command, detached (it is still bts's child).
+fn wait_untraced(pid: i32) -> Outcome {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child; `status` is ours to fill.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Outcome::Exited(i32::from(crate::exit::EXIT_BTS_FAILED));
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        Outcome::Signaled(libc::WTERMSIG(status))
+    } else {
+        Outcome::Exited(libc::WEXITSTATUS(status))
+    }
 }
 
 /// Keeps the trace of a process that ended without crashing (`--keep always`).
 fn keep_end(session: &mut Session, collector: &mut Collector, pid: i32, how: Outcome) {
-    let cmd = session.process(pid).map(|p| p.command.clone()).unwrap_or_default();
+    let cmd = command_of(session, pid);
     let tf = TraceFile::from_recording(&session.process_recording(pid), end_meta(&cmd, pid, how));
     let (ppid, parents) = lineage(session, pid);
     collector.keep(&tf, pid, ppid, parents);

@@ -6,8 +6,8 @@ use analysis::report::Branch;
 
 use super::{CrashEntry, Proc, StepReport};
 
-/// Non-zero exits listed in the text report at most.
-const MAX_EXITS_SHOWN: usize = 20;
+/// Failures listed in the text report at most.
+const MAX_FAILURES_SHOWN: usize = 20;
 
 /// `1 thing`, `2 things`.
 fn count(n: usize, one: &str, many: &str) -> String {
@@ -88,19 +88,21 @@ pub fn step_text(s: &StepReport) -> String {
         }
         out += "\n";
     }
-    if !s.failed_exits.is_empty() {
-        let n = s.failed_exits.len();
-        out += &format!(
-            "bts ci: {} exited with a code other than 0:\n",
-            count(n, "other process", "other processes")
-        );
-        for f in s.failed_exits.iter().take(MAX_EXITS_SHOWN) {
+    if !s.failures.is_empty() {
+        let n = s.failures.len();
+        out +=
+            &format!("bts ci: {} failed without crashing:\n", count(n, "other process", "other processes"));
+        for f in s.failures.iter().take(MAX_FAILURES_SHOWN) {
             let by = f.parents.first().map(|p| format!(", started by {}", proc_name(p))).unwrap_or_default();
-            out += &format!("  {} (pid {}) exited with code {}{by}\n", f.command.join(" "), f.pid, f.code);
+            let how = match (&f.signal, f.code) {
+                (Some(sig), _) => format!("was killed by {sig}"),
+                (None, Some(c)) => format!("exited with code {c}"),
+                (None, None) => "failed".into(),
+            };
+            out += &format!("  {} (pid {}) {how}{by}\n", f.command.join(" "), f.pid);
         }
-        if s.failed_exits.len() > MAX_EXITS_SHOWN {
-            out +=
-                &format!("  … and {} more (--json has them all)\n", s.failed_exits.len() - MAX_EXITS_SHOWN);
+        if n > MAX_FAILURES_SHOWN {
+            out += &format!("  … and {} more (--json has them all)\n", n - MAX_FAILURES_SHOWN);
         }
     }
     let how = if s.backend == "valgrind" {
@@ -110,6 +112,10 @@ pub fn step_text(s: &StepReport) -> String {
     };
     for p in &s.left_running {
         out += &format!("bts ci: left running by the step: {}; {how}\n", proc_name(p));
+    }
+    if let Some(dir) = &s.valgrind_folder {
+        out +=
+            &format!("bts ci: Valgrind goes on writing their logs to {dir}; remove it once they are gone\n");
     }
     if !s.artifacts_removed.is_empty() {
         out += &format!(

@@ -9,7 +9,8 @@ use crate::args::{CiArgs, Keep};
 use crate::ci::artifacts::Artifacts;
 use crate::ci::{github, junit, ptrace_step, text, vg_step, Collector, StepEnd, StepReport};
 use crate::exit::{self, exec_failure_status, EXIT_BTS_FAILED};
-use crate::record::{backend, split_off_tracer, Chosen};
+use crate::record::{backend, end_by_signal, split_off_tracer, Chosen};
+use ptrace_shim::Outcome;
 
 /// `bts ci`.
 pub fn run(args: &CiArgs) -> ExitCode {
@@ -38,28 +39,23 @@ fn run_status(args: &CiArgs) -> i32 {
             return i32::from(EXIT_BTS_FAILED);
         }
     };
-    let mut collector = Collector {
-        artifacts,
-        branches: args.branches,
-        crashes: Vec::new(),
-        failed_exits: Vec::new(),
-        workspace: workspace(),
-    };
-    let keep_all = args.keep == Keep::Always;
+    let mut collector = Collector::new(artifacts, args.branches, args.keep == Keep::Always, workspace());
+    let mut detached_by = None;
     let end = match chosen {
         Chosen::Valgrind(tool) => {
             if let Err(e) = ptrace_shim::install_stop_handlers() {
                 crate::errln!("bts: cannot install signal handlers: {e}");
                 return i32::from(EXIT_BTS_FAILED);
             }
-            match vg_step::trace(&tool, &args.command, args.buffer_size, keep_all, &note, &mut collector) {
-                Ok((status, processes, left)) => StepEnd {
+            match vg_step::trace(&tool, &args.command, args.buffer_size, &note, &mut collector) {
+                Ok(t) => StepEnd {
                     command,
-                    status,
+                    status: t.status,
                     backend: "valgrind".into(),
                     note,
-                    processes,
-                    left_running: left,
+                    processes: t.processes,
+                    left_running: t.left_running,
+                    valgrind_folder: t.folder,
                 },
                 Err(e) => {
                     crate::errln!("bts: {e}");
@@ -71,38 +67,48 @@ fn run_status(args: &CiArgs) -> i32 {
             if let Some(status) = split_off_tracer() {
                 return status;
             }
-            match ptrace_step::trace(&args.command, &rec, be, keep_all, &mut collector) {
-                Ok((outcome, processes, left)) => StepEnd {
-                    command,
-                    status: exit::status(outcome),
-                    backend: be.name().to_string(),
-                    note,
-                    processes,
-                    left_running: left,
-                },
+            match ptrace_step::trace(&args.command, &rec, be, &mut collector) {
+                Ok(t) => {
+                    if let Some(e) = &t.failure {
+                        crate::errln!("bts: tracing failed: {e}; the step ran on untraced");
+                    }
+                    let status = match t.outcome {
+                        // bts was told to go by a signal: the step runs on
+                        // unchecked, which is not a pass.
+                        Outcome::Detached(sig) => {
+                            detached_by = Some(sig);
+                            128 + sig
+                        }
+                        o => exit::status(o),
+                    };
+                    StepEnd {
+                        command,
+                        status,
+                        backend: be.name().to_string(),
+                        note,
+                        processes: t.processes,
+                        left_running: t.left_running,
+                        valgrind_folder: None,
+                    }
+                }
                 Err(ptrace_shim::Error::Exec { source, .. }) => {
                     crate::errln!("bts: cannot execute {}: {source}", command[0]);
                     return exec_failure_status(&source);
                 }
                 Err(e) => {
                     crate::errln!("bts: {e}");
-                    // What was kept is reported all the same.
-                    let end = StepEnd {
-                        command,
-                        status: i32::from(EXIT_BTS_FAILED),
-                        backend: be.name().to_string(),
-                        note,
-                        processes: 0,
-                        left_running: Vec::new(),
-                    };
-                    publish(&collector.finish(end), args);
                     return i32::from(EXIT_BTS_FAILED);
                 }
             }
         }
     };
+    let root = collector.root;
     let report = collector.finish(end);
-    if !publish(&report, args) {
+    let published = publish(&report, args);
+    if let Some(sig) = detached_by {
+        end_by_signal(Outcome::Detached(sig), root);
+    }
+    if !published {
         return i32::from(EXIT_BTS_FAILED);
     }
     report.status
@@ -123,6 +129,11 @@ fn publish(report: &StepReport, args: &CiArgs) -> bool {
     crate::out::err(&text::step_text(report));
     let workspace = workspace();
     if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+        // The step's last line may lack its newline: a workflow command
+        // must start a line.
+        if !report.crashes.is_empty() {
+            crate::out::out("\n");
+        }
         for c in &report.crashes {
             crate::outln!("{}", github::annotation(c, workspace.as_deref()));
         }

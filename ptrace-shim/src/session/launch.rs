@@ -46,11 +46,17 @@ impl Session {
                 .map_err(|source| Error::Exec { program: first.to_string_lossy().into_owned(), source })?;
         }
         // The child inherits the mask across fork and exec.
+        // The program's mask before pinning: what threads left running
+        // (daemons of a followed child) get back at detach.
+        let unpinned = sys::get_affinity(0).ok();
         let pinned = if opts.pin_cpu { Session::pin_self(0).map(|p| p.0) } else { None };
         let (pid, errf) = spawn_seized(argv, opts.no_aslr, trace_options(true))?;
         let recorder = recorder::for_backend(opts.backend, opts.buffer_bytes, opts.insn_log.as_deref())?;
         let mut s = Session::new(opts, pid, true, recorder);
         s.pinned_cpu = pinned;
+        if pinned.is_some() {
+            s.default_affinity = unpinned;
+        }
         s.request_cpu_buffers()?;
         let program = argv[0].to_string_lossy().into_owned();
         // Run to the exec event: that is where recording begins.

@@ -121,8 +121,12 @@ impl Session {
             let trace = self.retire(t);
             let was_open = !self.spaces[idx].space.is_closed();
             self.park_thread(idx, trace, !alive);
-            if !alive && was_open {
-                let pid = self.spaces[idx].space.pid;
+            // The process lives on in another image (a thread of the old one
+            // reaped after exec) while one of its threads is here.
+            let pid = self.spaces[idx].space.pid;
+            let spaces = &self.spaces;
+            let lives_on = self.threads.values().any(|o| spaces[o.space].space.pid == pid);
+            if !alive && was_open && !lives_on {
                 self.process_ended(pid, how);
             }
         }
@@ -314,7 +318,10 @@ impl Session {
         let record = t.record;
         let trace = self.retire(t);
         let others = self.threads.values().any(|o| o.space == old_space);
-        if record {
+        // A vfork child's few branches before exec would go to its parent's
+        // image: not kept when process ends are reported (a long-lived
+        // parent spawning thousands would keep a buffer for each).
+        if record && !(shared && self.opts.report_process_ends) {
             self.park_thread(old_space, trace, !others);
         }
         // A vfork child that is not followed is released at its exec.

@@ -55,10 +55,31 @@ pub(super) fn parent_of(pid: Pid) -> Pid {
         .unwrap_or(0)
 }
 
-/// Every process of the session, by pid.
+/// Bytes of a command line kept per process (a compiler's can be long).
+const COMMAND_BYTES: usize = 4096;
+
+/// `command` cut to [`COMMAND_BYTES`], "…" standing for the rest.
+fn capped(mut command: Vec<String>) -> Vec<String> {
+    let mut total = 0;
+    if let Some(cut) = command.iter().position(|a| {
+        total += a.len() + 1;
+        total > COMMAND_BYTES
+    }) {
+        command.truncate(cut.max(1));
+        command.push("…".into());
+    }
+    command
+}
+
+/// The processes of the session that are alive or have a live
+/// descendant (for parent chains), by pid: the ones gone are pruned.
 #[derive(Debug, Default)]
 pub(super) struct ProcessTable {
     known: HashMap<Pid, ProcessInfo>,
+    /// Ended, but kept while a known process names it as its parent.
+    gone: std::collections::HashSet<Pid>,
+    /// Every process ever seen.
+    seen: usize,
 }
 
 impl ProcessTable {
@@ -68,15 +89,31 @@ impl ProcessTable {
         let command = command
             .or_else(|| self.known.get(&ppid).map(|p| p.command.clone()))
             .unwrap_or_else(|| process_command(pid));
-        self.known.insert(pid, ProcessInfo { pid, ppid, command });
+        self.seen += 1;
+        self.gone.remove(&pid);
+        self.known.insert(pid, ProcessInfo { pid, ppid, command: capped(command) });
+    }
+
+    /// A process ended: it goes, with the ended parents only it kept.
+    pub(super) fn ended(&mut self, pid: Pid) {
+        self.gone.insert(pid);
+        let mut at = Some(pid);
+        while let Some(p) = at {
+            if !self.gone.contains(&p) || self.known.values().any(|k| k.ppid == p) {
+                break;
+            }
+            self.gone.remove(&p);
+            at = self.known.remove(&p).map(|k| k.ppid);
+        }
     }
 
     /// A process ran exec: its new command line.
     pub(super) fn exec(&mut self, pid: Pid) {
-        let command = process_command(pid);
+        let command = capped(process_command(pid));
         match self.known.get_mut(&pid) {
             Some(p) => p.command = command,
             None => {
+                self.seen += 1;
                 self.known.insert(pid, ProcessInfo { pid, ppid: parent_of(pid), command });
             }
         }
@@ -88,7 +125,9 @@ impl ProcessTable {
 }
 
 impl Session {
-    /// What the session knows of process `pid`.
+    /// What the session knows of process `pid` (a process that ended is
+    /// forgotten once its end was reported and no process it started is
+    /// known).
     pub fn process(&self, pid: Pid) -> Option<&ProcessInfo> {
         self.processes.get(pid)
     }
@@ -112,7 +151,7 @@ impl Session {
 
     /// How many processes the session has followed (the first included).
     pub fn processes_seen(&self) -> usize {
-        self.processes.known.len()
+        self.processes.seen
     }
 
     /// The first process ended with followed processes still running
@@ -155,9 +194,44 @@ impl Session {
     pub(super) fn next_end(&mut self) -> Option<ProcessEnd> {
         if let Some(done) = self.reported_end.take() {
             self.finished.retain(|i| i.pid != done);
+            self.processes.ended(done);
         }
         let end = self.ended.pop_front()?;
         self.reported_end = Some(end.pid);
         Some(end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(words: &[&str]) -> Option<Vec<String>> {
+        Some(words.iter().map(|w| w.to_string()).collect())
+    }
+
+    #[test]
+    fn ended_processes_go_once_no_known_process_descends_from_them() {
+        let mut t = ProcessTable::default();
+        t.started(1, 0, cmd(&["sh"]));
+        t.started(2, 1, None);
+        t.started(3, 2, cmd(&["cc"]));
+        assert_eq!(t.get(2).unwrap().command, ["sh"], "a fork child runs its parent's program");
+        // The parent ends first: kept for its child's chain.
+        t.ended(2);
+        assert!(t.get(2).is_some());
+        // The child ends: both go; the first process stays.
+        t.ended(3);
+        assert!(t.get(3).is_none() && t.get(2).is_none());
+        assert!(t.get(1).is_some());
+        assert_eq!(t.seen, 3);
+    }
+
+    #[test]
+    fn long_command_lines_are_cut() {
+        let long = vec!["x".repeat(3000), "y".repeat(3000), "z".into()];
+        assert_eq!(capped(long.clone()), vec!["x".repeat(3000), "…".into()]);
+        assert_eq!(capped(vec!["a".into()]), vec!["a".to_string()]);
+        assert_eq!(capped(vec!["q".repeat(9000)]).len(), 2, "the program's name stays");
     }
 }
