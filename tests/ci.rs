@@ -66,11 +66,12 @@ fn repo() -> PathBuf {
 }
 
 /// The step of the issue: `sh -c` runs a make-like parent whose recipes
-/// are a NULL call (SIGSEGV), an abort (SIGABRT) and an `exit(3)`; the
-/// shell prints, then exits with the parent's status (2).
+/// are a NULL call (SIGSEGV), an abort (SIGABRT), an `exit(3)` and a
+/// program that does not exist (its spawned child exits 127 before exec);
+/// the shell prints, then exits with the parent's status (2).
 fn make_step() -> Vec<String> {
     let script = format!(
-        "{} {} {} {}; st=$?; echo step over; exit $st",
+        "{} {} {} {} /no/such/recipe; st=$?; echo step over; exit $st",
         path(&fixture("make_like")),
         path(&fixture("null_call")),
         path(&fixture("abort")),
@@ -122,6 +123,8 @@ fn every_crash_of_a_step_is_reported_with_its_parents() {
         assert!(three["command"][0].as_str().unwrap().ends_with("/exit3"));
         assert_eq!(three["parents"][0]["pid"], segv["ppid"]);
         assert!(exits.iter().any(|e| e["code"] == 2 && e["pid"] == segv["ppid"]), "{backend}: {exits:?}");
+        // The recipe that could not be spawned: its child ended before exec.
+        assert!(exits.iter().any(|e| e["code"] == 127 && e["ppid"] == segv["ppid"]), "{backend}: {exits:?}");
         assert!(err.contains("exited with code 3"), "{backend}: {err}");
         // Exactly the crashing processes left trace files, each its own.
         let art = dir.join("bts-artifacts");

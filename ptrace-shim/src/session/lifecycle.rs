@@ -120,10 +120,19 @@ impl Session {
             let alive = self.threads.values().any(|o| o.space == idx);
             let trace = self.retire(t);
             let was_open = !self.spaces[idx].space.is_closed();
+            let pid = self.spaces[idx].space.pid;
+            // A vfork child that ends before exec (a program not found):
+            // a process of its own in its parent's memory.
+            if pid != tid && self.processes.is_process(tid) {
+                if !self.opts.report_process_ends {
+                    self.park_thread(idx, trace, !alive);
+                }
+                self.process_ended(tid, how);
+                return Ok(());
+            }
             self.park_thread(idx, trace, !alive);
             // The process lives on in another image (a thread of the old one
             // reaped after exec) while one of its threads is here.
-            let pid = self.spaces[idx].space.pid;
             let spaces = &self.spaces;
             let lives_on = self.threads.values().any(|o| spaces[o.space].space.pid == pid);
             if !alive && was_open && !lives_on {

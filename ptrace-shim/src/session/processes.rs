@@ -119,6 +119,11 @@ impl ProcessTable {
         }
     }
 
+    /// Whether `pid` is a process (not a thread) the session followed.
+    pub(super) fn is_process(&self, pid: Pid) -> bool {
+        self.known.contains_key(&pid)
+    }
+
     fn get(&self, pid: Pid) -> Option<&ProcessInfo> {
         self.known.get(&pid)
     }
