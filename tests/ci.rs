@@ -316,9 +316,14 @@ fn a_daemon_left_running_by_the_step_is_named_and_survives() {
 fn processes_killed_from_outside_are_failures_not_crashes() {
     for backend in BACKENDS {
         let dir = scratch(&format!("ci_killed_{backend}"));
-        let script =
-            "sleep 30 & a=$!; sleep 30 & b=$!; sleep 2; kill -TERM $a; kill -KILL $b; wait; echo done";
-        let out = ci(&dir, backend, &["--json", "ci.json"], &["sh", "-c", script], &[]);
+        // Two daemons, killed once both are running.
+        let d = path(&fixture("daemon"));
+        let script = format!(
+            "{d} a.done a.stop a.ready & a=$!; {d} b.done b.stop b.ready & b=$!; \
+             while [ ! -e a.ready ] || [ ! -e b.ready ]; do sleep 0.1; done; \
+             kill -TERM $a; kill -KILL $b; wait; echo done"
+        );
+        let out = ci(&dir, backend, &["--json", "ci.json"], &["sh", "-c", script.as_str()], &[]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         let doc = read_json(&dir.join("ci.json"));
         assert_eq!(doc["crashes"].as_array().unwrap().len(), 0, "{backend}: {doc:#}");
