@@ -15,7 +15,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+
+mod common;
+use common::best_of as time;
 
 const BTS: &str = env!("CARGO_BIN_EXE_bts");
 
@@ -83,18 +85,6 @@ fn prepare() -> PathBuf {
     )
     .expect("write");
     dir
-}
-
-/// Best of `n` wall-clock runs of `cmd`.
-fn time(n: usize, mut cmd: impl FnMut() -> Command) -> f64 {
-    (0..n)
-        .map(|_| {
-            let t0 = Instant::now();
-            let out = cmd().output().expect("run");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            t0.elapsed().as_secs_f64()
-        })
-        .fold(f64::MAX, f64::min)
 }
 
 /// The seconds of the step under each way of running it, and the

@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+
+mod common;
 
 const BTS: &str = env!("CARGO_BIN_EXE_bts");
 
@@ -20,15 +21,8 @@ fn build_loop() -> PathBuf {
 }
 
 /// Best of three wall-clock runs.
-fn time(mut cmd: impl FnMut() -> Command) -> f64 {
-    (0..3)
-        .map(|_| {
-            let t0 = Instant::now();
-            let out = cmd().output().expect("run");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            t0.elapsed().as_secs_f64()
-        })
-        .fold(f64::MAX, f64::min)
+fn time(cmd: impl FnMut() -> Command) -> f64 {
+    common::best_of(3, cmd)
 }
 
 fn main() {
