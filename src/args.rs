@@ -37,6 +37,14 @@ pub enum Command {
         rec: RecordArgs,
         pid: i32,
     },
+    /// What a trace file holds: processes, threads, CPUs, records, time
+    /// span, modules, and the bytes of each kind of section.
+    Info {
+        file: PathBuf,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the last branches recorded in a trace file.
     LastBranch {
         #[command(flatten)]

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         }
         Command::Ci(args) => cmd::ci::run(&args),
         Command::Attach { rec, pid } => cmd::attach::run(&rec, pid),
+        Command::Info { file, json } => cmd::info::run(&file, json),
         Command::LastBranch { out, thread, cpu, file } => cmd::last_branch::run(&out, thread, cpu, &file),
         Command::Demo { backend, json } => cmd::demo::run(backend, json),
         Command::DemoCrash => cmd::demo::crash(),

@@ -13,6 +13,7 @@
 
 pub mod export;
 pub mod history;
+pub mod info;
 pub mod model;
 pub mod range;
 pub mod report;

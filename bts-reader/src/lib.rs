@@ -17,8 +17,8 @@ pub mod tracefile;
 pub mod valgrind;
 
 pub use tracefile::{
-    CodeRange, Meta, Module, Registers, Stream, StreamKind, ThreadState, TraceFile, FORMAT_VERSION,
-    OLDEST_VERSION,
+    CodeRange, Meta, Module, Registers, SectionSize, Stream, StreamKind, ThreadState, TraceFile,
+    FORMAT_VERSION, OLDEST_VERSION,
 };
 
 /// Errors of the branch sources.

@@ -82,6 +82,18 @@ pub struct Module {
     pub build_id: Option<String>,
 }
 
+/// The bytes one kind of section takes in a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SectionSize {
+    /// `META`, `MODULES`, `STREAM`, `CODE`, `STATE`, or `FILE` (the file
+    /// header and end marker).
+    pub name: &'static str,
+    /// How many sections of it.
+    pub count: u64,
+    /// Their bytes, section headers included.
+    pub bytes: u64,
+}
+
 /// Whose records a stream holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -272,8 +284,38 @@ impl TraceFile {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
-        section(&mut out, TAG_META, &json(&self.meta));
-        section(&mut out, TAG_MODULES, &json(&self.modules));
+        self.each_section(|tag, payload| section(&mut out, tag, payload));
+        section(&mut out, TAG_END, &[]);
+        out
+    }
+
+    /// How many bytes each kind of section takes in the file this trace
+    /// writes (headers included), by name: `META`, `MODULES`, `STREAM`,
+    /// `CODE`, `STATE`, then the file's own header and end marker as `FILE`.
+    pub fn section_sizes(&self) -> Vec<SectionSize> {
+        let names = [
+            (TAG_META, "META"),
+            (TAG_MODULES, "MODULES"),
+            (TAG_STREAM, "STREAM"),
+            (TAG_CODE, "CODE"),
+            (TAG_STATE, "STATE"),
+        ];
+        let mut sizes: Vec<SectionSize> =
+            names.iter().map(|&(_, name)| SectionSize { name, count: 0, bytes: 0 }).collect();
+        self.each_section(|tag, payload| {
+            if let Some(i) = names.iter().position(|&(t, _)| t == tag) {
+                sizes[i].count += 1;
+                sizes[i].bytes += (SECTION_HEADER + payload.len()) as u64;
+            }
+        });
+        sizes.push(SectionSize { name: "FILE", count: 1, bytes: (MAGIC.len() + 8 + SECTION_HEADER) as u64 });
+        sizes
+    }
+
+    /// Every section of the file, in order: its tag and payload.
+    fn each_section(&self, mut emit: impl FnMut(u32, &[u8])) {
+        emit(TAG_META, &json(&self.meta));
+        emit(TAG_MODULES, &json(&self.modules));
         for s in &self.streams {
             let header = json(&StreamHeader {
                 kind: s.kind.clone(),
@@ -288,7 +330,7 @@ impl TraceFile {
             for r in &s.records {
                 p.extend_from_slice(&r.to_bytes());
             }
-            section(&mut out, TAG_STREAM, &p);
+            emit(TAG_STREAM, &p);
         }
         for c in &self.code {
             let mut p = Vec::with_capacity(16 + c.bytes.len());
@@ -296,7 +338,7 @@ impl TraceFile {
             p.extend_from_slice(&c.generation.to_le_bytes());
             p.extend_from_slice(&c.addr.to_le_bytes());
             p.extend_from_slice(&c.bytes);
-            section(&mut out, TAG_CODE, &p);
+            emit(TAG_CODE, &p);
         }
         for st in &self.states {
             let header = json(&StateHeader {
@@ -311,10 +353,8 @@ impl TraceFile {
             p.extend_from_slice(&(header.len() as u32).to_le_bytes());
             p.extend_from_slice(&header);
             p.extend_from_slice(&st.stack);
-            section(&mut out, TAG_STATE, &p);
+            emit(TAG_STATE, &p);
         }
-        section(&mut out, TAG_END, &[]);
-        out
     }
 
     /// Parses a whole file. Every length is checked against the data and

@@ -8,5 +8,6 @@ pub mod export;
 pub mod gdb;
 pub mod gdbserver;
 pub mod history;
+pub mod info;
 pub mod last_branch;
 pub mod run;
