@@ -139,3 +139,77 @@ fn a_crash_inside_inlined_code_names_the_function_it_was_inlined_into() {
         assert!(outer.starts_with("outer (inline_crash.c:5"), "{backend}: {outer}");
     }
 }
+
+/// A symbolizer over a non-PIE binary (link addresses are run-time ones).
+fn non_pie(bin: &Path) -> Symbolizer {
+    Symbolizer::new(vec![Mapping {
+        path: bin.display().to_string(),
+        start: 0x400000,
+        end: 0x800000,
+        offset: 0,
+    }])
+}
+
+/// The defined functions `nm ARGS` lists: (address, name).
+fn nm_functions(bin: &Path, args: &[&str]) -> Vec<(u64, String)> {
+    sh(Command::new("nm").args(args).arg("--defined-only").arg(bin))
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 3 && matches!(f[1], "T" | "t")).then(|| (u64::from_str_radix(f[0], 16).ok(), f[2]))
+        })
+        .filter_map(|(a, n)| Some((a?, n.split('@').next()?.to_string())))
+        .collect()
+}
+
+#[test]
+fn a_stripped_binary_is_named_from_its_dynamic_symbols_as_nm_d_names_them() {
+    let dir = scratch("sym_dynsym");
+    let bin = build("prog", "null_call.c", &["-O0", "-no-pie", "-rdynamic"], &dir);
+    sh(Command::new("strip").arg("--strip-all").arg(&bin));
+    let exported = nm_functions(&bin, &["-D"]);
+    for want in ["main", "a", "b", "c"] {
+        assert!(exported.iter().any(|(_, n)| n == want), "nm -D lists {want}: {exported:?}");
+    }
+    let syms = non_pie(&bin);
+    for (addr, name) in &exported {
+        let s = syms.lookup(*addr);
+        assert_eq!((s.function.as_deref(), s.offset), (Some(name.as_str()), 0), "at {addr:#x}");
+        assert_eq!(syms.lookup(addr + 1).name_offset(), format!("{name}+0x1"));
+    }
+}
+
+#[test]
+fn minidebuginfo_names_what_dynsym_does_not() {
+    let dir = scratch("sym_minidebug");
+    let full = build("full", "null_call.c", &["-g", "-O0", "-no-pie"], &dir);
+    let functions = nm_functions(&full, &[]);
+    // As distributions make it: the symbol table alone, xz-compressed, in
+    // .gnu_debugdata of the stripped binary.
+    let mini = dir.join("mini");
+    sh(Command::new("objcopy").arg("--strip-debug").arg(&full).arg(&mini));
+    sh(Command::new("xz").arg("-f").arg(&mini));
+    let plain = dir.join("plain");
+    sh(Command::new("strip").arg("--strip-all").arg("-o").arg(&plain).arg(&full));
+    let with = dir.join("with");
+    sh(Command::new("objcopy")
+        .arg(format!("--add-section=.gnu_debugdata={}.xz", mini.display()))
+        .arg(&plain)
+        .arg(&with));
+    // A corrupt one is ignored, as if it were not there.
+    let junk = dir.join("junk.xz");
+    std::fs::write(&junk, b"\xfd7zXZ\0 not really xz").unwrap();
+    let bad = dir.join("bad");
+    sh(Command::new("objcopy")
+        .arg(format!("--add-section=.gnu_debugdata={}", junk.display()))
+        .arg(&plain)
+        .arg(&bad));
+
+    let (with, plain, bad) = (non_pie(&with), non_pie(&plain), non_pie(&bad));
+    for name in ["a", "b", "c", "main"] {
+        let (addr, _) = functions.iter().find(|(_, n)| n == name).unwrap();
+        assert_eq!(with.lookup(addr + 3).name_offset(), format!("{name}+0x3"));
+        assert_ne!(plain.lookup(addr + 3).function.as_deref(), Some(name), "no symbols without it");
+        assert_ne!(bad.lookup(addr + 3).function.as_deref(), Some(name));
+    }
+}

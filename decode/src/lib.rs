@@ -16,6 +16,7 @@ pub mod disasm;
 pub mod flow;
 pub mod kernel;
 pub mod mapping;
+pub mod minidebug;
 pub mod symbols;
 
 pub use classify::{classify, BranchKind};

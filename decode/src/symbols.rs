@@ -152,6 +152,14 @@ fn load(path: &str) -> Option<Loaded> {
     let segments = segments_of(&file);
     let own_dwarf = file.section_by_name(".debug_info").is_some_and(|s| s.size() > 0);
     let debug_file = if own_dwarf { None } else { find_debug_file(path).filter(|p| has_dwarf(p)) };
+    // Stripped, with no debug file: its MiniDebugInfo names what .dynsym does not.
+    let stripped = file.section_by_name(".symtab").is_none();
+    if !own_dwarf && debug_file.is_none() && stripped {
+        if let Some(syms) = crate::minidebug::symbols(&file) {
+            let plt = plt_stubs(&file);
+            return Some(Loaded { source: Source::Symbols(syms), plt, segments, debug_file: None });
+        }
+    }
     let loader = addr2line::Loader::new(debug_file.as_deref().unwrap_or(Path::new(path)))
         .or_else(|_| addr2line::Loader::new(path))
         .ok()?;
