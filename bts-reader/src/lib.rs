@@ -14,11 +14,12 @@ pub mod outfile;
 pub mod perf;
 pub mod recording;
 pub mod tracefile;
+pub mod tracestream;
 pub mod valgrind;
 
 pub use tracefile::{
-    CodeRange, Meta, Module, Registers, SectionSize, Stream, StreamKind, ThreadState, TraceFile,
-    FORMAT_VERSION, OLDEST_VERSION,
+    CodeRange, Meta, Module, Registers, SectionSize, Stream, StreamHeader, StreamKind, ThreadState,
+    TraceFile, FORMAT_VERSION, OLDEST_VERSION,
 };
 
 /// Errors of the branch sources.

@@ -27,16 +27,16 @@ use crate::{Error, Result};
 pub const FORMAT_VERSION: u32 = 2;
 /// The oldest format version this bts reads.
 pub const OLDEST_VERSION: u32 = 1;
-const MAGIC: &[u8; 8] = b"BTSTRACE";
-const TAG_META: u32 = 1;
-const TAG_MODULES: u32 = 2;
-const TAG_STREAM: u32 = 3;
-const TAG_CODE: u32 = 4;
-const TAG_END: u32 = 0xFFFF_FFFF;
+pub(crate) const MAGIC: &[u8; 8] = b"BTSTRACE";
+pub(crate) const TAG_META: u32 = 1;
+pub(crate) const TAG_MODULES: u32 = 2;
+pub(crate) const TAG_STREAM: u32 = 3;
+pub(crate) const TAG_CODE: u32 = 4;
+pub(crate) const TAG_END: u32 = 0xFFFF_FFFF;
 /// Tags with this bit set may be skipped by a reader that does not know them.
-const OPTIONAL: u32 = 0x8000_0000;
-const TAG_STATE: u32 = 5;
-const SECTION_HEADER: usize = 16;
+pub(crate) const OPTIONAL: u32 = 0x8000_0000;
+pub(crate) const TAG_STATE: u32 = 5;
+pub(crate) const SECTION_HEADER: usize = 16;
 
 /// What was traced and how it ended.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -134,14 +134,20 @@ pub struct Stream {
     pub records: Vec<BtsRecord>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StreamHeader {
+/// A stream's header in the file: whose records, and how many.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    /// Whose records.
     #[serde(flatten)]
-    kind: StreamKind,
-    capacity: u64,
-    overwritten: u64,
-    lost: u64,
-    count: u64,
+    pub kind: StreamKind,
+    /// Records the buffer holds when full.
+    pub capacity: u64,
+    /// Branches overwritten before the kept records.
+    pub overwritten: u64,
+    /// Records lost for other reasons.
+    pub lost: u64,
+    /// Records that follow.
+    pub count: u64,
 }
 
 /// Original code bytes of an image.
@@ -243,7 +249,7 @@ fn section(out: &mut Vec<u8>, tag: u32, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
-fn json<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("trace metadata serializes")
 }
 
@@ -333,27 +339,10 @@ impl TraceFile {
             emit(TAG_STREAM, &p);
         }
         for c in &self.code {
-            let mut p = Vec::with_capacity(16 + c.bytes.len());
-            p.extend_from_slice(&(c.pid as u32).to_le_bytes());
-            p.extend_from_slice(&c.generation.to_le_bytes());
-            p.extend_from_slice(&c.addr.to_le_bytes());
-            p.extend_from_slice(&c.bytes);
-            emit(TAG_CODE, &p);
+            emit(TAG_CODE, &code_payload(c));
         }
         for st in &self.states {
-            let header = json(&StateHeader {
-                pid: st.pid,
-                generation: st.generation,
-                tid: st.tid,
-                signal: st.signal,
-                regs: st.regs,
-                stack_addr: st.stack_addr,
-            });
-            let mut p = Vec::with_capacity(4 + header.len() + st.stack.len());
-            p.extend_from_slice(&(header.len() as u32).to_le_bytes());
-            p.extend_from_slice(&header);
-            p.extend_from_slice(&st.stack);
-            emit(TAG_STATE, &p);
+            emit(TAG_STATE, &state_payload(st));
         }
     }
 
@@ -410,19 +399,7 @@ impl TraceFile {
                         .map_err(|e| Error::Corrupt(format!("module list: {e}")))?;
                 }
                 TAG_STREAM => tf.streams.push(parse_stream(payload, at)?),
-                TAG_CODE => {
-                    let mut p = Cursor { data: payload, pos: 0 };
-                    let pid = p.u32("code pid")? as i32;
-                    let generation = p.u32("code generation")?;
-                    let addr = p.u64("code address")?;
-                    let bytes = payload[p.pos..].to_vec();
-                    if addr.checked_add(bytes.len() as u64).is_none() {
-                        return Err(Error::Corrupt(format!(
-                            "code range at {addr:#x} wraps the address space"
-                        )));
-                    }
-                    tf.code.push(CodeRange { pid, generation, addr, bytes });
-                }
+                TAG_CODE => tf.code.push(parse_code(payload)?),
                 TAG_STATE => tf.states.push(parse_state(payload, at)?),
                 t if t & OPTIONAL != 0 => {}
                 t => return Err(Error::Corrupt(format!("unknown section tag {t:#x} at offset {at}"))),
@@ -477,7 +454,47 @@ fn parse_stream(payload: &[u8], at: usize) -> Result<Stream> {
     Ok(Stream { kind: h.kind, capacity: h.capacity, overwritten: h.overwritten, lost: h.lost, records })
 }
 
-fn parse_state(payload: &[u8], at: usize) -> Result<ThreadState> {
+/// A CODE section's payload: pid, generation, address, bytes.
+pub(crate) fn parse_code(payload: &[u8]) -> Result<CodeRange> {
+    let mut p = Cursor { data: payload, pos: 0 };
+    let pid = p.u32("code pid")? as i32;
+    let generation = p.u32("code generation")?;
+    let addr = p.u64("code address")?;
+    let bytes = payload[p.pos..].to_vec();
+    if addr.checked_add(bytes.len() as u64).is_none() {
+        return Err(Error::Corrupt(format!("code range at {addr:#x} wraps the address space")));
+    }
+    Ok(CodeRange { pid, generation, addr, bytes })
+}
+
+/// A CODE section's payload for `c`.
+pub(crate) fn code_payload(c: &CodeRange) -> Vec<u8> {
+    let mut p = Vec::with_capacity(16 + c.bytes.len());
+    p.extend_from_slice(&(c.pid as u32).to_le_bytes());
+    p.extend_from_slice(&c.generation.to_le_bytes());
+    p.extend_from_slice(&c.addr.to_le_bytes());
+    p.extend_from_slice(&c.bytes);
+    p
+}
+
+/// A STATE section's payload for `st`.
+pub(crate) fn state_payload(st: &ThreadState) -> Vec<u8> {
+    let header = json(&StateHeader {
+        pid: st.pid,
+        generation: st.generation,
+        tid: st.tid,
+        signal: st.signal,
+        regs: st.regs,
+        stack_addr: st.stack_addr,
+    });
+    let mut p = Vec::with_capacity(4 + header.len() + st.stack.len());
+    p.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    p.extend_from_slice(&header);
+    p.extend_from_slice(&st.stack);
+    p
+}
+
+pub(crate) fn parse_state(payload: &[u8], at: usize) -> Result<ThreadState> {
     let mut p = Cursor { data: payload, pos: 0 };
     let hlen = p.u32("thread state header length")? as usize;
     let header = p.take(hlen, "thread state header")?;

@@ -1,0 +1,369 @@
+//! The `.bts` format read and written a section at a time, a stream's
+//! records a chunk at a time, so that a trace of any size is cut, split or
+//! copied in bounded memory. [`crate::TraceFile`] holds a whole file; this
+//! is the same format ([`crate::tracefile`] documents it) for files that do
+//! not fit.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use ds_alloc::{BtsRecord, BTS_RECORD_SIZE};
+
+use crate::tracefile::{
+    code_payload, json, parse_code, parse_state, state_payload, StreamHeader, FORMAT_VERSION, MAGIC,
+    OLDEST_VERSION, OPTIONAL, SECTION_HEADER, TAG_CODE, TAG_END, TAG_META, TAG_MODULES, TAG_STATE,
+    TAG_STREAM,
+};
+use crate::{CodeRange, Error, Meta, Module, Result, ThreadState};
+
+/// The largest section other than a stream this reader takes (code of one
+/// module, a thread's stack): beyond it, the length is taken as corrupt.
+pub const MAX_SECTION: u64 = 1 << 30;
+
+/// One section, as the reader meets it.
+#[derive(Debug)]
+pub enum Section {
+    /// How the process ended.
+    Meta(Meta),
+    /// The modules of every image.
+    Modules(Vec<Module>),
+    /// A stream begins: its records follow ([`TraceReader::records`]).
+    Stream(StreamHeader),
+    /// Code bytes.
+    Code(CodeRange),
+    /// A thread's registers and stack.
+    State(ThreadState),
+}
+
+/// The stream being read: records left, and the checksum so far.
+struct Open {
+    left: u64,
+    crc: crc32fast::Hasher,
+    expected: u32,
+    at: u64,
+}
+
+/// Reads a trace file section by section.
+pub struct TraceReader<R: Read> {
+    r: R,
+    pos: u64,
+    open: Option<Open>,
+    ended: bool,
+}
+
+fn io(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::Truncated("the file ends inside a section".into())
+    } else {
+        Error::Io { path: "the trace".into(), source: e }
+    }
+}
+
+impl<R: Read> TraceReader<R> {
+    /// Checks the file header.
+    pub fn new(mut r: R) -> Result<Self> {
+        let mut head = [0u8; 16];
+        r.read_exact(&mut head).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Error::Truncated("the file ends inside its header".into()),
+            _ => io(e),
+        })?;
+        if &head[..8] != MAGIC {
+            return Err(Error::BadMagic);
+        }
+        let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+        if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
+            return Err(Error::UnsupportedVersion { found: version });
+        }
+        Ok(TraceReader { r, pos: 16, open: None, ended: false })
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<()> {
+        self.r.read_exact(buf).map_err(io)?;
+        self.pos += buf.len() as u64;
+        Ok(())
+    }
+
+    /// The next section (none after the end marker). The records of a
+    /// stream not read are read and checked on the way.
+    pub fn next_section(&mut self) -> Result<Option<Section>> {
+        let mut skip = Vec::new();
+        while self.open.is_some() {
+            self.records(&mut skip, 1 << 16)?;
+            skip.clear();
+        }
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            let at = self.pos;
+            let mut h = [0u8; SECTION_HEADER];
+            self.read(&mut h)?;
+            let tag = u32::from_le_bytes(h[..4].try_into().expect("4 bytes"));
+            let crc = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
+            let len = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+            if tag == TAG_STREAM {
+                let mut l = [0u8; 4];
+                self.read(&mut l)?;
+                let hlen = u32::from_le_bytes(l) as u64;
+                if hlen > MAX_SECTION || 4 + hlen > len {
+                    return Err(Error::Corrupt(format!("stream header at offset {at} claims {hlen} bytes")));
+                }
+                let mut header = vec![0u8; hlen as usize];
+                self.read(&mut header)?;
+                let sh: StreamHeader = serde_json::from_slice(&header)
+                    .map_err(|e| Error::Corrupt(format!("stream header at offset {at}: {e}")))?;
+                if sh.count.checked_mul(BTS_RECORD_SIZE as u64) != Some(len - 4 - hlen) {
+                    return Err(Error::Corrupt(format!(
+                        "stream at offset {at} says {} records but holds {} bytes",
+                        sh.count,
+                        len - 4 - hlen
+                    )));
+                }
+                let mut hasher = crc32fast::Hasher::new();
+                hasher.update(&l);
+                hasher.update(&header);
+                self.open = Some(Open { left: sh.count, crc: hasher, expected: crc, at });
+                if sh.count == 0 {
+                    self.close_stream()?;
+                }
+                return Ok(Some(Section::Stream(sh)));
+            }
+            if len > MAX_SECTION {
+                return Err(Error::Corrupt(format!("section at offset {at} claims {len} bytes")));
+            }
+            let mut payload = vec![0u8; len as usize];
+            self.read(&mut payload)?;
+            if crc32fast::hash(&payload) != crc {
+                return Err(Error::Corrupt(format!("checksum mismatch in section {tag} at offset {at}")));
+            }
+            let corrupt = |what: &str, e: serde_json::Error| Error::Corrupt(format!("{what}: {e}"));
+            return Ok(Some(match tag {
+                TAG_END => {
+                    self.ended = true;
+                    return Ok(None);
+                }
+                TAG_META => {
+                    Section::Meta(serde_json::from_slice(&payload).map_err(|e| corrupt("metadata", e))?)
+                }
+                TAG_MODULES => {
+                    Section::Modules(serde_json::from_slice(&payload).map_err(|e| corrupt("module list", e))?)
+                }
+                TAG_CODE => Section::Code(parse_code(&payload)?),
+                TAG_STATE => Section::State(parse_state(&payload, at as usize)?),
+                t if t & OPTIONAL != 0 => continue,
+                t => return Err(Error::Corrupt(format!("unknown section tag {t:#x} at offset {at}"))),
+            }));
+        }
+    }
+
+    /// Up to `max` more records of the open stream, appended to `out`;
+    /// 0 when it has no more (its checksum checked then).
+    pub fn records(&mut self, out: &mut Vec<BtsRecord>, max: usize) -> Result<usize> {
+        let Some(open) = self.open.as_mut() else { return Ok(0) };
+        let n = open.left.min(max as u64) as usize;
+        let mut buf = vec![0u8; n * BTS_RECORD_SIZE];
+        self.r.read_exact(&mut buf).map_err(io)?;
+        self.pos += buf.len() as u64;
+        let open = self.open.as_mut().expect("open stream");
+        open.crc.update(&buf);
+        open.left -= n as u64;
+        out.extend(
+            BtsRecord::parse_all(&buf).map_err(|e| Error::Records { at: open.at as usize, source: e })?,
+        );
+        if open.left == 0 {
+            self.close_stream()?;
+        }
+        Ok(n)
+    }
+
+    fn close_stream(&mut self) -> Result<()> {
+        let open = self.open.take().expect("open stream");
+        if open.crc.finalize() != open.expected {
+            return Err(Error::Corrupt(format!("checksum mismatch in the stream at offset {}", open.at)));
+        }
+        Ok(())
+    }
+}
+
+/// Writes a trace file section by section: META and MODULES first, then
+/// streams (each announced with its record count, its checksum filled in
+/// at its end), code and states, then the end marker.
+pub struct TraceWriter<W: Write + Seek> {
+    w: W,
+    open: Option<(u64, u64, crc32fast::Hasher)>,
+}
+
+fn wio(e: std::io::Error) -> Error {
+    Error::Io { path: "the output".into(), source: e }
+}
+
+impl<W: Write + Seek> TraceWriter<W> {
+    /// The file header, META and MODULES.
+    pub fn new(mut w: W, meta: &Meta, modules: &[Module]) -> Result<Self> {
+        let mut head = MAGIC.to_vec();
+        head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        head.extend_from_slice(&0u32.to_le_bytes());
+        w.write_all(&head).map_err(wio)?;
+        let mut t = TraceWriter { w, open: None };
+        t.section(TAG_META, &json(meta))?;
+        t.section(TAG_MODULES, &json(&modules))?;
+        Ok(t)
+    }
+
+    fn section(&mut self, tag: u32, payload: &[u8]) -> Result<()> {
+        self.end_stream()?;
+        let mut h = Vec::with_capacity(SECTION_HEADER);
+        h.extend_from_slice(&tag.to_le_bytes());
+        h.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        h.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        self.w.write_all(&h).map_err(wio)?;
+        self.w.write_all(payload).map_err(wio)
+    }
+
+    /// Begins a stream of `header.count` records.
+    pub fn begin_stream(&mut self, header: &StreamHeader) -> Result<()> {
+        self.end_stream()?;
+        let hj = json(header);
+        let len = 4 + hj.len() as u64 + header.count * BTS_RECORD_SIZE as u64;
+        let at = self.w.stream_position().map_err(wio)?;
+        let mut h = Vec::with_capacity(SECTION_HEADER + 4 + hj.len());
+        h.extend_from_slice(&TAG_STREAM.to_le_bytes());
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h.extend_from_slice(&len.to_le_bytes());
+        h.extend_from_slice(&(hj.len() as u32).to_le_bytes());
+        h.extend_from_slice(&hj);
+        self.w.write_all(&h).map_err(wio)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&h[SECTION_HEADER..]);
+        self.open = Some((at, header.count, crc));
+        Ok(())
+    }
+
+    /// More records of the open stream.
+    pub fn records(&mut self, recs: &[BtsRecord]) -> Result<()> {
+        let Some((_, left, crc)) = self.open.as_mut() else {
+            return Err(Error::Corrupt("records written outside a stream".into()));
+        };
+        if recs.len() as u64 > *left {
+            return Err(Error::Corrupt("more records than the stream announced".into()));
+        }
+        *left -= recs.len() as u64;
+        let mut buf = Vec::with_capacity(recs.len() * BTS_RECORD_SIZE);
+        for r in recs {
+            buf.extend_from_slice(&r.to_bytes());
+        }
+        crc.update(&buf);
+        self.w.write_all(&buf).map_err(wio)
+    }
+
+    /// Closes the open stream: its checksum goes into its header.
+    fn end_stream(&mut self) -> Result<()> {
+        let Some((at, left, crc)) = self.open.take() else { return Ok(()) };
+        if left != 0 {
+            return Err(Error::Corrupt(format!("a stream ended {left} records short of its count")));
+        }
+        let end = self.w.stream_position().map_err(wio)?;
+        self.w.seek(SeekFrom::Start(at + 4)).map_err(wio)?;
+        self.w.write_all(&crc.finalize().to_le_bytes()).map_err(wio)?;
+        self.w.seek(SeekFrom::Start(end)).map_err(wio)?;
+        Ok(())
+    }
+
+    /// Code bytes.
+    pub fn code(&mut self, c: &CodeRange) -> Result<()> {
+        self.section(TAG_CODE, &code_payload(c))
+    }
+
+    /// A thread's registers and stack.
+    pub fn state(&mut self, st: &ThreadState) -> Result<()> {
+        self.section(TAG_STATE, &state_payload(st))
+    }
+
+    /// The end marker; the writer back.
+    pub fn finish(mut self) -> Result<W> {
+        self.section(TAG_END, &[])?;
+        self.w.flush().map_err(wio)?;
+        Ok(self.w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Stream, StreamKind, TraceFile};
+
+    fn sample() -> TraceFile {
+        let mut tf = TraceFile::default();
+        tf.meta.command = vec!["prog".into()];
+        tf.meta.pid = 7;
+        for (tid, n) in [(7, 5u64), (8, 0), (9, 70_000)] {
+            tf.streams.push(Stream {
+                kind: StreamKind::Thread { pid: 7, generation: 1, tid, crashed: tid == 9, last_pc: Some(3) },
+                capacity: 100_000,
+                overwritten: 2,
+                lost: 1,
+                records: (0..n).map(|i| BtsRecord::branch(i, i + 1)).collect(),
+            });
+        }
+        tf.code.push(CodeRange { pid: 7, generation: 1, addr: 0x1000, bytes: vec![0x90; 4096] });
+        tf
+    }
+
+    #[test]
+    fn a_copy_made_a_section_at_a_time_is_the_same_file() {
+        let tf = sample();
+        let bytes = tf.to_bytes();
+        let mut r = TraceReader::new(&bytes[..]).unwrap();
+        let mut w: Option<TraceWriter<std::io::Cursor<Vec<u8>>>> = None;
+        let (mut meta, mut recs) = (None, Vec::new());
+        while let Some(s) = r.next_section().unwrap() {
+            match s {
+                Section::Meta(m) => meta = Some(m),
+                Section::Modules(m) => {
+                    w = Some(
+                        TraceWriter::new(std::io::Cursor::new(Vec::new()), meta.as_ref().unwrap(), &m)
+                            .unwrap(),
+                    )
+                }
+                Section::Stream(h) => {
+                    let w = w.as_mut().unwrap();
+                    w.begin_stream(&h).unwrap();
+                    while r.records(&mut recs, 1000).unwrap() > 0 {
+                        w.records(&recs).unwrap();
+                        recs.clear();
+                    }
+                }
+                Section::Code(c) => w.as_mut().unwrap().code(&c).unwrap(),
+                Section::State(s) => w.as_mut().unwrap().state(&s).unwrap(),
+            }
+        }
+        let out = w.unwrap().finish().unwrap().into_inner();
+        assert_eq!(out, bytes);
+    }
+
+    #[test]
+    fn bad_streams_are_errors() {
+        let bytes = sample().to_bytes();
+        // A flipped record byte: the stream's checksum fails when read through.
+        let mut bad = bytes.clone();
+        let n = bad.len();
+        bad[n - 4096 - 64 - 100] ^= 1;
+        let mut r = TraceReader::new(&bad[..]).unwrap();
+        let mut err = None;
+        loop {
+            match r.next_section() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(err.is_some(), "a corrupt stream is found");
+        // Every prefix is an error or a clean stop, never a panic.
+        for cut in (0..bytes.len()).step_by(997) {
+            let Ok(mut r) = TraceReader::new(&bytes[..cut]) else { continue };
+            while let Ok(Some(_)) = r.next_section() {}
+        }
+    }
+}
