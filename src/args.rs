@@ -45,6 +45,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cut a trace to a range of each buffer's branches (any size of
+    /// trace, in bounded memory); the code the kept records need is kept.
+    Cut {
+        file: PathBuf,
+        /// The first N branches of each buffer.
+        #[arg(long, value_name = "N", group = "how")]
+        first: Option<u64>,
+        /// The last N branches of each buffer.
+        #[arg(long, value_name = "N", group = "how")]
+        last: Option<u64>,
+        /// Branches A up to (not including) B of each buffer, counted from 0.
+        #[arg(long, value_name = "A..B", group = "how", value_parser = crate::cmd::cut::parse_range)]
+        range: Option<(u64, u64)>,
+        /// The new trace file (never an existing one).
+        #[arg(short = 'o', long, required = true)]
+        output: PathBuf,
+    },
     /// Print the last branches recorded in a trace file.
     LastBranch {
         #[command(flatten)]

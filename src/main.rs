@@ -30,6 +30,20 @@ fn main() -> ExitCode {
         Command::Ci(args) => cmd::ci::run(&args),
         Command::Attach { rec, pid } => cmd::attach::run(&rec, pid),
         Command::Info { file, json } => cmd::info::run(&file, json),
+        Command::Cut { file, first, last, range, output } => {
+            let how = match (first, last, range) {
+                (Some(n), _, _) => bts_reader::cut::Cut::First(n),
+                (_, Some(n), _) => bts_reader::cut::Cut::Last(n),
+                (_, _, Some((a, b))) => bts_reader::cut::Cut::Range(a, b),
+                _ => {
+                    crate::errln!(
+                        "bts: cut: say which branches to keep: --first N, --last N or --range A..B"
+                    );
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            cmd::cut::run(&file, how, &output)
+        }
         Command::LastBranch { out, thread, cpu, file } => cmd::last_branch::run(&out, thread, cpu, &file),
         Command::Demo { backend, json } => cmd::demo::run(backend, json),
         Command::DemoCrash => cmd::demo::crash(),

@@ -63,3 +63,33 @@ fn truncated_and_corrupt_files_are_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("No such file"));
 }
+
+#[test]
+fn a_cut_trace_is_valid_and_keeps_the_code_its_records_need() {
+    let dir = scratch("cut_valid");
+    let file = crash_trace(&dir);
+    let f = file.to_str().unwrap();
+    for (how, arg) in [("--last", "40"), ("--range", "100..160"), ("--first", "30")] {
+        let name = format!("cut{how}.bts");
+        let out = bts(&dir, &["cut", f, how, arg, "-o", &name]);
+        assert!(out.status.success(), "{how}: {}", text(&out.stderr));
+        let cut = bts_reader::TraceFile::read(&dir.join(&name)).unwrap_or_else(|e| panic!("{how}: {e}"));
+        let kept: usize =
+            cut.streams.iter().map(|s| s.records.iter().filter(|r| r.is_branch()).count()).sum();
+        assert!(kept > 0 && kept <= 60, "{how}: {kept}");
+        // Every kept branch decodes: the instruction history has no gap.
+        let h = bts(&dir, &["history", &name, "1,+100000"]);
+        assert!(h.status.success(), "{how}: {}", text(&h.stderr));
+        assert!(!text(&h.stdout).contains("decode error"), "{how}: {}", text(&h.stdout));
+    }
+    // The end of the trace, cut or not, reads the same.
+    let whole = text(&bts(&dir, &["history", f]).stdout);
+    let last = text(&bts(&dir, &["history", "cut--last.bts"]).stdout);
+    let tail =
+        |s: &str| s.lines().map(|l| l.split_once('\t').map_or(l, |x| x.1).to_string()).collect::<Vec<_>>();
+    assert_eq!(tail(&whole), tail(&last));
+    // An existing file is never overwritten.
+    let again = bts(&dir, &["cut", f, "--last", "5", "-o", "cut--last.bts"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("does not overwrite"), "{}", text(&again.stderr));
+}

@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cut;
 pub mod outfile;
 pub mod perf;
 pub mod recording;

@@ -2,6 +2,7 @@
 
 pub mod attach;
 pub mod ci;
+pub mod cut;
 pub mod demo;
 pub mod doctor;
 pub mod export;

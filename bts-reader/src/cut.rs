@@ -1,0 +1,251 @@
+//! `bts cut`: a trace cut to a range of each buffer's branches, in bounded
+//! memory whatever the size of the input. Two passes through the input:
+//! the first counts each buffer's branches and notes where its (few)
+//! context records sit; the second writes the kept records, the context
+//! record just before them (which says where the task ran, and when), and
+//! the code pages the kept records run through.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use ds_alloc::BtsRecord;
+
+use crate::tracestream::{Section, TraceReader, TraceWriter};
+use crate::{Error, Result, StreamKind};
+
+/// Which branches of each buffer to keep (0-based, oldest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The first N.
+    First(u64),
+    /// The last N.
+    Last(u64),
+    /// Branches A (included) to B (excluded).
+    Range(u64, u64),
+}
+
+impl Cut {
+    /// The kept branch indices of a buffer of `n` branches.
+    fn span(self, n: u64) -> (u64, u64) {
+        match self {
+            Cut::First(k) => (0, k.min(n)),
+            Cut::Last(k) => (n.saturating_sub(k), n),
+            Cut::Range(a, b) => (a.min(n), b.min(n).max(a.min(n))),
+        }
+    }
+}
+
+/// What the first pass learns of one buffer.
+#[derive(Debug, Default, Clone)]
+struct Survey {
+    branches: u64,
+    /// Record positions of the context records, ascending.
+    context: Vec<u64>,
+}
+
+impl Survey {
+    /// The record position of branch `k`.
+    fn position_of(&self, k: u64) -> u64 {
+        let mut p = k;
+        for &c in &self.context {
+            if c <= p {
+                p += 1;
+            } else {
+                break;
+            }
+        }
+        p
+    }
+}
+
+/// The records of one buffer to keep: positions `lo..=hi`, and the one
+/// context record before `lo`.
+#[derive(Debug, Clone, Copy)]
+struct Keep {
+    lo: u64,
+    hi: u64,
+    before: Option<u64>,
+    branches_dropped_before: u64,
+    keeps_end: bool,
+}
+
+impl Keep {
+    fn of(s: &Survey, cut: Cut) -> Option<Keep> {
+        let (a, b) = cut.span(s.branches);
+        if a >= b {
+            return None;
+        }
+        let (lo, hi) = (s.position_of(a), s.position_of(b - 1));
+        let before = s.context.iter().copied().rfind(|&c| c < lo);
+        Some(Keep { lo, hi, before, branches_dropped_before: a, keeps_end: b == s.branches })
+    }
+
+    fn wants(&self, pos: u64) -> bool {
+        (self.lo..=self.hi).contains(&pos) || Some(pos) == self.before
+    }
+
+    /// Records kept.
+    fn count(&self) -> u64 {
+        self.hi - self.lo + 1 + u64::from(self.before.is_some())
+    }
+}
+
+fn open(path: &Path) -> Result<TraceReader<BufReader<File>>> {
+    let f = File::open(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+    TraceReader::new(BufReader::with_capacity(1 << 20, f))
+}
+
+/// Records read at a time.
+const CHUNK: usize = 1 << 16;
+
+/// Writes `input` cut by `cut` to `output` (a new file: an existing one is
+/// refused). Returns the branches kept.
+pub fn cut(input: &Path, output: &Path, cut: Cut) -> Result<u64> {
+    // Pass 1: each buffer's branches and context positions.
+    let mut surveys = Vec::new();
+    let mut r = open(input)?;
+    let mut recs = Vec::with_capacity(CHUNK);
+    while let Some(s) = r.next_section()? {
+        if let Section::Stream(_) = s {
+            let mut sv = Survey::default();
+            let mut pos = 0u64;
+            while r.records(&mut recs, CHUNK)? > 0 {
+                for rec in &recs {
+                    if rec.is_branch() {
+                        sv.branches += 1;
+                    } else {
+                        sv.context.push(pos);
+                    }
+                    pos += 1;
+                }
+                recs.clear();
+            }
+            surveys.push(sv);
+        }
+    }
+    // Pass 2: write.
+    let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
+    let mut r = open(input)?;
+    let mut w = None;
+    let mut meta = None;
+    let mut pages: HashMap<(i32, u32), BTreeSet<u64>> = HashMap::new();
+    let mut ends_kept: HashMap<(i32, u32, i32), bool> = HashMap::new();
+    let mut index = 0;
+    let mut kept_branches = 0;
+    while let Some(s) = r.next_section()? {
+        match s {
+            Section::Meta(m) => meta = Some(m),
+            Section::Modules(m) => {
+                let meta =
+                    meta.take().ok_or_else(|| Error::Corrupt("no metadata before the modules".into()))?;
+                w = Some(TraceWriter::new(tmp.as_file().try_clone().map_err(io_out)?, &meta, &m)?);
+            }
+            Section::Stream(mut h) => {
+                let w = w.as_mut().ok_or_else(|| Error::Corrupt("a stream before the modules".into()))?;
+                let sv = &surveys[index];
+                index += 1;
+                let keep = Keep::of(sv, cut);
+                let image = match h.kind {
+                    StreamKind::Thread { pid, generation, tid, .. } => Some((pid, generation, tid)),
+                    StreamKind::Cpu { .. } => None,
+                };
+                if let Some((pid, gen, tid)) = image {
+                    ends_kept.insert((pid, gen, tid), keep.is_some_and(|k| k.keeps_end));
+                }
+                h.count = keep.map_or(0, |k| k.count());
+                h.overwritten += keep.map_or(sv.branches, |k| k.branches_dropped_before);
+                if !keep.is_some_and(|k| k.keeps_end) {
+                    if let StreamKind::Thread { crashed, last_pc, .. } = &mut h.kind {
+                        *crashed = false;
+                        *last_pc = None;
+                    }
+                }
+                let last_pc = match h.kind {
+                    StreamKind::Thread { last_pc, .. } => last_pc,
+                    StreamKind::Cpu { .. } => None,
+                };
+                w.begin_stream(&h)?;
+                let mut pos = 0u64;
+                let mut kept: Vec<BtsRecord> = Vec::with_capacity(CHUNK);
+                let mut touched = BTreeSet::new();
+                // The last branch of the chunk before: the code between it
+                // and the next one's source is needed too.
+                let mut carry: Option<BtsRecord> = None;
+                while r.records(&mut recs, CHUNK)? > 0 {
+                    if let Some(k) = keep {
+                        for rec in &recs {
+                            if k.wants(pos) {
+                                kept.push(*rec);
+                            }
+                            pos += 1;
+                        }
+                    }
+                    recs.clear();
+                    kept_branches += kept.iter().filter(|r| r.is_branch()).count() as u64;
+                    ds_alloc::pages::touched_pages(carry.iter().chain(kept.iter()), None, &mut touched);
+                    carry = kept.iter().rev().find(|r| r.is_branch()).copied().or(carry);
+                    w.records(&kept)?;
+                    kept.clear();
+                }
+                ds_alloc::pages::touched_pages(std::iter::empty(), last_pc, &mut touched);
+                if let Some((pid, gen, _)) = image {
+                    pages.entry((pid, gen)).or_default().extend(touched);
+                }
+            }
+            Section::Code(c) => {
+                let w = w.as_mut().ok_or_else(|| Error::Corrupt("code before the modules".into()))?;
+                let wanted = pages.get(&(c.pid, c.generation)).is_some_and(|p| {
+                    let end = c.addr.saturating_add(c.bytes.len() as u64);
+                    p.range(c.addr & !0xfff..end).next().is_some()
+                });
+                if wanted {
+                    w.code(&c)?;
+                }
+            }
+            Section::State(st) => {
+                let w =
+                    w.as_mut().ok_or_else(|| Error::Corrupt("a thread state before the modules".into()))?;
+                // Registers and stack belong to the end of the thread's trace.
+                if ends_kept.get(&(st.pid, st.generation, st.tid)).copied().unwrap_or(false) {
+                    w.state(&st)?;
+                }
+            }
+        }
+    }
+    let w = w.ok_or_else(|| Error::Corrupt("no modules section".into()))?;
+    w.finish()?;
+    tmp.persist_noclobber(output)
+        .map_err(|e| Error::Io { path: output.display().to_string(), source: e.error })?;
+    Ok(kept_branches)
+}
+
+fn io_out(source: std::io::Error) -> Error {
+    Error::Io { path: "the output".into(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_and_positions() {
+        assert_eq!(Cut::First(3).span(10), (0, 3));
+        assert_eq!(Cut::Last(3).span(10), (7, 10));
+        assert_eq!(Cut::Last(30).span(10), (0, 10));
+        assert_eq!(Cut::Range(4, 6).span(10), (4, 6));
+        assert_eq!(Cut::Range(8, 20).span(10), (8, 10));
+        assert_eq!(Cut::Range(12, 20).span(10), (10, 10));
+        // Records: C B B C B B (context at 0 and 3).
+        let s = Survey { branches: 4, context: vec![0, 3] };
+        assert_eq!((s.position_of(0), s.position_of(1), s.position_of(2), s.position_of(3)), (1, 2, 4, 5));
+        let k = Keep::of(&s, Cut::Last(1)).unwrap();
+        assert_eq!((k.lo, k.hi, k.before, k.count()), (5, 5, Some(3), 2));
+        let k = Keep::of(&s, Cut::Range(1, 3)).unwrap();
+        assert_eq!((k.lo, k.hi, k.before, k.count(), k.branches_dropped_before), (2, 4, Some(0), 4, 1));
+        assert!(Keep::of(&s, Cut::Range(4, 9)).is_none());
+    }
+}
