@@ -62,6 +62,25 @@ pub enum Command {
         #[arg(short = 'o', long, required = true)]
         output: PathBuf,
     },
+    /// Split a trace into one file per thread, process or CPU buffer (any
+    /// size of trace, in bounded memory).
+    Split {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        by: SplitBy,
+        /// The folder for the parts (made if needed; no file is overwritten).
+        #[arg(short = 'o', long, required = true)]
+        output: PathBuf,
+    },
+    /// Merge traces of one run (its processes, or split parts) into one,
+    /// ordered by when each began.
+    Merge {
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// The new trace file (never an existing one).
+        #[arg(short = 'o', long, required = true)]
+        output: PathBuf,
+    },
     /// Print the last branches recorded in a trace file.
     LastBranch {
         #[command(flatten)]
@@ -207,6 +226,16 @@ pub struct CiArgs {
     /// The step: a command and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<OsString>,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SplitBy {
+    /// One file per thread buffer.
+    Thread,
+    /// One file per process.
+    Process,
+    /// One file per CPU catch-all buffer.
+    Cpu,
 }
 
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]

@@ -30,6 +30,8 @@ fn main() -> ExitCode {
         Command::Ci(args) => cmd::ci::run(&args),
         Command::Attach { rec, pid } => cmd::attach::run(&rec, pid),
         Command::Info { file, json } => cmd::info::run(&file, json),
+        Command::Split { file, by, output } => cmd::cut::split(&file, by, &output),
+        Command::Merge { files, output } => cmd::cut::merge(&files, &output),
         Command::Cut { file, first, last, range, output } => {
             let how = match (first, last, range) {
                 (Some(n), _, _) => bts_reader::cut::Cut::First(n),

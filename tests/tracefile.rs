@@ -93,3 +93,71 @@ fn a_cut_trace_is_valid_and_keeps_the_code_its_records_need() {
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stderr).contains("does not overwrite"), "{}", text(&again.stderr));
 }
+
+/// Each stream of a trace: whose, and its records, in a canonical order.
+fn streams_of(tf: &bts_reader::TraceFile) -> Vec<String> {
+    let mut v: Vec<String> =
+        tf.streams.iter().map(|s| format!("{:?} {} {:?}", s.kind, s.overwritten, s.records)).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn split_then_merge_gives_back_the_same_records() {
+    let dir = scratch("split_merge");
+    let (exit3, null_call) = (fixture("exit3"), fixture("null_call"));
+    let script = format!("{}; {}; true", exit3.display(), null_call.display());
+    let out = bts(
+        &dir,
+        &[
+            "run",
+            "--backend",
+            "fast",
+            "--follow-fork",
+            "--report",
+            "never",
+            "-o",
+            "all.bts",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let all = bts_reader::TraceFile::read(&dir.join("all.bts")).unwrap();
+    let pids: std::collections::BTreeSet<i32> = all.modules.iter().map(|m| m.pid).collect();
+    assert_eq!(pids.len(), 3, "sh and its two children");
+    for (by, parts_expected) in [("process", pids.len()), ("thread", all.streams.len())] {
+        let out = bts(&dir, &["split", "all.bts", "--by", by, "-o", by]);
+        assert!(out.status.success(), "{by}: {}", text(&out.stderr));
+        let parts: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+        assert_eq!(parts.len(), parts_expected, "{by}: {parts:?}");
+        for p in &parts {
+            let tf = bts_reader::TraceFile::read(&dir.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+            assert!(!tf.streams.is_empty(), "{p}");
+            // Each part holds the code its records need.
+            let h = bts(&dir, &["history", p, "1,+100000"]);
+            assert!(
+                h.status.success() && !text(&h.stdout).contains("decode error"),
+                "{p}: {}",
+                text(&h.stdout)
+            );
+        }
+        let mut args = vec!["merge"];
+        args.extend(parts.iter().map(String::as_str));
+        let merged = format!("merged-{by}.bts");
+        args.extend(["-o", &merged]);
+        let out = bts(&dir, &args);
+        assert!(out.status.success(), "{by}: {}", text(&out.stderr));
+        let m = bts_reader::TraceFile::read(&dir.join(&merged)).unwrap();
+        assert_eq!(streams_of(&m), streams_of(&all), "{by}: split then merge is the same records");
+        assert_eq!(m.meta, all.meta, "{by}: the first process's metadata");
+        let mods = |tf: &bts_reader::TraceFile| {
+            let mut v: Vec<String> = tf.modules.iter().map(|m| format!("{m:?}")).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(mods(&m), mods(&all), "{by}");
+    }
+}

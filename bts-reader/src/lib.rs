@@ -14,6 +14,7 @@ pub mod cut;
 pub mod outfile;
 pub mod perf;
 pub mod recording;
+pub mod split;
 pub mod tracefile;
 pub mod tracestream;
 pub mod valgrind;

@@ -1,7 +1,8 @@
-//! `bts cut FILE (--first N | --last N | --range A..B) -o OUT`: a smaller
-//! trace, made in bounded memory from a trace of any size.
+//! The trace tools that write traces: `bts cut` (a smaller trace), `bts
+//! split` (one per thread, process or CPU) and `bts merge` (one of many),
+//! each in bounded memory whatever the size of its input.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bts_reader::cut::{cut, Cut};
@@ -22,6 +23,16 @@ pub fn parse_range(s: &str) -> Result<(u64, u64), RangeError> {
     Ok((a, b))
 }
 
+/// The advice for an error of a trace tool.
+fn advice(e: &bts_reader::Error) -> &'static str {
+    match e {
+        bts_reader::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            " (bts does not overwrite a file: remove it, or name another)"
+        }
+        _ => "",
+    }
+}
+
 /// `bts cut`.
 pub fn run(file: &Path, how: Cut, output: &Path) -> ExitCode {
     match cut(file, output, how) {
@@ -30,15 +41,46 @@ pub fn run(file: &Path, how: Cut, output: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let advice = match &e {
-                bts_reader::Error::Io { source, .. }
-                    if source.kind() == std::io::ErrorKind::AlreadyExists =>
-                {
-                    " (bts cut does not overwrite a file: remove it, or name another)"
-                }
-                _ => "",
-            };
-            crate::errln!("bts: cannot cut {}: {e}{advice}", file.display());
+            crate::errln!("bts: cannot cut {}: {e}{}", file.display(), advice(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `bts split`.
+pub fn split(file: &Path, by: crate::args::SplitBy, dir: &Path) -> ExitCode {
+    use bts_reader::split::By;
+    let by = match by {
+        crate::args::SplitBy::Thread => By::Thread,
+        crate::args::SplitBy::Process => By::Process,
+        crate::args::SplitBy::Cpu => By::Cpu,
+    };
+    match bts_reader::split::split(file, by, dir) {
+        Ok(parts) => {
+            for p in &parts {
+                crate::outln!("{}", p.display());
+            }
+            if parts.is_empty() {
+                crate::errln!("bts: {} has no buffer to split that way", file.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            crate::errln!("bts: cannot split {}: {e}{}", file.display(), advice(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `bts merge`.
+pub fn merge(files: &[PathBuf], output: &Path) -> ExitCode {
+    match bts_reader::split::merge(files, output) {
+        Ok(()) => {
+            crate::errln!("bts: {} written from {} traces", output.display(), files.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            crate::errln!("bts: cannot merge into {}: {e}{}", output.display(), advice(&e));
             ExitCode::FAILURE
         }
     }
