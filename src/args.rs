@@ -62,6 +62,30 @@ pub enum Command {
         #[arg(short = 'o', long, required = true)]
         output: PathBuf,
     },
+    /// Keep the records whose ends lie in a module, a function or kernel
+    /// space, or the buffers of a thread or process (any size of trace, in
+    /// bounded memory); context records are kept.
+    Filter {
+        file: PathBuf,
+        /// A module: its path, or its file name (`libc.so.6`).
+        #[arg(long, group = "what")]
+        module: Option<String>,
+        /// A function, as the report names it.
+        #[arg(long, group = "what")]
+        function: Option<String>,
+        /// One thread's buffers.
+        #[arg(long, group = "what")]
+        tid: Option<i32>,
+        /// One process's buffers.
+        #[arg(long, group = "what")]
+        pid: Option<i32>,
+        /// Records with an end in kernel space (root or perf_event_paranoid <= 1).
+        #[arg(long, group = "what")]
+        kernel: bool,
+        /// The new trace file (never an existing one).
+        #[arg(short = 'o', long, required = true)]
+        output: PathBuf,
+    },
     /// Split a trace into one file per thread, process or CPU buffer (any
     /// size of trace, in bounded memory).
     Split {

@@ -31,6 +31,23 @@ fn main() -> ExitCode {
         Command::Attach { rec, pid } => cmd::attach::run(&rec, pid),
         Command::Info { file, json } => cmd::info::run(&file, json),
         Command::Split { file, by, output } => cmd::cut::split(&file, by, &output),
+        Command::Filter { file, module, function, tid, pid, kernel, output } => {
+            use bts_reader::filter::Filter;
+            let what = match (module, function, tid, pid, kernel) {
+                (Some(m), ..) => Filter::Module(m),
+                (_, Some(f), ..) => Filter::Function(f),
+                (_, _, Some(t), ..) => Filter::Tid(t),
+                (_, _, _, Some(p), _) => Filter::Pid(p),
+                (.., true) => Filter::Kernel,
+                _ => {
+                    crate::errln!(
+                        "bts: filter: say what to keep: --module, --function, --tid, --pid or --kernel"
+                    );
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            cmd::cut::filter(&file, &what, &output)
+        }
         Command::Merge { files, output } => cmd::cut::merge(&files, &output),
         Command::Cut { file, first, last, range, output } => {
             let how = match (first, last, range) {

@@ -161,3 +161,87 @@ fn split_then_merge_gives_back_the_same_records() {
         assert_eq!(mods(&m), mods(&all), "{by}");
     }
 }
+
+#[test]
+fn filter_keeps_the_records_whose_ends_lie_in_the_chosen_code() {
+    let dir = scratch("filter");
+    let (exit3, null_call) = (fixture("exit3"), fixture("null_call"));
+    let script = format!("{}; {}; true", exit3.display(), null_call.display());
+    let out = bts(
+        &dir,
+        &[
+            "run",
+            "--backend",
+            "fast",
+            "--follow-fork",
+            "--report",
+            "never",
+            "-o",
+            "all.bts",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let all = bts_reader::TraceFile::read(&dir.join("all.bts")).unwrap();
+    let context = |tf: &bts_reader::TraceFile| -> usize {
+        tf.streams.iter().map(|s| s.records.iter().filter(|r| !r.is_branch()).count()).sum()
+    };
+    let branches = |tf: &bts_reader::TraceFile| -> Vec<(u64, u64, i32, u32)> {
+        let mut v = Vec::new();
+        for s in &tf.streams {
+            if let bts_reader::StreamKind::Thread { pid, generation, .. } = s.kind {
+                v.extend(s.records.iter().filter(|r| r.is_branch()).map(|r| (r.from, r.to, pid, generation)));
+            }
+        }
+        v
+    };
+
+    // A function: each kept branch leaves or enters it.
+    assert!(bts(&dir, &["filter", "all.bts", "--function", "c", "-o", "c.bts"]).status.success());
+    let c = bts_reader::TraceFile::read(&dir.join("c.bts")).unwrap();
+    let r = json(&bts(&dir, &["last-branch", "--json", "--all-threads", "-n", "100000", "c.bts"]));
+    let mut n = 0;
+    for t in r["threads"].as_array().unwrap() {
+        for b in t["branches"].as_array().unwrap() {
+            let in_c = |k: &str| b[k].as_str().is_some_and(|s| s == "c" || s.starts_with("c+"));
+            assert!(in_c("from_sym") || in_c("to_sym"), "{b}");
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "the loop in c and the NULL call");
+    assert_eq!(context(&c), context(&all), "context records are kept");
+
+    // A module: each kept branch has an end in it.
+    assert!(bts(&dir, &["filter", "all.bts", "--module", "libc.so.6", "-o", "libc.bts"]).status.success());
+    let libc = bts_reader::TraceFile::read(&dir.join("libc.bts")).unwrap();
+    let kept = branches(&libc);
+    assert!(!kept.is_empty());
+    for (from, to, pid, gen) in kept {
+        let in_libc = |a: u64| {
+            all.modules.iter().any(|m| {
+                (m.pid, m.generation) == (pid, gen) && m.map.path.ends_with("/libc.so.6") && m.map.contains(a)
+            })
+        };
+        assert!(in_libc(from) || in_libc(to), "{from:#x} -> {to:#x}");
+    }
+
+    // A process: its buffers whole, its modules only.
+    let pid = all.streams.iter().rev().find_map(|s| match s.kind {
+        bts_reader::StreamKind::Thread { pid, crashed: true, .. } => Some(pid),
+        _ => None,
+    });
+    let pid = pid.expect("the crashed child");
+    assert!(bts(&dir, &["filter", "all.bts", "--pid", &pid.to_string(), "-o", "p.bts"]).status.success());
+    let p = bts_reader::TraceFile::read(&dir.join("p.bts")).unwrap();
+    assert!(p.modules.iter().all(|m| m.pid == pid));
+    let mine: Vec<_> = branches(&all).into_iter().filter(|b| b.2 == pid).collect();
+    assert_eq!(branches(&p), mine);
+    let h = bts(&dir, &["history", "p.bts", "1,+100000"]);
+    assert!(h.status.success() && !text(&h.stdout).contains("decode error"), "{}", text(&h.stdout));
+
+    // Nothing chosen: a usage error.
+    assert_eq!(bts(&dir, &["filter", "all.bts", "-o", "none.bts"]).status.code(), Some(2));
+}

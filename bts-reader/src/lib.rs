@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod cut;
+pub mod filter;
 pub mod outfile;
 pub mod perf;
 pub mod recording;

@@ -72,6 +72,26 @@ pub fn split(file: &Path, by: crate::args::SplitBy, dir: &Path) -> ExitCode {
     }
 }
 
+/// `bts filter`.
+pub fn filter(file: &Path, what: &bts_reader::filter::Filter, output: &Path) -> ExitCode {
+    if *what == bts_reader::filter::Filter::Kernel {
+        if let Err(e) = crate::load::kernel_allowed(true) {
+            crate::errln!("bts: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match bts_reader::filter::filter(file, output, what) {
+        Ok(kept) => {
+            crate::errln!("bts: {} written: {kept} branches kept", output.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            crate::errln!("bts: cannot filter {}: {e}{}", file.display(), advice(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `bts merge`.
 pub fn merge(files: &[PathBuf], output: &Path) -> ExitCode {
     match bts_reader::split::merge(files, output) {

@@ -1,0 +1,221 @@
+//! `bts filter`: the records of a trace whose ends lie in the chosen code
+//! (a module, a function, kernel space) or whose thread or process is
+//! chosen; context records are kept, so where and when the task ran stays
+//! known. Two passes a section at a time (count, then write): any size of
+//! trace takes bounded memory.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use decode::symbols::Symbolizer;
+use ds_alloc::BtsRecord;
+
+use crate::tracestream::{Section, TraceReader, TraceWriter};
+use crate::{Error, Module, Result, StreamKind};
+
+/// What to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// Records with an end in a module whose path is this or ends in `/this`.
+    Module(String),
+    /// Records with an end in this function (as the report names it).
+    Function(String),
+    /// The buffers of this thread.
+    Tid(i32),
+    /// The buffers of this process.
+    Pid(i32),
+    /// Records with an end in kernel space.
+    Kernel,
+}
+
+/// Where user space ends.
+const KERNEL: u64 = 0xffff_8000_0000_0000;
+
+/// Records read at a time.
+const CHUNK: usize = 1 << 16;
+
+/// Decides record by record, image by image.
+struct Chooser<'a> {
+    filter: &'a Filter,
+    modules: HashMap<(i32, u32), Vec<Module>>,
+    symbols: HashMap<(i32, u32), Symbolizer>,
+}
+
+impl Chooser<'_> {
+    fn keeps_stream(&self, kind: &StreamKind) -> bool {
+        match (self.filter, kind) {
+            (Filter::Tid(t), StreamKind::Thread { tid, .. }) => tid == t,
+            (Filter::Pid(p), StreamKind::Thread { pid, .. }) => pid == p,
+            (Filter::Tid(_) | Filter::Pid(_), StreamKind::Cpu { .. }) => false,
+            _ => true,
+        }
+    }
+
+    fn in_module(&self, image: (i32, u32), addr: u64, name: &str) -> bool {
+        self.modules.get(&image).is_some_and(|mods| {
+            mods.iter().any(|m| {
+                m.map.contains(addr) && (m.map.path == name || m.map.path.ends_with(&format!("/{name}")))
+            })
+        })
+    }
+
+    fn in_function(&mut self, image: (i32, u32), addr: u64, name: &str) -> bool {
+        let mods = &self.modules;
+        let syms = self.symbols.entry(image).or_insert_with(|| {
+            Symbolizer::new(
+                mods.get(&image).map(|m| m.iter().map(|m| m.map.clone()).collect()).unwrap_or_default(),
+            )
+        });
+        syms.lookup(addr).function.as_deref() == Some(name)
+    }
+
+    /// Whether a record of image `image` (none for a CPU buffer) is kept.
+    fn keeps(&mut self, image: Option<(i32, u32)>, r: &BtsRecord) -> bool {
+        if !r.is_branch() {
+            return true;
+        }
+        let ends = [r.from, r.to];
+        let filter = self.filter;
+        match (filter, image) {
+            (Filter::Tid(_) | Filter::Pid(_), _) => true,
+            (Filter::Kernel, _) => ends.iter().any(|&a| a >= KERNEL),
+            (Filter::Module(m), Some(img)) => ends.iter().any(|&a| self.in_module(img, a, m)),
+            (Filter::Function(f), Some(img)) => {
+                ends.iter().any(|&a| a < KERNEL && self.in_function(img, a, f))
+            }
+            (_, None) => false,
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<TraceReader<BufReader<File>>> {
+    let f = File::open(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+    TraceReader::new(BufReader::with_capacity(1 << 20, f))
+}
+
+fn image_of(kind: &StreamKind) -> Option<(i32, u32)> {
+    match *kind {
+        StreamKind::Thread { pid, generation, .. } => Some((pid, generation)),
+        StreamKind::Cpu { .. } => None,
+    }
+}
+
+/// Writes the records of `input` that `filter` keeps to `output` (a new
+/// file). Returns the branches kept.
+pub fn filter(input: &Path, output: &Path, filter: &Filter) -> Result<u64> {
+    let mut chooser = Chooser { filter, modules: HashMap::new(), symbols: HashMap::new() };
+    // Pass 1: how many records of each buffer are kept.
+    let mut counts = Vec::new();
+    let mut r = open(input)?;
+    let mut recs = Vec::with_capacity(CHUNK);
+    while let Some(s) = r.next_section()? {
+        match s {
+            Section::Modules(mods) => {
+                for m in mods {
+                    chooser.modules.entry((m.pid, m.generation)).or_default().push(m);
+                }
+            }
+            Section::Stream(h) => {
+                let (keep, image) = (chooser.keeps_stream(&h.kind), image_of(&h.kind));
+                let mut n = 0u64;
+                while r.records(&mut recs, CHUNK)? > 0 {
+                    if keep {
+                        n += recs.iter().filter(|x| chooser.keeps(image, x)).count() as u64;
+                    }
+                    recs.clear();
+                }
+                counts.push(keep.then_some(n));
+            }
+            _ => {}
+        }
+    }
+    // Pass 2: write them.
+    let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let io_dir = |source| Error::Io { path: dir.display().to_string(), source };
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_dir)?;
+    let mut r = open(input)?;
+    let (mut w, mut meta, mut index, mut kept_branches) = (None, None, 0, 0u64);
+    let mut pages: HashMap<(i32, u32), BTreeSet<u64>> = HashMap::new();
+    let mut threads_kept = BTreeSet::new();
+    let missing = |what: &str| Error::Corrupt(format!("{what} before the modules"));
+    while let Some(s) = r.next_section()? {
+        match s {
+            Section::Meta(m) => meta = Some(m),
+            Section::Modules(mods) => {
+                let meta =
+                    meta.take().ok_or_else(|| Error::Corrupt("no metadata before the modules".into()))?;
+                let mods: Vec<Module> = match filter {
+                    Filter::Pid(p) => mods.into_iter().filter(|m| m.pid == *p).collect(),
+                    _ => mods,
+                };
+                w = Some(TraceWriter::new(tmp.as_file().try_clone().map_err(io_dir)?, &meta, &mods)?);
+            }
+            Section::Stream(mut h) => {
+                let w = w.as_mut().ok_or_else(|| missing("a stream"))?;
+                let count = counts.get(index).copied().flatten();
+                index += 1;
+                let Some(count) = count else { continue };
+                let image = image_of(&h.kind);
+                if let StreamKind::Thread { pid, generation, tid, .. } = h.kind {
+                    threads_kept.insert((pid, generation, tid));
+                }
+                h.count = count;
+                if !matches!(filter, Filter::Tid(_) | Filter::Pid(_)) {
+                    // Picked records do not end where the thread stood.
+                    if let StreamKind::Thread { last_pc, .. } = &mut h.kind {
+                        *last_pc = None;
+                    }
+                }
+                w.begin_stream(&h)?;
+                let mut kept: Vec<BtsRecord> = Vec::with_capacity(CHUNK);
+                let touched = pages.entry(image.unwrap_or((-1, 0))).or_default();
+                // A whole buffer is decoded from record to record; records
+                // picked by their ends each stand alone (what lies between
+                // two of them may not have run).
+                let whole = matches!(filter, Filter::Tid(_) | Filter::Pid(_));
+                let mut carry: Option<BtsRecord> = None;
+                while r.records(&mut recs, CHUNK)? > 0 {
+                    kept.extend(recs.iter().filter(|x| chooser.keeps(image, x)));
+                    recs.clear();
+                    kept_branches += kept.iter().filter(|x| x.is_branch()).count() as u64;
+                    if whole {
+                        ds_alloc::pages::touched_pages(carry.iter().chain(kept.iter()), None, touched);
+                        carry = kept.iter().rev().find(|x| x.is_branch()).copied().or(carry);
+                    } else {
+                        for b in kept.iter().filter(|x| x.is_branch()) {
+                            ds_alloc::pages::touched_pages(std::iter::once(b), None, touched);
+                        }
+                    }
+                    w.records(&kept)?;
+                    kept.clear();
+                }
+                if let (true, StreamKind::Thread { last_pc, .. }) = (whole, &h.kind) {
+                    ds_alloc::pages::touched_pages(std::iter::empty(), *last_pc, touched);
+                }
+            }
+            Section::Code(c) => {
+                let w = w.as_mut().ok_or_else(|| missing("code"))?;
+                let end = c.addr.saturating_add(c.bytes.len() as u64);
+                if pages
+                    .get(&(c.pid, c.generation))
+                    .is_some_and(|p| p.range(c.addr & !0xfff..end).next().is_some())
+                {
+                    w.code(&c)?;
+                }
+            }
+            Section::State(st) => {
+                let w = w.as_mut().ok_or_else(|| missing("a thread state"))?;
+                let whole = matches!(filter, Filter::Tid(_) | Filter::Pid(_));
+                if whole && threads_kept.contains(&(st.pid, st.generation, st.tid)) {
+                    w.state(&st)?;
+                }
+            }
+        }
+    }
+    w.ok_or_else(|| Error::Corrupt("no modules section".into()))?.finish()?;
+    tmp.persist_noclobber(output)
+        .map_err(|e| Error::Io { path: output.display().to_string(), source: e.error })?;
+    Ok(kept_branches)
+}
