@@ -58,6 +58,10 @@ pub enum Command {
         /// Branches A up to (not including) B of each buffer, counted from 0.
         #[arg(long, value_name = "A..B", group = "how", value_parser = crate::cmd::cut::parse_range)]
         range: Option<(u64, u64)>,
+        /// The branches taken between clocks T1 and T2 (ns, as `bts info`
+        /// shows them; a branch's time is its thread's last arrival on a CPU).
+        #[arg(long, value_name = "T1..T2", group = "how", value_parser = crate::cmd::cut::parse_range)]
+        time: Option<(u64, u64)>,
         /// The new trace file (never an existing one).
         #[arg(short = 'o', long, required = true)]
         output: PathBuf,

@@ -49,14 +49,15 @@ fn main() -> ExitCode {
             cmd::cut::filter(&file, &what, &output)
         }
         Command::Merge { files, output } => cmd::cut::merge(&files, &output),
-        Command::Cut { file, first, last, range, output } => {
-            let how = match (first, last, range) {
-                (Some(n), _, _) => bts_reader::cut::Cut::First(n),
-                (_, Some(n), _) => bts_reader::cut::Cut::Last(n),
-                (_, _, Some((a, b))) => bts_reader::cut::Cut::Range(a, b),
+        Command::Cut { file, first, last, range, time, output } => {
+            let how = match (first, last, range, time) {
+                (Some(n), ..) => bts_reader::cut::Cut::First(n),
+                (_, Some(n), ..) => bts_reader::cut::Cut::Last(n),
+                (_, _, Some((a, b)), _) => bts_reader::cut::Cut::Range(a, b),
+                (.., Some((a, b))) => bts_reader::cut::Cut::Time(a, b),
                 _ => {
                     crate::errln!(
-                        "bts: cut: say which branches to keep: --first N, --last N or --range A..B"
+                        "bts: cut: say which branches to keep: --first N, --last N, --range A..B or --time T1..T2"
                     );
                     return std::process::ExitCode::from(2);
                 }

@@ -244,4 +244,23 @@ fn filter_keeps_the_records_whose_ends_lie_in_the_chosen_code() {
 
     // Nothing chosen: a usage error.
     assert_eq!(bts(&dir, &["filter", "all.bts", "-o", "none.bts"]).status.code(), Some(2));
+
+    // bts cut --time: a branch's time is its thread's last arrival.
+    let info = json(&bts(&dir, &["info", "--json", "all.bts"]));
+    let (t1, t2) = (info["time_span_ns"][0].as_u64().unwrap(), info["time_span_ns"][1].as_u64().unwrap());
+    let after_arrival: usize = all
+        .streams
+        .iter()
+        .map(|s| match s.records.iter().position(|r| !r.is_branch()) {
+            Some(i) => s.records[i..].iter().filter(|r| r.is_branch()).count(),
+            None => 0,
+        })
+        .sum();
+    assert!(bts(&dir, &["cut", "all.bts", "--time", &format!("{t1}..{t2}"), "-o", "t.bts"]).status.success());
+    let t = bts_reader::TraceFile::read(&dir.join("t.bts")).unwrap();
+    assert_eq!(branches(&t).len(), after_arrival);
+    assert!(bts(&dir, &["cut", "all.bts", "--time", &format!("0..{}", t1 - 1), "-o", "t0.bts"])
+        .status
+        .success());
+    assert!(branches(&bts_reader::TraceFile::read(&dir.join("t0.bts")).unwrap()).is_empty());
 }

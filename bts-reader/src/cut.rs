@@ -24,15 +24,28 @@ pub enum Cut {
     Last(u64),
     /// Branches A (included) to B (excluded).
     Range(u64, u64),
+    /// Branches taken between clocks T1 and T2 (ns, the recorder's
+    /// monotonic clock, as `bts info` shows it): a branch's time is that
+    /// of the context record before it (the task's arrival on a CPU).
+    Time(u64, u64),
 }
 
 impl Cut {
-    /// The kept branch indices of a buffer of `n` branches.
-    fn span(self, n: u64) -> (u64, u64) {
+    /// The kept branch indices of a buffer.
+    fn span(self, s: &Survey) -> (u64, u64) {
+        let n = s.branches;
         match self {
             Cut::First(k) => (0, k.min(n)),
             Cut::Last(k) => (n.saturating_sub(k), n),
             Cut::Range(a, b) => (a.min(n), b.min(n).max(a.min(n))),
+            Cut::Time(t1, t2) => {
+                // Context record i starts the run of records timed by its
+                // clock; branches before it: its position less i.
+                let branch_at = |i: usize| s.context.get(i).map_or(n, |&p| p - i as u64);
+                let i0 = s.clocks.iter().position(|&c| c >= t1).unwrap_or(s.clocks.len());
+                let i1 = s.clocks.iter().position(|&c| c > t2).unwrap_or(s.clocks.len()).max(i0);
+                (branch_at(i0), branch_at(i1))
+            }
         }
     }
 }
@@ -43,6 +56,8 @@ struct Survey {
     branches: u64,
     /// Record positions of the context records, ascending.
     context: Vec<u64>,
+    /// Their clocks.
+    clocks: Vec<u64>,
 }
 
 impl Survey {
@@ -73,7 +88,7 @@ struct Keep {
 
 impl Keep {
     fn of(s: &Survey, cut: Cut) -> Option<Keep> {
-        let (a, b) = cut.span(s.branches);
+        let (a, b) = cut.span(s);
         if a >= b {
             return None;
         }
@@ -117,6 +132,7 @@ pub fn cut(input: &Path, output: &Path, cut: Cut) -> Result<u64> {
                         sv.branches += 1;
                     } else {
                         sv.context.push(pos);
+                        sv.clocks.push(rec.to);
                     }
                     pos += 1;
                 }
@@ -233,14 +249,20 @@ mod tests {
 
     #[test]
     fn spans_and_positions() {
-        assert_eq!(Cut::First(3).span(10), (0, 3));
-        assert_eq!(Cut::Last(3).span(10), (7, 10));
-        assert_eq!(Cut::Last(30).span(10), (0, 10));
-        assert_eq!(Cut::Range(4, 6).span(10), (4, 6));
-        assert_eq!(Cut::Range(8, 20).span(10), (8, 10));
-        assert_eq!(Cut::Range(12, 20).span(10), (10, 10));
+        let ten = Survey { branches: 10, ..Survey::default() };
+        assert_eq!(Cut::First(3).span(&ten), (0, 3));
+        assert_eq!(Cut::Last(3).span(&ten), (7, 10));
+        assert_eq!(Cut::Last(30).span(&ten), (0, 10));
+        assert_eq!(Cut::Range(4, 6).span(&ten), (4, 6));
+        assert_eq!(Cut::Range(8, 20).span(&ten), (8, 10));
+        assert_eq!(Cut::Range(12, 20).span(&ten), (10, 10));
         // Records: C B B C B B (context at 0 and 3).
-        let s = Survey { branches: 4, context: vec![0, 3] };
+        let s = Survey { branches: 4, context: vec![0, 3], clocks: vec![100, 200] };
+        // Branches 0-1 ran at 100, 2-3 at 200.
+        assert_eq!(Cut::Time(150, 250).span(&s), (2, 4));
+        assert_eq!(Cut::Time(0, 150).span(&s), (0, 2));
+        assert_eq!(Cut::Time(0, 50).span(&s), (0, 0));
+        assert_eq!(Cut::Time(300, 400).span(&s), (4, 4));
         assert_eq!((s.position_of(0), s.position_of(1), s.position_of(2), s.position_of(3)), (1, 2, 4, 5));
         let k = Keep::of(&s, Cut::Last(1)).unwrap();
         assert_eq!((k.lo, k.hi, k.before, k.count()), (5, 5, Some(3), 2));
