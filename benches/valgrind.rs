@@ -1,22 +1,26 @@
-//! The Valgrind backend against its floor: the loop program (one taken
-//! branch per iteration) at 10^8 iterations natively, under
-//! `valgrind --tool=none`, and under `bts run --backend valgrind`, side by
-//! side. Goals: <= 8x native, <= 1.7x `none`.
-//! Run: `cargo bench --bench valgrind [-- ITERATIONS]`.
+//! The Valgrind recorder against its floor, side by side in one run:
+//! natively, under `valgrind --tool=none`, and under `bts run --backend
+//! valgrind`, on
+//!   - the loop program (-O0, one taken branch per iteration),
+//!   - the branch-dense loop (-O1: a call, a ret and a conditional every
+//!     9 instructions),
+//!   - gzip compressing 16 MiB of generated text,
+//!   - python3 running a small workload.
+//!
+//! Goals: <= 1.3x `none` on the branch-dense loop, <= 1.15x on gzip and
+//! python3. Run: `cargo bench --bench valgrind [-- ITERATIONS]`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 mod common;
 
 const BTS: &str = env!("CARGO_BIN_EXE_bts");
 
-fn build_loop() -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/loop.c");
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench");
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    let bin = dir.join("loop-vg");
-    assert!(Command::new("cc").args(["-O0", "-o"]).arg(&bin).arg(&src).status().expect("cc").success());
+fn build(dir: &Path, fixture: &str, opt: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{fixture}.c"));
+    let bin = dir.join(format!("{fixture}{opt}"));
+    assert!(Command::new("cc").arg(opt).arg("-o").arg(&bin).arg(&src).status().expect("cc").success());
     bin
 }
 
@@ -25,28 +29,69 @@ fn time(cmd: impl FnMut() -> Command) -> f64 {
     common::best_of(3, cmd)
 }
 
-fn main() {
-    let n: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(100_000_000);
-    let bin = build_loop();
-    let native = time(|| {
-        let mut c = Command::new(&bin);
-        c.arg(n.to_string());
+/// The three ways of running `argv`, in seconds.
+fn side_by_side(argv: &[String], stdin: Option<&Path>) -> (f64, f64, f64) {
+    let with = |mut c: Command| {
+        c.stdout(Stdio::null());
+        if let Some(p) = stdin {
+            c.stdin(std::fs::File::open(p).expect("input"));
+        }
         c
+    };
+    let native = time(|| {
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
+        with(c)
     });
     let none = time(|| {
         let mut c = Command::new("valgrind");
-        c.args(["--tool=none", "-q"]).arg(&bin).arg(n.to_string());
-        c
+        c.args(["--tool=none", "-q"]).args(argv);
+        with(c)
     });
     let bts = time(|| {
         let mut c = Command::new(BTS);
-        c.args(["run", "--backend", "valgrind", "--report", "never", "--"]).arg(&bin).arg(n.to_string());
-        c
+        c.args(["run", "--backend", "valgrind", "--report", "never", "--"]).args(argv);
+        with(c)
     });
-    println!("loop program, {n} iterations (one taken branch each)");
-    println!("{:<28} {:>9} {:>10} {:>16}", "", "seconds", "x native", "branches/s");
-    for (name, s) in [("native", native), ("valgrind --tool=none", none), ("bts --backend valgrind", bts)] {
-        println!("{name:<28} {s:>9.3} {:>10.2} {:>16.0}", s / native, n as f64 / s);
+    (native, none, bts)
+}
+
+fn main() {
+    let n: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(50_000_000);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-vg");
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let text = dir.join("input.txt");
+    let mut t = String::new();
+    let mut i = 0u64;
+    while t.len() < 16 << 20 {
+        t += &format!("line {i} of the generated text, {} and some words to compress\n", i * 7919 % 10007);
+        i += 1;
     }
-    println!("bts / none: {:.2}x", bts / none);
+    std::fs::write(&text, t).expect("input");
+    let loop0 = build(&dir, "loop", "-O0");
+    let dense = build(&dir, "call_loop", "-O1");
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
+    let python = "import json\nd = [{'k': i, 'v': str(i) * 3} for i in range(20000)]\nfor _ in range(5): json.loads(json.dumps(d))";
+    let cases: Vec<(String, Vec<String>, Option<&Path>)> = vec![
+        (format!("loop -O0, {n} iterations"), s(&[loop0.to_str().unwrap(), &n.to_string()]), None),
+        (
+            format!("call/ret/jcc loop -O1, {} iterations", n / 2),
+            s(&[dense.to_str().unwrap(), &(n / 2).to_string()]),
+            None,
+        ),
+        ("gzip -c of 16 MiB of text".into(), s(&["gzip", "-c"]), Some(text.as_path())),
+        ("/usr/bin/python3: json of 20000 dicts, 5x".into(), s(&["/usr/bin/python3", "-c", python]), None),
+    ];
+    println!(
+        "{:<44} {:>9} {:>9} {:>9} {:>11} {:>9}",
+        "", "native s", "none s", "bts s", "bts/native", "bts/none"
+    );
+    for (name, argv, stdin) in &cases {
+        let (native, none, bts) = side_by_side(argv, *stdin);
+        println!(
+            "{name:<44} {native:>9.3} {none:>9.3} {bts:>9.3} {:>11.2} {:>9.2}",
+            bts / native,
+            bts / none
+        );
+    }
 }

@@ -433,7 +433,6 @@ pub fn run(
     };
     cmd.env("VALGRIND_LIB", lib)
         .arg("--tool=bts")
-        .arg("--vex-guest-chase=no")
         .arg(format!("--bts-out={}", work.join("t").display()))
         .arg(format!("--bts-records={}", o.records.max(1)))
         .arg(format!("--log-file={}", work.join("vg.%p.log").display()));

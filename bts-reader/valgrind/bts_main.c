@@ -9,7 +9,8 @@
  * asynchronous branch; thread switches add "task arrives/departs" records.
  * At the end (normal exit or fatal signal) the buffers, the executable
  * mappings seen and the code pages translated are written to a file that
- * bts reads. Run with --vex-guest-chase=no.
+ * bts reads. VEX may chase direct branches into one superblock: a jump in
+ * the instruction addresses after a branch is that branch, taken.
  *
  * Everything else (reading, decoding, reporting) is done in Rust.
  */
@@ -59,10 +60,11 @@ typedef struct { ULong from, to, flags; } Rec;
 
 typedef struct {
    Rec  *base;      /* BTS buffer base */
-   ULong index;     /* next record written */
+   Rec  *ptr;       /* next record written */
+   Rec  *end;       /* base + max */
    ULong max;       /* absolute maximum, in records */
-   ULong written;   /* records written in all */
-   ULong branches;  /* branch records written in all (context records aside) */
+   ULong laps;      /* times the index wrapped: written = laps * max + index */
+   ULong contexts;  /* context records written (the rest are branches) */
    Int   os_tid;
    Addr  async_from; /* a signal was delivered here; handler entry pending */
    Addr  syscall_from; /* a system call instruction about to run */
@@ -79,6 +81,8 @@ static Buf *buf_of(ThreadId tid)
    if (!b->base) {
       b->max = records_per_thread > 0 ? (ULong)records_per_thread : 1;
       b->base = VG_(malloc)("bts.buf", b->max * sizeof(Rec));
+      b->ptr = b->base;
+      b->end = b->base + b->max;
    }
    return b;
 }
@@ -86,24 +90,26 @@ static Buf *buf_of(ThreadId tid)
 static void push(ThreadId tid, ULong from, ULong to, ULong flags)
 {
    Buf *b = buf_of(tid);
-   Rec *r = &b->base[b->index];
+   Rec *r = b->ptr;
    r->from = from; r->to = to; r->flags = flags;
-   if (++b->index == b->max) b->index = 0;
-   b->written++;
+   if (++b->ptr == b->end) {
+      b->ptr = b->base;
+      b->laps++;
+   }
+   if (from >= ESCAPE) b->contexts++;
+}
+
+static ULong index_of(const Buf *b) { return (ULong)(b->ptr - b->base); }
+static ULong written_of(const Buf *b) { return b->laps * b->max + index_of(b); }
+
+/* The inline record writer's index wrapped (once every `max` records). */
+static VG_REGPARM(1) void lap(HWord b)
+{
+   ((Buf *)b)->laps++;
 }
 
 /* The buffer of the thread running client code (set when it starts to). */
 static Buf *running;
-
-static VG_REGPARM(2) void rec_branch(HWord from, HWord to)
-{
-   Buf *b = running;
-   Rec *r = &b->base[b->index];
-   r->from = from; r->to = to; r->flags = 0;
-   if (++b->index == b->max) b->index = 0;
-   b->written++;
-   b->branches++;
-}
 
 /* A system call is recorded when it returns, as (syscall -> where user
    code resumed): one that never returns (exit) records nothing, as under
@@ -133,7 +139,6 @@ static void post_syscall(ThreadId tid, UInt no, UWord *args, UInt nargs, SysRes 
       return;
    }
    push(tid, b->syscall_from, VG_(get_IP)(tid), 0);
-   b->branches++;
    b->syscall_from = 0;
 }
 
@@ -143,8 +148,7 @@ static VG_REGPARM(1) void sb_entry(HWord addr)
    Buf *b = buf_of(tid);
    if (b->async_from) {
       push(tid, b->async_from, addr, 0);
-      b->branches++;
-      b->async_from = 0;
+         b->async_from = 0;
       pending_any--;
    }
 }
@@ -275,12 +279,69 @@ static Int branch_kind(Addr a, UInt len)
 /* ------------------------------------------------------------------ */
 /* Instrumentation                                                    */
 
-static void add_record(IRSB *sb, Addr from, IRExpr *to, IRExpr *guard)
+/* The record is written in IR, inline (what push does, into the running
+   thread's buffer, counted as a branch): no helper call per branch. Loads are harmless when the exit's guard is
+   false; every store is guarded by it. */
+static IRTemp ir_tmp(IRSB *sb, IRExpr *e)
 {
-   IRDirty *d = unsafeIRDirty_0_N(2, "bts_rec_branch", VG_(fnptr_to_fnentry)(&rec_branch),
-                                  mkIRExprVec_2(mkIRExpr_HWord(from), to));
-   if (guard) d->guard = guard;
+   IRTemp t = newIRTemp(sb->tyenv, Ity_I64);
+   addStmtToIRSB(sb, IRStmt_WrTmp(t, e));
+   return t;
+}
+
+static IRExpr *ir_at(IRTemp base, HWord off)
+{
+   return IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(base), mkIRExpr_HWord(off));
+}
+
+static IRTemp ir_load(IRSB *sb, IRExpr *addr)
+{
+   IRTemp a = ir_tmp(sb, addr);
+   return ir_tmp(sb, IRExpr_Load(Iend_LE, Ity_I64, IRExpr_RdTmp(a)));
+}
+
+static void ir_store(IRSB *sb, IRExpr *addr, IRExpr *data, IRExpr *guard)
+{
+   IRTemp a = ir_tmp(sb, addr);
+   if (guard)
+      addStmtToIRSB(sb, IRStmt_StoreG(Iend_LE, IRExpr_RdTmp(a), data, guard));
+   else
+      addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(a), data));
+}
+
+/* What a superblock has loaded of the running thread's buffer: once, at
+   its first record. Within the superblock the index changes only at an
+   unconditional record: after a guarded one, execution goes on only if the
+   guard was false and nothing was written. */
+typedef struct { Bool loaded; IRTemp b, base, end, ptr; } Cursor;
+
+static void add_record(IRSB *sb, Cursor *c, Addr from, IRExpr *to, IRExpr *guard)
+{
+   if (!c->loaded) {
+      c->b = ir_tmp(sb, IRExpr_Load(Iend_LE, Ity_I64, mkIRExpr_HWord((HWord)&running)));
+      c->base = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, base)));
+      c->end = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, end)));
+      c->ptr = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, ptr)));
+      c->loaded = True;
+   }
+   ir_store(sb, IRExpr_RdTmp(c->ptr), mkIRExpr_HWord(from), guard);
+   ir_store(sb, ir_at(c->ptr, 8), to, guard);
+   ir_store(sb, ir_at(c->ptr, 16), mkIRExpr_HWord(0), guard);
+   IRTemp next = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->ptr), mkIRExpr_HWord(sizeof(Rec))));
+   IRTemp wrap = newIRTemp(sb->tyenv, Ity_I1);
+   addStmtToIRSB(sb, IRStmt_WrTmp(wrap, IRExpr_Binop(Iop_CmpEQ64, IRExpr_RdTmp(next), IRExpr_RdTmp(c->end))));
+   IRTemp ptr2 = ir_tmp(sb, IRExpr_ITE(IRExpr_RdTmp(wrap), IRExpr_RdTmp(c->base), IRExpr_RdTmp(next)));
+   ir_store(sb, ir_at(c->b, __builtin_offsetof(Buf, ptr)), IRExpr_RdTmp(ptr2), guard);
+   /* A lap: rare, so a helper. */
+   IRTemp lapped = wrap;
+   if (guard) {
+      lapped = newIRTemp(sb->tyenv, Ity_I1);
+      addStmtToIRSB(sb, IRStmt_WrTmp(lapped, IRExpr_Binop(Iop_And1, guard, IRExpr_RdTmp(wrap))));
+   }
+   IRDirty *d = unsafeIRDirty_0_N(1, "bts_lap", VG_(fnptr_to_fnentry)(&lap), mkIRExprVec_1(IRExpr_RdTmp(c->b)));
+   d->guard = IRExpr_RdTmp(lapped);
    addStmtToIRSB(sb, IRStmt_Dirty(d));
+   if (!guard) c->ptr = ptr2;
 }
 
 static Bool branchy_jk(IRJumpKind jk)
@@ -317,13 +378,18 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
       means the branch was: if execution goes on in this superblock (VEX
       unrolled a loop), the next instruction is its target. */
    Addr inverted = 0;
+   Cursor cursor = { False, 0, 0, 0, 0 };
    for (; i < in->stmts_used; i++) {
       IRStmt *st = in->stmts[i];
       if (st->tag == Ist_IMark) {
          Addr next_insn = st->Ist.IMark.addr + st->Ist.IMark.delta;
          if (inverted) {
-            add_record(out, inverted, mkIRExpr_HWord(next_insn), NULL);
+            add_record(out, &cursor, inverted, mkIRExpr_HWord(next_insn), NULL);
             inverted = 0;
+         } else if (cur && next_insn != cur + curlen && branch_kind(cur, curlen) == UNCOND) {
+            /* VEX chased a direct jump or call into this superblock: it
+               was taken, to here. */
+            add_record(out, &cursor, cur, mkIRExpr_HWord(next_insn), NULL);
          }
          cur = next_insn;
          curlen = st->Ist.IMark.len;
@@ -335,7 +401,7 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
          if (kind == COND && dst == cur + curlen)
             inverted = cur;
          else if (kind == COND || kind == UNCOND)
-            add_record(out, cur, mkIRExpr_HWord(dst), st->Ist.Exit.guard);
+            add_record(out, &cursor, cur, mkIRExpr_HWord(dst), st->Ist.Exit.guard);
       }
       addStmtToIRSB(out, st);
    }
@@ -344,7 +410,7 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
       IRExpr *next = in->next;
       Bool falls = next->tag == Iex_Const && next->Iex.Const.con->Ico.U64 == cur + curlen;
       if (branchy_jk(in->jumpkind) && (kind == UNCOND || (kind == COND && !falls)))
-         add_record(out, cur, next, NULL);
+         add_record(out, &cursor, cur, next, NULL);
       else if (in->jumpkind == Ijk_Sys_syscall && kind == SYSCALL) {
          IRDirty *d = unsafeIRDirty_0_N(1, "bts_rec_syscall", VG_(fnptr_to_fnentry)(&rec_syscall),
                                         mkIRExprVec_1(mkIRExpr_HWord(cur)));
@@ -406,14 +472,15 @@ static void bts_fini(Int exitcode)
    for (ThreadId t = 1; t < VG_N_THREADS; t++) {
       Buf *b = &bufs[t];
       if (!b->base) continue;
-      ULong count = b->written < b->max ? b->written : b->max;
+      ULong written = written_of(b);
+      ULong count = written < b->max ? written : b->max;
       put64((ULong)b->os_tid);
       put64((ULong)VG_(get_IP)(t));
       put64(b->max);
-      put64(b->written);
-      put64(b->branches);
+      put64(written);
+      put64(written - b->contexts);
       put64(count);
-      ULong start = b->written < b->max ? 0 : b->index;
+      ULong start = written < b->max ? 0 : index_of(b);
       for (ULong k = 0; k < count; k++) put(&b->base[(start + k) % b->max], sizeof(Rec));
    }
    for (Int m = 0; m < nmaps; m++) {
