@@ -102,13 +102,13 @@ fn streams_of(tf: &bts_reader::TraceFile) -> Vec<String> {
     v
 }
 
-#[test]
-fn split_then_merge_gives_back_the_same_records() {
-    let dir = scratch("split_merge");
+/// `all.bts` in `dir`: sh and its two children (one exits 3, one crashes),
+/// followed, on the fast recorder.
+fn three_process_trace(dir: &std::path::Path) {
     let (exit3, null_call) = (fixture("exit3"), fixture("null_call"));
     let script = format!("{}; {}; true", exit3.display(), null_call.display());
     let out = bts(
-        &dir,
+        dir,
         &[
             "run",
             "--backend",
@@ -125,6 +125,12 @@ fn split_then_merge_gives_back_the_same_records() {
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn split_then_merge_gives_back_the_same_records() {
+    let dir = scratch("split_merge");
+    three_process_trace(&dir);
     let all = bts_reader::TraceFile::read(&dir.join("all.bts")).unwrap();
     let pids: std::collections::BTreeSet<i32> = all.modules.iter().map(|m| m.pid).collect();
     assert_eq!(pids.len(), 3, "sh and its two children");
@@ -165,26 +171,7 @@ fn split_then_merge_gives_back_the_same_records() {
 #[test]
 fn filter_keeps_the_records_whose_ends_lie_in_the_chosen_code() {
     let dir = scratch("filter");
-    let (exit3, null_call) = (fixture("exit3"), fixture("null_call"));
-    let script = format!("{}; {}; true", exit3.display(), null_call.display());
-    let out = bts(
-        &dir,
-        &[
-            "run",
-            "--backend",
-            "fast",
-            "--follow-fork",
-            "--report",
-            "never",
-            "-o",
-            "all.bts",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    three_process_trace(&dir);
     let all = bts_reader::TraceFile::read(&dir.join("all.bts")).unwrap();
     let context = |tf: &bts_reader::TraceFile| -> usize {
         tf.streams.iter().map(|s| s.records.iter().filter(|r| !r.is_branch()).count()).sum()

@@ -6,13 +6,11 @@
 //! the code pages the kept records run through.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
 use ds_alloc::BtsRecord;
 
-use crate::tracestream::{Section, TraceReader, TraceWriter};
+use crate::tracestream::{open, Section, TraceWriter};
 use crate::{Error, Result, StreamKind};
 
 /// Which branches of each buffer to keep (0-based, oldest first).
@@ -105,11 +103,6 @@ impl Keep {
     fn count(&self) -> u64 {
         self.hi - self.lo + 1 + u64::from(self.before.is_some())
     }
-}
-
-fn open(path: &Path) -> Result<TraceReader<BufReader<File>>> {
-    let f = File::open(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-    TraceReader::new(BufReader::with_capacity(1 << 20, f))
 }
 
 /// Records read at a time.

@@ -5,14 +5,12 @@
 //! trace takes bounded memory.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 
 use decode::symbols::Symbolizer;
 use ds_alloc::BtsRecord;
 
-use crate::tracestream::{Section, TraceReader, TraceWriter};
+use crate::tracestream::{open, Section, TraceWriter};
 use crate::{Error, Module, Result, StreamKind};
 
 /// What to keep.
@@ -88,11 +86,6 @@ impl Chooser<'_> {
             (_, None) => false,
         }
     }
-}
-
-fn open(path: &Path) -> Result<TraceReader<BufReader<File>>> {
-    let f = File::open(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-    TraceReader::new(BufReader::with_capacity(1 << 20, f))
 }
 
 fn image_of(kind: &StreamKind) -> Option<(i32, u32)> {

@@ -5,12 +5,11 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use ds_alloc::{BtsRecord, RecordKind};
 
-use crate::tracestream::{Section, TraceReader, TraceWriter};
+use crate::tracestream::{open, Section, TraceReader, TraceWriter};
 use crate::{Error, Meta, Module, Result, StreamHeader, StreamKind};
 
 /// Outputs open at once, at most.
@@ -66,11 +65,6 @@ impl Part {
             Part::Cpu(_) => true,
         }
     }
-}
-
-fn open(path: &Path) -> Result<TraceReader<BufReader<File>>> {
-    let f = File::open(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-    TraceReader::new(BufReader::with_capacity(1 << 20, f))
 }
 
 fn io_at(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {

@@ -184,6 +184,13 @@ impl<R: Read> TraceReader<R> {
     }
 }
 
+/// A trace file opened for reading a section at a time.
+pub fn open(path: &std::path::Path) -> Result<TraceReader<std::io::BufReader<std::fs::File>>> {
+    let f =
+        std::fs::File::open(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+    TraceReader::new(std::io::BufReader::with_capacity(1 << 20, f))
+}
+
 /// Writes a trace file section by section: META and MODULES first, then
 /// streams (each announced with its record count, its checksum filled in
 /// at its end), code and states, then the end marker.
