@@ -326,7 +326,7 @@ static void add_record(IRSB *sb, Cursor *c, Addr from, IRExpr *to, IRExpr *guard
    }
    ir_store(sb, IRExpr_RdTmp(c->ptr), mkIRExpr_HWord(from), guard);
    ir_store(sb, ir_at(c->ptr, 8), to, guard);
-   ir_store(sb, ir_at(c->ptr, 16), mkIRExpr_HWord(0), guard);
+   /* The flags word is left as it was: bts reads a branch record's as 0. */
    IRTemp next = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->ptr), mkIRExpr_HWord(sizeof(Rec))));
    IRTemp wrap = newIRTemp(sb->tyenv, Ity_I1);
    addStmtToIRSB(sb, IRStmt_WrTmp(wrap, IRExpr_Binop(Iop_CmpEQ64, IRExpr_RdTmp(next), IRExpr_RdTmp(c->end))));
