@@ -438,6 +438,10 @@ pub fn run(
     };
     cmd.env("VALGRIND_LIB", lib)
         .arg("--tool=bts")
+        // Chased branches leave no exit behind (a call to the next
+        // instruction, for one, leaves no trace at all): every branch ends
+        // a superblock.
+        .arg("--vex-guest-chase=no")
         .arg(format!("--bts-out={}", work.join("t").display()))
         .arg(format!("--bts-records={}", o.records.max(1)))
         .arg(format!("--log-file={}", work.join("vg.%p.log").display()));

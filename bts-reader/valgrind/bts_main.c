@@ -9,8 +9,8 @@
  * asynchronous branch; thread switches add "task arrives/departs" records.
  * At the end (normal exit or fatal signal) the buffers, the executable
  * mappings seen and the code pages translated are written to a file that
- * bts reads. VEX may chase direct branches into one superblock: a jump in
- * the instruction addresses after a branch is that branch, taken.
+ * bts reads. Run with --vex-guest-chase=no: a chased branch leaves no
+ * exit to instrument (a call to the next instruction leaves no trace).
  *
  * Everything else (reading, decoding, reporting) is done in Rust.
  */
@@ -386,10 +386,6 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
          if (inverted) {
             add_record(out, &cursor, inverted, mkIRExpr_HWord(next_insn), NULL);
             inverted = 0;
-         } else if (cur && next_insn != cur + curlen && branch_kind(cur, curlen) == UNCOND) {
-            /* VEX chased a direct jump or call into this superblock: it
-               was taken, to here. */
-            add_record(out, &cursor, cur, mkIRExpr_HWord(next_insn), NULL);
          }
          cur = next_insn;
          curlen = st->Ist.IMark.len;
