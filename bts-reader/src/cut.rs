@@ -5,12 +5,13 @@
 //! record just before them (which says where the task ran, and when), and
 //! the code pages the kept records run through.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use ds_alloc::BtsRecord;
 
-use crate::tracestream::{open, Section, TraceWriter};
+use crate::newtrace::NewTrace;
+use crate::tracestream::{open, Section};
 use crate::{Error, Result, StreamKind};
 
 /// Which branches of each buffer to keep (0-based, oldest first).
@@ -135,35 +136,28 @@ pub fn cut(input: &Path, output: &Path, cut: Cut) -> Result<u64> {
         }
     }
     // Pass 2: write.
-    let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
     let mut r = open(input)?;
-    let mut w = None;
+    let mut out = None;
     let mut meta = None;
-    let mut pages: HashMap<(i32, u32), BTreeSet<u64>> = HashMap::new();
     let mut ends_kept: HashMap<(i32, u32, i32), bool> = HashMap::new();
     let mut index = 0;
     let mut kept_branches = 0;
+    let missing = |what: &str| Error::Corrupt(format!("{what} before the modules"));
     while let Some(s) = r.next_section()? {
         match s {
             Section::Meta(m) => meta = Some(m),
             Section::Modules(m) => {
                 let meta =
                     meta.take().ok_or_else(|| Error::Corrupt("no metadata before the modules".into()))?;
-                w = Some(TraceWriter::new(tmp.as_file().try_clone().map_err(io_out)?, &meta, &m)?);
+                out = Some(NewTrace::create(output, &meta, &m)?);
             }
             Section::Stream(mut h) => {
-                let w = w.as_mut().ok_or_else(|| Error::Corrupt("a stream before the modules".into()))?;
+                let out = out.as_mut().ok_or_else(|| missing("a stream"))?;
                 let sv = &surveys[index];
                 index += 1;
                 let keep = Keep::of(sv, cut);
-                let image = match h.kind {
-                    StreamKind::Thread { pid, generation, tid, .. } => Some((pid, generation, tid)),
-                    StreamKind::Cpu { .. } => None,
-                };
-                if let Some((pid, gen, tid)) = image {
-                    ends_kept.insert((pid, gen, tid), keep.is_some_and(|k| k.keeps_end));
+                if let StreamKind::Thread { pid, generation, tid, .. } = h.kind {
+                    ends_kept.insert((pid, generation, tid), keep.is_some_and(|k| k.keeps_end));
                 }
                 h.count = keep.map_or(0, |k| k.count());
                 h.overwritten += keep.map_or(sv.branches, |k| k.branches_dropped_before);
@@ -173,17 +167,9 @@ pub fn cut(input: &Path, output: &Path, cut: Cut) -> Result<u64> {
                         *last_pc = None;
                     }
                 }
-                let last_pc = match h.kind {
-                    StreamKind::Thread { last_pc, .. } => last_pc,
-                    StreamKind::Cpu { .. } => None,
-                };
-                w.begin_stream(&h)?;
+                out.begin_stream(&h)?;
                 let mut pos = 0u64;
                 let mut kept: Vec<BtsRecord> = Vec::with_capacity(CHUNK);
-                let mut touched = BTreeSet::new();
-                // The last branch of the chunk before: the code between it
-                // and the next one's source is needed too.
-                let mut carry: Option<BtsRecord> = None;
                 while r.records(&mut recs, CHUNK)? > 0 {
                     if let Some(k) = keep {
                         for rec in &recs {
@@ -195,45 +181,22 @@ pub fn cut(input: &Path, output: &Path, cut: Cut) -> Result<u64> {
                     }
                     recs.clear();
                     kept_branches += kept.iter().filter(|r| r.is_branch()).count() as u64;
-                    ds_alloc::pages::touched_pages(carry.iter().chain(kept.iter()), None, &mut touched);
-                    carry = kept.iter().rev().find(|r| r.is_branch()).copied().or(carry);
-                    w.records(&kept)?;
+                    out.records(&kept)?;
                     kept.clear();
                 }
-                ds_alloc::pages::touched_pages(std::iter::empty(), last_pc, &mut touched);
-                if let Some((pid, gen, _)) = image {
-                    pages.entry((pid, gen)).or_default().extend(touched);
-                }
             }
-            Section::Code(c) => {
-                let w = w.as_mut().ok_or_else(|| Error::Corrupt("code before the modules".into()))?;
-                let wanted = pages.get(&(c.pid, c.generation)).is_some_and(|p| {
-                    let end = c.addr.saturating_add(c.bytes.len() as u64);
-                    p.range(c.addr & !0xfff..end).next().is_some()
-                });
-                if wanted {
-                    w.code(&c)?;
-                }
-            }
+            Section::Code(c) => out.as_mut().ok_or_else(|| missing("code"))?.code(&c)?,
             Section::State(st) => {
-                let w =
-                    w.as_mut().ok_or_else(|| Error::Corrupt("a thread state before the modules".into()))?;
+                let out = out.as_mut().ok_or_else(|| missing("a thread state"))?;
                 // Registers and stack belong to the end of the thread's trace.
                 if ends_kept.get(&(st.pid, st.generation, st.tid)).copied().unwrap_or(false) {
-                    w.state(&st)?;
+                    out.state(&st)?;
                 }
             }
         }
     }
-    let w = w.ok_or_else(|| Error::Corrupt("no modules section".into()))?;
-    w.finish()?;
-    tmp.persist_noclobber(output)
-        .map_err(|e| Error::Io { path: output.display().to_string(), source: e.error })?;
+    out.ok_or_else(|| Error::Corrupt("no modules section".into()))?.finish()?;
     Ok(kept_branches)
-}
-
-fn io_out(source: std::io::Error) -> Error {
-    Error::Io { path: "the output".into(), source }
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use std::path::Path;
 use decode::symbols::Symbolizer;
 use ds_alloc::BtsRecord;
 
-use crate::tracestream::{open, Section, TraceWriter};
+use crate::newtrace::NewTrace;
+use crate::tracestream::{open, Section};
 use crate::{Error, Module, Result, StreamKind};
 
 /// What to keep.
@@ -124,13 +125,11 @@ pub fn filter(input: &Path, output: &Path, filter: &Filter) -> Result<u64> {
             _ => {}
         }
     }
-    // Pass 2: write them.
-    let dir = output.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let io_dir = |source| Error::Io { path: dir.display().to_string(), source };
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_dir)?;
+    // Pass 2: write them. A whole buffer is decoded from record to
+    // record; records picked by their ends each stand alone.
+    let whole = matches!(filter, Filter::Tid(_) | Filter::Pid(_));
     let mut r = open(input)?;
-    let (mut w, mut meta, mut index, mut kept_branches) = (None, None, 0, 0u64);
-    let mut pages: HashMap<(i32, u32), BTreeSet<u64>> = HashMap::new();
+    let (mut out, mut meta, mut index, mut kept_branches) = (None, None, 0, 0u64);
     let mut threads_kept = BTreeSet::new();
     let missing = |what: &str| Error::Corrupt(format!("{what} before the modules"));
     while let Some(s) = r.next_section()? {
@@ -143,10 +142,10 @@ pub fn filter(input: &Path, output: &Path, filter: &Filter) -> Result<u64> {
                     Filter::Pid(p) => mods.into_iter().filter(|m| m.pid == *p).collect(),
                     _ => mods,
                 };
-                w = Some(TraceWriter::new(tmp.as_file().try_clone().map_err(io_dir)?, &meta, &mods)?);
+                out = Some(NewTrace::create(output, &meta, &mods)?);
             }
             Section::Stream(mut h) => {
-                let w = w.as_mut().ok_or_else(|| missing("a stream"))?;
+                let out = out.as_mut().ok_or_else(|| missing("a stream"))?;
                 let count = counts.get(index).copied().flatten();
                 index += 1;
                 let Some(count) = count else { continue };
@@ -155,60 +154,35 @@ pub fn filter(input: &Path, output: &Path, filter: &Filter) -> Result<u64> {
                     threads_kept.insert((pid, generation, tid));
                 }
                 h.count = count;
-                if !matches!(filter, Filter::Tid(_) | Filter::Pid(_)) {
+                if !whole {
                     // Picked records do not end where the thread stood.
                     if let StreamKind::Thread { last_pc, .. } = &mut h.kind {
                         *last_pc = None;
                     }
                 }
-                w.begin_stream(&h)?;
+                out.begin_stream(&h)?;
                 let mut kept: Vec<BtsRecord> = Vec::with_capacity(CHUNK);
-                let touched = pages.entry(image.unwrap_or((-1, 0))).or_default();
-                // A whole buffer is decoded from record to record; records
-                // picked by their ends each stand alone (what lies between
-                // two of them may not have run).
-                let whole = matches!(filter, Filter::Tid(_) | Filter::Pid(_));
-                let mut carry: Option<BtsRecord> = None;
                 while r.records(&mut recs, CHUNK)? > 0 {
                     kept.extend(recs.iter().filter(|x| chooser.keeps(image, x)));
                     recs.clear();
                     kept_branches += kept.iter().filter(|x| x.is_branch()).count() as u64;
                     if whole {
-                        ds_alloc::pages::touched_pages(carry.iter().chain(kept.iter()), None, touched);
-                        carry = kept.iter().rev().find(|x| x.is_branch()).copied().or(carry);
+                        out.records(&kept)?;
                     } else {
-                        for b in kept.iter().filter(|x| x.is_branch()) {
-                            ds_alloc::pages::touched_pages(std::iter::once(b), None, touched);
-                        }
+                        out.picked(&kept)?;
                     }
-                    w.records(&kept)?;
                     kept.clear();
                 }
-                if let (true, StreamKind::Thread { last_pc, .. }) = (whole, &h.kind) {
-                    ds_alloc::pages::touched_pages(std::iter::empty(), *last_pc, touched);
-                }
             }
-            Section::Code(c) => {
-                let w = w.as_mut().ok_or_else(|| missing("code"))?;
-                let end = c.addr.saturating_add(c.bytes.len() as u64);
-                if pages
-                    .get(&(c.pid, c.generation))
-                    .is_some_and(|p| p.range(c.addr & !0xfff..end).next().is_some())
-                {
-                    w.code(&c)?;
-                }
-            }
+            Section::Code(c) => out.as_mut().ok_or_else(|| missing("code"))?.code(&c)?,
             Section::State(st) => {
-                let w = w.as_mut().ok_or_else(|| missing("a thread state"))?;
-                let whole = matches!(filter, Filter::Tid(_) | Filter::Pid(_));
+                let out = out.as_mut().ok_or_else(|| missing("a thread state"))?;
                 if whole && threads_kept.contains(&(st.pid, st.generation, st.tid)) {
-                    w.state(&st)?;
+                    out.state(&st)?;
                 }
             }
         }
     }
-    w.ok_or_else(|| Error::Corrupt("no modules section".into()))?.finish()?;
-    tmp.persist_noclobber(output)
-        .map_err(|e| Error::Io { path: output.display().to_string(), source: e.error })?;
+    out.ok_or_else(|| Error::Corrupt("no modules section".into()))?.finish()?;
     Ok(kept_branches)
 }

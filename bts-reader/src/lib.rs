@@ -12,6 +12,7 @@
 
 pub mod cut;
 pub mod filter;
+mod newtrace;
 pub mod outfile;
 pub mod perf;
 pub mod recording;

@@ -3,13 +3,13 @@
 //! at a time, so any size of trace takes bounded memory; split keeps at
 //! most [`MAX_OPEN`] outputs open, going through the input once per batch.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs::File;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use ds_alloc::{BtsRecord, RecordKind};
 
-use crate::tracestream::{open, Section, TraceReader, TraceWriter};
+use crate::newtrace::NewTrace;
+use crate::tracestream::{open, Section, TraceReader};
 use crate::{Error, Meta, Module, Result, StreamHeader, StreamKind};
 
 /// Outputs open at once, at most.
@@ -71,50 +71,15 @@ fn io_at(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.display().to_string(), source }
 }
 
-/// A new output: written aside, linked in at the end (never over a file).
-struct Out {
-    tmp: tempfile::NamedTempFile,
-    w: TraceWriter<File>,
-    path: PathBuf,
-    pages: BTreeSet<u64>,
-}
-
-impl Out {
-    fn create(path: PathBuf, meta: &Meta, modules: &[Module]) -> Result<Out> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-        let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_at(&dir))?;
-        let w = TraceWriter::new(tmp.as_file().try_clone().map_err(io_at(&dir))?, meta, modules)?;
-        Ok(Out { tmp, w, path, pages: BTreeSet::new() })
+/// Copies the rest of the reader's open stream into `out`.
+fn copy_stream<R: std::io::Read>(out: &mut NewTrace, r: &mut TraceReader<R>, h: &StreamHeader) -> Result<()> {
+    out.begin_stream(h)?;
+    let mut recs: Vec<BtsRecord> = Vec::with_capacity(CHUNK);
+    while r.records(&mut recs, CHUNK)? > 0 {
+        out.records(&recs)?;
+        recs.clear();
     }
-
-    /// Copies the rest of the reader's open stream, noting its code pages.
-    fn copy_stream<R: std::io::Read>(&mut self, r: &mut TraceReader<R>, h: &StreamHeader) -> Result<()> {
-        self.w.begin_stream(h)?;
-        let mut recs: Vec<BtsRecord> = Vec::with_capacity(CHUNK);
-        let mut carry: Option<BtsRecord> = None;
-        while r.records(&mut recs, CHUNK)? > 0 {
-            ds_alloc::pages::touched_pages(carry.iter().chain(recs.iter()), None, &mut self.pages);
-            carry = recs.iter().rev().find(|x| x.is_branch()).copied().or(carry);
-            self.w.records(&recs)?;
-            recs.clear();
-        }
-        if let StreamKind::Thread { last_pc, .. } = h.kind {
-            ds_alloc::pages::touched_pages(std::iter::empty(), last_pc, &mut self.pages);
-        }
-        Ok(())
-    }
-
-    fn wants_code(&self, addr: u64, len: usize) -> bool {
-        self.pages.range(addr & !0xfff..addr.saturating_add(len as u64)).next().is_some()
-    }
-
-    fn finish(self) -> Result<PathBuf> {
-        self.w.finish()?;
-        self.tmp
-            .persist_noclobber(&self.path)
-            .map_err(|e| Error::Io { path: self.path.display().to_string(), source: e.error })?;
-        Ok(self.path)
-    }
+    Ok(())
 }
 
 /// The META and MODULES at the head of a trace.
@@ -150,7 +115,7 @@ pub fn split(input: &Path, by: By, dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let mut written = Vec::new();
     for batch in parts.chunks(MAX_OPEN) {
-        let mut outs: HashMap<Part, Out> = HashMap::new();
+        let mut outs: HashMap<Part, NewTrace> = HashMap::new();
         for &p in batch {
             let mods: Vec<Module> =
                 modules.iter().filter(|m| p.has_image(m.pid, m.generation)).cloned().collect();
@@ -166,21 +131,19 @@ pub fn split(input: &Path, by: By, dir: &Path) -> Result<Vec<PathBuf>> {
                     };
                 }
             }
-            outs.insert(p, Out::create(dir.join(p.name(&stem)), &m, &mods)?);
+            outs.insert(p, NewTrace::create(&dir.join(p.name(&stem)), &m, &mods)?);
         }
         let mut r = open(input)?;
         while let Some(s) = r.next_section()? {
             match s {
                 Section::Stream(h) => {
                     if let Some(out) = Part::of(&h.kind, by).and_then(|p| outs.get_mut(&p)) {
-                        out.copy_stream(&mut r, &h)?;
+                        copy_stream(out, &mut r, &h)?;
                     }
                 }
                 Section::Code(c) => {
-                    for (p, out) in outs.iter_mut() {
-                        if p.has_image(c.pid, c.generation) && out.wants_code(c.addr, c.bytes.len()) {
-                            out.w.code(&c)?;
-                        }
+                    for out in outs.values_mut() {
+                        out.code(&c)?;
                     }
                 }
                 Section::State(st) => {
@@ -191,14 +154,14 @@ pub fn split(input: &Path, by: By, dir: &Path) -> Result<Vec<PathBuf>> {
                             Part::Cpu(_) => false,
                         };
                         if mine {
-                            out.w.state(&st)?;
+                            out.state(&st)?;
                         }
                     }
                 }
                 Section::Meta(_) | Section::Modules(_) => {}
             }
         }
-        let mut batch_outs: Vec<(Part, Out)> = outs.into_iter().collect();
+        let mut batch_outs: Vec<(Part, NewTrace)> = outs.into_iter().collect();
         batch_outs.sort_by_key(|(p, _)| *p);
         for (_, out) in batch_outs {
             written.push(out.finish()?);
@@ -250,22 +213,22 @@ pub fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
         }
     }
     let meta = meta.ok_or_else(|| Error::Corrupt("nothing to merge".into()))?;
-    let mut out = Out::create(output.to_path_buf(), &meta, &modules)?;
+    let mut out = NewTrace::create(output, &meta, &modules)?;
     let mut code_seen: HashSet<(i32, u32, u64)> = HashSet::new();
     let mut states_seen: HashSet<(i32, u32, i32)> = HashSet::new();
     for &(_, i) in &order {
         let mut r = open(&inputs[i])?;
         while let Some(s) = r.next_section()? {
             match s {
-                Section::Stream(h) => out.copy_stream(&mut r, &h)?,
+                Section::Stream(h) => copy_stream(&mut out, &mut r, &h)?,
                 Section::Code(c) => {
                     if code_seen.insert((c.pid, c.generation, c.addr)) {
-                        out.w.code(&c)?;
+                        out.code_whole(&c)?;
                     }
                 }
                 Section::State(st) => {
                     if states_seen.insert((st.pid, st.generation, st.tid)) {
-                        out.w.state(&st)?;
+                        out.state(&st)?;
                     }
                 }
                 Section::Meta(_) | Section::Modules(_) => {}
