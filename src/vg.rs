@@ -47,13 +47,7 @@ pub fn run(
         crate::errln!("bts: cannot install signal handlers: {e}");
         return i32::from(EXIT_BTS_FAILED);
     }
-    // Other signals that would end bts end it (the program runs on under Valgrind).
-    let mut pass = || match ptrace_shim::stop_requested() {
-        Some(libc::SIGINT) | None => None,
-        Some(s) if ptrace_shim::is_stop_request(s) => Some(s),
-        Some(s) => ptrace_shim::die_of(s),
-    };
-    let mut vr = match valgrind::run(tool, &command, &opts, &mut pass) {
+    let mut vr = match valgrind::run(tool, &command, &opts, &mut signal_to_pass) {
         Ok(r) => r,
         Err(e) => {
             crate::errln!("bts: {e}");
@@ -97,15 +91,11 @@ pub fn run(
     let root: Vec<&VgTrace> = vr.traces.iter().filter(|t| t.pid == vr.pid).collect();
     let meta = match (signal, code) {
         (Some(s), _) => signal_meta(&shown, vr.pid, s, &vr.end, &root, &note),
-        (None, c) => {
-            let mut m = end_meta(&shown, vr.pid, Outcome::Exited(c.unwrap_or(0)));
-            m.backend = "valgrind".into();
-            m.note = note.clone();
-            m
-        }
+        (None, c) => exit_meta(&shown, vr.pid, c.unwrap_or(0), &note),
     };
     let tf = build(meta, &kept, rec.buffer_size);
     let crashed = signal.is_some();
+    // Valgrind's log may tell a signal its own status does not.
     let status = match (signal, code) {
         (Some(s), _) => 128 + s,
         (None, c) => c.unwrap_or(0),
@@ -116,6 +106,34 @@ pub fn run(
     }
     reporter.finish();
     status
+}
+
+/// What bts does with a signal it gets while the program runs under
+/// Valgrind: SIGTERM and SIGHUP are passed on to it (Ctrl-C reaches it by
+/// itself, in the same process group); any other signal that would end
+/// bts ends it, the program running on.
+pub(crate) fn signal_to_pass() -> Option<i32> {
+    match ptrace_shim::stop_requested() {
+        Some(libc::SIGINT) | None => None,
+        Some(s) if ptrace_shim::is_stop_request(s) => Some(s),
+        Some(s) => ptrace_shim::die_of(s),
+    }
+}
+
+/// The status Valgrind ended with, as a shell gives it.
+pub(crate) fn status_of(st: std::process::ExitStatus) -> i32 {
+    match (st.signal(), st.code()) {
+        (Some(s), _) => 128 + s,
+        (None, c) => c.unwrap_or(0),
+    }
+}
+
+/// The metadata of a process that exited with `code` under Valgrind.
+pub(crate) fn exit_meta(command: &[String], pid: i32, code: i32, note: &Option<String>) -> Meta {
+    let mut m = end_meta(command, pid, Outcome::Exited(code));
+    m.backend = "valgrind".into();
+    m.note = note.clone();
+    m
 }
 
 /// The trace file of `traces` (images of one or more processes, in order),

@@ -8,11 +8,9 @@ use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 
 use bts_reader::valgrind::{self, VgOptions, VgRun, VgTrace};
-use ptrace_shim::Outcome;
 
 use super::{Collector, Proc};
-use crate::save::end_meta;
-use crate::vg::{build, signal_meta};
+use crate::vg::{build, exit_meta, signal_meta, signal_to_pass, status_of};
 
 /// How the step ended under Valgrind.
 pub struct Traced {
@@ -36,14 +34,7 @@ pub fn trace(
 ) -> Result<Traced, valgrind::VgError> {
     let records = ds_alloc::alloc::bts_records(buffer_bytes) as u64;
     let opts = VgOptions { records, follow_children: true, no_aslr: false };
-    // Ctrl-C reaches the step by itself (same process group); SIGTERM and
-    // SIGHUP are passed on; bts stays to read the traces.
-    let mut pass = || match ptrace_shim::stop_requested() {
-        Some(libc::SIGINT) | None => None,
-        Some(s) if ptrace_shim::is_stop_request(s) => Some(s),
-        Some(s) => ptrace_shim::die_of(s),
-    };
-    let vr = valgrind::run(tool, command, &opts, &mut pass)?;
+    let vr = valgrind::run(tool, command, &opts, &mut signal_to_pass)?;
     collector.root = vr.pid;
     if let Some(p) = &vr.end.problem {
         crate::errln!("bts: {p}; use --backend fast for this step");
@@ -80,19 +71,13 @@ pub fn trace(
             Some(sig) => signal_meta(&cmd, pid, sig, end, &images, note),
             None => {
                 let code = if pid == vr.pid { vr.status.code() } else { end.exit_code };
-                let mut m = end_meta(&cmd, pid, Outcome::Exited(code.unwrap_or(0)));
-                m.backend = "valgrind".into();
-                m.note = note.clone();
-                m
+                exit_meta(&cmd, pid, code.unwrap_or(0), note)
             }
         };
         let tf = build(meta, &images, buffer_bytes);
         collector.keep(&tf, pid, ppid, parents(&vr, pid, &shown));
     }
-    let status = match (vr.status.signal(), vr.status.code()) {
-        (Some(s), _) => 128 + s,
-        (None, c) => c.unwrap_or(0),
-    };
+    let status = status_of(vr.status);
     let left = vr.left_running().iter().map(|&pid| Proc { pid, command: command_of(&vr, pid) }).collect();
     let folder = vr.kept_folder().map(|p| p.display().to_string());
     Ok(Traced { status, processes: vr.ends.len(), left_running: left, folder })
