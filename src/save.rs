@@ -116,17 +116,19 @@ impl<'a> Reporter<'a> {
             crate::out::out(&text);
         }
         match &self.rec.json_file {
-            Some(p) => write_json(p, &text),
+            Some(p) => write_report(p, text.as_bytes(), "JSON report"),
             None => true,
         }
     }
 }
 
-fn write_json(path: &Path, text: &str) -> bool {
-    match bts_reader::outfile::write(path, text.as_bytes()) {
+/// Writes a report (`what` names it in the error) by `-o`'s rules; false,
+/// with the error said, when it could not be written.
+pub(crate) fn write_report(path: &Path, bytes: &[u8], what: &str) -> bool {
+    match bts_reader::outfile::write(path, bytes) {
         Ok(()) => true,
         Err(e) => {
-            crate::errln!("bts: could not write the JSON report: {e}");
+            crate::errln!("bts: could not write the {what}: {e}");
             false
         }
     }

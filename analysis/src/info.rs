@@ -80,7 +80,7 @@ pub struct Info {
     /// The first and last clock of the context records (ns, the
     /// recorder's monotonic clock), when there are any.
     pub time_span_ns: Option<(u64, u64)>,
-    /// Every module of every image.
+    /// Every module of every image, by image, then address.
     pub modules: Vec<ModuleInfo>,
     /// Code bytes kept (for decoding after the process is gone).
     pub code_bytes: u64,
@@ -88,6 +88,13 @@ pub struct Info {
     pub thread_states: usize,
     /// Bytes by kind of section.
     pub sections: Vec<SectionSize>,
+}
+
+/// The modules by image, then address.
+fn sorted_modules(tf: &TraceFile) -> Vec<&bts_reader::Module> {
+    let mut mods: Vec<&bts_reader::Module> = tf.modules.iter().collect();
+    mods.sort_by_key(|m| (m.pid, m.generation, m.map.start));
+    mods
 }
 
 impl Info {
@@ -146,9 +153,8 @@ impl Info {
             context_records: buffers.iter().map(|b| b.context).sum(),
             buffers,
             time_span_ns: span,
-            modules: tf
-                .modules
-                .iter()
+            modules: sorted_modules(tf)
+                .into_iter()
                 .map(|md| ModuleInfo {
                     pid: md.pid,
                     generation: md.generation,
@@ -221,8 +227,7 @@ impl Info {
         for m in &self.modules {
             by_image.entry((m.pid, m.generation)).or_default().push(m);
         }
-        for ((pid, gen), mut mods) in by_image {
-            mods.sort_by_key(|m| u64::from_str_radix(m.start.trim_start_matches("0x"), 16).unwrap_or(0));
+        for ((pid, gen), mods) in by_image {
             out += &format!("modules of pid {pid} (image {gen}):\n");
             for m in mods {
                 let id = m.build_id.as_deref().map(|b| format!("  build-id {b}")).unwrap_or_default();

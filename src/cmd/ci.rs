@@ -10,6 +10,7 @@ use crate::ci::artifacts::Artifacts;
 use crate::ci::{github, junit, ptrace_step, text, vg_step, Collector, StepEnd, StepReport};
 use crate::exit::{self, exec_failure_status, EXIT_BTS_FAILED};
 use crate::record::{backend, end_by_signal, split_off_tracer, Chosen};
+use crate::save::write_report;
 use ptrace_shim::Outcome;
 
 /// `bts ci`.
@@ -146,11 +147,11 @@ fn publish(report: &StepReport, args: &CiArgs) -> bool {
     }
     if let Some(p) = &args.json {
         let doc = serde_json::to_string_pretty(report).expect("the report serializes") + "\n";
-        ok &= write_file(p, doc.as_bytes(), "JSON report");
+        ok &= write_report(p, doc.as_bytes(), "JSON report");
     }
     if let Some(p) = &args.junit {
         match junit::to_xml(report) {
-            Ok(xml) => ok &= write_file(p, xml.as_bytes(), "JUnit report"),
+            Ok(xml) => ok &= write_report(p, xml.as_bytes(), "JUnit report"),
             Err(e) => {
                 crate::errln!("bts: could not make the JUnit report: {e}");
                 ok = false;
@@ -158,14 +159,4 @@ fn publish(report: &StepReport, args: &CiArgs) -> bool {
         }
     }
     ok
-}
-
-fn write_file(path: &Path, bytes: &[u8], what: &str) -> bool {
-    match bts_reader::outfile::write(path, bytes) {
-        Ok(()) => true,
-        Err(e) => {
-            crate::errln!("bts: could not write the {what}: {e}");
-            false
-        }
-    }
 }

@@ -49,10 +49,7 @@ pub fn process_command(pid: Pid) -> Vec<String> {
 
 /// The parent of a live process (field 4 of /proc/PID/stat).
 pub(super) fn parent_of(pid: Pid) -> Pid {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s[s.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
+    super::proc::stat_field(pid, 4).and_then(|p| p.parse().ok()).unwrap_or(0)
 }
 
 /// Bytes of a command line kept per process (a compiler's can be long).
