@@ -82,16 +82,16 @@ pub fn trace(
                 if held.remove(&e.pid) {
                     continue;
                 }
-                let (ppid, parents) = lineage(&session, e.pid);
-                let (code, signal) = match e.outcome {
-                    Outcome::Exited(c) => (Some(c), None),
-                    // A signal bts could not hold (SIGKILL).
-                    Outcome::Signaled(s) => (None, Some(s)),
-                    Outcome::Detached(_) => (None, None),
-                };
                 if collector.keep_all {
                     keep_end(&mut session, collector, e.pid, e.outcome);
                 } else {
+                    let (ppid, parents) = lineage(&session, e.pid);
+                    let (code, signal) = match e.outcome {
+                        Outcome::Exited(c) => (Some(c), None),
+                        // A signal bts could not hold (SIGKILL).
+                        Outcome::Signaled(s) => (None, Some(s)),
+                        Outcome::Detached(_) => (None, None),
+                    };
                     collector.failed(
                         Proc { pid: e.pid, command: command_of(&session, e.pid) },
                         ppid,
