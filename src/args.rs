@@ -24,6 +24,11 @@ pub enum Command {
         /// Disable address-space randomisation for the program.
         #[arg(long)]
         no_aslr: bool,
+        /// Record through the bts daemon (`bts daemon`) at this socket
+        /// (default: your own daemon's, else /run/bts.sock), beside any
+        /// other tracer of the program.
+        #[arg(long, value_name = "SOCKET", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+        daemon: Option<PathBuf>,
         /// The program and its arguments.
         #[arg(last = true, required = true, num_args = 1..)]
         command: Vec<OsString>,
@@ -35,7 +40,32 @@ pub enum Command {
     Attach {
         #[command(flatten)]
         rec: RecordArgs,
+        /// Record through the bts daemon (`bts daemon`) at this socket
+        /// (default: your own daemon's, else /run/bts.sock), beside any
+        /// other tracer of the program.
+        #[arg(long, value_name = "SOCKET", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+        daemon: Option<PathBuf>,
         pid: i32,
+    },
+    /// Own all branch tracing on this machine: tracers (`bts attach
+    /// --daemon`, `bts run --daemon`, legacy PTRACE_BTS_* clients) share
+    /// it as clients, each with its own buffers and charges.
+    Daemon {
+        /// The socket (default: /run/bts.sock for root, else $XDG_RUNTIME_DIR/bts.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Ask a running daemon what it traces: its tracers, their buffers, or the traced tasks.
+    Ctl {
+        /// The daemon's socket (default: your own daemon's, else /run/bts.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// What to show.
+        #[arg(value_enum)]
+        what: CtlWhat,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
     },
     /// What a trace file holds: processes, threads, CPUs, records, time
     /// span, modules, and the bytes of each kind of section.
@@ -216,6 +246,17 @@ pub enum Command {
     },
     #[command(hide = true, name = "__demo-crash")]
     DemoCrash,
+}
+
+/// What `bts ctl` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CtlWhat {
+    /// Each tracer: its client, charge and limit, processes and buffers.
+    Tracers,
+    /// Each buffer: its owner, task, size and records.
+    Buffers,
+    /// Each traced process and its tracers.
+    Tasks,
 }
 
 /// `bts ci`: the options of a traced CI step.

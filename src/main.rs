@@ -24,11 +24,17 @@ use crate::args::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Command::Run { rec, follow_fork, no_aslr, command } => {
+        Command::Run { rec, follow_fork, no_aslr, daemon: Some(socket), command } => {
+            cmd::via_daemon::run(&rec, follow_fork, no_aslr, &socket, &command)
+        }
+        Command::Run { rec, follow_fork, no_aslr, daemon: None, command } => {
             cmd::run::run(&rec, follow_fork, no_aslr, command)
         }
         Command::Ci(args) => cmd::ci::run(&args),
-        Command::Attach { rec, pid } => cmd::attach::run(&rec, pid),
+        Command::Attach { rec, daemon: Some(socket), pid } => cmd::via_daemon::attach(&rec, pid, &socket),
+        Command::Attach { rec, daemon: None, pid } => cmd::attach::run(&rec, pid),
+        Command::Daemon { socket } => cmd::daemon::run(socket),
+        Command::Ctl { socket, what, json } => cmd::daemon::ctl(socket, what, json),
         Command::Info { file, json } => cmd::info::run(&file, json),
         Command::Split { file, by, output } => cmd::cut::split(&file, by, &output),
         Command::Filter { file, module, function, tid, pid, kernel, output } => {

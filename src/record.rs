@@ -8,7 +8,7 @@ use ptrace_shim::{sys, Backend, Options, Outcome, Session, Stop};
 
 use crate::args::{BackendArg, RecordArgs, ReportWhen};
 use crate::exit::EXIT_BTS_FAILED;
-use crate::save::{crash_meta, end_meta, process_command, Reporter};
+use crate::save::{process_command, Reporter};
 
 /// Why the backend asked for cannot record. The advice is added here, in
 /// the CLI: the libraries only say what is wrong.
@@ -95,6 +95,7 @@ pub(crate) fn options(rec: &RecordArgs, backend: Backend, follow_fork: bool, no_
         insn_log: rec.insn_log.clone(),
         stack_bytes: rec.stack_size,
         report_process_ends: false,
+        ..Options::default()
     }
 }
 
@@ -121,14 +122,14 @@ pub(crate) fn drive(
                     if c.pid == root { session.recording() } else { session.process_recording(c.pid) };
                 // A followed child is named by its own command line (it is held: /proc has it).
                 let cmd = if c.pid == root { command.to_vec() } else { process_command(c.pid) };
-                let mut meta = crash_meta(&cmd, &c);
+                let mut meta = c.meta(&cmd);
                 meta.note = note.map(str::to_string);
                 let tf = TraceFile::from_recording(&recording, meta);
                 reporter.save(&tf, c.pid, rec.report != ReportWhen::Never);
                 session.deliver_crash()?;
             }
             // No debugger here, and process ends are not asked for.
-            Stop::Debug(_) | Stop::ProcessEnded(_) => {}
+            Stop::Debug(_) | Stop::ProcessEnded(_) | Stop::Attention => {}
             Stop::Finished(o) => {
                 detach_left_running(session);
                 let detached = matches!(o, Outcome::Detached(_));
@@ -137,7 +138,7 @@ pub(crate) fn drive(
                 let killed = matches!(o, Outcome::Signaled(_)) && !crashed;
                 if detached || killed || rec.report == ReportWhen::Always || rec.output.is_some() && clean {
                     let recording = session.recording();
-                    let mut meta = end_meta(command, root, o);
+                    let mut meta = o.meta(command, root);
                     meta.note = note.map(str::to_string);
                     let tf = TraceFile::from_recording(&recording, meta);
                     let print = (detached || killed) && rec.report != ReportWhen::Never

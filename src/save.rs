@@ -4,43 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use bts_reader::{Meta, TraceFile};
-use ptrace_shim::{sys, Crash, Outcome};
+use bts_reader::TraceFile;
 
 use crate::args::RecordArgs;
 use analysis::report::{Report, Selection};
-
-pub(crate) fn crash_meta(command: &[String], c: &Crash) -> Meta {
-    Meta {
-        command: command.to_vec(),
-        pid: c.pid,
-        outcome: "signal".into(),
-        signal: Some(c.signal),
-        signal_name: Some(sys::signal_name(c.signal)),
-        fault_addr: c.fault_addr,
-        si_code: Some(c.si_code),
-        tid: Some(c.tid),
-        pc: Some(c.pc),
-        ..Meta::default()
-    }
-}
-
-pub(crate) fn end_meta(command: &[String], pid: i32, o: Outcome) -> Meta {
-    let mut m = Meta { command: command.to_vec(), pid, ..Meta::default() };
-    match o {
-        Outcome::Exited(c) => {
-            m.outcome = "exit".into();
-            m.code = Some(c);
-        }
-        Outcome::Signaled(s) => {
-            m.outcome = "signal".into();
-            m.signal = Some(s);
-            m.signal_name = Some(sys::signal_name(s));
-        }
-        Outcome::Detached(_) => m.outcome = "detached".into(),
-    }
-    m
-}
 
 /// `-o FILE` names the first process's trace; a crash in a followed child
 /// goes beside it as `FILE-STEM.PID.bts`. The default is `bts-PID.bts`.

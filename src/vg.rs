@@ -13,7 +13,7 @@ use ptrace_shim::Outcome;
 
 use crate::args::{RecordArgs, ReportWhen};
 use crate::exit::{exec_failure_status, EXIT_BTS_FAILED};
-use crate::save::{end_meta, Reporter};
+use crate::save::Reporter;
 
 /// `bts run --backend valgrind`: the program's status, or 125.
 pub fn run(
@@ -130,7 +130,7 @@ pub(crate) fn status_of(st: std::process::ExitStatus) -> i32 {
 
 /// The metadata of a process that exited with `code` under Valgrind.
 pub(crate) fn exit_meta(command: &[String], pid: i32, code: i32, note: &Option<String>) -> Meta {
-    let mut m = end_meta(command, pid, Outcome::Exited(code));
+    let mut m = Outcome::Exited(code).meta(command, pid);
     m.backend = "valgrind".into();
     m.note = note.clone();
     m
@@ -156,7 +156,7 @@ pub(crate) fn signal_meta(
     images: &[&VgTrace],
     note: &Option<String>,
 ) -> Meta {
-    let mut m = end_meta(command, pid, Outcome::Signaled(sig));
+    let mut m = Outcome::Signaled(sig).meta(command, pid);
     let Some(last) = images.last() else { return m };
     m.tid = Some(last.last_tid);
     let mut code = decode::CodeMap::default();

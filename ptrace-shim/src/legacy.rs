@@ -91,6 +91,9 @@ pub enum BtsError {
         /// The size needed.
         need: usize,
     },
+    #[error("task {0} is not a thread of a process you trace: attach to it first (ESRCH)")]
+    /// The task is not traced by the caller.
+    NotTraced(u32),
     #[error("unknown request {0} (EIO)")]
     /// Not a `PTRACE_BTS_*` request.
     UnknownRequest(u32),
@@ -105,6 +108,7 @@ impl BtsError {
         match self {
             BtsError::NoBuffer(_) => libc::ENXIO,
             BtsError::UnknownRequest(_) => libc::EIO,
+            BtsError::NotTraced(_) => libc::ESRCH,
             BtsError::Alloc(ds_alloc::Error::MemlockExceeded { .. }) => libc::ENOMEM,
             _ => libc::EINVAL,
         }
@@ -163,6 +167,23 @@ impl LegacyBts {
         let bts_size = if cfg.flags & PTRACE_BTS_O_ALLOC != 0 { cfg.bts_size } else { st.config.bts_size };
         st.config = PtraceBtsConfig { size: CONFIG_SIZE as u32, bts_size, ..*cfg };
         Ok(())
+    }
+
+    /// The caller's buffer of `task`, if it configured one.
+    pub fn handle(&self, task: u32) -> Option<BtsHandle> {
+        self.tasks.get(&task).and_then(|t| t.handle)
+    }
+
+    /// The tasks the caller configured, in no order.
+    pub fn tasks(&self) -> impl Iterator<Item = u32> + '_ {
+        self.tasks.iter().filter(|(_, t)| t.handle.is_some()).map(|(&task, _)| task)
+    }
+
+    /// Releases the caller's buffer of `task` and refunds it.
+    pub fn release(&mut self, alloc: &mut Allocator, task: u32) {
+        if let Some(h) = self.tasks.remove(&task).and_then(|t| t.handle) {
+            let _ = alloc.release_bts(self.tracer, h);
+        }
     }
 
     /// PTRACE_BTS_STATUS.

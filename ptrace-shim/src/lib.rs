@@ -22,8 +22,10 @@
 
 mod eval;
 pub mod front;
+pub mod hub;
 pub mod legacy;
 pub mod maps;
+mod meta;
 mod recorder;
 mod session;
 mod signals;
@@ -157,6 +159,26 @@ pub enum Notice {
         /// Why.
         cause: Error,
     },
+    /// A follower (a broker's client) got no buffer on a new thread.
+    #[error("thread {tid} is not recorded for you: {cause}")]
+    FollowerNotRecorded {
+        /// The thread.
+        tid: i32,
+        /// The follower.
+        follower: ds_alloc::TracerId,
+        /// Why.
+        cause: legacy::BtsError,
+    },
+}
+
+impl Notice {
+    /// The follower it concerns, when it concerns one alone.
+    pub fn follower(&self) -> Option<ds_alloc::TracerId> {
+        match self {
+            Notice::FollowerNotRecorded { follower, .. } => Some(*follower),
+            Notice::ThreadNotRecorded { .. } => None,
+        }
+    }
 }
 
 /// The result of the ptrace layer.

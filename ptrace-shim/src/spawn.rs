@@ -4,7 +4,6 @@ use std::ffi::{CString, OsString};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::io::FromRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::sys::{self, Pid};
@@ -42,8 +41,35 @@ fn access_x(p: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
 }
 
-/// Forks and execs `argv` with the child held until the parent has seized it.
-pub(crate) fn spawn_seized(argv: &[OsString], no_aslr: bool, options: i32) -> Result<(Pid, std::fs::File)> {
+/// A forked child held before its exec until [`Held::release`].
+#[derive(Debug)]
+pub struct Held {
+    /// The child.
+    pub pid: Pid,
+    gate: std::os::fd::OwnedFd,
+    errf: std::fs::File,
+}
+
+impl Held {
+    /// Lets the child exec; returns the pipe on which it reports an exec failure.
+    pub fn release(self) -> std::fs::File {
+        drop(self.gate);
+        self.errf
+    }
+
+    /// Kills the child that will not be run, and reaps it.
+    pub fn kill(self) {
+        // SAFETY: killing and reaping our own child.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// Forks a child that waits, before it execs `argv`, for the parent to
+/// [`Held::release`] it: whoever will trace it (a daemon) attaches first.
+pub fn spawn_held(argv: &[OsString], no_aslr: bool) -> Result<Held> {
     if argv.is_empty() {
         return Err(Error::NoCommand);
     }
@@ -86,26 +112,32 @@ pub(crate) fn spawn_seized(argv: &[OsString], no_aslr: bool, options: i32) -> Re
             libc::_exit(127);
         }
     }
-    // SAFETY: closing our copies of the child's ends; the fds are ours.
+    // SAFETY: closing our copies of the child's ends, and taking over ours.
     unsafe {
         libc::close(gate[0]);
         libc::close(errpipe[1]);
+        use std::os::fd::FromRawFd;
+        Ok(Held {
+            pid,
+            gate: std::os::fd::OwnedFd::from_raw_fd(gate[1]),
+            errf: std::fs::File::from_raw_fd(errpipe[0]),
+        })
     }
-    let seized = sys::seize(pid, options);
-    // SAFETY: closing the gate lets the child run; the fd is ours.
-    unsafe { libc::close(gate[1]) };
-    // SAFETY: errpipe[0] is an open fd we own; File takes it over.
-    let errf = unsafe { std::fs::File::from_raw_fd(errpipe[0]) };
-    if let Err(e) = seized {
-        // SAFETY: killing our own child that we could not trace.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// Forks and execs `argv` with the child held until the parent has seized it.
+pub(crate) fn spawn_seized(argv: &[OsString], no_aslr: bool, options: i32) -> Result<(Pid, std::fs::File)> {
+    let held = spawn_held(argv, no_aslr)?;
+    let pid = held.pid;
+    if let Err(e) = sys::seize(pid, options) {
+        held.kill();
         return Err(Error::os("ptrace(PTRACE_SEIZE) of the launched program", e));
     }
-    Ok((pid, errf))
+    Ok((pid, held.release()))
 }
 
 /// The errno a child wrote before it failed to exec, if it did.
-pub(crate) fn exec_errno(mut errf: &std::fs::File) -> Option<i32> {
+pub fn exec_errno(mut errf: &std::fs::File) -> Option<i32> {
     let mut buf = [0u8; 4];
     errf.read_exact(&mut buf).ok()?;
     Some(i32::from_le_bytes(buf))

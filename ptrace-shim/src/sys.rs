@@ -264,8 +264,10 @@ pub enum Wait {
 /// `waitpid(pid, __WALL)`; `Ok(None)` when interrupted by a signal.
 pub fn wait(pid: Pid) -> io::Result<Option<Wait>> {
     let mut status = 0;
+    // __WNOTHREAD: only this thread's tracees and children, so that
+    // sessions on several threads (a broker's) never take each other's.
     // SAFETY: status is a valid out-pointer for the call's duration.
-    let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL | libc::__WNOTHREAD) };
     if r < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {

@@ -11,7 +11,6 @@ use ptrace_shim::{Backend, Outcome, ProcessInfo, Session, Stop};
 use super::{Collector, Proc};
 use crate::args::RecordArgs;
 use crate::record::{detach_left_running, options};
-use crate::save::{crash_meta, end_meta};
 
 fn proc_of(p: &ProcessInfo) -> Proc {
     Proc { pid: p.pid, command: p.command.clone() }
@@ -68,8 +67,7 @@ pub fn trace(
                 let (ppid, parents) = lineage(&session, c.pid);
                 let cmd = command_of(&session, c.pid);
                 if collector.wants_trace(Some(c.signal)) {
-                    let tf =
-                        TraceFile::from_recording(&session.process_recording(c.pid), crash_meta(&cmd, &c));
+                    let tf = TraceFile::from_recording(&session.process_recording(c.pid), c.meta(&cmd));
                     collector.keep(&tf, c.pid, ppid, parents);
                 } else if c.pid != root {
                     collector.failed(Proc { pid: c.pid, command: cmd }, ppid, parents, None, Some(c.signal));
@@ -101,7 +99,7 @@ pub fn trace(
                     );
                 }
             }
-            Stop::Debug(_) => {}
+            Stop::Debug(_) | Stop::Attention => {}
             Stop::Finished(o) => break Ok(o),
         }
     };
@@ -148,7 +146,7 @@ fn wait_untraced(pid: i32) -> Outcome {
 /// Keeps the trace of a process that ended without crashing (`--keep always`).
 fn keep_end(session: &mut Session, collector: &mut Collector, pid: i32, how: Outcome) {
     let cmd = command_of(session, pid);
-    let tf = TraceFile::from_recording(&session.process_recording(pid), end_meta(&cmd, pid, how));
+    let tf = TraceFile::from_recording(&session.process_recording(pid), how.meta(&cmd, pid));
     let (ppid, parents) = lineage(session, pid);
     collector.keep(&tf, pid, ppid, parents);
 }

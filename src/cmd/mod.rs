@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod ci;
 pub mod cut;
+pub mod daemon;
 pub mod demo;
 pub mod doctor;
 pub mod export;
@@ -12,3 +13,4 @@ pub mod history;
 pub mod info;
 pub mod last_branch;
 pub mod run;
+pub mod via_daemon;

@@ -10,7 +10,7 @@ use crate::args::RecordArgs;
 use crate::exit::{self, exec_failure_status, EXIT_BTS_FAILED};
 use crate::record::{backend, drive, end_by_signal, options, split_off_tracer, Chosen};
 
-use crate::save::{end_meta, Reporter};
+use crate::save::Reporter;
 
 pub fn run(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: Vec<OsString>) -> ExitCode {
     exit::code(run_status(rec, follow_fork, no_aslr, command))
@@ -56,7 +56,7 @@ pub fn run_status(rec: &RecordArgs, follow_fork: bool, no_aslr: bool, command: V
             crate::errln!("bts: tracing failed: {e}");
             // Keep what was recorded.
             let recording = session.recording();
-            let tf = TraceFile::from_recording(&recording, end_meta(&shown, root, Outcome::Exited(0)));
+            let tf = TraceFile::from_recording(&recording, Outcome::Exited(0).meta(&shown, root));
             reporter.save(&tf, root, false);
             reporter.finish();
             i32::from(EXIT_BTS_FAILED)

@@ -24,7 +24,7 @@ impl Session {
         // SAFETY: sysconf has no memory arguments.
         let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as u32;
         for cpu in 0..cpus {
-            let h = self.alloc.request_bts(self.tracer, Target::Cpu(cpu), bytes)?;
+            let h = self.hub().alloc().request_bts(self.tracer, Target::Cpu(cpu), bytes)?;
             self.cpu_buffers.push((cpu, h));
         }
         Ok(())
@@ -58,9 +58,9 @@ impl Session {
         }
         let now = clock_ns();
         if arrived {
-            self.alloc.context(old, tid as u32, ContextKind::TaskDeparts, now);
+            self.hub().alloc().context(old, tid as u32, ContextKind::TaskDeparts, now);
         }
-        self.alloc.context(cpu, tid as u32, ContextKind::TaskArrives, now);
+        self.hub().alloc().context(cpu, tid as u32, ContextKind::TaskArrives, now);
         if let Some(t) = self.threads.get_mut(&tid) {
             t.cpu = cpu;
             t.arrived = true;

@@ -173,7 +173,7 @@ impl Session {
             match self.next_stop()? {
                 Stop::Crash(_) => self.deliver_crash()?,
                 Stop::Finished(o) => return Ok(o),
-                Stop::Debug(_) | Stop::ProcessEnded(_) => {}
+                Stop::Debug(_) | Stop::ProcessEnded(_) | Stop::Attention => {}
             }
         }
     }
@@ -190,7 +190,7 @@ impl Session {
                 Stop::Finished(o) => return Ok(DebugStop::Finished(o)),
                 Stop::Debug(d) => break d,
                 // Not asked for by a debugging session.
-                Stop::ProcessEnded(_) => {}
+                Stop::ProcessEnded(_) | Stop::Attention => {}
             }
         };
         self.pause_all()?;

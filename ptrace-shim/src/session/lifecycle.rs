@@ -44,8 +44,15 @@ impl Session {
     }
 
     pub(super) fn add_thread(&mut self, tid: Pid, space: usize, record: bool) -> Result<()> {
+        self.add_thread_as(tid, space, record, false)
+    }
+
+    /// Adds a thread; `exec` when it is a thread that just exec'd.
+    pub(super) fn add_thread_as(&mut self, tid: Pid, space: usize, record: bool, exec: bool) -> Result<()> {
         let handle = if record {
-            match self.alloc.request_bts(self.tracer, Target::Task(tid as u32), self.opts.buffer_bytes) {
+            let requested =
+                self.hub().alloc().request_bts(self.tracer, Target::Task(tid as u32), self.opts.buffer_bytes);
+            match requested {
                 Ok(h) => Some(h),
                 // The first thread: nothing can be recorded; fail up front.
                 Err(e) if self.threads.is_empty() && self.finished.is_empty() => {
@@ -65,6 +72,13 @@ impl Session {
                     return Err(Error::Hardware(e));
                 }
                 self.notices.push(Notice::ThreadNotRecorded { tid, cause: Error::Hardware(e) });
+            }
+        }
+        if record {
+            let pid = self.spaces[space].space.pid;
+            let refused = self.hub().thread_started(pid, tid, exec);
+            for (follower, cause) in refused {
+                self.notices.push(Notice::FollowerNotRecorded { tid, follower, cause });
             }
         }
         let cpu = self.current_cpu(tid);
@@ -97,9 +111,10 @@ impl Session {
         let lost = self.sync_hardware(&t);
         self.recorder.stop_thread(t.tid);
         if t.arrived {
-            self.alloc.context(t.cpu, t.tid as u32, ContextKind::TaskDeparts, clock_ns());
+            self.hub().alloc().context(t.cpu, t.tid as u32, ContextKind::TaskDeparts, clock_ns());
         }
-        let buffer = t.handle.and_then(|h| self.alloc.release_bts(self.tracer, h).ok());
+        self.hub().thread_ended(t.tid);
+        let buffer = t.handle.and_then(|h| self.hub().alloc().release_bts(self.tracer, h).ok());
         let buffer = buffer.unwrap_or_else(empty_buffer);
         ThreadTrace {
             tid: t.tid,
@@ -265,7 +280,7 @@ impl Session {
                     if let Some(p) = self.threads.get(&parent) {
                         let inherited = self.buffer_of(p).snapshot();
                         let cpu = p.cpu;
-                        self.alloc.deliver_batch(cpu, child as u32, &inherited);
+                        self.hub().alloc().deliver_batch(cpu, child as u32, &inherited);
                     }
                 } else {
                     // Remove the inherited int3 bytes, then let it go.
@@ -342,7 +357,7 @@ impl Session {
         self.processes.exec(tid);
         let gen = if shared { 1 } else { generation + 1 };
         let idx = self.new_space(tid, gen)?;
-        self.add_thread(tid, idx, true)?;
+        self.add_thread_as(tid, idx, true, true)?;
         self.resume(tid, 0)
     }
 

@@ -5,7 +5,12 @@
 use std::collections::{HashMap, HashSet};
 
 use bts_reader::recording::ImageTrace;
-use ds_alloc::{Allocator, BtsHandle, TracerId};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, MutexGuard};
+
+use ds_alloc::{BtsHandle, TracerId};
+
+use crate::hub::{Hub, SharedHub};
 
 use crate::recorder::Recorder;
 use crate::space::Space;
@@ -62,6 +67,13 @@ pub struct Options {
     /// keep no trace of a process after that: memory stays bounded over
     /// thousands of processes.
     pub report_process_ends: bool,
+    /// The hub to record into, shared with other sessions and tracers (a
+    /// broker's); a hub of its own when `None`.
+    pub hub: Option<SharedHub>,
+    /// Set from another thread to make [`Session::next_stop`] return
+    /// [`Stop::Attention`] at its next turn (a blocked `waitpid` returns
+    /// once the session's thread is signalled): a broker's requests.
+    pub attention: Option<Arc<AtomicBool>>,
 }
 
 impl Default for Options {
@@ -76,6 +88,8 @@ impl Default for Options {
             insn_log: None,
             stack_bytes: DEFAULT_STACK_BYTES,
             report_process_ends: false,
+            hub: None,
+            attention: None,
         }
     }
 }
@@ -124,6 +138,9 @@ pub enum Stop {
     /// [`Session::process_recording`] until the next call of
     /// [`Session::next_stop`], which drops it.
     ProcessEnded(ProcessEnd),
+    /// Another thread asked for the session's attention (only with
+    /// [`Options::attention`]).
+    Attention,
 }
 
 pub use debug::DebugStop;
@@ -202,9 +219,10 @@ pub struct Session {
     /// Affinity masks to give back at detach: per thread, and for new threads.
     saved_affinity: HashMap<Pid, libc::cpu_set_t>,
     default_affinity: Option<libc::cpu_set_t>,
-    /// Every buffer lives in the allocator; bts is one tracer, charged
-    /// against its own RLIMIT_MEMLOCK.
-    alloc: Allocator,
+    /// Every buffer lives in the hub's allocator; the session is one
+    /// tracer, charged against its own RLIMIT_MEMLOCK, and a broker's
+    /// clients follow its threads beside it.
+    hub: SharedHub,
     tracer: TracerId,
     cpu_buffers: Vec<(u32, BtsHandle)>,
     /// The one CPU everything runs on, when pinned.
@@ -243,8 +261,8 @@ fn wait_pid(w: &Wait) -> Pid {
 
 impl Session {
     fn new(opts: Options, root: Pid, launched: bool, recorder: Box<dyn Recorder>) -> Session {
-        let mut alloc = Allocator::new();
-        let tracer = alloc.register_current("bts");
+        let hub = opts.hub.clone().unwrap_or_else(|| Hub::new().shared());
+        let tracer = crate::hub::lock(&hub).alloc().register_current("bts");
         Session {
             opts,
             root,
@@ -260,7 +278,7 @@ impl Session {
             detach_signal: libc::SIGINT,
             saved_affinity: HashMap::new(),
             default_affinity: None,
-            alloc,
+            hub,
             tracer,
             cpu_buffers: Vec::new(),
             pinned_cpu: None,
@@ -273,6 +291,16 @@ impl Session {
             ended: std::collections::VecDeque::new(),
             reported_end: None,
         }
+    }
+
+    /// The hub the session records into.
+    pub(crate) fn hub(&self) -> MutexGuard<'_, Hub> {
+        crate::hub::lock(&self.hub)
+    }
+
+    /// The session's own id in the hub's allocator.
+    pub fn tracer(&self) -> TracerId {
+        self.tracer
     }
 
     /// The first process.
@@ -315,6 +343,12 @@ impl Session {
                     self.detach_requested = true;
                     self.detach_signal = sig;
                 }
+            }
+            if !self.detach_requested
+                && self.world_stopped.is_none()
+                && self.opts.attention.as_ref().is_some_and(|f| f.swap(false, Ordering::SeqCst))
+            {
+                return Ok(Stop::Attention);
             }
             if self.detach_requested {
                 let sig = self.detach_signal;

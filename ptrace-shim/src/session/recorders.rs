@@ -31,7 +31,7 @@ impl Session {
     #[inline]
     pub(super) fn record(&mut self, tid: Pid, from: u64, to: u64) {
         if let Some(t) = self.threads.get(&tid) {
-            self.alloc.deliver_bts(t.cpu, tid as u32, BtsRecord::branch(from, to));
+            self.hub().alloc().deliver_bts(t.cpu, tid as u32, BtsRecord::branch(from, to));
         }
     }
 
@@ -232,16 +232,15 @@ impl Session {
     pub(super) fn sync_hardware(&mut self, t: &Thread) -> u64 {
         let Some((records, lost)) = self.recorder.take_records(t.tid) else { return 0 };
         if let Some(h) = t.handle {
-            let _ = self.alloc.reset_bts(self.tracer, h);
+            let _ = self.hub().alloc().reset_bts(self.tracer, h);
         }
-        self.alloc.deliver_batch(t.cpu, t.tid as u32, &records);
+        self.hub().alloc().deliver_batch(t.cpu, t.tid as u32, &records);
         lost
     }
 
     pub(super) fn buffer_of(&self, t: &Thread) -> BtsBuffer {
-        t.handle
-            .and_then(|h| self.alloc.bts_buffer(self.tracer, h).ok())
-            .cloned()
-            .unwrap_or_else(empty_buffer)
+        let hub = self.hub();
+        let buffer = t.handle.and_then(|h| hub.allocator().bts_buffer(self.tracer, h).ok()).cloned();
+        buffer.unwrap_or_else(empty_buffer)
     }
 }

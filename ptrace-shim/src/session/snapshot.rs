@@ -1,7 +1,9 @@
 //! Snapshots: everything recorded so far, with the code bytes the records
 //! run through.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use ds_alloc::TracerId;
 
 use crate::space::Space;
 use crate::sys::{self, Pid, Wait};
@@ -89,6 +91,28 @@ impl Session {
         self.recording_where(Some(pid))
     }
 
+    /// What follower `t` (a broker's client) holds of the first process:
+    /// the same snapshot, each thread's records taken from `t`'s own
+    /// buffer, threads it has no buffer on left out, no CPU buffers.
+    pub fn recording_for(&mut self, t: TracerId) -> Recording {
+        let mut r = self.recording_where(Some(self.root));
+        let hub = self.hub();
+        // The newest image of a thread gets its buffer (an exec keeps the thread).
+        let mut taken = HashSet::new();
+        for image in r.images.iter_mut().rev() {
+            image.threads.retain_mut(|th| {
+                let Some(b) = hub.buffer(t, th.tid).filter(|_| taken.insert(th.tid)) else { return false };
+                th.overwritten = b.branches_overwritten();
+                th.buffer = b.clone();
+                true
+            });
+        }
+        drop(hub);
+        r.images.retain(|i| !i.threads.is_empty());
+        r.cpus.clear();
+        r
+    }
+
     fn recording_where(&mut self, only: Option<Pid>) -> Recording {
         let hold = match (&self.crash, &self.world_stopped) {
             (Some(c), None) => Some(c.tid),
@@ -163,7 +187,9 @@ impl Session {
         let cpus = self
             .cpu_buffers
             .iter()
-            .filter_map(|&(c, h)| self.alloc.bts_buffer(self.tracer, h).ok().map(|b| (c, b.clone())))
+            .filter_map(|&(c, h)| {
+                self.hub().allocator().bts_buffer(self.tracer, h).ok().map(|b| (c, b.clone()))
+            })
             .collect();
         Recording {
             backend: self.recorder.backend().name(),

@@ -1,0 +1,167 @@
+//! The client side: connect, say Hello, ask, and take the events (crash
+//! and end traces) that arrive between replies.
+
+use std::collections::VecDeque;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::protocol::{self, ErrorKind, ProtocolError, Reply, Request, MAX_REPLY, VERSION};
+
+/// Why a call through the daemon failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Nobody listens on the socket.
+    #[error("cannot reach the bts daemon at {path}: {source}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connection failed or the daemon sent garbage.
+    #[error("talking to the bts daemon: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The daemon refused the request.
+    #[error("{message}")]
+    Refused {
+        /// Why, for programs.
+        kind: ErrorKind,
+        /// Why, for people.
+        message: String,
+    },
+    /// The daemon answered something else than the request calls for.
+    #[error("the bts daemon answered {0} to that request")]
+    Unexpected(String),
+}
+
+/// The socket a client tries when none is named: the user's own daemon
+/// (`$XDG_RUNTIME_DIR/bts.sock`) if one runs, else the system's (`/run/bts.sock`).
+pub fn default_client_socket() -> PathBuf {
+    let own = crate::default_socket();
+    if own.exists() {
+        return own;
+    }
+    "/run/bts.sock".into()
+}
+
+/// A connection to the daemon.
+pub struct Client {
+    stream: UnixStream,
+    events: VecDeque<Reply>,
+    /// The daemon's number for this client (in `bts ctl`).
+    pub id: u64,
+    /// The daemon's pid.
+    pub daemon_pid: u32,
+}
+
+fn unexpected(r: &Reply) -> ClientError {
+    let name = format!("{r:?}");
+    ClientError::Unexpected(name.chars().take(60).collect())
+}
+
+impl Client {
+    /// Connects to the daemon at `path` and says Hello as `name`.
+    pub fn connect(path: &Path, name: &str) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path)
+            .map_err(|source| ClientError::Connect { path: path.to_path_buf(), source })?;
+        let mut c = Client { stream, events: VecDeque::new(), id: 0, daemon_pid: 0 };
+        match c.call(&Request::Hello { version: VERSION, name: name.to_string() })? {
+            Reply::Hello { version: VERSION, daemon_pid, id } => {
+                c.id = id;
+                c.daemon_pid = daemon_pid;
+                Ok(c)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn read(&mut self, timeout: Option<Duration>) -> Result<Reply, ClientError> {
+        self.stream.set_read_timeout(timeout).map_err(ProtocolError::from)?;
+        let payload = protocol::read_frame(&mut &self.stream, MAX_REPLY)?;
+        Ok(protocol::decode_reply(&payload)?)
+    }
+
+    /// Sends `req` and returns its reply (events that come first are kept
+    /// for [`Client::next_event`]). An error reply is [`ClientError::Refused`].
+    pub fn call(&mut self, req: &Request) -> Result<Reply, ClientError> {
+        protocol::write_msg(&mut &self.stream, req)?;
+        loop {
+            let r = self.read(None)?;
+            if r.is_event() {
+                self.events.push_back(r);
+                continue;
+            }
+            return match r {
+                Reply::Error { kind, message } => Err(ClientError::Refused { kind, message }),
+                r => Ok(r),
+            };
+        }
+    }
+
+    /// The next event, waiting up to `timeout` (`None`: for ever).
+    /// `Ok(None)` when the time is up.
+    pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<Reply>, ClientError> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(Some(e));
+        }
+        match self.read(timeout) {
+            Ok(r) if r.is_event() => Ok(Some(r)),
+            Ok(Reply::Error { kind, message }) => Err(ClientError::Refused { kind, message }),
+            Ok(r) => Err(unexpected(&r)),
+            Err(ClientError::Protocol(ProtocolError::Io(e)))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A call whose answer is `Ok`.
+    pub fn call_ok(&mut self, req: &Request) -> Result<(), ClientError> {
+        match self.call(req)? {
+            Reply::Ok => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A call whose answer is a trace file.
+    pub fn call_trace(&mut self, req: &Request) -> Result<Vec<u8>, ClientError> {
+        match self.call(req)? {
+            Reply::Trace(bytes) => Ok(bytes),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Drains the client's buffer of thread `tid`: raw 24-byte records, oldest first.
+    pub fn drain(&mut self, tid: i32) -> Result<Vec<u8>, ClientError> {
+        match self.call(&Request::Drain { tid })? {
+            Reply::Records(bytes) => Ok(bytes),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A legacy request: what `ptrace` returned, and the bytes it wrote.
+    pub fn legacy(
+        &mut self,
+        request: u32,
+        task: u32,
+        addr: u64,
+        data: &[u8],
+    ) -> Result<(i64, Vec<u8>), ClientError> {
+        match self.call(&Request::Legacy { request, task, addr, data: data.to_vec() })? {
+            Reply::Legacy { value, data } => Ok((value, data)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The listing.
+    pub fn list(&mut self) -> Result<protocol::Listing, ClientError> {
+        match self.call(&Request::List)? {
+            Reply::List(l) => Ok(l),
+            other => Err(unexpected(&other)),
+        }
+    }
+}

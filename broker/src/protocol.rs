@@ -1,0 +1,432 @@
+//! The wire protocol between `bts daemon` and its clients.
+//!
+//! A frame is a 4-byte little-endian length, then that many bytes of one
+//! message encoded with `postcard` (serde's compact binary codec: varints,
+//! no field names, a documented and stable wire format, and a decoder that
+//! never panics on hostile input). The first request of a connection is
+//! [`Request::Hello`] with [`VERSION`]; the daemon answers with its own
+//! and drops a client that speaks another version.
+//!
+//! Requests are small ([`MAX_REQUEST`]); replies carry traces and records
+//! and may be large ([`MAX_REPLY`]). Events ([`Reply::Crash`],
+//! [`Reply::Ended`], [`Reply::Notice`]) arrive between replies at any
+//! time; every other reply answers the oldest request not yet answered.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol's version.
+pub const VERSION: u16 = 1;
+/// The largest request frame the daemon reads.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// The largest reply frame a client reads.
+pub const MAX_REPLY: usize = 1 << 30;
+
+/// Errors of the framing and the codec.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The peer closed the connection between frames.
+    #[error("the connection was closed")]
+    Closed,
+    /// Reading or writing failed (a timeout too).
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// A frame longer than allowed.
+    #[error("a frame of {len} bytes is over the limit of {max}")]
+    TooLong {
+        /// The length the frame declared.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes are not a message.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+/// The recorder a client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireBackend {
+    /// One ptrace stop per branch.
+    Fast,
+    /// Single-step every instruction.
+    Step,
+    /// Hardware BTS through perf.
+    Perf,
+}
+
+/// What a PEBS request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireTarget {
+    /// A process the client traces.
+    Task(i32),
+    /// A CPU.
+    Cpu(u32),
+}
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The first request: the client's protocol version and a name for listings.
+    Hello {
+        /// [`VERSION`].
+        version: u16,
+        /// What the client calls itself ("bts attach").
+        name: String,
+    },
+    /// Trace process `pid`: a buffer of `buffer_bytes` on each of its threads.
+    Attach {
+        /// The process.
+        pid: i32,
+        /// Bytes per thread.
+        buffer_bytes: u64,
+        /// The recorder, if the daemon starts tracing the process now.
+        backend: WireBackend,
+        /// Pin the traced threads to one CPU (if the daemon starts tracing now).
+        pin_cpu: bool,
+        /// Stack bytes kept per thread in a crash's trace.
+        stack_bytes: u64,
+        /// The client launched it and waits for its exec: the buffers
+        /// start empty at the exec.
+        from_exec: bool,
+    },
+    /// Stop tracing `pid`; the daemon detaches when no tracer is left.
+    Detach {
+        /// The process.
+        pid: i32,
+    },
+    /// A `.bts` of what the client holds of `pid` now.
+    Snapshot {
+        /// The process.
+        pid: i32,
+    },
+    /// Empty the client's buffers of `pid`.
+    Clear {
+        /// The process.
+        pid: i32,
+    },
+    /// Every record of the client's buffer of thread `tid`, oldest first,
+    /// then empty it.
+    Drain {
+        /// The thread.
+        tid: i32,
+    },
+    /// A legacy `PTRACE_BTS_*` request, as `ptrace(request, task, addr, data)`.
+    Legacy {
+        /// 40 (CONFIG) to 45 (DRAIN).
+        request: u32,
+        /// The thread.
+        task: u32,
+        /// GET's index.
+        addr: u64,
+        /// CONFIG's struct.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Own PEBS on a target.
+    RequestPebs {
+        /// The target.
+        target: WireTarget,
+        /// The record format (`PERF_CAPABILITIES` bits 8-11; 4 and up adaptive).
+        format: u8,
+        /// Counter reset value.
+        reset: u64,
+        /// Records the buffer holds.
+        records: u32,
+    },
+    /// Give PEBS on a target up.
+    ReleasePebs {
+        /// The target.
+        target: WireTarget,
+    },
+    /// Tracers, buffers and tasks, as far as the client may see them.
+    List,
+}
+
+/// How a traced process ended, for [`Reply::Ended`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireOutcome {
+    /// Exited with this code.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+    /// The daemon detached (it was stopped, or tracing failed); the process runs on.
+    Detached,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The client may not do that (the kernel's rules).
+    Denied,
+    /// No such process or thread, or not one the client traces.
+    NotFound,
+    /// The locked-memory limit, or a size.
+    Limit,
+    /// PEBS is owned by another client.
+    Busy,
+    /// The request makes no sense.
+    Invalid,
+    /// The daemon failed.
+    Failed,
+}
+
+/// One buffer, in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufferRow {
+    /// Process.
+    pub pid: i32,
+    /// Thread.
+    pub tid: u32,
+    /// Bytes, with the kernel slack.
+    pub bytes: u64,
+    /// Records held.
+    pub records: u64,
+    /// Records written since made or emptied.
+    pub written: u64,
+    /// Takes no records (its thread ended).
+    pub suspended: bool,
+}
+
+/// One tracer, in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracerRow {
+    /// The daemon's number for the client.
+    pub id: u64,
+    /// The client's name.
+    pub name: String,
+    /// The client process.
+    pub client_pid: i32,
+    /// Its uid.
+    pub uid: u32,
+    /// Bytes charged.
+    pub charged_bytes: u64,
+    /// Its RLIMIT_MEMLOCK (`u64::MAX`: CAP_IPC_LOCK, not limited).
+    pub limit_bytes: u64,
+    /// Processes it traces.
+    pub processes: Vec<i32>,
+    /// Its buffers.
+    pub buffers: Vec<BufferRow>,
+    /// PEBS it owns.
+    pub pebs: Vec<WireTarget>,
+}
+
+/// One traced process, in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRow {
+    /// The process.
+    pub pid: i32,
+    /// Its command line.
+    pub command: Vec<String>,
+    /// The recorder.
+    pub backend: String,
+    /// The ids of its tracers.
+    pub tracers: Vec<u64>,
+}
+
+/// What `List` answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    /// The daemon's pid.
+    pub daemon_pid: u32,
+    /// The tracers the client may see (all of them for root, its own uid's otherwise).
+    pub tracers: Vec<TracerRow>,
+    /// The processes traced.
+    pub tasks: Vec<TaskRow>,
+}
+
+/// What the daemon sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The answer to Hello.
+    Hello {
+        /// [`VERSION`].
+        version: u16,
+        /// The daemon's pid.
+        daemon_pid: u32,
+        /// The client's id in listings.
+        id: u64,
+    },
+    /// Done.
+    Ok,
+    /// Attached (or joined the tracers of a traced process).
+    Attached {
+        /// The process.
+        pid: i32,
+        /// Its command line.
+        command: Vec<String>,
+        /// The recorder that records it.
+        backend: String,
+        /// Another client traced it already.
+        joined: bool,
+    },
+    /// The request failed.
+    Error {
+        /// Why, for programs.
+        kind: ErrorKind,
+        /// Why, for people.
+        message: String,
+    },
+    /// A `.bts` file.
+    Trace(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Raw 24-byte BTS records, oldest first.
+    Records(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A legacy request's value and output bytes.
+    Legacy {
+        /// What `ptrace` returned.
+        value: i64,
+        /// What it wrote to `data`.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The listing.
+    List(Listing),
+    /// Event: a traced process is held at a fatal signal; the client's trace of it.
+    Crash {
+        /// The process.
+        pid: i32,
+        /// The `.bts` file.
+        #[serde(with = "serde_bytes")]
+        trace: Vec<u8>,
+    },
+    /// Event: tracing of `pid` ended; the client's trace of it.
+    Ended {
+        /// The process.
+        pid: i32,
+        /// How.
+        outcome: WireOutcome,
+        /// The `.bts` file.
+        #[serde(with = "serde_bytes")]
+        trace: Vec<u8>,
+    },
+    /// Event: something the client should know that stops nothing.
+    Notice {
+        /// The process.
+        pid: i32,
+        /// What.
+        message: String,
+    },
+}
+
+impl Reply {
+    /// True for the messages that come unasked.
+    pub fn is_event(&self) -> bool {
+        matches!(self, Reply::Crash { .. } | Reply::Ended { .. } | Reply::Notice { .. })
+    }
+
+    /// An error reply.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Reply {
+        Reply::Error { kind, message: message.into() }
+    }
+}
+
+/// Encodes a message as one frame.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
+    let mut frame = vec![0u8; 4];
+    let mut frame = postcard::to_extend(msg, std::mem::take(&mut frame))?;
+    let len = u32::try_from(frame.len() - 4)
+        .map_err(|_| ProtocolError::TooLong { len: frame.len(), max: u32::MAX as usize })?;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(frame)
+}
+
+/// Decodes a request from a frame's payload. The fuzzed entry point.
+pub fn decode_request(payload: &[u8]) -> Result<Request, ProtocolError> {
+    Ok(postcard::from_bytes(payload)?)
+}
+
+/// Decodes a reply from a frame's payload.
+pub fn decode_reply(payload: &[u8]) -> Result<Reply, ProtocolError> {
+    Ok(postcard::from_bytes(payload)?)
+}
+
+/// Writes one message.
+pub fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), ProtocolError> {
+    w.write_all(&encode(msg)?)?;
+    Ok(())
+}
+
+/// Reads one frame's payload, at most `max` bytes. A connection closed
+/// before the first byte is [`ProtocolError::Closed`].
+pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Vec<u8>, ProtocolError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Err(ProtocolError::Closed),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(ProtocolError::TooLong { len, max });
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    Ok(payload)
+}
+
+/// Reads one request frame from a client that may stay idle between
+/// requests as long as it likes, but must send a frame it began within
+/// `timeout` (a slow client is cut off, not waited for).
+pub fn read_request(
+    s: &std::os::unix::net::UnixStream,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, ProtocolError> {
+    s.set_read_timeout(None)?;
+    let mut head = [0u8; 4];
+    loop {
+        match (&*s).read(&mut head[..1]) {
+            Ok(0) => return Err(ProtocolError::Closed),
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    s.set_read_timeout(Some(timeout))?;
+    let mut r = s;
+    r.read_exact(&mut head[1..])?;
+    let len = u32::from_le_bytes(head) as usize;
+    if len > MAX_REQUEST {
+        return Err(ProtocolError::TooLong { len, max: MAX_REQUEST });
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let req = Request::Legacy { request: 40, task: 7, addr: 0, data: vec![1, 2, 3] };
+        let frame = encode(&req).unwrap();
+        assert_eq!(u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize, frame.len() - 4);
+        let payload = read_frame(&mut &frame[..], MAX_REQUEST).unwrap();
+        assert_eq!(decode_request(&payload).unwrap(), req);
+        let big = Reply::Records(vec![7u8; 1 << 20]);
+        let frame = encode(&big).unwrap();
+        assert!(frame.len() < (1 << 20) + 16, "bytes are sent as bytes, not one varint each");
+        assert_eq!(decode_reply(&read_frame(&mut &frame[..], MAX_REPLY).unwrap()).unwrap(), big);
+    }
+
+    #[test]
+    fn hostile_frames_are_errors() {
+        let mut long = (MAX_REQUEST as u32 + 1).to_le_bytes().to_vec();
+        long.extend([0u8; 16]);
+        assert!(matches!(read_frame(&mut &long[..], MAX_REQUEST), Err(ProtocolError::TooLong { .. })));
+        assert!(matches!(read_frame(&mut &[][..], MAX_REQUEST), Err(ProtocolError::Closed)));
+        assert!(matches!(read_frame(&mut &[5u8, 0][..], MAX_REQUEST), Err(ProtocolError::Io(_))));
+        assert!(matches!(read_frame(&mut &[9, 0, 0, 0, 1][..], MAX_REQUEST), Err(ProtocolError::Io(_))));
+        for garbage in [&[0xffu8; 12][..], &[200, 1], &[3, 0xff, 0xff, 0xff, 0xff, 0xff], &[]] {
+            assert!(decode_request(garbage).is_err(), "{garbage:?}");
+        }
+    }
+}

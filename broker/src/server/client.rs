@@ -1,0 +1,382 @@
+//! One client: a thread that reads and serves its requests, and a thread
+//! that writes its replies and events from a bounded queue. A malformed
+//! frame, a frame begun and not finished within the timeout, or a queue
+//! the client does not empty ends the connection; then every buffer of
+//! the client is freed, its charge refunded, and each process nobody
+//! follows any more is detached. Nothing of another client changes.
+
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ds_alloc::alloc::{bts_bytes, pages_for, PAGE_SIZE};
+use ds_alloc::{PebsConfig, PebsFormat, PebsHandle, Target, TracerId, BTS_RECORD_SIZE};
+use ptrace_shim::hub::Follow;
+use ptrace_shim::legacy::{
+    BtsError, CONFIG_SIZE, PTRACE_BTS_CLEAR, PTRACE_BTS_DRAIN, PTRACE_BTS_GET, PTRACE_BTS_SIZE,
+    PTRACE_BTS_STATUS,
+};
+use ptrace_shim::{Backend, Options};
+
+use super::session::{self, Ask, Start};
+use super::{ClientEntry, Shared, IO_TIMEOUT, OUTBOX};
+use crate::peer::{AccessError, Peer};
+use crate::protocol::{self, ErrorKind, Reply, Request, WireBackend, WireTarget, MAX_REQUEST, VERSION};
+
+/// Starts serving a new connection.
+pub(crate) fn spawn(shared: &Arc<Shared>, stream: UnixStream) {
+    let sh = Arc::clone(shared);
+    let started = std::thread::Builder::new().name("client".into()).spawn(move || serve(&sh, stream));
+    if let Err(e) = started {
+        (shared.log)(&format!("cannot start a client thread: {e}"));
+    }
+}
+
+/// What the reader thread keeps of its client.
+struct Conn {
+    tracer: TracerId,
+    peer: Peer,
+    pebs: Vec<(WireTarget, PebsHandle)>,
+}
+
+fn refuse(stream: &UnixStream, msg: Reply) {
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let _ = protocol::write_msg(&mut &*stream, &msg);
+}
+
+/// Reads the Hello; the client's name.
+fn hello(stream: &UnixStream) -> Result<String, Reply> {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let first = protocol::read_frame(&mut &*stream, MAX_REQUEST).and_then(|p| protocol::decode_request(&p));
+    match first {
+        Ok(Request::Hello { version: VERSION, name }) => {
+            Ok(name.chars().filter(|c| !c.is_control()).take(64).collect())
+        }
+        Ok(Request::Hello { version, .. }) => Err(Reply::error(
+            ErrorKind::Invalid,
+            format!("protocol version {version} is not spoken here: this daemon speaks version {VERSION}"),
+        )),
+        Ok(_) => Err(Reply::error(ErrorKind::Invalid, "the first request must be Hello")),
+        Err(e) => Err(Reply::error(ErrorKind::Invalid, format!("bad Hello: {e}"))),
+    }
+}
+
+fn serve(shared: &Arc<Shared>, stream: UnixStream) {
+    let peer = match Peer::of(&stream) {
+        Ok(p) => p,
+        Err(e) => return refuse(&stream, Reply::error(ErrorKind::Denied, e.to_string())),
+    };
+    let name = match hello(&stream) {
+        Ok(n) => n,
+        Err(reply) => {
+            (shared.log)(&format!("client pid {} refused: {reply:?}", peer.pid));
+            return refuse(&stream, reply);
+        }
+    };
+    let (Ok(writer_end), Ok(entry_end)) = (stream.try_clone(), stream.try_clone()) else { return };
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+    let label = format!("{name} (client {id}, pid {}, uid {})", peer.pid, peer.uid);
+    let tracer = shared.hub().add_follower(&label, peer.memlock);
+    let (tx, rx) = mpsc::sync_channel::<Reply>(OUTBOX);
+    let _ = tx.try_send(Reply::Hello { version: VERSION, daemon_pid: std::process::id(), id });
+    shared.clients().insert(
+        tracer,
+        ClientEntry {
+            id,
+            name: name.clone(),
+            peer: peer.clone(),
+            outbox: tx.clone(),
+            stream: entry_end,
+            pebs: Vec::new(),
+        },
+    );
+    (shared.log)(&format!("client connected: {label}"));
+    let writer = std::thread::Builder::new().name("client writer".into()).spawn(move || {
+        for msg in rx {
+            if protocol::write_msg(&mut &writer_end, &msg).is_err() {
+                let _ = writer_end.shutdown(std::net::Shutdown::Both);
+                break;
+            }
+        }
+    });
+    let mut conn = Conn { tracer, peer, pebs: Vec::new() };
+    let why = loop {
+        let req = match protocol::read_request(&stream, IO_TIMEOUT).and_then(|p| protocol::decode_request(&p))
+        {
+            Ok(r) => r,
+            Err(protocol::ProtocolError::Closed) => break "disconnected".to_string(),
+            Err(e) => {
+                let _ = tx.try_send(Reply::error(ErrorKind::Invalid, format!("{e}: closing the connection")));
+                break format!("dropped: {e}");
+            }
+        };
+        let reply = handle(shared, &mut conn, req);
+        match tx.try_send(reply) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => break "dropped: too slow to take its replies".to_string(),
+            Err(TrySendError::Disconnected(_)) => break "disconnected".to_string(),
+        }
+    };
+    shared.clients().remove(&tracer);
+    let followed = shared.hub().remove_follower(tracer);
+    for pid in followed {
+        shared.detach_if_unfollowed(pid);
+    }
+    drop(tx);
+    if let Ok(w) = writer {
+        // The writer ends once the queue is empty, or at once if the client is gone.
+        let _ = stream.shutdown(std::net::Shutdown::Read);
+        let _ = w.join();
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    (shared.log)(&format!("client {label}: {why}; its buffers are freed"));
+}
+
+fn access_reply(e: AccessError) -> Reply {
+    let kind = match e {
+        AccessError::NoSuchProcess(_) | AccessError::NotAProcess(_) => ErrorKind::NotFound,
+        _ => ErrorKind::Denied,
+    };
+    Reply::error(kind, e.to_string())
+}
+
+fn bts_reply(e: BtsError) -> Reply {
+    let kind = match e.errno() {
+        libc::ENOMEM => ErrorKind::Limit,
+        libc::ESRCH | libc::ENXIO => ErrorKind::NotFound,
+        _ => ErrorKind::Invalid,
+    };
+    Reply::error(kind, e.to_string())
+}
+
+fn not_traced(pid: i32) -> Reply {
+    Reply::error(ErrorKind::NotFound, format!("you do not trace pid {pid}: attach to it first"))
+}
+
+fn handle(shared: &Arc<Shared>, conn: &mut Conn, req: Request) -> Reply {
+    let t = conn.tracer;
+    match req {
+        Request::Hello { .. } => Reply::error(ErrorKind::Invalid, "Hello was said already"),
+        Request::Attach { pid, buffer_bytes, backend, pin_cpu, stack_bytes, from_exec } => {
+            let Ok(bytes) = usize::try_from(buffer_bytes) else {
+                return Reply::error(
+                    ErrorKind::Limit,
+                    format!("a buffer of {buffer_bytes} bytes is too large"),
+                );
+            };
+            let opts = Options {
+                backend: match backend {
+                    WireBackend::Fast => Backend::Fast,
+                    WireBackend::Step => Backend::Step,
+                    WireBackend::Perf => Backend::Hardware,
+                },
+                buffer_bytes: bytes,
+                pin_cpu,
+                stack_bytes: usize::try_from(stack_bytes).unwrap_or(usize::MAX).min(16 << 20),
+                ..Options::default()
+            };
+            attach(shared, conn, pid, opts, Follow { bytes, from_exec })
+        }
+        Request::Detach { pid } => {
+            if !shared.hub().followed_by(t).contains(&pid) {
+                return not_traced(pid);
+            }
+            let trace = snapshot(shared, t, pid);
+            shared.hub().unfollow(t, pid);
+            shared.detach_if_unfollowed(pid);
+            trace
+        }
+        Request::Snapshot { pid } => {
+            if !shared.hub().followed_by(t).contains(&pid) {
+                return not_traced(pid);
+            }
+            snapshot(shared, t, pid)
+        }
+        Request::Clear { pid } => {
+            let mut hub = shared.hub();
+            if !hub.followed_by(t).contains(&pid) {
+                return not_traced(pid);
+            }
+            for b in hub.buffers(t).into_iter().filter(|b| b.pid == pid) {
+                if let Err(e) = hub.legacy(t, PTRACE_BTS_CLEAR, b.tid, 0, &mut []) {
+                    return bts_reply(e);
+                }
+            }
+            Reply::Ok
+        }
+        Request::Drain { tid } => {
+            let Ok(task) = u32::try_from(tid) else { return bts_reply(BtsError::NotTraced(0)) };
+            match legacy(shared, conn, PTRACE_BTS_DRAIN, task, 0, Vec::new()) {
+                Reply::Legacy { data, .. } => Reply::Records(data),
+                other => other,
+            }
+        }
+        Request::Legacy { request, task, addr, data } => legacy(shared, conn, request, task, addr, data),
+        Request::RequestPebs { target, format, reset, records } => {
+            let target = match pebs_target(conn, target) {
+                Ok(t) => t,
+                Err(r) => return r,
+            };
+            let config =
+                PebsConfig { format: PebsFormat::from_caps(format), reset, records: records as usize };
+            let got = shared.hub().alloc().request_pebs(t, target.1, config);
+            match got {
+                Ok(h) => {
+                    conn.pebs.push((target.0, h));
+                    set_pebs_listing(shared, conn);
+                    Reply::Ok
+                }
+                Err(ds_alloc::Error::PebsBusy { target, owner }) => {
+                    Reply::error(ErrorKind::Busy, format!("PEBS on {target} is busy: owned by {owner}"))
+                }
+                Err(e) => Reply::error(ErrorKind::Limit, e.to_string()),
+            }
+        }
+        Request::ReleasePebs { target } => {
+            let Some(i) = conn.pebs.iter().position(|(w, _)| *w == target) else {
+                return Reply::error(ErrorKind::NotFound, "you do not own PEBS there");
+            };
+            let (_, h) = conn.pebs.remove(i);
+            let _ = shared.hub().alloc().release_pebs(t, h);
+            set_pebs_listing(shared, conn);
+            Reply::Ok
+        }
+        Request::List => Reply::List(super::list::listing(shared, &conn.peer)),
+    }
+}
+
+fn set_pebs_listing(shared: &Shared, conn: &Conn) {
+    if let Some(c) = shared.clients().get_mut(&conn.tracer) {
+        c.pebs = conn.pebs.iter().map(|(w, _)| *w).collect();
+    }
+}
+
+fn pebs_target(conn: &Conn, target: WireTarget) -> Result<(WireTarget, Target), Reply> {
+    match target {
+        WireTarget::Task(pid) => {
+            conn.peer.may_trace(pid).map_err(access_reply)?;
+            Ok((target, Target::Task(pid as u32)))
+        }
+        WireTarget::Cpu(cpu) => {
+            if !conn.peer.may_watch_cpus() {
+                return Err(Reply::error(
+                    ErrorKind::Denied,
+                    "sampling a whole CPU needs CAP_PERFMON or kernel.perf_event_paranoid <= 0",
+                ));
+            }
+            Ok((target, Target::Cpu(cpu)))
+        }
+    }
+}
+
+fn attach(shared: &Arc<Shared>, conn: &Conn, pid: i32, opts: Options, follow: Follow) -> Reply {
+    let t = conn.tracer;
+    if let Err(e) = conn.peer.may_trace(pid) {
+        return access_reply(e);
+    }
+    if shared.hub().followed_by(t).contains(&pid) {
+        return Reply::error(ErrorKind::Invalid, format!("you trace pid {pid} already"));
+    }
+    if follow.bytes < BTS_RECORD_SIZE {
+        return Reply::error(ErrorKind::Limit, format!("a buffer of {} bytes holds no record", follow.bytes));
+    }
+    // Checked before a session is started for it.
+    let threads = session::threads_of(pid).len().max(1) as u64;
+    let need = pages_for(bts_bytes(follow.bytes) as u64).saturating_mul(threads).saturating_mul(PAGE_SIZE);
+    if let Some((charged, limit)) = shared.hub().charge(t) {
+        if charged.saturating_add(need) > limit {
+            return Reply::error(
+                ErrorKind::Limit,
+                format!(
+                    "locked-memory limit exceeded: your RLIMIT_MEMLOCK is {limit} bytes, {charged} are in use, \
+                     and {threads} thread(s) of pid {pid} need {need} more (raise it with `ulimit -l`, or ask \
+                     for smaller buffers)"
+                ),
+            );
+        }
+    }
+    let mut sessions = shared.sessions();
+    if shared.stopping.load(Ordering::SeqCst) {
+        return Reply::error(ErrorKind::Failed, "the daemon is stopping");
+    }
+    if let Some(s) = sessions.get(&pid) {
+        let (command, backend) = (s.command.clone(), s.backend.to_string());
+        let mut hub = shared.hub();
+        return match hub.follow(t, pid, &session::threads_of(pid), follow) {
+            Ok(()) => Reply::Attached { pid, command, backend, joined: true },
+            Err(e) => bts_reply(e),
+        };
+    }
+    let backend = opts.backend.name().to_string();
+    match session::start(shared, Start { pid, opts, first: t, follow }) {
+        Ok(entry) => {
+            let command = entry.command.clone();
+            sessions.insert(pid, entry);
+            Reply::Attached { pid, command, backend, joined: false }
+        }
+        Err(reply) => reply,
+    }
+}
+
+/// Follower `t`'s trace of `pid`, from the session thread.
+fn snapshot(shared: &Shared, t: TracerId, pid: i32) -> Reply {
+    let (tx, rx) = mpsc::channel();
+    if !shared.ask(pid, Ask::Snapshot { tracer: t, reply: tx }) {
+        return Reply::error(ErrorKind::NotFound, format!("pid {pid} is not traced any more"));
+    }
+    rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+        Reply::error(ErrorKind::Failed, format!("the session of pid {pid} did not answer"))
+    })
+}
+
+fn legacy(shared: &Shared, conn: &Conn, request: u32, task: u32, addr: u64, mut data: Vec<u8>) -> Reply {
+    let t = conn.tracer;
+    let mut hub = shared.hub();
+    let out_len = match request {
+        PTRACE_BTS_STATUS => CONFIG_SIZE,
+        PTRACE_BTS_GET => BTS_RECORD_SIZE,
+        PTRACE_BTS_DRAIN => match hub.legacy(t, PTRACE_BTS_SIZE, task, 0, &mut []) {
+            Ok(n) => n as usize * BTS_RECORD_SIZE,
+            Err(e) => return bts_reply(e),
+        },
+        _ => data.len(),
+    };
+    data.resize(out_len.max(data.len()), 0);
+    let addr = usize::try_from(addr).unwrap_or(usize::MAX);
+    match hub.legacy(t, request, task, addr, &mut data) {
+        Ok(value) => {
+            drop(hub);
+            if matches!(request, PTRACE_BTS_GET | PTRACE_BTS_DRAIN) {
+                let n = if request == PTRACE_BTS_GET { 1 } else { value.max(0) as usize };
+                data.truncate(n * BTS_RECORD_SIZE);
+                if !conn.peer.may_see_kernel() {
+                    mask_kernel(&mut data);
+                }
+            } else if request != PTRACE_BTS_STATUS {
+                data.clear();
+            }
+            Reply::Legacy { value, data }
+        }
+        Err(e) => bts_reply(e),
+    }
+}
+
+/// Zeroes the kernel ends of raw branch records (the count stays what the
+/// legacy interface returned).
+fn mask_kernel(data: &mut [u8]) {
+    for rec in data.chunks_exact_mut(BTS_RECORD_SIZE) {
+        let bytes: &[u8; BTS_RECORD_SIZE] = (&*rec).try_into().expect("exact chunk");
+        let r = ds_alloc::BtsRecord::from_bytes(bytes);
+        if !r.is_branch() {
+            continue;
+        }
+        for (i, v) in [r.from, r.to].into_iter().enumerate() {
+            if ds_alloc::is_kernel_address(v) {
+                rec[i * 8..i * 8 + 8].fill(0);
+            }
+        }
+    }
+}
