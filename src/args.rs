@@ -54,6 +54,10 @@ pub enum Command {
         /// The socket (default: /run/bts.sock for root, else $XDG_RUNTIME_DIR/bts.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Milliseconds a client may take to finish a request it began,
+        /// or to take a reply, before it is dropped.
+        #[arg(long, default_value_t = 10_000, hide = true)]
+        io_timeout_ms: u64,
     },
     /// Ask a running daemon what it traces: its tracers, their buffers, or the traced tasks.
     Ctl {

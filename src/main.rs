@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         Command::Ci(args) => cmd::ci::run(&args),
         Command::Attach { rec, daemon: Some(socket), pid } => cmd::via_daemon::attach(&rec, pid, &socket),
         Command::Attach { rec, daemon: None, pid } => cmd::attach::run(&rec, pid),
-        Command::Daemon { socket } => cmd::daemon::run(socket),
+        Command::Daemon { socket, io_timeout_ms } => cmd::daemon::run(socket, io_timeout_ms),
         Command::Ctl { socket, what, json } => cmd::daemon::ctl(socket, what, json),
         Command::Info { file, json } => cmd::info::run(&file, json),
         Command::Split { file, by, output } => cmd::cut::split(&file, by, &output),

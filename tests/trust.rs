@@ -6,14 +6,9 @@ use common::*;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no arguments.
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// `bts ARGS` with the environment changed by `env` (None removes a variable).
 fn bts_env(dir: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> Output {
@@ -26,40 +21,6 @@ fn bts_env(dir: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> Output {
         };
     }
     c.output().unwrap()
-}
-
-/// A command run as the unprivileged user 65534.
-fn as_nobody(program: &str) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(program);
-    c
-}
-
-/// A folder everyone may enter (for tests that run as another user).
-fn open_scratch(test: &str) -> PathBuf {
-    let d = scratch(test);
-    let mut p = d.clone();
-    while p.pop() {
-        if p == Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap() {
-            break;
-        }
-        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
-    }
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    d
-}
-
-/// A fixture others may run.
-fn shared_fixture(name: &str) -> PathBuf {
-    let bin = fixture(name);
-    let mut p = bin.clone();
-    while p.pop() {
-        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
-        if p.ends_with("target") {
-            break;
-        }
-    }
-    bin
 }
 
 // ---- 1. -o never replaces what is there --------------------------------

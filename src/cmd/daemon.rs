@@ -33,7 +33,7 @@ fn catch_stop_signals() -> std::io::Result<()> {
 }
 
 /// `bts daemon [--socket PATH]`.
-pub fn run(socket: Option<PathBuf>) -> ExitCode {
+pub fn run(socket: Option<PathBuf>, io_timeout_ms: u64) -> ExitCode {
     let path = socket.unwrap_or_else(broker::default_socket);
     if let Err(e) = catch_stop_signals() {
         crate::errln!("bts daemon: signal handlers: {e}");
@@ -47,6 +47,7 @@ pub fn run(socket: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_BTS_FAILED);
         }
     };
+    daemon.set_io_timeout(std::time::Duration::from_millis(io_timeout_ms));
     crate::errln!("bts daemon: listening on {} (pid {})", path.display(), std::process::id());
     match daemon.run(&STOP) {
         Ok(()) => {

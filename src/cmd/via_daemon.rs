@@ -142,7 +142,8 @@ pub fn run(
         reap(pid);
         return exit::code(exit::exec_failure_status(&e));
     }
-    follow(&mut client, rec, pid, Some(pid))
+    let shown: Vec<String> = command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    follow(&mut client, rec, pid, Some((pid, &shown)))
 }
 
 fn reap(pid: i32) -> Option<i32> {
@@ -158,9 +159,16 @@ fn reap(pid: i32) -> Option<i32> {
     })
 }
 
-fn load(bytes: &[u8]) -> Option<TraceFile> {
+/// Reads a trace the daemon sent. The daemon read the command line of a
+/// program bts launched before its exec: bts knows it better.
+fn load(bytes: &[u8], launched: Option<&[String]>) -> Option<TraceFile> {
     match TraceFile::from_bytes(bytes) {
-        Ok(tf) => Some(tf),
+        Ok(mut tf) => {
+            if let Some(cmd) = launched {
+                tf.meta.command = cmd.to_vec();
+            }
+            Some(tf)
+        }
         Err(e) => {
             crate::errln!("bts: the daemon sent a trace that does not read: {e}");
             None
@@ -171,7 +179,9 @@ fn load(bytes: &[u8]) -> Option<TraceFile> {
 /// Takes the daemon's events for `pid` until its end (or until a stop
 /// signal detaches bts); reports and saves as the in-process path does.
 /// `child`: the program bts launched (its own child, to reap).
-fn follow(client: &mut Client, rec: &RecordArgs, pid: i32, child: Option<i32>) -> ExitCode {
+fn follow(client: &mut Client, rec: &RecordArgs, pid: i32, child: Option<(i32, &[String])>) -> ExitCode {
+    let launched = child.map(|c| c.1);
+    let child = child.map(|c| c.0);
     let mut reporter = Reporter::new(rec, pid);
     let mut crashed = false;
     let outcome = loop {
@@ -183,7 +193,7 @@ fn follow(client: &mut Client, rec: &RecordArgs, pid: i32, child: Option<i32>) -
             } else {
                 match client.call_trace(&Request::Detach { pid }) {
                     Ok(bytes) => {
-                        if let Some(tf) = load(&bytes) {
+                        if let Some(tf) = load(&bytes, launched) {
                             reporter.save(&tf, pid, rec.report != ReportWhen::Never);
                         }
                     }
@@ -199,7 +209,7 @@ fn follow(client: &mut Client, rec: &RecordArgs, pid: i32, child: Option<i32>) -
             Ok(Some(Reply::Notice { message, .. })) => crate::errln!("bts: {message}"),
             Ok(Some(Reply::Crash { pid: p, trace })) => {
                 crashed |= p == pid;
-                if let Some(tf) = load(&trace) {
+                if let Some(tf) = load(&trace, launched) {
                     reporter.save(&tf, p, rec.report != ReportWhen::Never);
                 }
             }
@@ -215,7 +225,7 @@ fn follow(client: &mut Client, rec: &RecordArgs, pid: i32, child: Option<i32>) -
                 if detached || killed || rec.report == ReportWhen::Always || rec.output.is_some() && clean {
                     let print = (detached || killed) && rec.report != ReportWhen::Never
                         || rec.report == ReportWhen::Always;
-                    if let Some(tf) = load(&trace) {
+                    if let Some(tf) = load(&trace, launched) {
                         reporter.save(&tf, pid, print);
                     }
                 }

@@ -2,6 +2,9 @@
 //! test time, and running the real `bts` binary.
 #![allow(dead_code)]
 
+pub mod daemon;
+
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
@@ -165,4 +168,44 @@ pub fn branch_rows(s: &str) -> Vec<(String, String, String)> {
             Some((f.get(1)?.to_string(), f.get(2)?.to_string(), f.get(arrow + 1)?.to_string()))
         })
         .collect()
+}
+
+/// True when the tests run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no arguments.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command run as the unprivileged user 65534.
+pub fn as_nobody(program: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(program);
+    c
+}
+
+/// A folder everyone may enter (for tests that run as another user).
+pub fn open_scratch(test: &str) -> PathBuf {
+    let d = scratch(test);
+    let mut p = d.clone();
+    while p.pop() {
+        if p == Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap() {
+            break;
+        }
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
+    }
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    d
+}
+
+/// A fixture others may run.
+pub fn shared_fixture(name: &str) -> PathBuf {
+    let bin = fixture(name);
+    let mut p = bin.clone();
+    while p.pop() {
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
+        if p.ends_with("target") {
+            break;
+        }
+    }
+    bin
 }

@@ -21,7 +21,7 @@ use ptrace_shim::legacy::{
 use ptrace_shim::{Backend, Options};
 
 use super::session::{self, Ask, Start};
-use super::{ClientEntry, Shared, IO_TIMEOUT, OUTBOX};
+use super::{ClientEntry, Shared, OUTBOX};
 use crate::peer::{AccessError, Peer};
 use crate::protocol::{self, ErrorKind, Reply, Request, WireBackend, WireTarget, MAX_REQUEST, VERSION};
 
@@ -41,14 +41,14 @@ struct Conn {
     pebs: Vec<(WireTarget, PebsHandle)>,
 }
 
-fn refuse(stream: &UnixStream, msg: Reply) {
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+fn refuse(shared: &Shared, stream: &UnixStream, msg: Reply) {
+    let _ = stream.set_write_timeout(Some(shared.io_timeout()));
     let _ = protocol::write_msg(&mut &*stream, &msg);
 }
 
 /// Reads the Hello; the client's name.
-fn hello(stream: &UnixStream) -> Result<String, Reply> {
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+fn hello(shared: &Shared, stream: &UnixStream) -> Result<String, Reply> {
+    let _ = stream.set_read_timeout(Some(shared.io_timeout()));
     let first = protocol::read_frame(&mut &*stream, MAX_REQUEST).and_then(|p| protocol::decode_request(&p));
     match first {
         Ok(Request::Hello { version: VERSION, name }) => {
@@ -66,17 +66,17 @@ fn hello(stream: &UnixStream) -> Result<String, Reply> {
 fn serve(shared: &Arc<Shared>, stream: UnixStream) {
     let peer = match Peer::of(&stream) {
         Ok(p) => p,
-        Err(e) => return refuse(&stream, Reply::error(ErrorKind::Denied, e.to_string())),
+        Err(e) => return refuse(shared, &stream, Reply::error(ErrorKind::Denied, e.to_string())),
     };
-    let name = match hello(&stream) {
+    let name = match hello(shared, &stream) {
         Ok(n) => n,
         Err(reply) => {
             (shared.log)(&format!("client pid {} refused: {reply:?}", peer.pid));
-            return refuse(&stream, reply);
+            return refuse(shared, &stream, reply);
         }
     };
     let (Ok(writer_end), Ok(entry_end)) = (stream.try_clone(), stream.try_clone()) else { return };
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(shared.io_timeout()));
     let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
     let label = format!("{name} (client {id}, pid {}, uid {})", peer.pid, peer.uid);
     let tracer = shared.hub().add_follower(&label, peer.memlock);
@@ -104,7 +104,8 @@ fn serve(shared: &Arc<Shared>, stream: UnixStream) {
     });
     let mut conn = Conn { tracer, peer, pebs: Vec::new() };
     let why = loop {
-        let req = match protocol::read_request(&stream, IO_TIMEOUT).and_then(|p| protocol::decode_request(&p))
+        let req = match protocol::read_request(&stream, shared.io_timeout())
+            .and_then(|p| protocol::decode_request(&p))
         {
             Ok(r) => r,
             Err(protocol::ProtocolError::Closed) => break "disconnected".to_string(),

@@ -53,6 +53,9 @@ pub(crate) fn listing(shared: &Shared, viewer: &Peer) -> Listing {
             let mut tracers: Vec<u64> =
                 hub.followers(pid).iter().filter_map(|t| ids.get(t).copied()).collect();
             tracers.sort_unstable();
+            // Read again: a program its client launched has exec'd since.
+            let now = ptrace_shim::process_command(pid);
+            let command = if now.is_empty() { command } else { now };
             TaskRow { pid, command, backend: backend.to_string(), tracers }
         })
         .collect();

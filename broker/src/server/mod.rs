@@ -32,7 +32,7 @@ mod session;
 /// and is dropped.
 pub const OUTBOX: usize = 64;
 /// How long a frame may take to arrive once begun, and a reply to be
-/// taken by the client.
+/// taken by the client, unless [`Daemon::set_io_timeout`] says otherwise.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the daemon could not start.
@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     pub next_id: AtomicU64,
     pub log: Box<dyn Fn(&str) + Send + Sync>,
     pub stopping: AtomicBool,
+    /// Milliseconds a begun frame or a reply may take.
+    pub io_timeout_ms: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,6 +99,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    pub(crate) fn io_timeout(&self) -> Duration {
+        Duration::from_millis(self.io_timeout_ms.load(Ordering::SeqCst))
+    }
+
     pub(crate) fn sessions(&self) -> MutexGuard<'_, HashMap<i32, SessionEntry>> {
         lock(&self.sessions)
     }
@@ -174,6 +180,7 @@ impl Daemon {
             next_id: AtomicU64::new(1),
             log,
             stopping: AtomicBool::new(false),
+            io_timeout_ms: AtomicU64::new(IO_TIMEOUT.as_millis() as u64),
         });
         session::install_wake_handler().map_err(DaemonError::Signals)?;
         if let Some(listener) = activated_listener() {
@@ -196,6 +203,12 @@ impl Daemon {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| sock("chmod", e))?;
         Ok(Daemon { listener, path: Some(path.to_path_buf()), shared })
+    }
+
+    /// Sets how long a client may take to finish a frame it began, or to
+    /// take a reply, before it is dropped.
+    pub fn set_io_timeout(&self, t: Duration) {
+        self.shared.io_timeout_ms.store(t.as_millis().max(1) as u64, Ordering::SeqCst);
     }
 
     /// Serves until `stop` is set (by SIGTERM or SIGINT, say); then
@@ -235,8 +248,14 @@ impl Daemon {
             session::rewake(&self.shared);
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Each client's reader ends; its writer sends what is queued (the
+        // traces of the detach) and ends.
         for c in self.shared.clients().values() {
-            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            let _ = c.stream.shutdown(std::net::Shutdown::Read);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.shared.clients().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
         if let Some(p) = &self.path {
             let _ = std::fs::remove_file(p);
