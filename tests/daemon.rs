@@ -3,7 +3,7 @@
 //! that misbehave. Every test runs a real daemon and real programs.
 
 mod common;
-use common::daemon::{attach_req, tracers_of, wait_for, Daemon, Target};
+use common::daemon::{attach_req, settled, size, tracers_of, wait_for, Daemon, Target};
 use common::*;
 
 use std::io::{Read, Write};
@@ -19,23 +19,6 @@ use ptrace_shim::legacy::{
 };
 
 const SEC: Duration = Duration::from_secs(1);
-
-fn size(c: &mut broker::Client, tid: i32) -> i64 {
-    c.legacy(PTRACE_BTS_SIZE, tid as u32, 0, &[]).unwrap().0
-}
-
-/// The size once the program stopped making branches (blocked in read).
-fn settled(c: &mut broker::Client, tid: i32) -> i64 {
-    let mut last = -1;
-    loop {
-        let now = size(c, tid);
-        if now == last {
-            return now;
-        }
-        last = now;
-        std::thread::sleep(Duration::from_millis(150));
-    }
-}
 
 /// The untraced program's output.
 fn reference_output(dir: &std::path::Path) -> String {

@@ -173,3 +173,21 @@ pub fn attach_req(pid: i32, bytes: u64) -> Request {
 pub fn tracers_of(l: &Listing, pid: i32) -> Vec<u64> {
     l.tasks.iter().find(|t| t.pid == pid).map(|t| t.tracers.clone()).unwrap_or_default()
 }
+
+/// Records in client `c`'s buffer of thread `tid` (legacy SIZE).
+pub fn size(c: &mut broker::Client, tid: i32) -> i64 {
+    c.legacy(ptrace_shim::legacy::PTRACE_BTS_SIZE, tid as u32, 0, &[]).unwrap().0
+}
+
+/// The size once the program stopped making branches (blocked in read).
+pub fn settled(c: &mut broker::Client, tid: i32) -> i64 {
+    let mut last = -1;
+    loop {
+        let now = size(c, tid);
+        if now == last {
+            return now;
+        }
+        last = now;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
