@@ -49,6 +49,8 @@ pub fn default_client_socket() -> PathBuf {
 /// A connection to the daemon.
 pub struct Client {
     stream: UnixStream,
+    /// Memory for the next bulk reply (see [`Client::drain_into`]).
+    spare: Vec<u8>,
     events: VecDeque<Reply>,
     /// The daemon's number for this client (in `bts ctl`).
     pub id: u64,
@@ -66,7 +68,7 @@ impl Client {
     pub fn connect(path: &Path, name: &str) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path)
             .map_err(|source| ClientError::Connect { path: path.to_path_buf(), source })?;
-        let mut c = Client { stream, events: VecDeque::new(), id: 0, daemon_pid: 0 };
+        let mut c = Client { stream, spare: Vec::new(), events: VecDeque::new(), id: 0, daemon_pid: 0 };
         match c.call(&Request::Hello { version: VERSION, name: name.to_string() })? {
             Reply::Hello { version: VERSION, daemon_pid, id } => {
                 c.id = id;
@@ -77,10 +79,22 @@ impl Client {
         }
     }
 
+    /// Reads the next message. `timeout` bounds the wait for its first
+    /// byte; a message once begun is read whole (within a minute).
     fn read(&mut self, timeout: Option<Duration>) -> Result<Reply, ClientError> {
-        self.stream.set_read_timeout(timeout).map_err(ProtocolError::from)?;
-        let payload = protocol::read_frame(&mut &self.stream, MAX_REPLY)?;
-        Ok(protocol::decode_reply(&payload)?)
+        if let Some(t) = timeout {
+            use std::os::fd::AsRawFd;
+            let mut pfd = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let ms = t.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd for the call's duration.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            // Nothing yet, or a signal (bts's own interval timer): the caller looks again.
+            if n <= 0 {
+                return Err(ProtocolError::Io(std::io::ErrorKind::TimedOut.into()).into());
+            }
+        }
+        self.stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(ProtocolError::from)?;
+        Ok(protocol::read_reply_reusing(&mut &self.stream, MAX_REPLY, &mut self.spare)?)
     }
 
     /// Sends `req` and returns its reply (events that come first are kept
@@ -140,6 +154,21 @@ impl Client {
         match self.call(&Request::Drain { tid })? {
             Reply::Records(bytes) => Ok(bytes),
             other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Drains into `out`, reusing its memory: a client that drains a large
+    /// buffer again and again pays for the memory once.
+    pub fn drain_into(&mut self, tid: i32, out: &mut Vec<u8>) -> Result<(), ClientError> {
+        self.spare = std::mem::take(out);
+        let result = self.call(&Request::Drain { tid });
+        match result {
+            Ok(Reply::Records(bytes)) => {
+                *out = bytes;
+                Ok(())
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(e),
         }
     }
 

@@ -286,6 +286,14 @@ impl Allocator {
         Ok(())
     }
 
+    /// Takes one's own buffer out whole (a DRAIN that copies nothing),
+    /// leaving an empty one of the same size in its place.
+    pub fn take_bts(&mut self, t: TracerId, h: BtsHandle) -> Result<BtsBuffer, Error> {
+        let u = self.bts_of_mut(t, h)?;
+        let fresh = BtsBuffer::with_bytes(u.buffer.size_bytes())?;
+        Ok(std::mem::replace(&mut u.buffer, fresh))
+    }
+
     /// Releases a buffer and refunds its pages.
     pub fn release_bts(&mut self, t: TracerId, h: BtsHandle) -> Result<BtsBuffer, Error> {
         self.bts_of(t, h)?;
@@ -502,6 +510,24 @@ mod tests {
             "a reset touches only one's own"
         );
         assert!(matches!(a.read_bts(t1, h2), Err(Error::NotYours)));
+    }
+
+    #[test]
+    fn a_taken_buffer_holds_the_records_as_hardware_bytes() {
+        let mut a = Allocator::new();
+        let t = a.register("gdb", 8 * MB);
+        let h = a.request_bts(t, Target::Task(1), 48).unwrap();
+        let cap = a.bts_buffer(t, h).unwrap().capacity();
+        for i in 0..cap as u64 + 3 {
+            a.deliver_bts(0, 1, BtsRecord::branch(i, i + 1));
+        }
+        let taken = a.take_bts(t, h).unwrap();
+        assert!(a.read_bts(t, h).unwrap().is_empty(), "an empty buffer is left");
+        assert_eq!(a.bts_buffer(t, h).unwrap().capacity(), cap);
+        let (older, newer) = taken.as_byte_slices();
+        let bytes: Vec<u8> = taken.iter().flat_map(|r| r.to_bytes()).collect();
+        assert_eq!([older, newer].concat(), bytes, "oldest first, wrapped");
+        assert!(!older.is_empty() && !newer.is_empty());
     }
 
     #[test]

@@ -141,6 +141,19 @@ impl BtsBuffer {
         older.iter().chain(newer.iter())
     }
 
+    /// The held records as the bytes the hardware wrote, oldest first, in
+    /// two pieces (the ring's older and newer parts): what DRAIN sends.
+    #[cfg(target_endian = "little")]
+    pub fn as_byte_slices(&self) -> (&[u8], &[u8]) {
+        use zerocopy::IntoBytes;
+        let (newer, older) = if self.slots.len() < self.capacity {
+            (&self.slots[..], &self.slots[..0])
+        } else {
+            self.slots.split_at(self.index)
+        };
+        (older.as_bytes(), newer.as_bytes())
+    }
+
     /// A copy of the held records, oldest first.
     pub fn snapshot(&self) -> Vec<BtsRecord> {
         self.iter().copied().collect()

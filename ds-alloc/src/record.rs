@@ -14,9 +14,22 @@ pub const fn is_kernel_address(addr: u64) -> bool {
     addr >> 63 == 1
 }
 
-/// One BTS record, exactly as the Debug Store hardware writes it.
+/// One BTS record, exactly as the Debug Store hardware writes it (in
+/// memory too: three little-endian u64 on x86-64, no padding, so a slice
+/// of records is the bytes the hardware wrote).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    zerocopy::IntoBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+)]
 pub struct BtsRecord {
     /// Address of the branch instruction (or of the interrupted instruction
     /// for an asynchronous event).

@@ -252,6 +252,19 @@ impl Hub {
         Some((charged * page, limit))
     }
 
+    /// PTRACE_BTS_DRAIN of `t`'s buffer of `task` without a copy: the
+    /// buffer itself, taken out (an empty one of the same size takes its
+    /// place), and whether the follower wants context records (O_SCHED).
+    pub fn drain_buffer(&mut self, t: TracerId, task: u32) -> Result<(BtsBuffer, bool), BtsError> {
+        let f = self.followers.get_mut(&t).ok_or(BtsError::Alloc(ds_alloc::Error::UnknownTracer))?;
+        if !f.threads.contains_key(&task) {
+            return Err(BtsError::NotTraced(task));
+        }
+        let h = f.legacy.handle(task).ok_or(BtsError::NoBuffer(task))?;
+        let sched = f.legacy.status(task)?.flags & PTRACE_BTS_O_SCHED != 0;
+        Ok((self.alloc.take_bts(t, h)?, sched))
+    }
+
     /// A raw legacy request of `t` on `task`, which must be a thread of a
     /// process `t` follows.
     pub fn legacy(

@@ -15,13 +15,12 @@ use ds_alloc::alloc::{bts_bytes, pages_for, PAGE_SIZE};
 use ds_alloc::{PebsConfig, PebsFormat, PebsHandle, Target, TracerId, BTS_RECORD_SIZE};
 use ptrace_shim::hub::Follow;
 use ptrace_shim::legacy::{
-    BtsError, CONFIG_SIZE, PTRACE_BTS_CLEAR, PTRACE_BTS_DRAIN, PTRACE_BTS_GET, PTRACE_BTS_SIZE,
-    PTRACE_BTS_STATUS,
+    BtsError, CONFIG_SIZE, PTRACE_BTS_CLEAR, PTRACE_BTS_DRAIN, PTRACE_BTS_GET, PTRACE_BTS_STATUS,
 };
 use ptrace_shim::{Backend, Options};
 
 use super::session::{self, Ask, Start};
-use super::{ClientEntry, Shared, OUTBOX};
+use super::{ClientEntry, Outgoing, Shared, OUTBOX};
 use crate::peer::{AccessError, Peer};
 use crate::protocol::{self, ErrorKind, Reply, Request, WireBackend, WireTarget, MAX_REQUEST, VERSION};
 
@@ -80,8 +79,8 @@ fn serve(shared: &Arc<Shared>, stream: UnixStream) {
     let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
     let label = format!("{name} (client {id}, pid {}, uid {})", peer.pid, peer.uid);
     let tracer = shared.hub().add_follower(&label, peer.memlock);
-    let (tx, rx) = mpsc::sync_channel::<Reply>(OUTBOX);
-    let _ = tx.try_send(Reply::Hello { version: VERSION, daemon_pid: std::process::id(), id });
+    let (tx, rx) = mpsc::sync_channel::<Outgoing>(OUTBOX);
+    let _ = tx.try_send(Reply::Hello { version: VERSION, daemon_pid: std::process::id(), id }.into());
     shared.clients().insert(
         tracer,
         ClientEntry {
@@ -96,7 +95,14 @@ fn serve(shared: &Arc<Shared>, stream: UnixStream) {
     (shared.log)(&format!("client connected: {label}"));
     let writer = std::thread::Builder::new().name("client writer".into()).spawn(move || {
         for msg in rx {
-            if protocol::write_msg(&mut &writer_end, &msg).is_err() {
+            let sent = match &msg {
+                Outgoing::Reply(r) => protocol::write_reply(&mut &writer_end, r),
+                Outgoing::Records(buf) => {
+                    let (older, newer) = buf.as_byte_slices();
+                    protocol::write_records(&mut &writer_end, &[older, newer])
+                }
+            };
+            if sent.is_err() {
                 let _ = writer_end.shutdown(std::net::Shutdown::Both);
                 break;
             }
@@ -110,7 +116,9 @@ fn serve(shared: &Arc<Shared>, stream: UnixStream) {
             Ok(r) => r,
             Err(protocol::ProtocolError::Closed) => break "disconnected".to_string(),
             Err(e) => {
-                let _ = tx.try_send(Reply::error(ErrorKind::Invalid, format!("{e}: closing the connection")));
+                let _ = tx.try_send(
+                    Reply::error(ErrorKind::Invalid, format!("{e}: closing the connection")).into(),
+                );
                 break format!("dropped: {e}");
             }
         };
@@ -157,7 +165,19 @@ fn not_traced(pid: i32) -> Reply {
     Reply::error(ErrorKind::NotFound, format!("you do not trace pid {pid}: attach to it first"))
 }
 
-fn handle(shared: &Arc<Shared>, conn: &mut Conn, req: Request) -> Reply {
+fn handle(shared: &Arc<Shared>, conn: &mut Conn, req: Request) -> Outgoing {
+    if let Request::Drain { tid } = req {
+        let Ok(task) = u32::try_from(tid) else { return bts_reply(BtsError::NotTraced(0)).into() };
+        return match drain(shared, conn, task) {
+            Ok(Drained::Whole(buf)) => Outgoing::Records(buf),
+            Ok(Drained::Bytes(data)) => Reply::Records(data).into(),
+            Err(e) => bts_reply(e).into(),
+        };
+    }
+    answer(shared, conn, req).into()
+}
+
+fn answer(shared: &Arc<Shared>, conn: &mut Conn, req: Request) -> Reply {
     let t = conn.tracer;
     match req {
         Request::Hello { .. } => Reply::error(ErrorKind::Invalid, "Hello was said already"),
@@ -208,13 +228,7 @@ fn handle(shared: &Arc<Shared>, conn: &mut Conn, req: Request) -> Reply {
             }
             Reply::Ok
         }
-        Request::Drain { tid } => {
-            let Ok(task) = u32::try_from(tid) else { return bts_reply(BtsError::NotTraced(0)) };
-            match legacy(shared, conn, PTRACE_BTS_DRAIN, task, 0, Vec::new()) {
-                Reply::Legacy { data, .. } => Reply::Records(data),
-                other => other,
-            }
-        }
+        Request::Drain { .. } => unreachable!("handled above"),
         Request::Legacy { request, task, addr, data } => legacy(shared, conn, request, task, addr, data),
         Request::RequestPebs { target, format, reset, records } => {
             let target = match pebs_target(conn, target) {
@@ -247,6 +261,32 @@ fn handle(shared: &Arc<Shared>, conn: &mut Conn, req: Request) -> Reply {
         }
         Request::List => Reply::List(super::list::listing(shared, &conn.peer)),
     }
+}
+
+/// A drained buffer: whole, as it lies, or as bytes filtered for the client.
+enum Drained {
+    Whole(ds_alloc::BtsBuffer),
+    Bytes(Vec<u8>),
+}
+
+/// DRAIN: the buffer is taken out under the lock and copied nowhere,
+/// unless the client's records must be filtered (no O_SCHED: no context
+/// records; kernel ends it may not see).
+fn drain(shared: &Shared, conn: &Conn, task: u32) -> Result<Drained, BtsError> {
+    let taken = shared.hub().drain_buffer(conn.tracer, task);
+    let (buf, sched) = taken?;
+    let hide = !conn.peer.may_see_kernel() && buf.iter().any(session::kernel_branch);
+    if sched && !hide {
+        return Ok(Drained::Whole(buf));
+    }
+    let mut data = Vec::with_capacity(buf.len() * BTS_RECORD_SIZE);
+    for r in buf.iter().filter(|r| sched || r.is_branch()) {
+        data.extend_from_slice(&r.to_bytes());
+    }
+    if hide {
+        mask_kernel(&mut data);
+    }
+    Ok(Drained::Bytes(data))
 }
 
 fn set_pebs_listing(shared: &Shared, conn: &Conn) {
@@ -335,29 +375,33 @@ fn snapshot(shared: &Shared, t: TracerId, pid: i32) -> Reply {
 
 fn legacy(shared: &Shared, conn: &Conn, request: u32, task: u32, addr: u64, mut data: Vec<u8>) -> Reply {
     let t = conn.tracer;
-    let mut hub = shared.hub();
-    let out_len = match request {
-        PTRACE_BTS_STATUS => CONFIG_SIZE,
-        PTRACE_BTS_GET => BTS_RECORD_SIZE,
-        PTRACE_BTS_DRAIN => match hub.legacy(t, PTRACE_BTS_SIZE, task, 0, &mut []) {
-            Ok(n) => n as usize * BTS_RECORD_SIZE,
-            Err(e) => return bts_reply(e),
-        },
-        _ => data.len(),
+    let result = if request == PTRACE_BTS_DRAIN {
+        drain(shared, conn, task).map(|d| {
+            data = match d {
+                Drained::Whole(buf) => buf.iter().flat_map(|r| r.to_bytes()).collect(),
+                Drained::Bytes(b) => b,
+            };
+            (data.len() / BTS_RECORD_SIZE) as i64
+        })
+    } else {
+        let out_len = match request {
+            PTRACE_BTS_STATUS => CONFIG_SIZE,
+            PTRACE_BTS_GET => BTS_RECORD_SIZE,
+            _ => 0,
+        };
+        data.resize(out_len.max(data.len()), 0);
+        let addr = usize::try_from(addr).unwrap_or(usize::MAX);
+        let value = shared.hub().legacy(t, request, task, addr, &mut data);
+        value.inspect(|_| match request {
+            PTRACE_BTS_GET => data.truncate(BTS_RECORD_SIZE),
+            PTRACE_BTS_STATUS => data.truncate(CONFIG_SIZE),
+            _ => data.clear(),
+        })
     };
-    data.resize(out_len.max(data.len()), 0);
-    let addr = usize::try_from(addr).unwrap_or(usize::MAX);
-    match hub.legacy(t, request, task, addr, &mut data) {
+    match result {
         Ok(value) => {
-            drop(hub);
-            if matches!(request, PTRACE_BTS_GET | PTRACE_BTS_DRAIN) {
-                let n = if request == PTRACE_BTS_GET { 1 } else { value.max(0) as usize };
-                data.truncate(n * BTS_RECORD_SIZE);
-                if !conn.peer.may_see_kernel() {
-                    mask_kernel(&mut data);
-                }
-            } else if request != PTRACE_BTS_STATUS {
-                data.clear();
+            if !conn.peer.may_see_kernel() {
+                mask_kernel(&mut data);
             }
             Reply::Legacy { value, data }
         }

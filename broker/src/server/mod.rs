@@ -60,12 +60,25 @@ pub enum DaemonError {
     Signals(io::Error),
 }
 
+/// What goes out to a client: a reply or event, or a drained buffer sent
+/// as a [`Reply::Records`] frame straight from its memory.
+pub(crate) enum Outgoing {
+    Reply(Reply),
+    Records(ds_alloc::BtsBuffer),
+}
+
+impl From<Reply> for Outgoing {
+    fn from(r: Reply) -> Outgoing {
+        Outgoing::Reply(r)
+    }
+}
+
 /// A connected client, as the session threads and listings see it.
 pub(crate) struct ClientEntry {
     pub id: u64,
     pub name: String,
     pub peer: Peer,
-    pub outbox: SyncSender<Reply>,
+    pub outbox: SyncSender<Outgoing>,
     /// To cut the connection of a client that is too slow.
     pub stream: UnixStream,
     pub pebs: Vec<WireTarget>,
@@ -120,7 +133,7 @@ impl Shared {
     pub(crate) fn send(&self, t: TracerId, msg: Reply) {
         let clients = self.clients();
         let Some(c) = clients.get(&t) else { return };
-        match c.outbox.try_send(msg) {
+        match c.outbox.try_send(Outgoing::Reply(msg)) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(_)) => {
                 (self.log)(&format!("client {} ({}, pid {}) is too slow: dropped", c.id, c.name, c.peer.pid));

@@ -246,7 +246,7 @@ fn trace_for(shared: &Shared, session: &mut Session, t: TracerId, meta: Meta) ->
     TraceFile::from_recording(&rec, meta).to_bytes()
 }
 
-fn kernel_branch(r: &ds_alloc::BtsRecord) -> bool {
+pub(crate) fn kernel_branch(r: &ds_alloc::BtsRecord) -> bool {
     r.is_branch() && (ds_alloc::is_kernel_address(r.from) || ds_alloc::is_kernel_address(r.to))
 }
 
