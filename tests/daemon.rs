@@ -374,3 +374,40 @@ fn run_through_the_daemon_reports_as_in_process() {
     assert_eq!(out.status.code(), Some(125));
     assert!(text(&out.stderr).contains("cannot reach the bts daemon at /nonexistent/bts.sock"));
 }
+
+#[test]
+fn a_socket_passed_by_systemd_is_served() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let dir = scratch("daemon_activation");
+    let path = dir.join("activated.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" daemon --socket /run/bts-not-this.sock", BTS]);
+    // SAFETY: dup2 and fcntl are async-signal-safe; fd 3 becomes the
+    // listening socket, open across exec, as systemd passes it.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut daemon = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(listener);
+    let mut c = None;
+    wait_for(10 * SEC, "the activated daemon", || {
+        c = broker::Client::connect(&path, "activated").ok();
+        c.is_some()
+    });
+    let listing = c.unwrap().list().unwrap();
+    assert_eq!(listing.daemon_pid, daemon.id());
+    assert!(!std::path::Path::new("/run/bts-not-this.sock").exists(), "it did not bind a socket of its own");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+    assert!(path.exists(), "systemd's socket is systemd's to remove");
+}

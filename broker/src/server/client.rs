@@ -20,7 +20,7 @@ use ptrace_shim::legacy::{
 use ptrace_shim::{Backend, Options};
 
 use super::session::{self, Ask, Start};
-use super::{ClientEntry, Outgoing, Shared, OUTBOX};
+use super::{ClientEntry, Outgoing, Shared, MAX_CLIENTS, OUTBOX};
 use crate::peer::{AccessError, Peer};
 use crate::protocol::{self, ErrorKind, Reply, Request, WireBackend, WireTarget, MAX_REQUEST, VERSION};
 
@@ -63,6 +63,10 @@ fn hello(shared: &Shared, stream: &UnixStream) -> Result<String, Reply> {
 }
 
 fn serve(shared: &Arc<Shared>, stream: UnixStream) {
+    if shared.clients().len() >= MAX_CLIENTS {
+        let msg = format!("the daemon serves {MAX_CLIENTS} clients already: try again later");
+        return refuse(shared, &stream, Reply::error(ErrorKind::Limit, msg));
+    }
     let peer = match Peer::of(&stream) {
         Ok(p) => p,
         Err(e) => return refuse(shared, &stream, Reply::error(ErrorKind::Denied, e.to_string())),
@@ -423,5 +427,25 @@ fn mask_kernel(data: &mut [u8]) {
                 rec[i * 8..i * 8 + 8].fill(0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ds_alloc::BtsRecord;
+
+    #[test]
+    fn kernel_ends_are_zeroed_and_context_records_kept() {
+        let recs = [
+            BtsRecord::branch(0xffff_ffff_8100_0000, 0x401000),
+            BtsRecord::branch(0x401000, 0x401010),
+            BtsRecord::context(ds_alloc::ContextKind::TaskArrives, 5, 7),
+        ];
+        let mut data: Vec<u8> = recs.iter().flat_map(|r| r.to_bytes()).collect();
+        mask_kernel(&mut data);
+        let back = BtsRecord::parse_all(&data).unwrap();
+        assert_eq!(back[0], BtsRecord::branch(0, 0x401000));
+        assert_eq!(back[1..], recs[1..]);
     }
 }

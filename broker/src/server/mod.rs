@@ -31,6 +31,8 @@ mod session;
 /// Replies and events queued for one client before it counts as too slow
 /// and is dropped.
 pub const OUTBOX: usize = 64;
+/// Clients served at once; more are refused (each costs two threads).
+pub const MAX_CLIENTS: usize = 1024;
 /// How long a frame may take to arrive once begun, and a reply to be
 /// taken by the client, unless [`Daemon::set_io_timeout`] says otherwise.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
