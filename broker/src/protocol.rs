@@ -346,19 +346,21 @@ fn bulk_tag(records: bool) -> u8 {
     bytes[0]
 }
 
-/// An empty vector with room for `n` bytes. A large one asks for
-/// transparent huge pages: filling 64 MiB in 4 KiB pages costs 16384 page
-/// faults, which under a hypervisor take longer than the copy itself.
+/// An empty vector with room for `n` bytes, its memory already mapped
+/// when it is large: faulting 64 MiB in page by page costs about 60 ms under
+/// a hypervisor (one exit per 4 KiB page), longer than the copy itself;
+/// MADV_POPULATE_WRITE (Linux 5.14) maps it in one call, in about half the time.
 pub(crate) fn bulk_buffer(n: usize) -> Vec<u8> {
-    const HUGE: usize = 2 << 20;
+    const MADV_POPULATE_WRITE: libc::c_int = 23;
     let v: Vec<u8> = Vec::with_capacity(n);
-    if n >= 2 * HUGE {
+    if n >= 1 << 20 {
         let start = (v.as_ptr() as usize).next_multiple_of(4096);
         let end = (v.as_ptr() as usize + n) & !4095;
         if end > start {
-            // SAFETY: the range lies inside the vector's own allocation,
-            // page-aligned; MADV_HUGEPAGE only changes how it is backed.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+            // SAFETY: the range lies inside the vector's own allocation and
+            // is page-aligned; populating only maps its pages in (an older
+            // kernel refuses with EINVAL, and they fault in as they are written).
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, MADV_POPULATE_WRITE) };
         }
     }
     v
