@@ -186,10 +186,15 @@ fn pebs_has_one_owner_across_clients() {
 
 #[test]
 fn unprivileged_clients_get_no_more_than_the_kernel_gives_them() {
+    let d = Daemon::start("nobody");
     if !is_root() {
+        // As an ordinary user, against one's own daemon: root's init is refused.
+        let out = bts(&d.dir, &["attach", &d.flag(), "--backend", "fast", "1"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{err}");
+        assert!(err.contains("runs as uid 0 and you are uid"), "{err}");
         return;
     }
-    let d = Daemon::start("nobody");
     let bin = shared_fixture("daemon_target");
     let go = d.dir.join("nobody.go");
     let spawn_as = |uid: Option<&str>| {
@@ -260,6 +265,32 @@ fn unprivileged_clients_get_no_more_than_the_kernel_gives_them() {
     for c in [&mut roots, &mut others, &mut own] {
         let _ = c.kill();
         let _ = c.wait();
+    }
+    // A set-uid program exec'd under the daemon is root's: nobody stops
+    // tracing it at the exec, and it runs as it would untraced.
+    let su = std::path::Path::new("/usr/bin/su");
+    if su.exists() {
+        let out = as_nobody(BTS)
+            .args([
+                "run",
+                &d.flag(),
+                "--backend",
+                "fast",
+                "--report",
+                "always",
+                "--",
+                "/usr/bin/su",
+                "--version",
+            ])
+            .current_dir(&d.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(text(&out.stdout).contains("su from util-linux"), "it ran: {}", text(&out.stdout));
+        assert!(err.contains("exec'd a program you may not trace"), "{err}");
+        assert!(!err.contains("trace saved"), "nothing of root's program is kept: {err}");
     }
 }
 

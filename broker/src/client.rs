@@ -23,6 +23,14 @@ pub enum ClientError {
     /// The connection failed or the daemon sent garbage.
     #[error("talking to the bts daemon: {0}")]
     Protocol(#[from] ProtocolError),
+    /// The socket is served by another user's process.
+    #[error("{path} is served by uid {uid}, neither root nor you: not talking to it")]
+    Impostor {
+        /// The socket.
+        path: PathBuf,
+        /// Who serves it.
+        uid: u32,
+    },
     /// The daemon refused the request.
     #[error("{message}")]
     Refused {
@@ -39,11 +47,10 @@ pub enum ClientError {
 /// The socket a client tries when none is named: the user's own daemon
 /// (`$XDG_RUNTIME_DIR/bts.sock`) if one runs, else the system's (`/run/bts.sock`).
 pub fn default_client_socket() -> PathBuf {
-    let own = crate::default_socket();
-    if own.exists() {
-        return own;
+    match crate::default_socket() {
+        Some(own) if own.exists() => own,
+        _ => "/run/bts.sock".into(),
     }
-    "/run/bts.sock".into()
 }
 
 /// A connection to the daemon.
@@ -51,6 +58,9 @@ pub struct Client {
     stream: UnixStream,
     /// Memory for the next bulk reply (see [`Client::drain_into`]).
     spare: Vec<u8>,
+    /// A read failed midway or a call went unanswered: the next bytes
+    /// cannot be trusted to start a message.
+    broken: bool,
     events: VecDeque<Reply>,
     /// The daemon's number for this client (in `bts ctl`).
     pub id: u64,
@@ -68,7 +78,14 @@ impl Client {
     pub fn connect(path: &Path, name: &str) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path)
             .map_err(|source| ClientError::Connect { path: path.to_path_buf(), source })?;
-        let mut c = Client { stream, spare: Vec::new(), events: VecDeque::new(), id: 0, daemon_pid: 0 };
+        let mut c = Client {
+            stream,
+            spare: Vec::new(),
+            broken: false,
+            events: VecDeque::new(),
+            id: 0,
+            daemon_pid: 0,
+        };
         match c.call(&Request::Hello { version: VERSION, name: name.to_string() })? {
             Reply::Hello { version: VERSION, daemon_pid, id } => {
                 c.id = id;
@@ -93,8 +110,14 @@ impl Client {
                 return Err(ProtocolError::Io(std::io::ErrorKind::TimedOut.into()).into());
             }
         }
-        self.stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(ProtocolError::from)?;
-        Ok(protocol::read_reply_reusing(&mut &self.stream, MAX_REPLY, &mut self.spare)?)
+        if self.broken {
+            return Err(ProtocolError::Io(std::io::Error::other("the connection broke earlier")).into());
+        }
+        self.stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(ProtocolError::from)?;
+        let r = protocol::read_reply_reusing(&mut &self.stream, MAX_REPLY, &mut self.spare);
+        // Past the first byte, a failure leaves the stream mid-message.
+        self.broken |= r.is_err();
+        Ok(r?)
     }
 
     /// Sends `req` and returns its reply (events that come first are kept

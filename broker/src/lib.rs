@@ -29,15 +29,17 @@ pub use protocol::{ProtocolError, Reply, Request};
 pub use server::{Daemon, DaemonError};
 
 /// The socket a daemon listens on by default: `/run/bts.sock` for root,
-/// `$XDG_RUNTIME_DIR/bts.sock` otherwise (falling back to `/tmp/bts-UID.sock`).
-pub fn default_socket() -> std::path::PathBuf {
+/// `$XDG_RUNTIME_DIR/bts.sock` otherwise. `None` for a user without
+/// `XDG_RUNTIME_DIR`: a shared folder such as /tmp would let another user
+/// take the name first.
+pub fn default_socket() -> Option<std::path::PathBuf> {
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
     if uid == 0 {
-        return "/run/bts.sock".into();
+        return Some("/run/bts.sock".into());
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => std::path::Path::new(&dir).join("bts.sock"),
-        _ => format!("/tmp/bts-{uid}.sock").into(),
+        Some(dir) if !dir.is_empty() => Some(std::path::Path::new(&dir).join("bts.sock")),
+        _ => None,
     }
 }

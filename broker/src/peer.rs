@@ -95,7 +95,8 @@ fn memlock_of(pid: i32) -> Option<u64> {
     soft.parse().ok()
 }
 
-fn peer_cred(stream: &UnixStream) -> std::io::Result<libc::ucred> {
+/// The credentials of the process at the other end of `stream`, as it connected.
+pub(crate) fn peer_cred(stream: &UnixStream) -> std::io::Result<libc::ucred> {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: cred and len are valid out-pointers of the sizes given.
@@ -132,9 +133,18 @@ fn peer_pidfd(stream: &UnixStream) -> Option<OwnedFd> {
     (r == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A pidfd of process `pid` (Linux 5.3), to tell later whether the pid
+/// still names the same process.
+pub(crate) fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a non-negative return is a new descriptor we now own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// True while the process behind `pidfd` has not exited (its pid cannot
 /// have been reused).
-fn pidfd_alive(pidfd: &OwnedFd) -> bool {
+pub(crate) fn pidfd_alive(pidfd: &OwnedFd) -> bool {
     // SAFETY: signal 0 only checks; no siginfo is passed.
     unsafe {
         libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, std::ptr::null::<u8>(), 0) == 0
@@ -148,10 +158,12 @@ impl Peer {
         let pidfd = peer_pidfd(stream);
         let pid = cred.pid;
         let gone = || AccessError::Unknown(format!("client pid {pid} is gone"));
-        let cap_eff = caps(pid, "CapEff").ok_or_else(gone)?;
-        let cap_prm = caps(pid, "CapPrm").ok_or_else(gone)?;
+        let mut cap_eff = caps(pid, "CapEff").ok_or_else(gone)?;
+        let mut cap_prm = caps(pid, "CapPrm").ok_or_else(gone)?;
         let limit = memlock_of(pid).ok_or_else(gone)?;
         let uids = ids(pid, "Uid").ok_or_else(gone)?;
+        let gids = ids(pid, "Gid").ok_or_else(gone)?;
+        let user_ns = fs::read_link(format!("/proc/{pid}/ns/user")).ok();
         // The pid must still name the peer: with a pidfd, it is alive;
         // without (kernels before 6.5), it has the peer's uid at least.
         let same = match &pidfd {
@@ -160,6 +172,17 @@ impl Peer {
         };
         if !same {
             return Err(gone());
+        }
+        // Capabilities count only as the kernel would count them for this
+        // daemon's processes: held in the daemon's own user namespace (not
+        // a namespace the client made for itself), by a process whose ids
+        // are all the ones it connected with (not one that exec'd a
+        // set-uid program since).
+        let own_ns = fs::read_link("/proc/self/ns/user").ok();
+        let uniform = uids.iter().all(|&u| u == cred.uid) && gids.iter().all(|&g| g == cred.gid);
+        if !uniform || user_ns.is_none() || user_ns != own_ns {
+            cap_eff = 0;
+            cap_prm = 0;
         }
         let memlock = if has(cap_eff, CAP_IPC_LOCK) { u64::MAX } else { limit };
         Ok(Peer { pid, uid: cred.uid, gid: cred.gid, cap_eff, cap_prm, memlock })

@@ -20,8 +20,10 @@ use serde::{Deserialize, Serialize};
 pub const VERSION: u16 = 1;
 /// The largest request frame the daemon reads.
 pub const MAX_REQUEST: usize = 64 * 1024;
-/// The largest reply frame a client reads.
-pub const MAX_REPLY: usize = 1 << 30;
+/// The largest reply frame a client reads (the most a length says).
+pub const MAX_REPLY: usize = u32::MAX as usize;
+/// The largest buffer a client may ask for per thread.
+pub const MAX_BUFFER: u64 = 1 << 30;
 
 /// Errors of the framing and the codec.
 #[derive(Debug, thiserror::Error)]
@@ -421,10 +423,14 @@ pub fn read_reply_reusing(
     spare: &mut Vec<u8>,
 ) -> Result<Reply, ProtocolError> {
     let mut len = [0u8; 4];
-    match r.read(&mut len[..1]) {
-        Ok(0) => return Err(ProtocolError::Closed),
-        Ok(_) => {}
-        Err(e) => return Err(e.into()),
+    loop {
+        match r.read(&mut len[..1]) {
+            Ok(0) => return Err(ProtocolError::Closed),
+            Ok(_) => break,
+            // bts's own interval timer ticks while it waits for a reply.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     r.read_exact(&mut len[1..])?;
     let len = u32::from_le_bytes(len) as usize;
@@ -448,7 +454,7 @@ pub fn read_reply_reusing(
                 break;
             }
         }
-        if pre[at - 1] & 0x80 == 0 && at + n == len {
+        if pre[at - 1] & 0x80 == 0 && at.checked_add(n) == Some(len) {
             let mut data = if spare.capacity() >= n { std::mem::take(spare) } else { bulk_buffer(n) };
             data.clear();
             data.extend_from_slice(&pre[at..have]);
@@ -521,16 +527,39 @@ pub fn read_request(
             Err(e) => return Err(e.into()),
         }
     }
-    s.set_read_timeout(Some(timeout))?;
-    let mut r = s;
-    r.read_exact(&mut head[1..])?;
+    // The whole rest of the frame within `timeout`, however it trickles in.
+    let deadline = std::time::Instant::now() + timeout;
+    read_by(s, &mut head[1..], deadline)?;
     let len = u32::from_le_bytes(head) as usize;
     if len > MAX_REQUEST {
         return Err(ProtocolError::TooLong { len, max: MAX_REQUEST });
     }
     let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)?;
+    read_by(s, &mut payload, deadline)?;
     Ok(payload)
+}
+
+/// Fills `buf` from `s` before `deadline`.
+fn read_by(
+    s: &std::os::unix::net::UnixStream,
+    buf: &mut [u8],
+    deadline: std::time::Instant,
+) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        s.set_read_timeout(Some(left))?;
+        match (&*s).read(&mut buf[got..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

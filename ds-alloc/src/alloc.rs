@@ -286,6 +286,41 @@ impl Allocator {
         Ok(())
     }
 
+    /// Takes the buffer off its target's route for good: it keeps what it
+    /// holds (readable, charged) and takes nothing more, even if another
+    /// task gets the same number.
+    pub fn unroute_bts(&mut self, t: TracerId, h: BtsHandle) -> Result<(), Error> {
+        let target = self.bts_of(t, h)?.target;
+        let list = match target {
+            Target::Task(task) => self.task_bts.get_mut(&task),
+            Target::Cpu(cpu) => self.cpu_bts.get_mut(&cpu),
+        };
+        if let Some(list) = list {
+            list.retain(|k| *k != h.0);
+            if list.is_empty() {
+                match target {
+                    Target::Task(task) => self.task_bts.remove(&task),
+                    Target::Cpu(cpu) => self.cpu_bts.remove(&cpu),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts an unrouted buffer back on its target's route (the same task
+    /// going on, as after an exec).
+    pub fn reroute_bts(&mut self, t: TracerId, h: BtsHandle) -> Result<(), Error> {
+        let target = self.bts_of(t, h)?.target;
+        let list = match target {
+            Target::Task(task) => self.task_bts.entry(task).or_default(),
+            Target::Cpu(cpu) => self.cpu_bts.entry(cpu).or_default(),
+        };
+        if !list.contains(&h.0) {
+            list.push(h.0);
+        }
+        Ok(())
+    }
+
     /// Takes one's own buffer out whole (a DRAIN that copies nothing),
     /// leaving an empty one of the same size in its place.
     pub fn take_bts(&mut self, t: TracerId, h: BtsHandle) -> Result<BtsBuffer, Error> {

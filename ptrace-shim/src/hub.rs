@@ -39,11 +39,18 @@ pub struct Follow {
     pub from_exec: bool,
 }
 
+/// Whether a follower may (still) trace a process: asked again at every
+/// exec, since an exec can change who may trace it (a set-uid program).
+pub type MayFollow = Box<dyn Fn(Pid) -> bool + Send>;
+
 struct Follower {
     legacy: LegacyBts,
+    may_follow: MayFollow,
     processes: HashMap<Pid, Follow>,
     /// The process of each thread the follower has a buffer on.
     threads: HashMap<u32, Pid>,
+    /// Threads that ended: their buffers are read, never routed again.
+    ended: std::collections::HashSet<u32>,
 }
 
 /// One buffer of a follower, for listings.
@@ -114,11 +121,18 @@ impl Hub {
     }
 
     /// Registers a follower charged against `memlock_bytes`
-    /// (`u64::MAX`: not limited).
-    pub fn add_follower(&mut self, name: &str, memlock_bytes: u64) -> TracerId {
+    /// (`u64::MAX`: not limited), which may trace what `may_follow` allows.
+    pub fn add_follower(&mut self, name: &str, memlock_bytes: u64, may_follow: MayFollow) -> TracerId {
         let legacy = LegacyBts::new(&mut self.alloc, name, memlock_bytes);
         let id = legacy.tracer();
-        self.followers.insert(id, Follower { legacy, processes: HashMap::new(), threads: HashMap::new() });
+        let f = Follower {
+            legacy,
+            may_follow,
+            processes: HashMap::new(),
+            threads: HashMap::new(),
+            ended: Default::default(),
+        };
+        self.followers.insert(id, f);
         id
     }
 
@@ -161,6 +175,7 @@ impl Hub {
         for task in tasks {
             f.legacy.release(&mut self.alloc, task);
             f.threads.remove(&task);
+            f.ended.remove(&task);
         }
     }
 
@@ -181,17 +196,31 @@ impl Hub {
     }
 
     /// A thread of `pid` started (or exec'd, when `exec`): each follower of
-    /// `pid` gets its buffer there. Returns the followers refused one.
+    /// `pid` gets its buffer there. At an exec, a follower that may not
+    /// trace the new program stops following the process. Returns the
+    /// followers refused.
     pub(crate) fn thread_started(&mut self, pid: Pid, tid: Pid, exec: bool) -> Vec<(TracerId, BtsError)> {
         let task = tid as u32;
         let mut refused = Vec::new();
+        let mut denied = Vec::new();
         for (&t, f) in self.followers.iter_mut() {
             let Some(how) = f.processes.get(&pid).copied() else { continue };
+            if exec && !(f.may_follow)(pid) {
+                denied.push(t);
+                refused.push((t, BtsError::ExecDenied(pid)));
+                continue;
+            }
             let result = match f.legacy.handle(task) {
-                // The same thread again (an exec keeps it): its history goes on.
-                Some(h) if !(exec && how.from_exec) => self.alloc.resume_bts(t, h).map_err(BtsError::from),
+                // The same thread going on after its exec: its history goes on.
+                Some(h) if exec && !how.from_exec => self
+                    .alloc
+                    .reroute_bts(t, h)
+                    .and_then(|()| self.alloc.resume_bts(t, h))
+                    .map_err(BtsError::from),
+                // A new thread (or a fresh start at the exec): a new buffer.
                 _ => follow_config(how.bytes).and_then(|cfg| f.legacy.config(&mut self.alloc, task, &cfg)),
             };
+            f.ended.remove(&task);
             match result {
                 Ok(()) => {
                     f.threads.insert(task, pid);
@@ -199,16 +228,20 @@ impl Hub {
                 Err(e) => refused.push((t, e)),
             }
         }
+        for t in denied {
+            self.unfollow(t, pid);
+        }
         refused
     }
 
-    /// A thread ended: its followers' buffers keep what they hold and take
-    /// nothing more (a new thread may get its number).
+    /// A thread ended: its followers' buffers keep what they hold and are
+    /// taken off the route for good (a new thread may get its number).
     pub(crate) fn thread_ended(&mut self, tid: Pid) {
         let task = tid as u32;
-        for (&t, f) in self.followers.iter() {
+        for (&t, f) in self.followers.iter_mut() {
             if let Some(h) = f.legacy.handle(task) {
-                let _ = self.alloc.suspend_bts(t, h);
+                let _ = self.alloc.unroute_bts(t, h);
+                f.ended.insert(task);
             }
         }
     }
@@ -279,6 +312,10 @@ impl Hub {
         if !f.threads.contains_key(&task) {
             return Err(BtsError::NotTraced(task));
         }
+        // Configuring would route records of whatever task gets the number next.
+        if request == crate::legacy::PTRACE_BTS_CONFIG && f.ended.contains(&task) {
+            return Err(BtsError::Ended(task));
+        }
         f.legacy.request(&mut self.alloc, request, task, addr, data)
     }
 }
@@ -290,11 +327,15 @@ mod tests {
 
     const MB: u64 = 1 << 20;
 
+    fn anyone() -> MayFollow {
+        Box::new(|_| true)
+    }
+
     #[test]
     fn followers_get_their_own_buffers_on_new_threads_and_leave_cleanly() {
         let mut hub = Hub::new();
-        let a = hub.add_follower("a", 8 * MB);
-        let b = hub.add_follower("b", 8 * MB);
+        let a = hub.add_follower("a", 8 * MB, anyone());
+        let b = hub.add_follower("b", 8 * MB, anyone());
         hub.follow(a, 10, &[10], Follow { bytes: 4096, from_exec: false }).unwrap();
         hub.follow(b, 10, &[10], Follow { bytes: 64 * 1024, from_exec: false }).unwrap();
         assert!(hub.thread_started(10, 11, false).is_empty());
@@ -305,6 +346,16 @@ mod tests {
         hub.thread_ended(11);
         hub.alloc().deliver_bts(0, 11, BtsRecord::branch(3, 4));
         assert_eq!(hub.buffer(a, 11).unwrap().len(), 1, "an ended thread's buffer takes nothing more");
+        let mut cfg = follow_config(4096).unwrap().to_bytes();
+        assert_eq!(
+            hub.legacy(a, crate::legacy::PTRACE_BTS_CONFIG, 11, 0, &mut cfg),
+            Err(BtsError::Ended(11))
+        );
+        assert_eq!(
+            hub.legacy(a, crate::legacy::PTRACE_BTS_CONFIG, 11, 0, &mut cfg).unwrap_err().errno(),
+            libc::ESRCH
+        );
+        assert!(!hub.allocator().is_followed(11), "nothing routes the number any more");
         assert_eq!(hub.followers(10).len(), 2);
         assert_eq!(hub.remove_follower(a), vec![10]);
         assert_eq!(hub.charge(a), None);
@@ -316,7 +367,7 @@ mod tests {
     #[test]
     fn a_refused_follow_keeps_nothing() {
         let mut hub = Hub::new();
-        let a = hub.add_follower("a", 64 * 1024);
+        let a = hub.add_follower("a", 64 * 1024, anyone());
         let e = hub.follow(a, 10, &[10, 11, 12], Follow { bytes: 32 * 1024, from_exec: false }).unwrap_err();
         assert_eq!(e.errno(), libc::ENOMEM);
         assert_eq!(hub.charge(a).unwrap().0, 0);
@@ -329,10 +380,27 @@ mod tests {
     }
 
     #[test]
+    fn an_exec_beyond_a_followers_rights_ends_its_following() {
+        let mut hub = Hub::new();
+        let a = hub.add_follower("a", 8 * MB, Box::new(|_| false));
+        let b = hub.add_follower("b", 8 * MB, anyone());
+        for t in [a, b] {
+            hub.follow(t, 10, &[10], Follow { bytes: 4096, from_exec: false }).unwrap();
+        }
+        hub.thread_ended(10);
+        let refused = hub.thread_started(10, 10, true);
+        assert_eq!(refused, vec![(a, BtsError::ExecDenied(10))]);
+        assert!(hub.followed_by(a).is_empty() && hub.buffer(a, 10).is_none());
+        assert_eq!(hub.charge(a).unwrap().0, 0);
+        hub.alloc().deliver_bts(0, 10, BtsRecord::branch(1, 2));
+        assert_eq!(hub.buffer(b, 10).unwrap().len(), 1, "b goes on");
+    }
+
+    #[test]
     fn an_exec_empties_the_buffers_of_who_launched_it() {
         let mut hub = Hub::new();
-        let a = hub.add_follower("a", 8 * MB);
-        let b = hub.add_follower("b", 8 * MB);
+        let a = hub.add_follower("a", 8 * MB, anyone());
+        let b = hub.add_follower("b", 8 * MB, anyone());
         hub.follow(a, 10, &[10], Follow { bytes: 4096, from_exec: true }).unwrap();
         hub.follow(b, 10, &[10], Follow { bytes: 4096, from_exec: false }).unwrap();
         hub.alloc().deliver_bts(0, 10, BtsRecord::branch(1, 2));

@@ -94,6 +94,12 @@ pub enum BtsError {
     #[error("task {0} is not a thread of a process you trace: attach to it first (ESRCH)")]
     /// The task is not traced by the caller.
     NotTraced(u32),
+    #[error("pid {0} exec'd a program you may not trace (set-uid or file capabilities): you trace it no more (EPERM)")]
+    /// The traced process exec'd beyond the caller's rights.
+    ExecDenied(i32),
+    #[error("thread {0} has ended: its buffer can be read, not configured (ESRCH)")]
+    /// The task ended.
+    Ended(u32),
     #[error("unknown request {0} (EIO)")]
     /// Not a `PTRACE_BTS_*` request.
     UnknownRequest(u32),
@@ -108,7 +114,8 @@ impl BtsError {
         match self {
             BtsError::NoBuffer(_) => libc::ENXIO,
             BtsError::UnknownRequest(_) => libc::EIO,
-            BtsError::NotTraced(_) => libc::ESRCH,
+            BtsError::NotTraced(_) | BtsError::Ended(_) => libc::ESRCH,
+            BtsError::ExecDenied(_) => libc::EPERM,
             BtsError::Alloc(ds_alloc::Error::MemlockExceeded { .. }) => libc::ENOMEM,
             _ => libc::EINVAL,
         }
@@ -193,23 +200,32 @@ impl LegacyBts {
 
     /// The caller's records of `task`, oldest first; context records only with O_SCHED.
     fn records(&self, alloc: &Allocator, task: u32) -> Result<Vec<BtsRecord>, BtsError> {
+        let (buf, sched) = self.buffer(alloc, task)?;
+        Ok(buf.iter().filter(|r| sched || r.is_branch()).copied().collect())
+    }
+
+    /// The caller's buffer of `task` and whether it shows context records.
+    fn buffer<'a>(
+        &self,
+        alloc: &'a Allocator,
+        task: u32,
+    ) -> Result<(&'a ds_alloc::BtsBuffer, bool), BtsError> {
         let st = self.tasks.get(&task).ok_or(BtsError::NoBuffer(task))?;
         let h = st.handle.ok_or(BtsError::NoBuffer(task))?;
-        let sched = st.config.flags & PTRACE_BTS_O_SCHED != 0;
-        let buf = alloc.bts_buffer(self.tracer, h)?;
-        Ok(buf.iter().filter(|r| sched || r.is_branch()).copied().collect())
+        Ok((alloc.bts_buffer(self.tracer, h)?, st.config.flags & PTRACE_BTS_O_SCHED != 0))
     }
 
     /// PTRACE_BTS_SIZE: records in the caller's buffer.
     pub fn size(&self, alloc: &Allocator, task: u32) -> Result<usize, BtsError> {
-        Ok(self.records(alloc, task)?.len())
+        let (buf, sched) = self.buffer(alloc, task)?;
+        Ok(if sched { buf.len() } else { buf.iter().filter(|r| r.is_branch()).count() })
     }
 
     /// PTRACE_BTS_GET: record `index`, 0 being the newest.
     pub fn get(&self, alloc: &Allocator, task: u32, index: usize) -> Result<BtsRecord, BtsError> {
-        let recs = self.records(alloc, task)?;
-        let len = recs.len();
-        recs.into_iter().rev().nth(index).ok_or(BtsError::BadIndex { index, len })
+        let (buf, sched) = self.buffer(alloc, task)?;
+        let found = buf.iter().rev().filter(|r| sched || r.is_branch()).nth(index).copied();
+        found.ok_or_else(|| BtsError::BadIndex { index, len: self.size(alloc, task).unwrap_or(0) })
     }
 
     /// PTRACE_BTS_CLEAR: empties the caller's buffer only.

@@ -172,6 +172,12 @@ pub enum Notice {
 }
 
 impl Notice {
+    /// True when it ends a follower's tracing of the process (an exec
+    /// beyond its rights).
+    pub fn ends_following(&self) -> bool {
+        matches!(self, Notice::FollowerNotRecorded { cause: legacy::BtsError::ExecDenied(_), .. })
+    }
+
     /// The follower it concerns, when it concerns one alone.
     pub fn follower(&self) -> Option<ds_alloc::TracerId> {
         match self {

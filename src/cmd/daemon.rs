@@ -34,7 +34,12 @@ fn catch_stop_signals() -> std::io::Result<()> {
 
 /// `bts daemon [--socket PATH]`.
 pub fn run(socket: Option<PathBuf>, io_timeout_ms: u64) -> ExitCode {
-    let path = socket.unwrap_or_else(broker::default_socket);
+    let Some(path) = socket.or_else(broker::default_socket) else {
+        crate::errln!(
+            "bts daemon: XDG_RUNTIME_DIR is not set: name a socket in a folder of your own with --socket"
+        );
+        return ExitCode::from(EXIT_BTS_FAILED);
+    };
     if let Err(e) = catch_stop_signals() {
         crate::errln!("bts daemon: signal handlers: {e}");
         return ExitCode::from(EXIT_BTS_FAILED);

@@ -39,7 +39,7 @@ fn wire_backend(rec: &RecordArgs) -> Result<WireBackend, ViaError> {
         BackendArg::Step => WireBackend::Step,
         BackendArg::Perf => WireBackend::Perf,
         BackendArg::Valgrind => return Err(ViaError::Backend("valgrind")),
-        BackendArg::Auto if bts_reader::perf::probe_bts().is_ok() => WireBackend::Perf,
+        // The daemon records in software (its hardware source cannot be shared yet).
         BackendArg::Auto => WireBackend::Fast,
     })
 }
@@ -222,14 +222,20 @@ fn follow(client: &mut Client, rec: &RecordArgs, pid: i32, child: Option<(i32, &
                 let detached = matches!(o, Outcome::Detached(_));
                 let clean = matches!(o, Outcome::Exited(_));
                 let killed = matches!(o, Outcome::Signaled(_)) && !crashed;
-                if detached || killed || rec.report == ReportWhen::Always || rec.output.is_some() && clean {
+                if trace.is_empty() {
+                    // Tracing was taken away (an exec beyond your rights): nothing to save.
+                } else if detached
+                    || killed
+                    || rec.report == ReportWhen::Always
+                    || rec.output.is_some() && clean
+                {
                     let print = (detached || killed) && rec.report != ReportWhen::Never
                         || rec.report == ReportWhen::Always;
                     if let Some(tf) = load(&trace, launched) {
                         reporter.save(&tf, pid, print);
                     }
                 }
-                if detached {
+                if detached && child.is_none() {
                     crate::errln!("bts: the daemon stopped tracing pid {pid}, which runs on");
                 }
                 break o;

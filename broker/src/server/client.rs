@@ -24,10 +24,34 @@ use super::{ClientEntry, Outgoing, Shared, MAX_CLIENTS, OUTBOX};
 use crate::peer::{AccessError, Peer};
 use crate::protocol::{self, ErrorKind, Reply, Request, WireBackend, WireTarget, MAX_REQUEST, VERSION};
 
-/// Starts serving a new connection.
+/// Clients of one uid served at once (root's are not counted).
+pub const MAX_CLIENTS_PER_UID: usize = 64;
+
+/// Counts a connection from accept to the end of its threads.
+struct Connection(Arc<Shared>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Starts serving a new connection; refuses it at once when the daemon
+/// serves as many as it may.
 pub(crate) fn spawn(shared: &Arc<Shared>, stream: UnixStream) {
+    if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+        shared.connections.fetch_sub(1, Ordering::SeqCst);
+        let _ = stream.set_nonblocking(true);
+        let msg = format!("the daemon serves {MAX_CLIENTS} clients already: try again later");
+        let _ = protocol::write_msg(&mut &stream, &Reply::error(ErrorKind::Limit, msg));
+        return;
+    }
+    let conn = Connection(Arc::clone(shared));
     let sh = Arc::clone(shared);
-    let started = std::thread::Builder::new().name("client".into()).spawn(move || serve(&sh, stream));
+    let started = std::thread::Builder::new().name("client".into()).spawn(move || {
+        let _conn = conn;
+        serve(&sh, stream)
+    });
     if let Err(e) = started {
         (shared.log)(&format!("cannot start a client thread: {e}"));
     }
@@ -63,14 +87,15 @@ fn hello(shared: &Shared, stream: &UnixStream) -> Result<String, Reply> {
 }
 
 fn serve(shared: &Arc<Shared>, stream: UnixStream) {
-    if shared.clients().len() >= MAX_CLIENTS {
-        let msg = format!("the daemon serves {MAX_CLIENTS} clients already: try again later");
-        return refuse(shared, &stream, Reply::error(ErrorKind::Limit, msg));
-    }
     let peer = match Peer::of(&stream) {
         Ok(p) => p,
         Err(e) => return refuse(shared, &stream, Reply::error(ErrorKind::Denied, e.to_string())),
     };
+    let same_uid = shared.clients().values().filter(|c| c.peer.uid == peer.uid).count();
+    if peer.uid != 0 && same_uid >= MAX_CLIENTS_PER_UID {
+        let msg = format!("uid {} has {MAX_CLIENTS_PER_UID} clients of the daemon already", peer.uid);
+        return refuse(shared, &stream, Reply::error(ErrorKind::Limit, msg));
+    }
     let name = match hello(shared, &stream) {
         Ok(n) => n,
         Err(reply) => {
@@ -82,7 +107,9 @@ fn serve(shared: &Arc<Shared>, stream: UnixStream) {
     let _ = stream.set_write_timeout(Some(shared.io_timeout()));
     let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
     let label = format!("{name} (client {id}, pid {}, uid {})", peer.pid, peer.uid);
-    let tracer = shared.hub().add_follower(&label, peer.memlock);
+    let may = peer.clone();
+    let tracer =
+        shared.hub().add_follower(&label, peer.memlock, Box::new(move |pid| may.may_trace(pid).is_ok()));
     let (tx, rx) = mpsc::sync_channel::<Outgoing>(OUTBOX);
     let _ = tx.try_send(Reply::Hello { version: VERSION, daemon_pid: std::process::id(), id }.into());
     shared.clients().insert(
@@ -112,6 +139,7 @@ fn serve(shared: &Arc<Shared>, stream: UnixStream) {
             }
         }
     });
+    let _forget = Forget { shared: Arc::clone(shared), tracer };
     let mut conn = Conn { tracer, peer, pebs: Vec::new() };
     let why = loop {
         let req = match protocol::read_request(&stream, shared.io_timeout())
@@ -133,11 +161,7 @@ fn serve(shared: &Arc<Shared>, stream: UnixStream) {
             Err(TrySendError::Disconnected(_)) => break "disconnected".to_string(),
         }
     };
-    shared.clients().remove(&tracer);
-    let followed = shared.hub().remove_follower(tracer);
-    for pid in followed {
-        shared.detach_if_unfollowed(pid);
-    }
+    drop(_forget);
     drop(tx);
     if let Ok(w) = writer {
         // The writer ends once the queue is empty, or at once if the client is gone.
@@ -146,6 +170,24 @@ fn serve(shared: &Arc<Shared>, stream: UnixStream) {
     }
     let _ = stream.shutdown(std::net::Shutdown::Both);
     (shared.log)(&format!("client {label}: {why}; its buffers are freed"));
+}
+
+/// Forgets a client when its reader ends, however it ends (a panic too):
+/// its buffers freed, its charge refunded, and each process nobody
+/// follows any more detached.
+struct Forget {
+    shared: Arc<Shared>,
+    tracer: TracerId,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.shared.clients().remove(&self.tracer);
+        let followed = self.shared.hub().remove_follower(self.tracer);
+        for pid in followed {
+            self.shared.detach_if_unfollowed(pid);
+        }
+    }
 }
 
 fn access_reply(e: AccessError) -> Reply {
@@ -192,17 +234,24 @@ fn answer(shared: &Arc<Shared>, conn: &mut Conn, req: Request) -> Reply {
                     format!("a buffer of {buffer_bytes} bytes is too large"),
                 );
             };
-            let opts = Options {
-                backend: match backend {
-                    WireBackend::Fast => Backend::Fast,
-                    WireBackend::Step => Backend::Step,
-                    WireBackend::Perf => Backend::Hardware,
-                },
-                buffer_bytes: bytes,
-                pin_cpu,
-                stack_bytes: usize::try_from(stack_bytes).unwrap_or(usize::MAX).min(16 << 20),
-                ..Options::default()
-            };
+            let opts =
+                Options {
+                    backend: match backend {
+                        WireBackend::Fast => Backend::Fast,
+                        WireBackend::Step => Backend::Step,
+                        // The hardware source hands over its whole ring at each
+                        // read: shared among tracers, it would repeat records in
+                        // every follower's buffer.
+                        WireBackend::Perf => return Reply::error(
+                            ErrorKind::Invalid,
+                            "the hardware recorder is not offered through the daemon yet: use --backend fast",
+                        ),
+                    },
+                    buffer_bytes: bytes,
+                    pin_cpu,
+                    stack_bytes: usize::try_from(stack_bytes).unwrap_or(usize::MAX).min(16 << 20),
+                    ..Options::default()
+                };
             attach(shared, conn, pid, opts, Follow { bytes, from_exec })
         }
         Request::Detach { pid } => {
@@ -318,6 +367,20 @@ fn pebs_target(conn: &Conn, target: WireTarget) -> Result<(WireTarget, Target), 
 }
 
 fn attach(shared: &Arc<Shared>, conn: &Conn, pid: i32, opts: Options, follow: Follow) -> Reply {
+    // The process checked must be the process traced: a pid that dies and
+    // is reused meanwhile is told apart by its pidfd.
+    let target = crate::peer::pidfd_open(pid);
+    let reply = attach_checked(shared, conn, pid, opts, follow);
+    let same = target.as_ref().is_some_and(crate::peer::pidfd_alive);
+    if matches!(reply, Reply::Attached { .. }) && !same {
+        shared.hub().unfollow(conn.tracer, pid);
+        shared.detach_if_unfollowed(pid);
+        return Reply::error(ErrorKind::NotFound, format!("pid {pid} ended while it was being attached"));
+    }
+    reply
+}
+
+fn attach_checked(shared: &Arc<Shared>, conn: &Conn, pid: i32, opts: Options, follow: Follow) -> Reply {
     let t = conn.tracer;
     if let Err(e) = conn.peer.may_trace(pid) {
         return access_reply(e);
@@ -343,26 +406,66 @@ fn attach(shared: &Arc<Shared>, conn: &Conn, pid: i32, opts: Options, follow: Fo
             );
         }
     }
-    let mut sessions = shared.sessions();
-    if shared.stopping.load(Ordering::SeqCst) {
-        return Reply::error(ErrorKind::Failed, "the daemon is stopping");
-    }
-    if let Some(s) = sessions.get(&pid) {
-        let (command, backend) = (s.command.clone(), s.backend.to_string());
-        let mut hub = shared.hub();
-        return match hub.follow(t, pid, &session::threads_of(pid), follow) {
-            Ok(()) => Reply::Attached { pid, command, backend, joined: true },
-            Err(e) => bts_reply(e),
-        };
-    }
-    let backend = opts.backend.name().to_string();
-    match session::start(shared, Start { pid, opts, first: t, follow }) {
-        Ok(entry) => {
-            let command = entry.command.clone();
-            sessions.insert(pid, entry);
-            Reply::Attached { pid, command, backend, joined: false }
+    // Join the process's session, or start one. A session being started
+    // (by another client) is waited for; the lock is never held while a
+    // process is attached, so one slow attach stalls nothing else.
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let mut sessions = shared.sessions();
+        if shared.stopping.load(Ordering::SeqCst) {
+            return Reply::error(ErrorKind::Failed, "the daemon is stopping");
         }
-        Err(reply) => reply,
+        match sessions.get(&pid) {
+            Some(s) if s.thread != 0 => {
+                let (command, backend) = (s.command.clone(), s.backend.to_string());
+                let mut hub = shared.hub();
+                return match hub.follow(t, pid, &session::threads_of(pid), follow) {
+                    Ok(()) => Reply::Attached { pid, command, backend, joined: true },
+                    Err(e) => bts_reply(e),
+                };
+            }
+            Some(_) => {
+                drop(sessions);
+                if std::time::Instant::now() > deadline {
+                    return Reply::error(ErrorKind::Failed, format!("pid {pid} is still being attached"));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None => {
+                let inbox = Arc::new(std::sync::Mutex::new(Vec::new()));
+                let attention = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let backend = opts.backend.name();
+                let placeholder = super::SessionEntry {
+                    command: Vec::new(),
+                    backend,
+                    inbox: Arc::clone(&inbox),
+                    attention: Arc::clone(&attention),
+                    thread: 0,
+                };
+                sessions.insert(pid, placeholder);
+                drop(sessions);
+                let start = Start { pid, opts, first: t, follow, inbox: Arc::clone(&inbox), attention };
+                let started = session::start(shared, start);
+                let mut sessions = shared.sessions();
+                let ours = sessions.get_mut(&pid).filter(|e| Arc::ptr_eq(&e.inbox, &inbox));
+                return match (started, ours) {
+                    (Ok((command, thread)), Some(entry)) => {
+                        entry.command = command.clone();
+                        entry.thread = thread;
+                        Reply::Attached { pid, command, backend: backend.to_string(), joined: false }
+                    }
+                    (Ok(_), None) => {
+                        Reply::error(ErrorKind::Failed, format!("tracing pid {pid} ended at once"))
+                    }
+                    (Err(reply), _) => {
+                        if sessions.get(&pid).is_some_and(|e| Arc::ptr_eq(&e.inbox, &inbox)) {
+                            sessions.remove(&pid);
+                        }
+                        reply
+                    }
+                };
+            }
+        }
     }
 }
 

@@ -16,6 +16,14 @@ pub(crate) fn listing(shared: &Shared, viewer: &Peer) -> Listing {
         .collect();
     let sessions: Vec<(i32, Vec<String>, &'static str)> =
         shared.sessions().iter().map(|(&pid, s)| (pid, s.command.clone(), s.backend)).collect();
+    // Read again, outside every lock: a program its client launched has exec'd since.
+    let sessions: Vec<_> = sessions
+        .into_iter()
+        .map(|(pid, command, backend)| {
+            let now = ptrace_shim::process_command(pid);
+            (pid, if now.is_empty() { command } else { now }, backend)
+        })
+        .collect();
     let ids: HashMap<_, u64> = clients.iter().map(|c| (c.0, c.1)).collect();
     let hub = shared.hub();
     let mut tracers: Vec<TracerRow> = clients
@@ -53,9 +61,6 @@ pub(crate) fn listing(shared: &Shared, viewer: &Peer) -> Listing {
             let mut tracers: Vec<u64> =
                 hub.followers(pid).iter().filter_map(|t| ids.get(t).copied()).collect();
             tracers.sort_unstable();
-            // Read again: a program its client launched has exec'd since.
-            let now = ptrace_shim::process_command(pid);
-            let command = if now.is_empty() { command } else { now };
             TaskRow { pid, command, backend: backend.to_string(), tracers }
         })
         .collect();

@@ -3,9 +3,9 @@
 //! events from a bounded queue), and runs one session thread per traced
 //! process. Every client is a follower in the one hub.
 //!
-//! Locks are taken one at a time, never nested, except `sessions` then the
-//! hub while a process is attached (so that two clients attaching to one
-//! process at once find one session).
+//! Lock order: `sessions`, then a session's inbox or the hub; `clients`
+//! and the hub are each taken alone. No lock is held while waiting for
+//! another thread: a session being attached is a placeholder entry.
 
 use std::collections::HashMap;
 use std::io;
@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     /// Milliseconds a begun frame or a reply may take.
     pub io_timeout_ms: AtomicU64,
+    /// Connections being served (counted at accept, before any thread).
+    pub connections: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,7 +152,10 @@ impl Shared {
         let Some(s) = sessions.get(&pid) else { return false };
         lock(&s.inbox).push(ask);
         s.attention.store(true, Ordering::SeqCst);
-        session::wake(s.thread);
+        // A session still attaching sees its flag when it starts.
+        if s.thread != 0 {
+            session::wake(s.thread);
+        }
         true
     }
 
@@ -196,6 +201,7 @@ impl Daemon {
             log,
             stopping: AtomicBool::new(false),
             io_timeout_ms: AtomicU64::new(IO_TIMEOUT.as_millis() as u64),
+            connections: std::sync::atomic::AtomicUsize::new(0),
         });
         session::install_wake_handler().map_err(DaemonError::Signals)?;
         if let Some(listener) = activated_listener() {

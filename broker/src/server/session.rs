@@ -4,7 +4,7 @@
 //! it out of `waitpid` (SIGURG, caught by a handler that does nothing).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +13,7 @@ use ds_alloc::TracerId;
 use ptrace_shim::hub::Follow;
 use ptrace_shim::{Options, Outcome, Recording, Session, Stop};
 
-use super::{lock, SessionEntry, Shared};
+use super::{lock, Shared};
 use crate::protocol::{ErrorKind, Reply, WireOutcome};
 
 /// The signal that wakes a session thread.
@@ -52,11 +52,13 @@ pub(crate) fn wake(tid: libc::pid_t) {
     unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, WAKE) };
 }
 
-/// Wakes again every session whose flag is still set: a signal that came
-/// just before its thread blocked in `waitpid` was lost.
+/// Wakes every session thread (the accept loop calls this every 100 ms):
+/// a signal that came just before a thread blocked in `waitpid` was lost,
+/// and a detach waits for stopped threads by this tick, as bts's own
+/// interval timer ticks in-process.
 pub(crate) fn rewake(shared: &Shared) {
     for s in shared.sessions().values() {
-        if s.attention.load(Ordering::SeqCst) {
+        if s.thread != 0 {
             wake(s.thread);
         }
     }
@@ -68,7 +70,13 @@ pub(crate) struct Start {
     pub opts: Options,
     pub first: TracerId,
     pub follow: Follow,
+    /// The entry's inbox and flag, made with its placeholder.
+    pub inbox: Arc<Mutex<Vec<Ask>>>,
+    pub attention: Arc<AtomicBool>,
 }
+
+/// How long attaching may take before the client is answered.
+const ATTACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn error_reply(e: &ptrace_shim::Error) -> Reply {
     use ptrace_shim::Error as E;
@@ -87,9 +95,13 @@ pub(crate) fn threads_of(pid: i32) -> Vec<i32> {
     dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
 }
 
+/// What a session thread says once attached: the command line and its own tid.
+pub(crate) type Ready = Result<(Vec<String>, libc::pid_t), Reply>;
+
 /// Attaches to `start.pid` on a new thread, with `start.first` following
-/// it. Returns the session's entry once attached, or the error to answer.
-pub(crate) fn start(shared: &Arc<Shared>, start: Start) -> Result<SessionEntry, Reply> {
+/// it. Returns once attached (or failed, or after [`ATTACH_TIMEOUT`]: the
+/// thread then lets the process go when it is done attaching).
+pub(crate) fn start(shared: &Arc<Shared>, start: Start) -> Ready {
     let (tx, rx) = mpsc::channel();
     let sh = Arc::clone(shared);
     let spawned =
@@ -97,15 +109,56 @@ pub(crate) fn start(shared: &Arc<Shared>, start: Start) -> Result<SessionEntry, 
     if let Err(e) = spawned {
         return Err(Reply::error(ErrorKind::Failed, format!("cannot start a session thread: {e}")));
     }
-    rx.recv().unwrap_or_else(|_| Err(Reply::error(ErrorKind::Failed, "the session thread died")))
+    match rx.recv_timeout(ATTACH_TIMEOUT) {
+        Ok(r) => r,
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(Reply::error(
+            ErrorKind::Failed,
+            "attaching took longer than 30 s (a thread that does not stop?)",
+        )),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(Reply::error(ErrorKind::Failed, "the session thread died"))
+        }
+    }
 }
 
-fn run(shared: Arc<Shared>, mut start: Start, ready: Sender<Result<SessionEntry, Reply>>) {
+/// Removes the session's entry and every follower of its process when the
+/// session thread ends, however it ends (a panic too).
+struct Cleanup {
+    shared: Arc<Shared>,
+    pid: i32,
+    inbox: Arc<Mutex<Vec<Ask>>>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let mut sessions = self.shared.sessions();
+        // Only this session's entry: a later one may have the same pid.
+        if sessions.get(&self.pid).is_some_and(|e| Arc::ptr_eq(&e.inbox, &self.inbox)) {
+            sessions.remove(&self.pid);
+        }
+        let mut hub = self.shared.hub();
+        for t in hub.followers(self.pid) {
+            hub.unfollow(t, self.pid);
+        }
+    }
+}
+
+/// Lets the process go, quietly (nobody follows it).
+fn let_go(session: &mut Session) {
+    session.request_detach();
+    while let Ok(stop) = session.next_stop() {
+        match stop {
+            Stop::Finished(_) => break,
+            Stop::Crash(_) if session.deliver_crash().is_err() => break,
+            _ => {}
+        }
+    }
+}
+
+fn run(shared: Arc<Shared>, mut start: Start, ready: Sender<Ready>) {
     let pid = start.pid;
-    let attention = Arc::new(AtomicBool::new(false));
-    start.opts.attention = Some(Arc::clone(&attention));
+    start.opts.attention = Some(Arc::clone(&start.attention));
     start.opts.hub = Some(Arc::clone(&shared.hub));
-    let backend = start.opts.backend.name();
     let mut session = match Session::attach(pid, start.opts) {
         Ok(s) => s,
         Err(e) => {
@@ -120,32 +173,18 @@ fn run(shared: Arc<Shared>, mut start: Start, ready: Sender<Result<SessionEntry,
     };
     if let Err(e) = followed {
         let _ = ready.send(Err(Reply::error(ErrorKind::Limit, e.to_string())));
-        session.request_detach();
-        while let Ok(stop) = session.next_stop() {
-            match stop {
-                Stop::Finished(_) => break,
-                Stop::Crash(_) if session.deliver_crash().is_err() => break,
-                _ => {}
-            }
-        }
-        return;
+        return let_go(&mut session);
     }
-    let inbox = Arc::new(Mutex::new(Vec::new()));
     // SAFETY: gettid cannot fail.
     let thread = unsafe { libc::gettid() };
-    let entry =
-        SessionEntry { command: command.clone(), backend, inbox: Arc::clone(&inbox), attention, thread };
-    if ready.send(Ok(entry)).is_err() {
-        session.request_detach();
+    if ready.send(Ok((command.clone(), thread))).is_err() {
+        // The client was answered already (too slow): nobody follows.
+        shared.hub().unfollow(start.first, pid);
+        return let_go(&mut session);
     }
-    let outcome = serve(&shared, &mut session, pid, &command, &inbox);
+    let _cleanup = Cleanup { shared: Arc::clone(&shared), pid, inbox: Arc::clone(&start.inbox) };
+    let outcome = serve(&shared, &mut session, pid, &command, &start.inbox);
     (shared.log)(&format!("pid {pid} ({}): {outcome}", command.join(" ")));
-    shared.sessions().remove(&pid);
-    let mut hub = shared.hub();
-    for t in hub.followers(pid) {
-        hub.unfollow(t, pid);
-    }
-    drop(hub);
 }
 
 /// Runs the session to its end; says how it ended.
@@ -162,12 +201,22 @@ fn serve(
         for n in session.take_notices() {
             let msg = Reply::Notice { pid, message: n.to_string() };
             match n.follower() {
+                Some(t) if n.ends_following() => {
+                    // No trace: what it recorded before the exec is all it may have, and it has it.
+                    shared.send(t, msg);
+                    shared.send(t, Reply::Ended { pid, outcome: WireOutcome::Detached, trace: Vec::new() });
+                }
                 Some(t) => shared.send(t, msg),
                 None => {
                     let followers = shared.hub().followers(pid);
                     followers.into_iter().for_each(|t| shared.send(t, msg.clone()));
                 }
             }
+        }
+        // Nobody follows it any more (the last follower left, or an exec
+        // took the process beyond every follower's rights): let it go.
+        if shared.hub().followers(pid).is_empty() {
+            session.request_detach();
         }
         match stop {
             Ok(Stop::Crash(c)) => {

@@ -248,6 +248,15 @@ pub struct Session {
     reported_end: Option<Pid>,
 }
 
+impl Drop for Session {
+    /// The session's own buffers leave the hub with it (a broker's hub
+    /// outlives its sessions).
+    fn drop(&mut self) {
+        let tracer = self.tracer;
+        let _ = self.hub().alloc().unregister(tracer);
+    }
+}
+
 /// The task a wait result is about.
 fn wait_pid(w: &Wait) -> Pid {
     match *w {
