@@ -9,6 +9,7 @@ mod args;
 mod ci;
 mod cmd;
 mod exit;
+mod index;
 mod load;
 mod out;
 mod record;

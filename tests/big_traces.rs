@@ -73,3 +73,130 @@ fn cutting_a_multi_gib_trace_takes_bounded_memory() {
     assert_eq!(s.overwritten, 7 + RECORDS - 1000, "what was cut off counts as overwritten");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The last entries of the history of a trace of about 1 GB, decoded from
+/// its index in bounded memory, are what a full decode of its tail gives;
+/// `bts history` prints them in bounded memory too.
+#[test]
+fn the_end_of_a_huge_history_is_decoded_in_bounded_memory() {
+    use analysis::stream::{build_index, entries};
+    const N: u64 = 40_000_000;
+    let dir = scratch("big_history");
+    let big = dir.join("loop.bts");
+    // The loop of analysis::stream's tests: 1000 nop; 1001 jne 1005; 1003 jmp 1000; 1005 jmp 1000.
+    let mut code = vec![0x90, 0x75, 0x02, 0xeb, 0xfb, 0xeb, 0xf9];
+    code.resize(4096, 0xcc);
+    let code = bts_reader::CodeRange { pid: 42, generation: 1, addr: 0x1000, bytes: code };
+    let module = bts_reader::Module {
+        pid: 42,
+        generation: 1,
+        map: decode::Mapping { start: 0x1000, end: 0x2000, offset: 0, path: "[loop]".into() },
+        build_id: None,
+    };
+    let mut x = 7u32;
+    let mut next = move || {
+        x = x.wrapping_mul(1103515245).wrapping_add(12345);
+        x & 0x100 != 0
+    };
+    let mut tail: Vec<BtsRecord> = Vec::new();
+    {
+        let meta =
+            Meta { command: vec!["generated".into()], pid: 42, outcome: "signal".into(), ..Meta::default() };
+        let f = std::fs::File::create(&big).unwrap();
+        let mut w =
+            TraceWriter::new(BufWriter::with_capacity(1 << 20, f), &meta, std::slice::from_ref(&module))
+                .unwrap();
+        let kind =
+            StreamKind::Thread { pid: 42, generation: 1, tid: 42, crashed: true, last_pc: Some(0x1001) };
+        w.begin_stream(&StreamHeader { kind, capacity: N, overwritten: 0, lost: 0, count: N }).unwrap();
+        let mut chunk = Vec::with_capacity(1 << 16);
+        let mut made = 0u64;
+        while made < N {
+            if next() && made + 2 <= N {
+                chunk.push(BtsRecord::branch(0x1001, 0x1005));
+                chunk.push(BtsRecord::branch(0x1005, 0x1000));
+                made += 2;
+            } else {
+                chunk.push(BtsRecord::branch(0x1003, 0x1000));
+                made += 1;
+            }
+            if chunk.len() >= (1 << 16) - 2 || made == N {
+                w.records(&chunk).unwrap();
+                tail.extend_from_slice(&chunk);
+                let extra = tail.len().saturating_sub(500);
+                tail.drain(..extra);
+                chunk.clear();
+            }
+        }
+        w.code(&code).unwrap();
+        w.finish().unwrap();
+    }
+    // In process: the index, then the last entries; the peak read after.
+    let (tf, extents) = bts_reader::tracestream::scan(&big, true).unwrap();
+    let imgs = analysis::model::images(&tf);
+    let img = imgs.get(&(42, 1));
+    let f = std::fs::File::open(&big).unwrap();
+    let mut src = bts_reader::tracestream::StreamAt::new(f, extents[0].data, extents[0].count);
+    let index = build_index(&mut src, img, false, Some(0x1001)).unwrap();
+    let total = index.entries;
+    assert!(total > N, "{total} entries");
+    // The same range, decoded in full from the tail's own records.
+    let mut small = TraceFile::default();
+    small.meta.pid = 42;
+    small.modules.push(module.clone());
+    small.code.push(code.clone());
+    small.streams.push(bts_reader::Stream {
+        kind: StreamKind::Thread { pid: 42, generation: 1, tid: 42, crashed: true, last_pc: Some(0x1001) },
+        capacity: tail.len() as u64,
+        overwritten: 0,
+        lost: 0,
+        records: tail,
+    });
+    let simgs = analysis::model::images(&small);
+    let full = analysis::timeline::analyze(&small.streams[0], simgs.get(&(42, 1)), false, &mut |_, _| {});
+    let shift = total - full.entries.len() as u64;
+    let want: Vec<_> = full
+        .entries
+        .iter()
+        .map(|e| match *e {
+            analysis::timeline::Entry::Insn { number, addr, current } => {
+                analysis::timeline::Entry::Insn { number: number + shift, addr, current }
+            }
+            analysis::timeline::Entry::Gap { number, kind, at } => {
+                analysis::timeline::Entry::Gap { number: number + shift, kind, at }
+            }
+        })
+        .collect();
+    // The index's way: from the point before, only the range.
+    let mut got = Vec::new();
+    entries(&mut src, &index, img, Some(0x1001), shift + 1, total, &mut |e| got.push(*e)).unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(peak_kib < 150 * 1024, "peak RSS {peak_kib} KiB after decoding a trace of {N} records");
+    assert!(want.len() > 900, "{}", want.len());
+    let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
+    assert!(
+        got.len() == want.len() && first_diff.is_none(),
+        "{} entries against {}; first difference at {first_diff:?}: {:?} / {:?}",
+        got.len(),
+        want.len(),
+        first_diff.map(|i| got[i]),
+        first_diff.map(|i| want[i])
+    );
+    // The CLI: the last lines, with the current instruction, in bounded memory.
+    let out = bts(&dir, &["history", "loop.bts"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines = text(&out.stdout);
+    assert!(lines.lines().last().unwrap().starts_with(&format!("{total}\t=> 0x0000000000001001")), "{lines}");
+    assert_eq!(lines.lines().count(), 10);
+    assert!(dir.join("loop.bts.idx").exists(), "the index is kept beside the trace");
+    let again = bts(&dir, &["history", "loop.bts", &format!("{},+5", total - 200)]);
+    assert_eq!(text(&again.stdout).lines().count(), 5);
+    let peak = children_peak_kib();
+    assert!(peak < 150 * 1024, "bts history peaked at {peak} KiB");
+    std::fs::remove_file(&big).unwrap();
+}

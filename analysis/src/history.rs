@@ -55,62 +55,109 @@ impl Sources {
 
 /// The lines of the instruction history for entries `[a, b]`.
 pub fn insn_history(an: &Analysis, img: Option<&Image>, a: u64, b: u64, o: InsnOpts) -> Vec<String> {
+    let mut p = InsnPrinter::new(img, o);
     let mut out = Vec::new();
-    let mut sources = Sources(HashMap::new());
-    let mut last_loc: Option<(String, u32)> = None;
     for e in entries_in(an, a, b) {
-        let Entry::Insn { number, addr, current, .. } = *e else {
-            out.push(format!("{}\t{}", e.number(), gap_text(e)));
-            continue;
-        };
-        let sym = img.map(|i| i.syms.lookup(addr)).unwrap_or_default();
-        if o.source {
-            if let (Some(file), Some(line)) = (&sym.file, sym.line) {
-                if last_loc.as_ref().map(|(f, _)| f) != Some(file) {
-                    out.push(format!("{file}:"));
-                }
-                if last_loc.as_ref() != Some(&(file.clone(), line)) {
-                    out.push(format!("{line}\t{}", sources.line(file, line).unwrap_or_default()));
-                }
-                last_loc = Some((file.clone(), line));
-            }
-        }
-        let insn = img.and_then(|i| decode_at(&i.code, addr));
-        let mut line = format!("{number}\t{}0x{addr:016x}", if current { "=> " } else { "   " });
-        if !o.no_fn {
-            if let Some(f) = &sym.function {
-                line += &format!(" <{f}+{}>", sym.offset);
-            }
-        }
-        line += ":\t";
-        if o.raw {
-            if let (Some(i), Some(img)) = (&insn, img) {
-                let mut bytes = vec![0u8; i.len()];
-                img.code.read(addr, &mut bytes);
-                let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                line += &hex.join(" ");
-                line += "\t";
-            }
-        }
-        line += &match &insn {
-            Some(i) => {
-                let mut t = decode::disasm::format_gdb(i, o.intel);
-                // Direct branches name their target, as GDB does.
-                if i.is_jcc_short_or_near() || i.is_jmp_short_or_near() || i.is_call_near() {
-                    let target = i.near_branch_target();
-                    if let Some(s) =
-                        img.map(|m| m.syms.lookup(target)).and_then(|s| s.function.map(|f| (f, s.offset)))
-                    {
-                        t += &format!(" <{}+{}>", s.0, s.1);
-                    }
-                }
-                t
-            }
-            None => "(bad)".to_string(),
-        };
-        out.push(line);
+        p.lines(e, &mut |l| out.push(l.to_string()));
     }
     out
+}
+
+/// Writes instruction-history lines an entry at a time. What follows an
+/// instruction's number (its address, function, bytes and text) is made
+/// once per address: a trace runs the same instructions over and over.
+pub struct InsnPrinter<'a> {
+    img: Option<&'a Image>,
+    o: InsnOpts,
+    sources: Sources,
+    last_loc: Option<(String, u32)>,
+    texts: HashMap<u64, String>,
+    line: String,
+}
+
+/// Distinct instructions whose text is kept (beyond, the cache starts over).
+const TEXTS: usize = 1 << 20;
+
+impl<'a> InsnPrinter<'a> {
+    /// A printer for the image `img`.
+    pub fn new(img: Option<&'a Image>, o: InsnOpts) -> Self {
+        InsnPrinter {
+            img,
+            o,
+            sources: Sources(HashMap::new()),
+            last_loc: None,
+            texts: HashMap::new(),
+            line: String::new(),
+        }
+    }
+
+    /// Calls `out` with the lines of entry `e` (with `/s`, the source lines before it).
+    pub fn lines(&mut self, e: &Entry, out: &mut impl FnMut(&str)) {
+        use std::fmt::Write;
+        let Entry::Insn { number, addr, current } = *e else {
+            out(&format!("{}\t{}", e.number(), gap_text(e)));
+            return;
+        };
+        if self.o.source {
+            let sym = self.img.map(|i| i.syms.lookup(addr)).unwrap_or_default();
+            if let (Some(file), Some(line)) = (&sym.file, sym.line) {
+                if self.last_loc.as_ref().map(|(f, _)| f) != Some(file) {
+                    out(&format!("{file}:"));
+                }
+                if self.last_loc.as_ref() != Some(&(file.clone(), line)) {
+                    out(&format!("{line}\t{}", self.sources.line(file, line).unwrap_or_default()));
+                }
+                self.last_loc = Some((file.clone(), line));
+            }
+        }
+        if self.texts.len() >= TEXTS {
+            self.texts.clear();
+        }
+        let (img, o) = (self.img, self.o);
+        let text = self.texts.entry(addr).or_insert_with(|| insn_text(img, addr, o));
+        self.line.clear();
+        let _ = write!(self.line, "{number}\t{}{text}", if current { "=> " } else { "   " });
+        out(&self.line);
+    }
+}
+
+/// An instruction's line after its number and marker.
+fn insn_text(img: Option<&Image>, addr: u64, o: InsnOpts) -> String {
+    let sym = img.map(|i| i.syms.lookup(addr)).unwrap_or_default();
+    let insn = img.and_then(|i| decode_at(&i.code, addr));
+    let mut line = format!("0x{addr:016x}");
+    if !o.no_fn {
+        if let Some(f) = &sym.function {
+            line += &format!(" <{f}+{}>", sym.offset);
+        }
+    }
+    line += ":\t";
+    if o.raw {
+        if let (Some(i), Some(img)) = (&insn, img) {
+            let mut bytes = vec![0u8; i.len()];
+            img.code.read(addr, &mut bytes);
+            let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            line += &hex.join(" ");
+            line += "\t";
+        }
+    }
+    line += &match &insn {
+        Some(i) => {
+            let mut t = decode::disasm::format_gdb(i, o.intel);
+            // Direct branches name their target, as GDB does.
+            if i.is_jcc_short_or_near() || i.is_jmp_short_or_near() || i.is_call_near() {
+                let target = i.near_branch_target();
+                if let Some(s) =
+                    img.map(|m| m.syms.lookup(target)).and_then(|s| s.function.map(|f| (f, s.offset)))
+                {
+                    t += &format!(" <{}+{}>", s.0, s.1);
+                }
+            }
+            t
+        }
+        None => "(bad)".to_string(),
+    };
+    line
 }
 
 fn entries_in(an: &Analysis, a: u64, b: u64) -> &[Entry] {

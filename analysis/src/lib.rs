@@ -5,7 +5,9 @@
 //! process, [`model`]), the one rule for which threads a command shows
 //! ([`select`]), the decoded timeline of a thread ([`timeline`]), the crash
 //! report ([`report`]), GDB's history formats ([`history`]) and the exports
-//! ([`export`]). It does not record, read or write files, or print: the
+//! ([`export`]), and the history of a trace of any size read a range at a
+//! time ([`stream`]: records through `bts-reader`'s stream reader). It does
+//! not record, write files, or print: the
 //! recorders are in `ptrace-shim` and `bts-reader`, the decoding of
 //! instructions in `decode`, and the words to the user in the CLI.
 
@@ -19,6 +21,7 @@ pub mod range;
 pub mod report;
 pub mod select;
 pub mod stack;
+pub mod stream;
 pub mod timeline;
 
 /// Why a trace cannot answer a question.

@@ -9,7 +9,7 @@ use decode::kernel::{self, Filter};
 use crate::model::Image;
 
 /// A numbered entry of the instruction history.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entry {
     /// An instruction executed.
     Insn {

@@ -155,8 +155,16 @@ impl<R: Read> TraceReader<R> {
         }
     }
 
+    /// The byte offset the reader stands at: right after [`Section::Stream`],
+    /// where that stream's records begin.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
     /// Up to `max` more records of the open stream, appended to `out`;
     /// 0 when it has no more (its checksum checked then).
+    ///
+    /// See [`TraceReader::skip_records`] to pass over them unread.
     pub fn records(&mut self, out: &mut Vec<BtsRecord>, max: usize) -> Result<usize> {
         let Some(open) = self.open.as_mut() else { return Ok(0) };
         let n = open.left.min(max as u64) as usize;
@@ -182,6 +190,98 @@ impl<R: Read> TraceReader<R> {
         }
         Ok(())
     }
+}
+
+/// One stream's records where they lie in a file, read from any record
+/// on: for a file read whole once already (its checksums checked on the
+/// way, as [`scan`] does), so that a range is read without the rest.
+pub struct StreamAt<R> {
+    r: R,
+    data: u64,
+    count: u64,
+}
+
+impl<R: Read + Seek> StreamAt<R> {
+    /// The stream whose `count` records begin at byte `data` of `r`.
+    pub fn new(r: R, data: u64, count: u64) -> Self {
+        StreamAt { r, data, count }
+    }
+
+    /// The stream's records.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Up to `max` records from record `first` on, appended to `out`; 0 past the end.
+    pub fn read(&mut self, first: u64, max: usize, out: &mut Vec<BtsRecord>) -> Result<usize> {
+        let n = self.count.saturating_sub(first).min(max as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let at = first.checked_mul(BTS_RECORD_SIZE as u64).and_then(|b| b.checked_add(self.data));
+        let at = at.ok_or_else(|| Error::Corrupt("a record offset beyond any file".into()))?;
+        self.r.seek(SeekFrom::Start(at)).map_err(io)?;
+        let mut buf = vec![0u8; n * BTS_RECORD_SIZE];
+        self.r.read_exact(&mut buf).map_err(io)?;
+        out.extend(BtsRecord::parse_all(&buf).map_err(|e| Error::Records { at: at as usize, source: e })?);
+        Ok(n)
+    }
+}
+
+impl<R: Read + Seek> TraceReader<R> {
+    /// Passes over the rest of the open stream's records without reading
+    /// them (nor checking their checksum): for a file checked before.
+    pub fn skip_records(&mut self) -> Result<()> {
+        let Some(open) = self.open.take() else { return Ok(()) };
+        let bytes = open.left.checked_mul(BTS_RECORD_SIZE as u64).ok_or_else(|| {
+            Error::Corrupt(format!("the stream at offset {} is longer than any file", open.at))
+        })?;
+        self.pos += bytes;
+        self.r.seek(SeekFrom::Start(self.pos)).map_err(io)?;
+        Ok(())
+    }
+}
+
+/// Where a stream's records lie in its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// The byte offset of the first record.
+    pub data: u64,
+    /// The records.
+    pub count: u64,
+}
+
+/// Everything of a trace file but its records (each stream with its
+/// records left out), and where each stream's records lie in the file.
+/// With `check`, the whole file is read and checked on the way, in bounded
+/// memory; without, the records are passed over (a file checked before,
+/// as its index says).
+pub fn scan(path: &std::path::Path, check: bool) -> Result<(crate::TraceFile, Vec<Extent>)> {
+    let mut r = open(path)?;
+    let mut tf = crate::TraceFile::default();
+    let mut offsets = Vec::new();
+    while let Some(section) = r.next_section()? {
+        match section {
+            Section::Meta(m) => tf.meta = m,
+            Section::Modules(m) => tf.modules = m,
+            Section::Stream(h) => {
+                offsets.push(Extent { data: r.position(), count: h.count });
+                if !check {
+                    r.skip_records()?;
+                }
+                tf.streams.push(crate::Stream {
+                    kind: h.kind,
+                    capacity: h.capacity,
+                    overwritten: h.overwritten,
+                    lost: h.lost,
+                    records: Vec::new(),
+                });
+            }
+            Section::Code(c) => tf.code.push(c),
+            Section::State(st) => tf.states.push(st),
+        }
+    }
+    Ok((tf, offsets))
 }
 
 /// A trace file opened for reading a section at a time.
@@ -313,6 +413,27 @@ mod tests {
         }
         tf.code.push(CodeRange { pid: 7, generation: 1, addr: 0x1000, bytes: vec![0x90; 4096] });
         tf
+    }
+
+    #[test]
+    fn a_scan_finds_each_streams_records() {
+        let tf = sample();
+        let dir = std::env::temp_dir().join(format!("bts-scan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.bts");
+        std::fs::write(&path, tf.to_bytes()).unwrap();
+        let (scanned, offsets) = scan(&path, true).unwrap();
+        assert_eq!(scan(&path, false).unwrap().1, offsets);
+        assert_eq!(scanned.streams.len(), 3);
+        assert!(scanned.streams.iter().all(|s| s.records.is_empty()));
+        assert_eq!(scanned.code, tf.code);
+        assert_eq!(offsets[2].count, 70_000);
+        let mut at = StreamAt::new(std::fs::File::open(&path).unwrap(), offsets[2].data, offsets[2].count);
+        let mut out = Vec::new();
+        assert_eq!(at.read(69_990, 100, &mut out).unwrap(), 10);
+        assert_eq!(out, tf.streams[2].records[69_990..]);
+        assert_eq!(at.read(70_000, 100, &mut out).unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -65,20 +65,46 @@ pub fn may_see_kernel() -> bool {
 /// Filters a raw record stream (oldest first). Context records are dropped.
 pub fn filter(records: &[BtsRecord], code: &CodeMap, f: Filter) -> Vec<Branch> {
     let mut out = Vec::with_capacity(records.len());
-    // A user→kernel event waiting for the kernel→user record.
-    let mut pending: Option<(u64, Transfer)> = None;
+    let mut k = KernelFilter::new(f);
     for r in records {
+        k.feed(r, code, &mut out);
+    }
+    out
+}
+
+/// [`filter`] a record at a time, for traces read a chunk at a time.
+#[derive(Debug, Clone)]
+pub struct KernelFilter {
+    f: Filter,
+    /// A user→kernel event waiting for the kernel→user record.
+    pending: Option<(u64, Transfer)>,
+}
+
+impl KernelFilter {
+    /// A filter with nothing pending.
+    pub fn new(f: Filter) -> Self {
+        KernelFilter { f, pending: None }
+    }
+
+    /// Nothing is pending: the next record starts afresh, as in a new filter.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_none()
+    }
+
+    /// Filters one record, appending what it gives to `out`.
+    pub fn feed(&mut self, r: &BtsRecord, code: &CodeMap, out: &mut Vec<Branch>) {
         let (from, to) = match r.kind() {
             RecordKind::Branch { from, to, .. } => (from, to),
-            RecordKind::Context { .. } => continue,
+            RecordKind::Context { .. } => return,
         };
+        let f = self.f;
         if f.keep_kernel {
             out.push(Branch { from, to, transfer: user_transfer(code, from, to) });
-            continue;
+            return;
         }
         match (is_kernel(from, f.kernel_text), is_kernel(to, f.kernel_text)) {
             (false, false) => {
-                if let Some((pf, _)) = pending.take() {
+                if let Some((pf, _)) = self.pending.take() {
                     // The kernel→user record was lost: the event's end is unknown.
                     out.push(Branch { from: pf, to: pf, transfer: Transfer::Async });
                 }
@@ -89,16 +115,15 @@ pub fn filter(records: &[BtsRecord], code: &CodeMap, f: Filter) -> Vec<Branch> {
                     Some(i) if classify::classify_insn(&i, to) == BranchKind::Syscall => Transfer::Syscall,
                     _ => Transfer::Async,
                 };
-                pending = Some((from, transfer));
+                self.pending = Some((from, transfer));
             }
             (true, true) => {}
-            (true, false) => match pending.take() {
+            (true, false) => match self.pending.take() {
                 Some((pf, t)) => out.push(Branch { from: pf, to, transfer: t }),
                 None => out.push(Branch { from: to, to, transfer: Transfer::Resume }),
             },
         }
     }
-    out
 }
 
 /// The transfer of a user→user record, by the instruction at `from`.

@@ -12,6 +12,60 @@ use analysis::timeline::analyze;
 
 use crate::load::{kernel_allowed, load, progress_printer, InspectError};
 
+/// The instruction history, for a trace of any size: the file is read
+/// without its records, the thread's index is taken from beside the file
+/// (or built once and kept there), and only the range is decoded.
+fn streamed(a: &HistoryArgs) -> Result<(), InspectError> {
+    use analysis::stream;
+    use bts_reader::tracestream::{self, StreamAt};
+    let keep_kernel = kernel_allowed(a.kernel)?;
+    let bad = |e: bts_reader::Error| match e {
+        bts_reader::Error::Io { .. } => InspectError::Io(e),
+        e => InspectError::Bad { path: a.file.clone(), source: e },
+    };
+    // Checked once, when the index is made; later runs pass over the records.
+    let (tf, offsets) = tracestream::scan(&a.file, !crate::index::is_current(&a.file)).map_err(bad)?;
+    let chosen = select::one_thread(&tf, a.thread)?;
+    let ordinal = tf.streams.iter().position(|s| std::ptr::eq(s, chosen)).unwrap_or(0);
+    let last_pc = match chosen.kind {
+        bts_reader::StreamKind::Thread { last_pc, .. } => last_pc,
+        bts_reader::StreamKind::Cpu { .. } => None,
+    };
+    let imgs = images(&tf);
+    let img = image_of(&imgs, &chosen.kind);
+    let file = std::fs::File::open(&a.file).map_err(|source| {
+        InspectError::Io(bts_reader::Error::Io { path: a.file.display().to_string(), source })
+    })?;
+    let extent = offsets[ordinal];
+    let mut src = StreamAt::new(std::io::BufReader::with_capacity(1 << 20, file), extent.data, extent.count);
+    let index = crate::index::index_of(&a.file, ordinal, keep_kernel, || {
+        stream::build_index(&mut src, img, keep_kernel, last_pc)
+    })
+    .map_err(bad)?;
+    if index.entries == 0 {
+        return Err(InspectError::NoBranches);
+    }
+    let (lo, hi) =
+        parse_range(a.range.as_deref(), index.entries, HISTORY_SIZE).map_err(analysis::Error::from)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut printer = history::InsnPrinter::new(img, a.insn);
+    let mut failed: Option<std::io::Error> = None;
+    stream::entries(&mut src, &index, img, last_pc, lo, hi, &mut |e| {
+        printer.lines(e, &mut |l| {
+            if failed.is_none() {
+                if let Err(err) = out.write_all(l.as_bytes()).and_then(|()| out.write_all(b"\n")) {
+                    failed = Some(err);
+                }
+            }
+        })
+    })
+    .map_err(bad)?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    Ok(out.flush()?)
+}
+
 /// How many entries a history shows by default (GDB's history size).
 const HISTORY_SIZE: u64 = 10;
 
@@ -39,6 +93,9 @@ pub fn run(a: &HistoryArgs) -> ExitCode {
 }
 
 fn history_inner(a: &HistoryArgs) -> Result<(), InspectError> {
+    if !a.calls && !a.json {
+        return streamed(a);
+    }
     let tf = load(&a.file)?;
     let keep_kernel = kernel_allowed(a.kernel)?;
     let stream = select::one_thread(&tf, a.thread)?;

@@ -1,0 +1,318 @@
+//! One thread's instruction history for a trace of any size, in bounded
+//! memory.
+//!
+//! [`crate::timeline::analyze`] keeps every instruction of a thread (about
+//! 200 bytes per instruction with its segments): fine for a crash report,
+//! not for a trace of gigabytes. Here, a sparse index ([`HistoryIndex`]),
+//! built in one pass and kept by the caller (the CLI keeps it beside the
+//! file), gives the history number of the first instruction after every
+//! [`EVERY`]th branch, with the branch before it. A range `[lo, hi]` is then
+//! decoded from the nearest point before `lo`, reading only the records
+//! from there: a binary search and at most [`EVERY`] branches decoded
+//! before the first line. Memory: the decoder's block cache (bounded by the
+//! code the trace holds), one chunk of records, and the index (16 bytes
+//! per [`EVERY`] branches).
+//!
+//! The numbers are those of [`crate::timeline::analyze`], entry for entry.
+
+use std::io::{Read, Seek};
+
+use bts_reader::tracestream::StreamAt;
+use decode::flow::{Flow, Item};
+use decode::kernel::{Branch, Filter, KernelFilter, Transfer};
+use serde::{Deserialize, Serialize};
+
+use crate::model::Image;
+use crate::timeline::Entry;
+
+/// Branches between two points of the index.
+pub const EVERY: u64 = 16 * 1024;
+/// Records read at a time.
+const CHUNK: usize = 64 * 1024;
+/// The index format's version.
+pub const INDEX_VERSION: u32 = 1;
+
+/// Where decoding may start afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Point {
+    /// The record whose branch comes next (the filter is idle before it).
+    pub record: u64,
+    /// History entries before that branch's walk.
+    pub before: u64,
+    /// The branch before it: (from, to, transfer).
+    pub prev: (u64, u64, u8),
+}
+
+/// The sparse index of one thread stream's instruction history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryIndex {
+    /// [`INDEX_VERSION`].
+    pub version: u32,
+    /// Kernel records kept as they are.
+    pub keep_kernel: bool,
+    /// Entries of the whole history (instructions and gaps).
+    pub entries: u64,
+    /// Points, in record order.
+    pub points: Vec<Point>,
+}
+
+fn transfer_code(t: Transfer) -> u8 {
+    match t {
+        Transfer::Branch => 0,
+        Transfer::Syscall => 1,
+        Transfer::Async => 2,
+        Transfer::Resume => 3,
+    }
+}
+
+fn transfer_of(c: u8) -> Transfer {
+    match c {
+        1 => Transfer::Syscall,
+        2 => Transfer::Async,
+        3 => Transfer::Resume,
+        _ => Transfer::Branch,
+    }
+}
+
+/// The decoder as [`crate::timeline::analyze`] runs it, fed a record at a time.
+struct Walk<'c> {
+    code: &'c decode::CodeMap,
+    flow: Flow<'c>,
+    filter: KernelFilter,
+    prev: Option<Branch>,
+    /// The next entry's number.
+    next: u64,
+    branches: Vec<Branch>,
+    items: Vec<Item>,
+}
+
+impl<'c> Walk<'c> {
+    fn new(code: &'c decode::CodeMap, keep_kernel: bool, prev: Option<Branch>, next: u64) -> Self {
+        Walk {
+            code,
+            flow: Flow::new(code),
+            filter: KernelFilter::new(Filter { keep_kernel, kernel_text: None }),
+            prev,
+            next,
+            branches: Vec::new(),
+            items: Vec::new(),
+        }
+    }
+
+    /// Feeds one record; `point` is called before a branch whose walk may
+    /// start afresh (with the branch before it), `entry` with each entry.
+    fn feed(
+        &mut self,
+        r: &ds_alloc::BtsRecord,
+        point: &mut impl FnMut(u64, Branch),
+        entry: &mut impl FnMut(Entry),
+    ) {
+        let idle = self.filter.is_idle();
+        self.branches.clear();
+        self.filter.feed(r, self.code, &mut self.branches);
+        let fresh = idle && self.branches.len() == 1;
+        for k in 0..self.branches.len() {
+            let b = self.branches[k];
+            match self.prev {
+                Some(p) => {
+                    if fresh {
+                        point(self.next - 1, p);
+                    }
+                    let items = &mut self.items;
+                    self.flow.step(&p, &b, &mut |i| items.push(i));
+                }
+                None => {
+                    let items = &mut self.items;
+                    self.flow.start(&b, &mut |i| items.push(i));
+                }
+            }
+            self.prev = Some(b);
+            self.emit(entry);
+        }
+    }
+
+    fn emit(&mut self, entry: &mut impl FnMut(Entry)) {
+        for item in self.items.drain(..) {
+            match item {
+                Item::Insn(i) => entry(Entry::Insn { number: self.next, addr: i.addr, current: false }),
+                Item::Gap { kind, at } => entry(Entry::Gap { number: self.next, kind, at }),
+                Item::Async { .. } => continue,
+            }
+            self.next += 1;
+        }
+    }
+
+    /// The walk to where the thread stood, and that instruction (not executed).
+    fn finish(&mut self, last_pc: Option<u64>, entry: &mut impl FnMut(Entry)) {
+        let Some(pc) = last_pc else { return };
+        if let Some(last) = self.prev {
+            let items = &mut self.items;
+            self.flow.finish(&last, pc, &mut |i| items.push(i));
+            self.emit(entry);
+        }
+        entry(Entry::Insn { number: self.next, addr: pc, current: true });
+        self.next += 1;
+    }
+}
+
+/// Builds the index of `src`, a thread stream of the image `img` whose
+/// thread stood at `last_pc`, reading it once.
+pub fn build_index<R: Read + Seek>(
+    src: &mut StreamAt<R>,
+    img: Option<&Image>,
+    keep_kernel: bool,
+    last_pc: Option<u64>,
+) -> bts_reader::Result<HistoryIndex> {
+    let empty = decode::CodeMap::new();
+    let code = img.map(|i| &i.code).unwrap_or(&empty);
+    let mut walk = Walk::new(code, keep_kernel, None, 1);
+    let mut points = Vec::new();
+    let (mut seen, mut record) = (0u64, 0u64);
+    let mut chunk = Vec::with_capacity(CHUNK);
+    loop {
+        chunk.clear();
+        if src.read(record, CHUNK, &mut chunk)? == 0 {
+            break;
+        }
+        for r in &chunk {
+            let mut point = |before: u64, prev: Branch| {
+                seen += 1;
+                if seen % EVERY == 0 {
+                    points.push(Point {
+                        record,
+                        before,
+                        prev: (prev.from, prev.to, transfer_code(prev.transfer)),
+                    });
+                }
+            };
+            walk.feed(r, &mut point, &mut |_| {});
+            record += 1;
+        }
+    }
+    walk.finish(last_pc, &mut |_| {});
+    Ok(HistoryIndex { version: INDEX_VERSION, keep_kernel, entries: walk.next - 1, points })
+}
+
+/// Calls `entry` with history entries `lo..=hi` of `src`, in order.
+pub fn entries<R: Read + Seek>(
+    src: &mut StreamAt<R>,
+    index: &HistoryIndex,
+    img: Option<&Image>,
+    last_pc: Option<u64>,
+    lo: u64,
+    hi: u64,
+    entry: &mut impl FnMut(&Entry),
+) -> bts_reader::Result<()> {
+    let empty = decode::CodeMap::new();
+    let code = img.map(|i| &i.code).unwrap_or(&empty);
+    // The last point whose first entry comes at or before `lo`.
+    let at = index.points.partition_point(|p| p.before < lo);
+    let start = at.checked_sub(1).map(|i| index.points[i]);
+    let (mut record, mut walk) = match start {
+        Some(p) => {
+            let prev = Branch { from: p.prev.0, to: p.prev.1, transfer: transfer_of(p.prev.2) };
+            (p.record, Walk::new(code, index.keep_kernel, Some(prev), p.before + 1))
+        }
+        None => (0, Walk::new(code, index.keep_kernel, None, 1)),
+    };
+    let mut wanted = |e: Entry| {
+        if (lo..=hi).contains(&e.number()) {
+            entry(&e);
+        }
+    };
+    let mut chunk = Vec::with_capacity(CHUNK);
+    while walk.next <= hi {
+        chunk.clear();
+        if src.read(record, CHUNK, &mut chunk)? == 0 {
+            walk.finish(last_pc, &mut wanted);
+            break;
+        }
+        for r in &chunk {
+            walk.feed(r, &mut |_, _| {}, &mut wanted);
+            record += 1;
+            if walk.next > hi {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::images;
+    use crate::timeline::analyze;
+    use bts_reader::{CodeRange, Module, Stream, StreamKind, TraceFile};
+    use ds_alloc::BtsRecord;
+
+    /// A loop whose conditional goes either way:
+    /// 1000 nop; 1001 jne 1005; 1003 jmp 1000; 1005 jmp 1000.
+    pub(crate) fn loop_trace(n: usize) -> TraceFile {
+        let mut tf = TraceFile::default();
+        tf.meta.pid = 7;
+        let mut records = Vec::with_capacity(n);
+        let mut x = 12345u32;
+        while records.len() < n {
+            x = x.wrapping_mul(1103515245).wrapping_add(12345);
+            if x & 0x100 != 0 {
+                records.push(BtsRecord::branch(0x1001, 0x1005));
+                records.push(BtsRecord::branch(0x1005, 0x1000));
+            } else {
+                records.push(BtsRecord::branch(0x1003, 0x1000));
+            }
+        }
+        tf.streams.push(Stream {
+            kind: StreamKind::Thread { pid: 7, generation: 1, tid: 7, crashed: true, last_pc: Some(0x1001) },
+            capacity: records.len() as u64,
+            overwritten: 0,
+            lost: 0,
+            records,
+        });
+        let mut code = vec![0x90, 0x75, 0x02, 0xeb, 0xfb, 0xeb, 0xf9];
+        code.resize(4096, 0xcc);
+        tf.code.push(CodeRange { pid: 7, generation: 1, addr: 0x1000, bytes: code });
+        tf.modules.push(Module {
+            pid: 7,
+            generation: 1,
+            map: decode::Mapping { start: 0x1000, end: 0x2000, offset: 0, path: "[loop]".into() },
+            build_id: None,
+        });
+        tf
+    }
+
+    #[test]
+    fn ranges_decoded_from_the_index_equal_the_full_decode() {
+        let tf = loop_trace(5 * EVERY as usize + 777);
+        let dir = std::env::temp_dir().join(format!("bts-stream-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("loop.bts");
+        std::fs::write(&path, tf.to_bytes()).unwrap();
+        let imgs = images(&tf);
+        let img = imgs.get(&(7, 1));
+        let full = analyze(&tf.streams[0], img, false, &mut |_, _| {});
+        let (scanned, offsets) = bts_reader::tracestream::scan(&path, true).unwrap();
+        assert_eq!(offsets[0].count, tf.streams[0].records.len() as u64);
+        let mut src = StreamAt::new(std::fs::File::open(&path).unwrap(), offsets[0].data, offsets[0].count);
+        let index = build_index(&mut src, img, false, Some(0x1001)).unwrap();
+        assert_eq!(scanned.streams.len(), 1);
+        assert_eq!(index.entries, full.entries.len() as u64);
+        assert!(index.points.len() >= 5, "{}", index.points.len());
+        let n = index.entries;
+        let p = index.points[2].before;
+        for (lo, hi) in [(1, 10), (p - 3, p + 3), (p + 1, p + 1), (n - 20, n), (n, n), (1, n)] {
+            let mut got = Vec::new();
+            entries(&mut src, &index, img, Some(0x1001), lo, hi, &mut |e| got.push(*e)).unwrap();
+            let want = &full.entries[(lo - 1) as usize..hi as usize];
+            assert_eq!(got, want, "range {lo}..={hi}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn transfers_round_trip() {
+        for t in [Transfer::Branch, Transfer::Syscall, Transfer::Async, Transfer::Resume] {
+            assert_eq!(transfer_of(transfer_code(t)), t);
+        }
+    }
+}

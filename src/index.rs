@@ -1,0 +1,117 @@
+//! The history index of a trace file, kept beside it (`FILE.idx`): built
+//! once per file and thread, used by every later `bts history` of it. It
+//! names the file's size and modification time; a file changed since is
+//! indexed again. A name that is taken by something else is left alone
+//! (the index then lives for one run), and so is a folder bts may not
+//! write to.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use analysis::stream::{HistoryIndex, INDEX_VERSION};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct IndexFile {
+    format: String,
+    version: u32,
+    file_len: u64,
+    mtime_ns: u128,
+    /// By "STREAM/KERNEL": the stream's place in the file, 1 with kernel records.
+    threads: BTreeMap<String, HistoryIndex>,
+}
+
+const FORMAT: &str = "bts history index";
+
+fn sidecar(trace: &Path) -> PathBuf {
+    let mut name = trace.as_os_str().to_owned();
+    name.push(".idx");
+    PathBuf::from(name)
+}
+
+fn identity(trace: &Path) -> Option<(u64, u128)> {
+    let m = std::fs::metadata(trace).ok()?;
+    let t = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    Some((m.len(), t))
+}
+
+fn key(stream: usize, keep_kernel: bool) -> String {
+    format!("{stream}/{}", u8::from(keep_kernel))
+}
+
+/// What the sidecar holds: `Ok(None)` when there is none; `Err` when the
+/// name is taken by something that is not an index.
+fn read(path: &Path) -> Result<Option<IndexFile>, ()> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<IndexFile>(&bytes).map(Some).map_err(|_| ()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(_) => Err(()),
+    }
+}
+
+/// True when an index beside `trace` was made for it as it is now (so
+/// the file was read whole and checked once already).
+pub fn is_current(trace: &Path) -> bool {
+    let id = identity(trace);
+    matches!(read(&sidecar(trace)), Ok(Some(f)) if f.format == FORMAT && f.version == INDEX_VERSION
+        && Some((f.file_len, f.mtime_ns)) == id)
+}
+
+/// The index of stream `stream` of `trace`, from beside it if it is there
+/// and current; else `build`'s, kept beside it when that can be done
+/// without replacing anything but an older index.
+pub fn index_of(
+    trace: &Path,
+    stream: usize,
+    keep_kernel: bool,
+    build: impl FnOnce() -> bts_reader::Result<HistoryIndex>,
+) -> bts_reader::Result<HistoryIndex> {
+    let path = sidecar(trace);
+    let id = identity(trace);
+    let existing = read(&path);
+    let current = match &existing {
+        Ok(Some(f))
+            if f.format == FORMAT && f.version == INDEX_VERSION && Some((f.file_len, f.mtime_ns)) == id =>
+        {
+            f.threads.get(&key(stream, keep_kernel)).cloned()
+        }
+        _ => None,
+    };
+    if let Some(i) = current {
+        return Ok(i);
+    }
+    let index = build()?;
+    let Some((file_len, mtime_ns)) = id else { return Ok(index) };
+    let mut file = match existing {
+        Ok(Some(f))
+            if f.format == FORMAT
+                && f.version == INDEX_VERSION
+                && (f.file_len, f.mtime_ns) == (file_len, mtime_ns) =>
+        {
+            f
+        }
+        Ok(Some(f)) if f.format != FORMAT => return Ok(index),
+        Ok(_) => IndexFile {
+            format: FORMAT.into(),
+            version: INDEX_VERSION,
+            file_len,
+            mtime_ns,
+            threads: BTreeMap::new(),
+        },
+        Err(()) => return Ok(index),
+    };
+    file.threads.insert(key(stream, keep_kernel), index.clone());
+    if let Ok(bytes) = serde_json::to_vec(&file) {
+        // Written aside, then put in place: a reader never sees half of it.
+        let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes));
+        if written.is_err() || std::fs::rename(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(index)
+}
