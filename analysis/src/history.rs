@@ -223,23 +223,26 @@ pub fn call_history(an: &Analysis, img: Option<&Image>, a: u64, b: u64, o: CallO
 
 /// `--json` of the instruction history.
 pub fn insn_json(an: &Analysis, img: Option<&Image>, a: u64, b: u64, intel: bool) -> Value {
-    let items: Vec<Value> = entries_in(an, a, b)
-        .iter()
-        .map(|e| match *e {
-            Entry::Gap { number, kind, at } => {
-                json!({"number": number, "gap": {"code": kind.code(), "text": kind.text(), "at": format!("{at:#x}")}})
-            }
-            Entry::Insn { number, addr, current, .. } => {
-                let sym = img.map(|i| i.syms.lookup(addr)).unwrap_or_default();
-                let text = img.and_then(|i| decode_at(&i.code, addr)).map(|i| decode::disasm::format_gdb(&i, intel));
-                json!({
-                    "number": number, "addr": format!("{addr:#x}"), "function": sym.function,
-                    "offset": sym.offset, "file": sym.file, "line": sym.line, "text": text, "current": current,
-                })
-            }
-        })
-        .collect();
+    let items: Vec<Value> = entries_in(an, a, b).iter().map(|e| insn_json_item(e, img, intel)).collect();
     json!({"pid": an.pid, "tid": an.tid, "total": an.entries.len(), "instructions": items})
+}
+
+/// One entry of [`insn_json`]'s `instructions`.
+pub fn insn_json_item(e: &Entry, img: Option<&Image>, intel: bool) -> Value {
+    match *e {
+        Entry::Gap { number, kind, at } => {
+            json!({"number": number, "gap": {"code": kind.code(), "text": kind.text(), "at": format!("{at:#x}")}})
+        }
+        Entry::Insn { number, addr, current, .. } => {
+            let sym = img.map(|i| i.syms.lookup(addr)).unwrap_or_default();
+            let text =
+                img.and_then(|i| decode_at(&i.code, addr)).map(|i| decode::disasm::format_gdb(&i, intel));
+            json!({
+                "number": number, "addr": format!("{addr:#x}"), "function": sym.function,
+                "offset": sym.offset, "file": sym.file, "line": sym.line, "text": text, "current": current,
+            })
+        }
+    }
 }
 
 /// `--json` of the call history.

@@ -50,16 +50,42 @@ fn streamed(a: &HistoryArgs) -> Result<(), InspectError> {
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let mut printer = history::InsnPrinter::new(img, a.insn);
     let mut failed: Option<std::io::Error> = None;
-    stream::entries(&mut src, &index, img, last_pc, lo, hi, &mut |e| {
-        printer.lines(e, &mut |l| {
-            if failed.is_none() {
-                if let Err(err) = out.write_all(l.as_bytes()).and_then(|()| out.write_all(b"\n")) {
-                    failed = Some(err);
-                }
+    let mut put = |text: &str, out: &mut std::io::BufWriter<std::io::StdoutLock>| {
+        if failed.is_none() {
+            if let Err(err) = out.write_all(text.as_bytes()) {
+                failed = Some(err);
             }
-        })
+        }
+    };
+    let (pid, tid) = match chosen.kind {
+        bts_reader::StreamKind::Thread { pid, tid, .. } => (pid, tid),
+        bts_reader::StreamKind::Cpu { .. } => (0, -1),
+    };
+    if a.json {
+        // The document of `history::insn_json`, an instruction at a time.
+        put(
+            &format!("{{\"pid\":{pid},\"tid\":{tid},\"total\":{},\"instructions\":[", index.entries),
+            &mut out,
+        );
+    }
+    let mut first = true;
+    stream::entries(&mut src, &index, img, last_pc, lo, hi, &mut |e| {
+        if a.json {
+            let item = history::insn_json_item(e, img, a.insn.intel).to_string();
+            put(if first { "\n" } else { ",\n" }, &mut out);
+            put(&item, &mut out);
+            first = false;
+        } else {
+            printer.lines(e, &mut |l| {
+                put(l, &mut out);
+                put("\n", &mut out);
+            })
+        }
     })
     .map_err(bad)?;
+    if a.json {
+        put("\n]}\n", &mut out);
+    }
     if let Some(e) = failed {
         return Err(e.into());
     }
@@ -93,34 +119,28 @@ pub fn run(a: &HistoryArgs) -> ExitCode {
 }
 
 fn history_inner(a: &HistoryArgs) -> Result<(), InspectError> {
-    if !a.calls && !a.json {
+    if !a.calls {
         return streamed(a);
     }
+    // The call history decodes the thread whole: segments link to their
+    // callers from the start of the trace.
     let tf = load(&a.file)?;
     let keep_kernel = kernel_allowed(a.kernel)?;
     let stream = select::one_thread(&tf, a.thread)?;
     let imgs = images(&tf);
     let img = image_of(&imgs, &stream.kind);
     let an = analyze(stream, img, keep_kernel, &mut progress_printer("decoding"));
-    let count = if a.calls { an.segments.len() } else { an.entries.len() } as u64;
+    let count = an.segments.len() as u64;
     if count == 0 {
         return Err(InspectError::NoBranches);
     }
     let (lo, hi) = parse_range(a.range.as_deref(), count, HISTORY_SIZE).map_err(analysis::Error::from)?;
     let mut out = std::io::stdout().lock();
     let text = if a.json {
-        let v = if a.calls {
-            history::call_json(&an, img, lo, hi)
-        } else {
-            history::insn_json(&an, img, lo, hi, a.insn.intel)
-        };
+        let v = history::call_json(&an, img, lo, hi);
         serde_json::to_string_pretty(&v).expect("serializes") + "\n"
     } else {
-        let lines = if a.calls {
-            history::call_history(&an, img, lo, hi, a.call)
-        } else {
-            history::insn_history(&an, img, lo, hi, a.insn)
-        };
+        let lines = history::call_history(&an, img, lo, hi, a.call);
         lines.into_iter().map(|l| l + "\n").collect()
     };
     Ok(out.write_all(text.as_bytes())?)

@@ -4,13 +4,18 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use analysis::report::{Report, Selection};
-use bts_reader::{StreamKind, TraceFile};
+use bts_reader::StreamKind;
 
 use crate::args::OutputArgs;
 
+/// Records read of a trace, over all its buffers: the report shows the
+/// newest branches (and the call stack they leave), so a trace of any size
+/// is read in bounded memory (1M records, about 40 MB as the report works).
+const NEWEST: u64 = 1 << 20;
+
 /// `bts last-branch FILE`.
 pub fn run(out: &OutputArgs, thread: Option<i32>, cpu: Option<u32>, file: &Path) -> ExitCode {
-    let tf = match TraceFile::read(file) {
+    let tf = match bts_reader::tracestream::read_newest(file, NEWEST) {
         Ok(t) => t,
         // An I/O error names the path already.
         Err(e @ bts_reader::Error::Io { .. }) => {
