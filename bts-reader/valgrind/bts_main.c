@@ -58,12 +58,17 @@ static void bts_print_debug_usage(void) {}
 
 typedef struct { ULong from, to, flags; } Rec;
 
+/* The ring has one slot more than the records it keeps: the slot at ptr
+   never holds a kept record, so the inline writer stores a record there
+   unconditionally and only moves ptr when the branch was taken (no branch
+   around its stores). */
 typedef struct {
    Rec  *base;      /* BTS buffer base */
-   Rec  *ptr;       /* next record written */
-   Rec  *end;       /* base + max */
-   ULong max;       /* absolute maximum, in records */
-   ULong laps;      /* times the index wrapped: written = laps * max + index */
+   Rec  *ptr;       /* next record written: a scratch slot */
+   Rec  *end;       /* base + slots */
+   ULong max;       /* records kept */
+   ULong slots;     /* max + 1 */
+   ULong laps;      /* times the index wrapped: written = laps * slots + index */
    ULong contexts;  /* context records written (the rest are branches) */
    Int   os_tid;
    Addr  async_from; /* a signal was delivered here; handler entry pending */
@@ -80,9 +85,10 @@ static Buf *buf_of(ThreadId tid)
    Buf *b = &bufs[tid];
    if (!b->base) {
       b->max = records_per_thread > 0 ? (ULong)records_per_thread : 1;
-      b->base = VG_(malloc)("bts.buf", b->max * sizeof(Rec));
+      b->slots = b->max + 1;
+      b->base = VG_(malloc)("bts.buf", b->slots * sizeof(Rec));
       b->ptr = b->base;
-      b->end = b->base + b->max;
+      b->end = b->base + b->slots;
    }
    return b;
 }
@@ -100,13 +106,7 @@ static void push(ThreadId tid, ULong from, ULong to, ULong flags)
 }
 
 static ULong index_of(const Buf *b) { return (ULong)(b->ptr - b->base); }
-static ULong written_of(const Buf *b) { return b->laps * b->max + index_of(b); }
-
-/* The inline record writer's index wrapped (once every `max` records). */
-static VG_REGPARM(1) void lap(HWord b)
-{
-   ((Buf *)b)->laps++;
-}
+static ULong written_of(const Buf *b) { return b->laps * b->slots + index_of(b); }
 
 /* The buffer of the thread running client code (set when it starts to). */
 static Buf *running;
@@ -280,8 +280,10 @@ static Int branch_kind(Addr a, UInt len)
 /* Instrumentation                                                    */
 
 /* The record is written in IR, inline (what push does, into the running
-   thread's buffer, counted as a branch): no helper call per branch. Loads are harmless when the exit's guard is
-   false; every store is guarded by it. */
+   thread's buffer, counted as a branch): no helper call per branch and no
+   branch in the code it adds. The record goes to the scratch slot at ptr
+   whether the exit is taken or not; ptr (and the lap count, when it wraps)
+   moves only when it is: a conditional move, not a jump. */
 static IRTemp ir_tmp(IRSB *sb, IRExpr *e)
 {
    IRTemp t = newIRTemp(sb->tyenv, Ity_I64);
@@ -300,20 +302,17 @@ static IRTemp ir_load(IRSB *sb, IRExpr *addr)
    return ir_tmp(sb, IRExpr_Load(Iend_LE, Ity_I64, IRExpr_RdTmp(a)));
 }
 
-static void ir_store(IRSB *sb, IRExpr *addr, IRExpr *data, IRExpr *guard)
+static void ir_store(IRSB *sb, IRExpr *addr, IRExpr *data)
 {
    IRTemp a = ir_tmp(sb, addr);
-   if (guard)
-      addStmtToIRSB(sb, IRStmt_StoreG(Iend_LE, IRExpr_RdTmp(a), data, guard));
-   else
-      addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(a), data));
+   addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(a), data));
 }
 
 /* What a superblock has loaded of the running thread's buffer: once, at
    its first record. Within the superblock the index changes only at an
    unconditional record: after a guarded one, execution goes on only if the
-   guard was false and nothing was written. */
-typedef struct { Bool loaded; IRTemp b, base, end, ptr; } Cursor;
+   guard was false and nothing moved. */
+typedef struct { Bool loaded; IRTemp b, base, end, ptr, laps; } Cursor;
 
 static void add_record(IRSB *sb, Cursor *c, Addr from, IRExpr *to, IRExpr *guard)
 {
@@ -322,26 +321,33 @@ static void add_record(IRSB *sb, Cursor *c, Addr from, IRExpr *to, IRExpr *guard
       c->base = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, base)));
       c->end = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, end)));
       c->ptr = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, ptr)));
+      c->laps = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, laps)));
       c->loaded = True;
    }
-   ir_store(sb, IRExpr_RdTmp(c->ptr), mkIRExpr_HWord(from), guard);
-   ir_store(sb, ir_at(c->ptr, 8), to, guard);
+   ir_store(sb, IRExpr_RdTmp(c->ptr), mkIRExpr_HWord(from));
+   ir_store(sb, ir_at(c->ptr, 8), to);
    /* The flags word is left as it was: bts reads a branch record's as 0. */
    IRTemp next = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->ptr), mkIRExpr_HWord(sizeof(Rec))));
    IRTemp wrap = newIRTemp(sb->tyenv, Ity_I1);
    addStmtToIRSB(sb, IRStmt_WrTmp(wrap, IRExpr_Binop(Iop_CmpEQ64, IRExpr_RdTmp(next), IRExpr_RdTmp(c->end))));
-   IRTemp ptr2 = ir_tmp(sb, IRExpr_ITE(IRExpr_RdTmp(wrap), IRExpr_RdTmp(c->base), IRExpr_RdTmp(next)));
-   ir_store(sb, ir_at(c->b, __builtin_offsetof(Buf, ptr)), IRExpr_RdTmp(ptr2), guard);
-   /* A lap: rare, so a helper. */
+   IRTemp moved = ir_tmp(sb, IRExpr_ITE(IRExpr_RdTmp(wrap), IRExpr_RdTmp(c->base), IRExpr_RdTmp(next)));
    IRTemp lapped = wrap;
+   IRTemp ptr2 = moved;
    if (guard) {
+      /* VEX cannot select an I1 ITE: guards combine with And1. */
       lapped = newIRTemp(sb->tyenv, Ity_I1);
       addStmtToIRSB(sb, IRStmt_WrTmp(lapped, IRExpr_Binop(Iop_And1, guard, IRExpr_RdTmp(wrap))));
+      ptr2 = ir_tmp(sb, IRExpr_ITE(guard, IRExpr_RdTmp(moved), IRExpr_RdTmp(c->ptr)));
    }
-   IRDirty *d = unsafeIRDirty_0_N(1, "bts_lap", VG_(fnptr_to_fnentry)(&lap), mkIRExprVec_1(IRExpr_RdTmp(c->b)));
-   d->guard = IRExpr_RdTmp(lapped);
-   addStmtToIRSB(sb, IRStmt_Dirty(d));
-   if (!guard) c->ptr = ptr2;
+   ir_store(sb, ir_at(c->b, __builtin_offsetof(Buf, ptr)), IRExpr_RdTmp(ptr2));
+   /* IR is flat: every operand an atom. */
+   IRTemp one = ir_tmp(sb, IRExpr_Unop(Iop_1Uto64, IRExpr_RdTmp(lapped)));
+   IRTemp laps2 = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->laps), IRExpr_RdTmp(one)));
+   ir_store(sb, ir_at(c->b, __builtin_offsetof(Buf, laps)), IRExpr_RdTmp(laps2));
+   if (!guard) {
+      c->ptr = ptr2;
+      c->laps = laps2;
+   }
 }
 
 static Bool branchy_jk(IRJumpKind jk)
@@ -378,7 +384,7 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
       means the branch was: if execution goes on in this superblock (VEX
       unrolled a loop), the next instruction is its target. */
    Addr inverted = 0;
-   Cursor cursor = { False, 0, 0, 0, 0 };
+   Cursor cursor = { False, 0, 0, 0, 0, 0 };
    for (; i < in->stmts_used; i++) {
       IRStmt *st = in->stmts[i];
       if (st->tag == Ist_IMark) {
@@ -476,8 +482,9 @@ static void bts_fini(Int exitcode)
       put64(written);
       put64(written - b->contexts);
       put64(count);
-      ULong start = written < b->max ? 0 : index_of(b);
-      for (ULong k = 0; k < count; k++) put(&b->base[(start + k) % b->max], sizeof(Rec));
+      /* The newest `count` records end just before the scratch slot at ptr. */
+      ULong start = (index_of(b) + b->slots - count) % b->slots;
+      for (ULong k = 0; k < count; k++) put(&b->base[(start + k) % b->slots], sizeof(Rec));
    }
    for (Int m = 0; m < nmaps; m++) {
       put64(maps[m].start);
