@@ -71,12 +71,10 @@ typedef struct {
    ULong laps;      /* times the index wrapped: written = laps * slots + index */
    ULong contexts;  /* context records written (the rest are branches) */
    Int   os_tid;
-   Addr  async_from; /* a signal was delivered here; handler entry pending */
    Addr  syscall_from; /* a system call instruction about to run */
 } Buf;
 
 static Buf *bufs; /* VG_N_THREADS of them, allocated after the options */
-static ULong pending_any; /* read by every superblock's entry check */
 
 #define ESCAPE (~0xFULL)
 
@@ -123,6 +121,12 @@ static VG_REGPARM(1) void rec_syscall(HWord from)
    tool takes it from exit_group (or the exit of a thread). */
 static Int exit_status;
 
+/* The client's signal handlers, as it set them (rt_sigaction): a signal
+   delivered to a handler is recorded at once, (where it struck -> the
+   handler's entry), as the hardware records the asynchronous transfer. No
+   superblock has to look whether a handler was just entered. */
+static Addr handlers[65];
+
 static void pre_syscall(ThreadId tid, UInt no, UWord *args, UInt nargs)
 {
    if ((no == 60 || no == 231) && nargs > 0)
@@ -131,6 +135,11 @@ static void pre_syscall(ThreadId tid, UInt no, UWord *args, UInt nargs)
 
 static void post_syscall(ThreadId tid, UInt no, UWord *args, UInt nargs, SysRes res)
 {
+   /* rt_sigaction(sig, act, ...): the handler is act's first word. */
+   if (no == 13 && nargs >= 2 && !sr_isError(res) && args[1]
+       && args[0] > 0 && args[0] < 65
+       && VG_(am_is_valid_for_client)(args[1], sizeof(Addr), VKI_PROT_READ))
+      handlers[args[0]] = *(Addr *)args[1];
    Buf *b = buf_of(tid);
    if (!b->syscall_from) return;
    /* Valgrind runs exit and exit_group itself and still calls us back. */
@@ -142,22 +151,11 @@ static void post_syscall(ThreadId tid, UInt no, UWord *args, UInt nargs, SysRes 
    b->syscall_from = 0;
 }
 
-static VG_REGPARM(1) void sb_entry(HWord addr)
-{
-   ThreadId tid = VG_(get_running_tid)();
-   Buf *b = buf_of(tid);
-   if (b->async_from) {
-      push(tid, b->async_from, addr, 0);
-         b->async_from = 0;
-      pending_any--;
-   }
-}
-
 static void pre_deliver_signal(ThreadId tid, Int sig, Bool alt)
 {
-   Buf *b = buf_of(tid);
-   if (!b->async_from) pending_any++;
-   b->async_from = VG_(get_IP)(tid);
+   /* Only for a signal with a handler; 0 and 1 are SIG_DFL and SIG_IGN. */
+   if (sig > 0 && sig < 65 && handlers[sig] > 1)
+      push(tid, VG_(get_IP)(tid), handlers[sig], 0);
 }
 
 /* Valgrind runs one thread at a time and stops it at every system call
@@ -364,19 +362,6 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
    while (i < in->stmts_used && in->stmts[i]->tag != Ist_IMark) {
       addStmtToIRSB(out, in->stmts[i]);
       i++;
-   }
-   /* A signal was delivered: this superblock is the handler's entry. */
-   {
-      IRTemp t = newIRTemp(out->tyenv, Ity_I64);
-      IRTemp g = newIRTemp(out->tyenv, Ity_I1);
-      addStmtToIRSB(out, IRStmt_WrTmp(t, IRExpr_Load(Iend_LE, Ity_I64,
-                                                     mkIRExpr_HWord((HWord)&pending_any))));
-      addStmtToIRSB(out, IRStmt_WrTmp(g, IRExpr_Binop(Iop_CmpNE64, IRExpr_RdTmp(t),
-                                                      IRExpr_Const(IRConst_U64(0)))));
-      IRDirty *d = unsafeIRDirty_0_N(1, "bts_sb_entry", VG_(fnptr_to_fnentry)(&sb_entry),
-                                     mkIRExprVec_1(mkIRExpr_HWord(vge->base[0])));
-      d->guard = IRExpr_RdTmp(g);
-      addStmtToIRSB(out, IRStmt_Dirty(d));
    }
    Addr cur = 0;
    UInt curlen = 0;
