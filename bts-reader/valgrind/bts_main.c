@@ -58,23 +58,23 @@ static void bts_print_debug_usage(void) {}
 
 typedef struct { ULong from, to, flags; } Rec;
 
-/* The ring has one slot more than the records it keeps: the slot at ptr
-   never holds a kept record, so the inline writer stores a record there
-   unconditionally and only moves ptr when the branch was taken (no branch
-   around its stores). */
+/* The ring has more slots than the records it keeps (a power of two, at
+   least one more): the slot at the write index never holds a kept record,
+   so the inline writer stores a record there unconditionally and only
+   counts it when the branch was taken (no branch around its stores). The
+   index is the count of records ever written; its low bits (ring_mask,
+   the same for every thread) pick the slot. */
 typedef struct {
    Rec  *base;      /* BTS buffer base */
-   Rec  *ptr;       /* next record written: a scratch slot */
-   Rec  *end;       /* base + slots */
+   ULong written;   /* records written; the next goes to base[written & ring_mask] */
    ULong max;       /* records kept */
-   ULong slots;     /* max + 1 */
-   ULong laps;      /* times the index wrapped: written = laps * slots + index */
    ULong contexts;  /* context records written (the rest are branches) */
    Int   os_tid;
    Addr  syscall_from; /* a system call instruction about to run */
 } Buf;
 
 static Buf *bufs; /* VG_N_THREADS of them, allocated after the options */
+static ULong ring_mask; /* slots - 1; slots a power of two above the records kept */
 
 #define ESCAPE (~0xFULL)
 
@@ -83,10 +83,7 @@ static Buf *buf_of(ThreadId tid)
    Buf *b = &bufs[tid];
    if (!b->base) {
       b->max = records_per_thread > 0 ? (ULong)records_per_thread : 1;
-      b->slots = b->max + 1;
-      b->base = VG_(malloc)("bts.buf", b->slots * sizeof(Rec));
-      b->ptr = b->base;
-      b->end = b->base + b->slots;
+      b->base = VG_(malloc)("bts.buf", (ring_mask + 1) * sizeof(Rec));
    }
    return b;
 }
@@ -94,17 +91,13 @@ static Buf *buf_of(ThreadId tid)
 static void push(ThreadId tid, ULong from, ULong to, ULong flags)
 {
    Buf *b = buf_of(tid);
-   Rec *r = b->ptr;
+   Rec *r = &b->base[b->written & ring_mask];
    r->from = from; r->to = to; r->flags = flags;
-   if (++b->ptr == b->end) {
-      b->ptr = b->base;
-      b->laps++;
-   }
+   b->written++;
    if (from >= ESCAPE) b->contexts++;
 }
 
-static ULong index_of(const Buf *b) { return (ULong)(b->ptr - b->base); }
-static ULong written_of(const Buf *b) { return b->laps * b->slots + index_of(b); }
+static ULong written_of(const Buf *b) { return b->written; }
 
 /* The buffer of the thread running client code (set when it starts to). */
 static Buf *running;
@@ -279,9 +272,9 @@ static Int branch_kind(Addr a, UInt len)
 
 /* The record is written in IR, inline (what push does, into the running
    thread's buffer, counted as a branch): no helper call per branch and no
-   branch in the code it adds. The record goes to the scratch slot at ptr
-   whether the exit is taken or not; ptr (and the lap count, when it wraps)
-   moves only when it is: a conditional move, not a jump. */
+   branch in the code it adds. The record goes to the scratch slot whether
+   the exit is taken or not; the count moves on only when it is (adding
+   the guard as 0 or 1). */
 static IRTemp ir_tmp(IRSB *sb, IRExpr *e)
 {
    IRTemp t = newIRTemp(sb->tyenv, Ity_I64);
@@ -307,45 +300,32 @@ static void ir_store(IRSB *sb, IRExpr *addr, IRExpr *data)
 }
 
 /* What a superblock has loaded of the running thread's buffer: once, at
-   its first record. Within the superblock the index changes only at an
+   its first record. Within the superblock the count changes only at an
    unconditional record: after a guarded one, execution goes on only if the
-   guard was false and nothing moved. */
-typedef struct { Bool loaded; IRTemp b, base, end, ptr, laps; } Cursor;
+   guard was false and nothing was counted. */
+typedef struct { Bool loaded; IRTemp b, base, written; } Cursor;
 
 static void add_record(IRSB *sb, Cursor *c, Addr from, IRExpr *to, IRExpr *guard)
 {
    if (!c->loaded) {
       c->b = ir_tmp(sb, IRExpr_Load(Iend_LE, Ity_I64, mkIRExpr_HWord((HWord)&running)));
       c->base = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, base)));
-      c->end = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, end)));
-      c->ptr = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, ptr)));
-      c->laps = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, laps)));
+      c->written = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, written)));
       c->loaded = True;
    }
-   ir_store(sb, IRExpr_RdTmp(c->ptr), mkIRExpr_HWord(from));
-   ir_store(sb, ir_at(c->ptr, 8), to);
+   /* The slot: base + (written & mask) * 24. IR is flat: every operand an atom. */
+   IRTemp idx = ir_tmp(sb, IRExpr_Binop(Iop_And64, IRExpr_RdTmp(c->written), mkIRExpr_HWord(ring_mask)));
+   IRTemp off = ir_tmp(sb, IRExpr_Binop(Iop_Mul64, IRExpr_RdTmp(idx), mkIRExpr_HWord(sizeof(Rec))));
+   IRTemp slot = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->base), IRExpr_RdTmp(off)));
+   ir_store(sb, IRExpr_RdTmp(slot), mkIRExpr_HWord(from));
+   ir_store(sb, ir_at(slot, 8), to);
    /* The flags word is left as it was: bts reads a branch record's as 0. */
-   IRTemp next = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->ptr), mkIRExpr_HWord(sizeof(Rec))));
-   IRTemp wrap = newIRTemp(sb->tyenv, Ity_I1);
-   addStmtToIRSB(sb, IRStmt_WrTmp(wrap, IRExpr_Binop(Iop_CmpEQ64, IRExpr_RdTmp(next), IRExpr_RdTmp(c->end))));
-   IRTemp moved = ir_tmp(sb, IRExpr_ITE(IRExpr_RdTmp(wrap), IRExpr_RdTmp(c->base), IRExpr_RdTmp(next)));
-   IRTemp lapped = wrap;
-   IRTemp ptr2 = moved;
-   if (guard) {
-      /* VEX cannot select an I1 ITE: guards combine with And1. */
-      lapped = newIRTemp(sb->tyenv, Ity_I1);
-      addStmtToIRSB(sb, IRStmt_WrTmp(lapped, IRExpr_Binop(Iop_And1, guard, IRExpr_RdTmp(wrap))));
-      ptr2 = ir_tmp(sb, IRExpr_ITE(guard, IRExpr_RdTmp(moved), IRExpr_RdTmp(c->ptr)));
-   }
-   ir_store(sb, ir_at(c->b, __builtin_offsetof(Buf, ptr)), IRExpr_RdTmp(ptr2));
-   /* IR is flat: every operand an atom. */
-   IRTemp one = ir_tmp(sb, IRExpr_Unop(Iop_1Uto64, IRExpr_RdTmp(lapped)));
-   IRTemp laps2 = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->laps), IRExpr_RdTmp(one)));
-   ir_store(sb, ir_at(c->b, __builtin_offsetof(Buf, laps)), IRExpr_RdTmp(laps2));
-   if (!guard) {
-      c->ptr = ptr2;
-      c->laps = laps2;
-   }
+   IRExpr *step = mkIRExpr_HWord(1);
+   if (guard)
+      step = IRExpr_RdTmp(ir_tmp(sb, IRExpr_Unop(Iop_1Uto64, guard)));
+   IRTemp written2 = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->written), step));
+   ir_store(sb, ir_at(c->b, __builtin_offsetof(Buf, written)), IRExpr_RdTmp(written2));
+   if (!guard) c->written = written2;
 }
 
 static Bool branchy_jk(IRJumpKind jk)
@@ -369,7 +349,7 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
       means the branch was: if execution goes on in this superblock (VEX
       unrolled a loop), the next instruction is its target. */
    Addr inverted = 0;
-   Cursor cursor = { False, 0, 0, 0, 0, 0 };
+   Cursor cursor = { False, 0, 0, 0 };
    for (; i < in->stmts_used; i++) {
       IRStmt *st = in->stmts[i];
       if (st->tag == Ist_IMark) {
@@ -467,9 +447,8 @@ static void bts_fini(Int exitcode)
       put64(written);
       put64(written - b->contexts);
       put64(count);
-      /* The newest `count` records end just before the scratch slot at ptr. */
-      ULong start = (index_of(b) + b->slots - count) % b->slots;
-      for (ULong k = 0; k < count; k++) put(&b->base[(start + k) % b->slots], sizeof(Rec));
+      /* The newest `count` records, oldest first. */
+      for (ULong k = written - count; k < written; k++) put(&b->base[k & ring_mask], sizeof(Rec));
    }
    for (Int m = 0; m < nmaps; m++) {
       put64(maps[m].start);
@@ -504,6 +483,11 @@ static void bts_fini(Int exitcode)
 static void bts_post_clo_init(void)
 {
    bufs = VG_(calloc)("bts.bufs", VG_N_THREADS, sizeof(Buf));
+   /* Before any translation: the mask is a constant of the inline writer. */
+   ULong keep = records_per_thread > 0 ? (ULong)records_per_thread : 1;
+   ULong slots = 2;
+   while (slots < keep + 1) slots <<= 1;
+   ring_mask = slots - 1;
 }
 
 static void bts_pre_clo_init(void)
