@@ -83,54 +83,8 @@ fn the_end_of_a_huge_history_is_decoded_in_bounded_memory() {
     const N: u64 = 40_000_000;
     let dir = scratch("big_history");
     let big = dir.join("loop.bts");
-    // The loop of analysis::stream's tests: 1000 nop; 1001 jne 1005; 1003 jmp 1000; 1005 jmp 1000.
-    let mut code = vec![0x90, 0x75, 0x02, 0xeb, 0xfb, 0xeb, 0xf9];
-    code.resize(4096, 0xcc);
-    let code = bts_reader::CodeRange { pid: 42, generation: 1, addr: 0x1000, bytes: code };
-    let module = bts_reader::Module {
-        pid: 42,
-        generation: 1,
-        map: decode::Mapping { start: 0x1000, end: 0x2000, offset: 0, path: "[loop]".into() },
-        build_id: None,
-    };
-    let mut x = 7u32;
-    let mut next = move || {
-        x = x.wrapping_mul(1103515245).wrapping_add(12345);
-        x & 0x100 != 0
-    };
-    let mut tail: Vec<BtsRecord> = Vec::new();
-    {
-        let meta =
-            Meta { command: vec!["generated".into()], pid: 42, outcome: "signal".into(), ..Meta::default() };
-        let f = std::fs::File::create(&big).unwrap();
-        let mut w =
-            TraceWriter::new(BufWriter::with_capacity(1 << 20, f), &meta, std::slice::from_ref(&module))
-                .unwrap();
-        let kind =
-            StreamKind::Thread { pid: 42, generation: 1, tid: 42, crashed: true, last_pc: Some(0x1001) };
-        w.begin_stream(&StreamHeader { kind, capacity: N, overwritten: 0, lost: 0, count: N }).unwrap();
-        let mut chunk = Vec::with_capacity(1 << 16);
-        let mut made = 0u64;
-        while made < N {
-            if next() && made + 2 <= N {
-                chunk.push(BtsRecord::branch(0x1001, 0x1005));
-                chunk.push(BtsRecord::branch(0x1005, 0x1000));
-                made += 2;
-            } else {
-                chunk.push(BtsRecord::branch(0x1003, 0x1000));
-                made += 1;
-            }
-            if chunk.len() >= (1 << 16) - 2 || made == N {
-                w.records(&chunk).unwrap();
-                tail.extend_from_slice(&chunk);
-                let extra = tail.len().saturating_sub(500);
-                tail.drain(..extra);
-                chunk.clear();
-            }
-        }
-        w.code(&code).unwrap();
-        w.finish().unwrap();
-    }
+    let tail = common::loop_trace::write_loop_trace(&big, 42, N, 500);
+    let (code, module) = common::loop_trace::loop_image(42);
     // In process: the index, then the last entries; the peak read after.
     let (tf, extents) = bts_reader::tracestream::scan(&big, true).unwrap();
     let imgs = analysis::model::images(&tf);
@@ -176,6 +130,7 @@ fn the_end_of_a_huge_history_is_decoded_in_bounded_memory() {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap();
+    eprintln!("in-process peak RSS after indexing and decoding {N} records: {peak_kib} KiB");
     assert!(peak_kib < 150 * 1024, "peak RSS {peak_kib} KiB after decoding a trace of {N} records");
     assert!(want.len() > 900, "{}", want.len());
     let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
@@ -202,6 +157,7 @@ fn the_end_of_a_huge_history_is_decoded_in_bounded_memory() {
     assert!(report.status.success(), "{rtext}");
     assert!(rtext.contains("Last 16 branches of thread 42 (crashed)"), "{rtext}");
     let peak = children_peak_kib();
+    eprintln!("bts history and last-branch: peak RSS {peak} KiB");
     assert!(peak < 150 * 1024, "bts history or last-branch peaked at {peak} KiB");
     std::fs::remove_file(&big).unwrap();
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod loop_trace;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
