@@ -62,12 +62,22 @@ impl<R: Read> TraceReader<R> {
     /// Checks the file header.
     pub fn new(mut r: R) -> Result<Self> {
         let mut head = [0u8; 16];
-        r.read_exact(&mut head).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => Error::Truncated("the file ends inside its header".into()),
-            _ => io(e),
-        })?;
-        if &head[..8] != MAGIC {
+        let mut got = 0;
+        while got < head.len() {
+            match r.read(&mut head[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        // As `TraceFile::from_bytes` tells them: not ours, or ours cut short.
+        let seen = &head[..got.min(MAGIC.len())];
+        if seen.is_empty() || !MAGIC.starts_with(seen) {
             return Err(Error::BadMagic);
+        }
+        if got < head.len() {
+            return Err(Error::Truncated("the file ends inside its header".into()));
         }
         let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
         if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
