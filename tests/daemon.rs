@@ -442,3 +442,42 @@ fn a_socket_passed_by_systemd_is_served() {
     assert!(daemon.wait().unwrap().success());
     assert!(path.exists(), "systemd's socket is systemd's to remove");
 }
+
+#[test]
+fn a_cpu_catch_all_coexists_with_task_buffers() {
+    let d = Daemon::start("cpu");
+    let mut t = Target::start(&d.dir, "cpu", "block");
+    let mut a = d.client("per-task");
+    a.call(&attach_req(t.pid(), 64 * 1024)).unwrap();
+    let mut c = d.client("per-cpu");
+    // Root may watch a whole CPU; the old allocator and today's perf would
+    // refuse a per-CPU user beside a per-task one.
+    c.call_ok(&Request::CpuBuffer { cpu: 0, bytes: 64 * 1024 }).unwrap();
+    for (req, kind) in [
+        (Request::CpuBuffer { cpu: 0, bytes: 4096 }, ErrorKind::Invalid),
+        (Request::CpuBuffer { cpu: 1 << 20, bytes: 4096 }, ErrorKind::NotFound),
+        (Request::DrainCpu { cpu: 1 }, ErrorKind::NotFound),
+    ] {
+        match c.call(&req) {
+            Err(ClientError::Refused { kind: k, .. }) => assert_eq!(k, kind, "{req:?}"),
+            other => panic!("{req:?}: {other:?}"),
+        }
+    }
+    t.go();
+    t.wait_done();
+    assert!(settled(&mut a, t.pid()) > 600, "the task's branches go to its tracer's buffer");
+    let l = d.list();
+    let row = l.tracers.iter().find(|r| r.name == "per-cpu").unwrap();
+    assert_eq!(row.cpus.len(), 1);
+    assert!(row.charged_bytes >= 64 * 1024, "{row:?}");
+    assert_eq!(row.cpus[0].records, 0, "a followed task's records never reach the catch-all");
+    match c.call(&Request::DrainCpu { cpu: 0 }).unwrap() {
+        Reply::Records(r) => assert!(r.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    drop(c);
+    wait_for(10 * SEC, "the catch-all's refund", || d.list().tracers.iter().all(|r| r.name != "per-cpu"));
+    drop(a);
+    wait_for(10 * SEC, "the detach", || t.tracer_pid() == 0);
+    assert!(t.finish().success());
+}

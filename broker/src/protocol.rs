@@ -145,6 +145,21 @@ pub enum Request {
     },
     /// Tracers, buffers and tasks, as far as the client may see them.
     List,
+    /// A catch-all buffer of `bytes` on CPU `cpu`: the branches of traced
+    /// tasks that no tracer follows, seen on that CPU (needs the right to
+    /// watch a whole CPU).
+    CpuBuffer {
+        /// The CPU.
+        cpu: u32,
+        /// Bytes (the kernel slack comes on top).
+        bytes: u64,
+    },
+    /// Every record of the client's catch-all buffer of `cpu`, oldest
+    /// first, then empty it.
+    DrainCpu {
+        /// The CPU.
+        cpu: u32,
+    },
 }
 
 /// How a traced process ended, for [`Reply::Ended`].
@@ -213,6 +228,8 @@ pub struct TracerRow {
     pub buffers: Vec<BufferRow>,
     /// PEBS it owns.
     pub pebs: Vec<WireTarget>,
+    /// Its catch-all buffers, by CPU (`tid` is the CPU, `pid` -1).
+    pub cpus: Vec<BufferRow>,
 }
 
 /// One traced process, in a listing.

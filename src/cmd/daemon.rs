@@ -125,6 +125,17 @@ fn print(l: &Listing, what: CtlWhat) {
                         if b.suspended { "ended" } else { "recording" }
                     );
                 }
+                for b in &t.cpus {
+                    crate::outln!(
+                        "{:>4} {:>8} {:>8} {:>10} {:>9} {:>12}  catch-all",
+                        t.id,
+                        "cpu",
+                        b.tid,
+                        b.bytes,
+                        b.records,
+                        b.written
+                    );
+                }
                 for p in &t.pebs {
                     crate::outln!("{:>4} PEBS owner of {p:?}", t.id);
                 }

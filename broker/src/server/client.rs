@@ -62,6 +62,7 @@ struct Conn {
     tracer: TracerId,
     peer: Peer,
     pebs: Vec<(WireTarget, PebsHandle)>,
+    cpus: Vec<(u32, ds_alloc::BtsHandle)>,
 }
 
 fn refuse(shared: &Shared, stream: &UnixStream, msg: Reply) {
@@ -121,6 +122,7 @@ fn serve(shared: &Arc<Shared>, stream: UnixStream) {
             outbox: tx.clone(),
             stream: entry_end,
             pebs: Vec::new(),
+            cpus: Vec::new(),
         },
     );
     (shared.log)(&format!("client connected: {label}"));
@@ -140,7 +142,7 @@ fn serve(shared: &Arc<Shared>, stream: UnixStream) {
         }
     });
     let _forget = Forget { shared: Arc::clone(shared), tracer };
-    let mut conn = Conn { tracer, peer, pebs: Vec::new() };
+    let mut conn = Conn { tracer, peer, pebs: Vec::new(), cpus: Vec::new() };
     let why = loop {
         let req = match protocol::read_request(&stream, shared.io_timeout())
             .and_then(|p| protocol::decode_request(&p))
@@ -212,6 +214,18 @@ fn not_traced(pid: i32) -> Reply {
 }
 
 fn handle(shared: &Arc<Shared>, conn: &mut Conn, req: Request) -> Outgoing {
+    if let Request::DrainCpu { cpu } = req {
+        let Some(&(_, h)) = conn.cpus.iter().find(|(c, _)| *c == cpu) else {
+            return Reply::error(ErrorKind::NotFound, format!("you have no catch-all buffer on cpu {cpu}"))
+                .into();
+        };
+        let taken = shared.hub().alloc().take_bts(conn.tracer, h);
+        return match taken {
+            // A CPU's records may be anyone's: only a client that may watch the CPU has the buffer.
+            Ok(buf) => Outgoing::Records(buf),
+            Err(e) => Reply::error(ErrorKind::Failed, e.to_string()).into(),
+        };
+    }
     if let Request::Drain { tid } = req {
         let Ok(task) = u32::try_from(tid) else { return bts_reply(BtsError::NotTraced(0)).into() };
         return match drain(shared, conn, task) {
@@ -281,7 +295,8 @@ fn answer(shared: &Arc<Shared>, conn: &mut Conn, req: Request) -> Reply {
             }
             Reply::Ok
         }
-        Request::Drain { .. } => unreachable!("handled above"),
+        Request::Drain { .. } | Request::DrainCpu { .. } => unreachable!("handled above"),
+        Request::CpuBuffer { cpu, bytes } => cpu_buffer(shared, conn, cpu, bytes),
         Request::Legacy { request, task, addr, data } => legacy(shared, conn, request, task, addr, data),
         Request::RequestPebs { target, format, reset, records } => {
             let target = match pebs_target(conn, target) {
@@ -294,7 +309,7 @@ fn answer(shared: &Arc<Shared>, conn: &mut Conn, req: Request) -> Reply {
             match got {
                 Ok(h) => {
                     conn.pebs.push((target.0, h));
-                    set_pebs_listing(shared, conn);
+                    set_listing(shared, conn);
                     Reply::Ok
                 }
                 Err(ds_alloc::Error::PebsBusy { target, owner }) => {
@@ -309,7 +324,7 @@ fn answer(shared: &Arc<Shared>, conn: &mut Conn, req: Request) -> Reply {
             };
             let (_, h) = conn.pebs.remove(i);
             let _ = shared.hub().alloc().release_pebs(t, h);
-            set_pebs_listing(shared, conn);
+            set_listing(shared, conn);
             Reply::Ok
         }
         Request::List => Reply::List(super::list::listing(shared, &conn.peer)),
@@ -342,9 +357,41 @@ fn drain(shared: &Shared, conn: &Conn, task: u32) -> Result<Drained, BtsError> {
     Ok(Drained::Bytes(data))
 }
 
-fn set_pebs_listing(shared: &Shared, conn: &Conn) {
+fn set_listing(shared: &Shared, conn: &Conn) {
     if let Some(c) = shared.clients().get_mut(&conn.tracer) {
         c.pebs = conn.pebs.iter().map(|(w, _)| *w).collect();
+        c.cpus = conn.cpus.clone();
+    }
+}
+
+/// A per-CPU catch-all buffer: it coexists with every per-task buffer (a
+/// task some tracer follows never reaches it).
+fn cpu_buffer(shared: &Shared, conn: &mut Conn, cpu: u32, bytes: u64) -> Reply {
+    if !conn.peer.may_watch_cpus() {
+        return Reply::error(
+            ErrorKind::Denied,
+            "a CPU's catch-all buffer holds any task's branches: it needs CAP_PERFMON or kernel.perf_event_paranoid <= 0",
+        );
+    }
+    // SAFETY: sysconf has no memory arguments.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as u32;
+    if cpu >= cpus {
+        return Reply::error(ErrorKind::NotFound, format!("no cpu {cpu}: this machine has {cpus}"));
+    }
+    if conn.cpus.iter().any(|(c, _)| *c == cpu) {
+        return Reply::error(ErrorKind::Invalid, format!("you have a catch-all buffer on cpu {cpu} already"));
+    }
+    let Some(bytes) = usize::try_from(bytes).ok().filter(|&b| b as u64 <= protocol::MAX_BUFFER) else {
+        return Reply::error(ErrorKind::Limit, format!("a buffer of {bytes} bytes is over the limit"));
+    };
+    let got = shared.hub().alloc().request_bts(conn.tracer, Target::Cpu(cpu), bytes);
+    match got {
+        Ok(h) => {
+            conn.cpus.push((cpu, h));
+            set_listing(shared, conn);
+            Reply::Ok
+        }
+        Err(e) => Reply::error(ErrorKind::Limit, e.to_string()),
     }
 }
 

@@ -12,7 +12,7 @@ pub(crate) fn listing(shared: &Shared, viewer: &Peer) -> Listing {
     let clients: Vec<_> = shared
         .clients()
         .iter()
-        .map(|(&t, c)| (t, c.id, c.name.clone(), c.peer.clone(), c.pebs.clone()))
+        .map(|(&t, c)| (t, c.id, c.name.clone(), c.peer.clone(), c.pebs.clone(), c.cpus.clone()))
         .collect();
     let sessions: Vec<(i32, Vec<String>, &'static str)> =
         shared.sessions().iter().map(|(&pid, s)| (pid, s.command.clone(), s.backend)).collect();
@@ -29,7 +29,7 @@ pub(crate) fn listing(shared: &Shared, viewer: &Peer) -> Listing {
     let mut tracers: Vec<TracerRow> = clients
         .into_iter()
         .filter(|c| viewer.sees_everyone() || c.3.uid == viewer.uid)
-        .map(|(t, id, name, peer, pebs)| {
+        .map(|(t, id, name, peer, pebs, cpus)| {
             let (charged_bytes, limit_bytes) = hub.charge(t).unwrap_or((0, 0));
             TracerRow {
                 id,
@@ -52,6 +52,21 @@ pub(crate) fn listing(shared: &Shared, viewer: &Peer) -> Listing {
                     })
                     .collect(),
                 pebs,
+                cpus: cpus
+                    .iter()
+                    .filter_map(|&(cpu, h)| {
+                        let a = hub.allocator();
+                        let b = a.bts_buffer(t, h).ok()?;
+                        Some(BufferRow {
+                            pid: -1,
+                            tid: cpu,
+                            bytes: b.size_bytes() as u64,
+                            records: b.len() as u64,
+                            written: b.written(),
+                            suspended: a.is_suspended(t, h).unwrap_or(false),
+                        })
+                    })
+                    .collect(),
             }
         })
         .collect();

@@ -84,6 +84,8 @@ pub(crate) struct ClientEntry {
     /// To cut the connection of a client that is too slow.
     pub stream: UnixStream,
     pub pebs: Vec<WireTarget>,
+    /// Its per-CPU catch-all buffers.
+    pub cpus: Vec<(u32, ds_alloc::BtsHandle)>,
 }
 
 /// A traced process.
