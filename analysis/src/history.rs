@@ -53,16 +53,6 @@ impl Sources {
     }
 }
 
-/// The lines of the instruction history for entries `[a, b]`.
-pub fn insn_history(an: &Analysis, img: Option<&Image>, a: u64, b: u64, o: InsnOpts) -> Vec<String> {
-    let mut p = InsnPrinter::new(img, o);
-    let mut out = Vec::new();
-    for e in entries_in(an, a, b) {
-        p.lines(e, &mut |l| out.push(l.to_string()));
-    }
-    out
-}
-
 /// Writes instruction-history lines an entry at a time. What follows an
 /// instruction's number (its address, function, bytes and text) is made
 /// once per address: a trace runs the same instructions over and over.
@@ -221,13 +211,7 @@ pub fn call_history(an: &Analysis, img: Option<&Image>, a: u64, b: u64, o: CallO
     out
 }
 
-/// `--json` of the instruction history.
-pub fn insn_json(an: &Analysis, img: Option<&Image>, a: u64, b: u64, intel: bool) -> Value {
-    let items: Vec<Value> = entries_in(an, a, b).iter().map(|e| insn_json_item(e, img, intel)).collect();
-    json!({"pid": an.pid, "tid": an.tid, "total": an.entries.len(), "instructions": items})
-}
-
-/// One entry of [`insn_json`]'s `instructions`.
+/// One instruction-history entry as JSON (`bts history --json`'s `instructions`).
 pub fn insn_json_item(e: &Entry, img: Option<&Image>, intel: bool) -> Value {
     match *e {
         Entry::Gap { number, kind, at } => {

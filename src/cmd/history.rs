@@ -62,7 +62,7 @@ fn streamed(a: &HistoryArgs) -> Result<(), InspectError> {
         bts_reader::StreamKind::Cpu { .. } => (0, -1),
     };
     if a.json {
-        // The document of `history::insn_json`, an instruction at a time.
+        // The document, an instruction at a time.
         put(
             &format!("{{\"pid\":{pid},\"tid\":{tid},\"total\":{},\"instructions\":[", index.entries),
             &mut out,
