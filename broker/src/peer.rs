@@ -15,6 +15,8 @@ use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
+use ptrace_shim::status_field;
+
 /// CAP_IPC_LOCK: lock memory beyond RLIMIT_MEMLOCK.
 const CAP_IPC_LOCK: u32 = 14;
 /// CAP_SYS_PTRACE: trace any process.
@@ -68,12 +70,6 @@ pub struct Peer {
 
 fn has(caps: u64, cap: u32) -> bool {
     caps & (1u64 << cap) != 0
-}
-
-fn status_field(pid: i32, key: &str) -> Option<String> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
 }
 
 fn ids(pid: i32, key: &str) -> Option<Vec<u32>> {

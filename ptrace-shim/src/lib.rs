@@ -37,8 +37,8 @@ mod traps;
 pub use bts_reader::recording::{ImageTrace, Recording, ThreadTrace};
 pub use maps::Mapping;
 pub use session::{
-    process_command, Crash, DebugStop, Options, Outcome, ProcessEnd, ProcessInfo, Session, Stop,
-    DEFAULT_STACK_BYTES,
+    process_command, status_field, Crash, DebugStop, Options, Outcome, ProcessEnd, ProcessInfo, Session,
+    Stop, DEFAULT_STACK_BYTES,
 };
 pub use signals::{die_of, install_stop_handlers, is_stop_request, stop_requested};
 

@@ -144,6 +144,7 @@ pub enum Stop {
 }
 
 pub use debug::DebugStop;
+pub use proc::status_field;
 pub use processes::{process_command, ProcessEnd, ProcessInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

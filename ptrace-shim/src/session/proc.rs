@@ -2,9 +2,10 @@
 
 use crate::sys::Pid;
 
-pub(super) fn status_field(tid: Pid, field: &str) -> Option<String> {
+/// The value of `field` (`Uid`, `CapEff`, `TracerPid`…) in `/proc/TID/status`.
+pub fn status_field(tid: Pid, field: &str) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix(field).map(|v| v.trim_start_matches(':').trim().to_string()))
+    text.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':').map(|v| v.trim().to_string()))
 }
 
 pub(super) fn sig_mask(tid: Pid, field: &str) -> u64 {
