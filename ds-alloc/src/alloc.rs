@@ -331,21 +331,8 @@ impl Allocator {
 
     /// Releases a buffer and refunds its pages.
     pub fn release_bts(&mut self, t: TracerId, h: BtsHandle) -> Result<BtsBuffer, Error> {
-        self.bts_of(t, h)?;
-        let u = self.bts.remove(h.0).expect("checked above");
-        let list = match u.target {
-            Target::Task(task) => self.task_bts.get_mut(&task),
-            Target::Cpu(cpu) => self.cpu_bts.get_mut(&cpu),
-        };
-        if let Some(list) = list {
-            list.retain(|k| *k != h.0);
-            if list.is_empty() {
-                match u.target {
-                    Target::Task(task) => self.task_bts.remove(&task),
-                    Target::Cpu(cpu) => self.cpu_bts.remove(&cpu),
-                };
-            }
-        }
+        self.unroute_bts(t, h)?;
+        let u = self.bts.remove(h.0).expect("checked by unroute_bts");
         self.refund(t, u.pages);
         if let Some(tr) = self.tracers.get_mut(t.0) {
             tr.bts.retain(|x| *x != h);
