@@ -343,26 +343,40 @@ impl Reply {
 
 /// Encodes a message as one frame.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
-    encode_sized(msg, 64)
-}
-
-fn encode_sized<T: Serialize>(msg: &T, room: usize) -> Result<Vec<u8>, ProtocolError> {
-    let mut frame = Vec::with_capacity(4 + room);
-    frame.extend_from_slice(&[0u8; 4]);
-    let mut frame = postcard::to_extend(msg, frame)?;
+    let mut frame = postcard::to_extend(msg, vec![0u8; 4])?;
     let len = u32::try_from(frame.len() - 4)
         .map_err(|_| ProtocolError::TooLong { len: frame.len(), max: u32::MAX as usize })?;
     frame[..4].copy_from_slice(&len.to_le_bytes());
     Ok(frame)
 }
 
-/// The postcard head of a bulk reply (its variant tag), found by encoding
-/// the variant empty: the tag, then the length 0 as one varint byte.
-fn bulk_tag(records: bool) -> u8 {
-    let empty = if records { Reply::Records(Vec::new()) } else { Reply::Trace(Vec::new()) };
-    let bytes = postcard::to_stdvec(&empty).expect("an empty reply encodes");
-    debug_assert_eq!(bytes.len(), 2, "a one-byte tag and a zero length");
-    bytes[0]
+/// The postcard heads of the bulk replies (their variant tags, records'
+/// then a trace's), found once by encoding each variant empty: the tag,
+/// then the length 0 as one varint byte.
+fn bulk_tags() -> (u8, u8) {
+    static TAGS: std::sync::OnceLock<(u8, u8)> = std::sync::OnceLock::new();
+    *TAGS.get_or_init(|| {
+        let tag = |empty: Reply| {
+            let bytes = postcard::to_stdvec(&empty).expect("an empty reply encodes");
+            debug_assert_eq!(bytes.len(), 2, "a one-byte tag and a zero length");
+            bytes[0]
+        };
+        (tag(Reply::Records(Vec::new())), tag(Reply::Trace(Vec::new())))
+    })
+}
+
+/// Waits for the first byte of a frame: [`ProtocolError::Closed`] when the
+/// peer closed the connection between frames (a signal's EINTR is waited
+/// through: bts's own interval timer ticks while it waits).
+fn first_byte(r: &mut impl Read, b: &mut [u8]) -> Result<(), ProtocolError> {
+    loop {
+        match r.read(&mut b[..1]) {
+            Ok(0) => return Err(ProtocolError::Closed),
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// An empty vector with room for `n` bytes, its memory already mapped
@@ -398,8 +412,8 @@ fn varint(mut n: usize, out: &mut Vec<u8>) {
 /// large buffer costs one copy of it in the daemon, not three.
 pub fn write_reply(w: &mut impl Write, msg: &Reply) -> Result<(), ProtocolError> {
     match msg {
-        Reply::Records(d) => write_bulk(w, bulk_tag(true), &[d]),
-        Reply::Trace(d) => write_bulk(w, bulk_tag(false), &[d]),
+        Reply::Records(d) => write_bulk(w, bulk_tags().0, &[d]),
+        Reply::Trace(d) => write_bulk(w, bulk_tags().1, &[d]),
         other => write_msg(w, other),
     }
 }
@@ -407,7 +421,7 @@ pub fn write_reply(w: &mut impl Write, msg: &Reply) -> Result<(), ProtocolError>
 /// Writes a [`Reply::Records`] frame whose bytes come in pieces (a
 /// ring buffer's two halves), straight from where they lie.
 pub fn write_records(w: &mut impl Write, pieces: &[&[u8]]) -> Result<(), ProtocolError> {
-    write_bulk(w, bulk_tag(true), pieces)
+    write_bulk(w, bulk_tags().0, pieces)
 }
 
 fn write_bulk(w: &mut impl Write, tag: u8, pieces: &[&[u8]]) -> Result<(), ProtocolError> {
@@ -440,15 +454,7 @@ pub fn read_reply_reusing(
     spare: &mut Vec<u8>,
 ) -> Result<Reply, ProtocolError> {
     let mut len = [0u8; 4];
-    loop {
-        match r.read(&mut len[..1]) {
-            Ok(0) => return Err(ProtocolError::Closed),
-            Ok(_) => break,
-            // bts's own interval timer ticks while it waits for a reply.
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    first_byte(r, &mut len)?;
     r.read_exact(&mut len[1..])?;
     let len = u32::from_le_bytes(len) as usize;
     if len > max {
@@ -457,9 +463,8 @@ pub fn read_reply_reusing(
     let mut pre = [0u8; 11];
     let have = len.min(pre.len());
     r.read_exact(&mut pre[..have])?;
-    let bulk = [(bulk_tag(true), true), (bulk_tag(false), false)]
-        .into_iter()
-        .find(|(t, _)| have > 1 && pre[0] == *t);
+    let (records_tag, trace_tag) = bulk_tags();
+    let bulk = [(records_tag, true), (trace_tag, false)].into_iter().find(|(t, _)| have > 1 && pre[0] == *t);
     if let Some((_, records)) = bulk {
         // The varint length after the tag.
         let (mut n, mut shift, mut at) = (0usize, 0u32, 1usize);
@@ -508,16 +513,8 @@ pub fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), Protoc
 /// before the first byte is [`ProtocolError::Closed`].
 pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Vec<u8>, ProtocolError> {
     let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match r.read(&mut len[got..]) {
-            Ok(0) if got == 0 => return Err(ProtocolError::Closed),
-            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    first_byte(r, &mut len)?;
+    r.read_exact(&mut len[1..])?;
     let len = u32::from_le_bytes(len) as usize;
     if len > max {
         return Err(ProtocolError::TooLong { len, max });
@@ -536,14 +533,7 @@ pub fn read_request(
 ) -> Result<Vec<u8>, ProtocolError> {
     s.set_read_timeout(None)?;
     let mut head = [0u8; 4];
-    loop {
-        match (&*s).read(&mut head[..1]) {
-            Ok(0) => return Err(ProtocolError::Closed),
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    first_byte(&mut &*s, &mut head)?;
     // The whole rest of the frame within `timeout`, however it trickles in.
     let deadline = std::time::Instant::now() + timeout;
     read_by(s, &mut head[1..], deadline)?;
