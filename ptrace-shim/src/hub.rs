@@ -285,14 +285,25 @@ impl Hub {
         Some((charged * page, limit))
     }
 
+    /// Follower `t`, if `task` is a thread of a process it follows (a field
+    /// borrow, so that the allocator stays usable beside it).
+    fn follower_of(
+        followers: &mut HashMap<TracerId, Follower>,
+        t: TracerId,
+        task: u32,
+    ) -> Result<&mut Follower, BtsError> {
+        let f = followers.get_mut(&t).ok_or(BtsError::Alloc(ds_alloc::Error::UnknownTracer))?;
+        if !f.threads.contains_key(&task) {
+            return Err(BtsError::NotTraced(task));
+        }
+        Ok(f)
+    }
+
     /// PTRACE_BTS_DRAIN of `t`'s buffer of `task` without a copy: the
     /// buffer itself, taken out (an empty one of the same size takes its
     /// place), and whether the follower wants context records (O_SCHED).
     pub fn drain_buffer(&mut self, t: TracerId, task: u32) -> Result<(BtsBuffer, bool), BtsError> {
-        let f = self.followers.get_mut(&t).ok_or(BtsError::Alloc(ds_alloc::Error::UnknownTracer))?;
-        if !f.threads.contains_key(&task) {
-            return Err(BtsError::NotTraced(task));
-        }
+        let f = Self::follower_of(&mut self.followers, t, task)?;
         let h = f.legacy.handle(task).ok_or(BtsError::NoBuffer(task))?;
         let sched = f.legacy.status(task)?.flags & PTRACE_BTS_O_SCHED != 0;
         Ok((self.alloc.take_bts(t, h)?, sched))
@@ -308,10 +319,7 @@ impl Hub {
         addr: usize,
         data: &mut [u8],
     ) -> Result<i64, BtsError> {
-        let f = self.followers.get_mut(&t).ok_or(BtsError::Alloc(ds_alloc::Error::UnknownTracer))?;
-        if !f.threads.contains_key(&task) {
-            return Err(BtsError::NotTraced(task));
-        }
+        let f = Self::follower_of(&mut self.followers, t, task)?;
         // Configuring would route records of whatever task gets the number next.
         if request == crate::legacy::PTRACE_BTS_CONFIG && f.ended.contains(&task) {
             return Err(BtsError::Ended(task));
