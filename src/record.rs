@@ -132,23 +132,31 @@ pub(crate) fn drive(
             Stop::Debug(_) | Stop::ProcessEnded(_) | Stop::Attention => {}
             Stop::Finished(o) => {
                 detach_left_running(session);
-                let detached = matches!(o, Outcome::Detached(_));
-                let clean = matches!(o, Outcome::Exited(_));
-                // Killed by a signal bts could not hold (SIGKILL): keep the trace.
-                let killed = matches!(o, Outcome::Signaled(_)) && !crashed;
-                if detached || killed || rec.report == ReportWhen::Always || rec.output.is_some() && clean {
+                if let Some(print) = end_trace(rec, o, crashed) {
                     let recording = session.recording();
                     let mut meta = o.meta(command, root);
                     meta.note = note.map(str::to_string);
                     let tf = TraceFile::from_recording(&recording, meta);
-                    let print = (detached || killed) && rec.report != ReportWhen::Never
-                        || rec.report == ReportWhen::Always;
                     reporter.save(&tf, root, print);
                 }
                 return Ok(o);
             }
         }
     }
+}
+
+/// Whether the trace of the first process is kept when tracing ends as
+/// `o` (`crashed`: its crash was reported already), and if so whether its
+/// report is printed: a detach, and a death by a signal bts could not hold
+/// (SIGKILL), keep it; `--report always` and `-o` on a clean exit too.
+pub(crate) fn end_trace(rec: &RecordArgs, o: Outcome, crashed: bool) -> Option<bool> {
+    let detached = matches!(o, Outcome::Detached(_));
+    let clean = matches!(o, Outcome::Exited(_));
+    let killed = matches!(o, Outcome::Signaled(_)) && !crashed;
+    let keep = detached || killed || rec.report == ReportWhen::Always || rec.output.is_some() && clean;
+    keep.then_some(
+        (detached || killed) && rec.report != ReportWhen::Never || rec.report == ReportWhen::Always,
+    )
 }
 
 /// Followed processes that outlive the first one (daemons it started) are

@@ -219,23 +219,14 @@ fn follow(client: &mut Client, rec: &RecordArgs, pid: i32, child: Option<(i32, &
                     WireOutcome::Signaled(s) => Outcome::Signaled(s),
                     WireOutcome::Detached => Outcome::Detached(0),
                 };
-                let detached = matches!(o, Outcome::Detached(_));
-                let clean = matches!(o, Outcome::Exited(_));
-                let killed = matches!(o, Outcome::Signaled(_)) && !crashed;
-                if trace.is_empty() {
-                    // Tracing was taken away (an exec beyond your rights): nothing to save.
-                } else if detached
-                    || killed
-                    || rec.report == ReportWhen::Always
-                    || rec.output.is_some() && clean
-                {
-                    let print = (detached || killed) && rec.report != ReportWhen::Never
-                        || rec.report == ReportWhen::Always;
+                // An empty trace: tracing was taken away (an exec beyond
+                // your rights), nothing to save.
+                if let (false, Some(print)) = (trace.is_empty(), crate::record::end_trace(rec, o, crashed)) {
                     if let Some(tf) = load(&trace, launched) {
                         reporter.save(&tf, pid, print);
                     }
                 }
-                if detached && child.is_none() {
+                if matches!(o, Outcome::Detached(_)) && child.is_none() {
                     crate::errln!("bts: the daemon stopped tracing pid {pid}, which runs on");
                 }
                 break o;
