@@ -35,6 +35,11 @@ fn identity(trace: &Path) -> Option<(u64, u128)> {
     Some((m.len(), t))
 }
 
+/// The index file was made by this version for the trace as it is now.
+fn is_for(f: &IndexFile, id: Option<(u64, u128)>) -> bool {
+    f.format == FORMAT && f.version == INDEX_VERSION && Some((f.file_len, f.mtime_ns)) == id
+}
+
 fn key(stream: usize, keep_kernel: bool) -> String {
     format!("{stream}/{}", u8::from(keep_kernel))
 }
@@ -52,9 +57,7 @@ fn read(path: &Path) -> Result<Option<IndexFile>, ()> {
 /// True when an index beside `trace` was made for it as it is now (so
 /// the file was read whole and checked once already).
 pub fn is_current(trace: &Path) -> bool {
-    let id = identity(trace);
-    matches!(read(&sidecar(trace)), Ok(Some(f)) if f.format == FORMAT && f.version == INDEX_VERSION
-        && Some((f.file_len, f.mtime_ns)) == id)
+    matches!(read(&sidecar(trace)), Ok(Some(f)) if is_for(&f, identity(trace)))
 }
 
 /// The index of stream `stream` of `trace`, from beside it if it is there
@@ -70,11 +73,7 @@ pub fn index_of(
     let id = identity(trace);
     let existing = read(&path);
     let current = match &existing {
-        Ok(Some(f))
-            if f.format == FORMAT && f.version == INDEX_VERSION && Some((f.file_len, f.mtime_ns)) == id =>
-        {
-            f.threads.get(&key(stream, keep_kernel)).cloned()
-        }
+        Ok(Some(f)) if is_for(f, id) => f.threads.get(&key(stream, keep_kernel)).cloned(),
         _ => None,
     };
     if let Some(i) = current {
@@ -83,13 +82,7 @@ pub fn index_of(
     let index = build()?;
     let Some((file_len, mtime_ns)) = id else { return Ok(index) };
     let mut file = match existing {
-        Ok(Some(f))
-            if f.format == FORMAT
-                && f.version == INDEX_VERSION
-                && (f.file_len, f.mtime_ns) == (file_len, mtime_ns) =>
-        {
-            f
-        }
+        Ok(Some(f)) if is_for(&f, id) => f,
         Ok(Some(f)) if f.format != FORMAT => return Ok(index),
         Ok(_) => IndexFile {
             format: FORMAT.into(),
