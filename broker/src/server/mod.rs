@@ -280,8 +280,12 @@ impl Daemon {
         while !self.shared.clients().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Only the socket: never a file someone put at its name meanwhile.
         if let Some(p) = &self.path {
-            let _ = std::fs::remove_file(p);
+            use std::os::unix::fs::FileTypeExt;
+            if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 }
