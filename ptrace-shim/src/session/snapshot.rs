@@ -82,38 +82,27 @@ impl Session {
     /// moment of the snapshot, so that their registers and stacks are kept
     /// too (a debugger unwinds every thread after the process is gone).
     pub fn recording(&mut self) -> Recording {
-        self.recording_where(None)
+        self.recording_where(None, None)
     }
 
     /// A snapshot of process `pid` alone (every image it ran, the CPU
     /// buffers too): the trace of one process of many.
     pub fn process_recording(&mut self, pid: Pid) -> Recording {
-        self.recording_where(Some(pid))
+        self.recording_where(Some(pid), None)
     }
 
     /// What follower `t` (a broker's client) holds of the first process:
     /// the same snapshot, each thread's records taken from `t`'s own
     /// buffer, threads it has no buffer on left out, no CPU buffers.
     pub fn recording_for(&mut self, t: TracerId) -> Recording {
-        let mut r = self.recording_where(Some(self.root));
-        let hub = self.hub();
-        // The newest image of a thread gets its buffer (an exec keeps the thread).
-        let mut taken = HashSet::new();
-        for image in r.images.iter_mut().rev() {
-            image.threads.retain_mut(|th| {
-                let Some(b) = hub.buffer(t, th.tid).filter(|_| taken.insert(th.tid)) else { return false };
-                th.overwritten = b.branches_overwritten();
-                th.buffer = b.clone();
-                true
-            });
-        }
-        drop(hub);
+        let mut r = self.recording_where(Some(self.root), Some(t));
         r.images.retain(|i| !i.threads.is_empty());
-        r.cpus.clear();
         r
     }
 
-    fn recording_where(&mut self, only: Option<Pid>) -> Recording {
+    /// A snapshot of process `only` (else of all), with the session's own
+    /// buffers, or with those of follower `whose`.
+    fn recording_where(&mut self, only: Option<Pid>, whose: Option<TracerId>) -> Recording {
         let hold = match (&self.crash, &self.world_stopped) {
             (Some(c), None) => Some(c.tid),
             _ => None,
@@ -123,14 +112,18 @@ impl Session {
             // taken all the same.
             let _ = self.stop_the_world(tid);
         }
-        let r = self.snapshot(only);
+        let r = self.snapshot(only, whose);
         if let Some(tid) = hold {
             let _ = self.restart_the_world(tid);
         }
         r
     }
 
-    fn snapshot(&mut self, only: Option<Pid>) -> Recording {
+    /// With `whose`, each thread's records are that follower's buffer (a
+    /// thread it has none on is left out, and so are the CPU buffers); a
+    /// thread number's buffer goes to its newest image (an exec keeps the
+    /// thread).
+    fn snapshot(&mut self, only: Option<Pid>, whose: Option<TracerId>) -> Recording {
         let wanted = |pid: Pid| only.is_none_or(|o| o == pid);
         let mut hw_lost = HashMap::new();
         let spaces = &self.spaces;
@@ -142,13 +135,20 @@ impl Session {
                 self.threads.insert(tid, t);
             }
         }
-        let mut images: Vec<ImageTrace> = self.finished.iter().filter(|i| wanted(i.pid)).cloned().collect();
         let mut live: Vec<(usize, Vec<ThreadTrace>)> = Vec::new();
         let mut tids: Vec<&Thread> =
             self.threads.values().filter(|t| t.record && wanted(self.spaces[t.space].space.pid)).collect();
         tids.sort_by_key(|t| t.tid);
+        let mut taken = HashSet::new();
         for t in tids {
-            let buffer = self.buffer_of(t);
+            let buffer = match whose {
+                None => self.buffer_of(t),
+                Some(f) => match self.hub().buffer(f, t.tid) {
+                    Some(b) => b.clone(),
+                    None => continue,
+                },
+            };
+            taken.insert(t.tid);
             let trace = ThreadTrace {
                 tid: t.tid,
                 overwritten: buffer.branches_overwritten(),
@@ -163,6 +163,40 @@ impl Session {
                 None => live.push((t.space, vec![trace])),
             }
         }
+        let mut images: Vec<ImageTrace> = match whose {
+            None => self.finished.iter().filter(|i| wanted(i.pid)).cloned().collect(),
+            Some(f) => {
+                let hub = self.hub();
+                let mut images: Vec<ImageTrace> = Vec::new();
+                for i in self.finished.iter().rev().filter(|i| wanted(i.pid)) {
+                    let threads = i
+                        .threads
+                        .iter()
+                        .filter_map(|th| {
+                            let b = hub.buffer(f, th.tid).filter(|_| taken.insert(th.tid))?;
+                            Some(ThreadTrace {
+                                tid: th.tid,
+                                overwritten: b.branches_overwritten(),
+                                buffer: b.clone(),
+                                crashed: th.crashed,
+                                last_pc: th.last_pc,
+                                lost: th.lost,
+                                state: th.state.clone(),
+                            })
+                        })
+                        .collect();
+                    images.push(ImageTrace {
+                        pid: i.pid,
+                        generation: i.generation,
+                        maps: i.maps.clone(),
+                        code: i.code.clone(),
+                        threads,
+                    });
+                }
+                images.reverse();
+                images
+            }
+        };
         for (idx, threads) in live {
             let slot = &mut self.spaces[idx];
             let key = (slot.space.pid, slot.space.generation);
@@ -184,13 +218,16 @@ impl Session {
             image.maps = slot.space.maps.clone();
             image.code = collect_code(&mut slot.space, image.threads.iter());
         }
-        let cpus = self
-            .cpu_buffers
-            .iter()
-            .filter_map(|&(c, h)| {
-                self.hub().allocator().bts_buffer(self.tracer, h).ok().map(|b| (c, b.clone()))
-            })
-            .collect();
+        let cpus = match whose {
+            Some(_) => Vec::new(),
+            None => self
+                .cpu_buffers
+                .iter()
+                .filter_map(|&(c, h)| {
+                    self.hub().allocator().bts_buffer(self.tracer, h).ok().map(|b| (c, b.clone()))
+                })
+                .collect(),
+        };
         Recording {
             backend: self.recorder.backend().name(),
             root_pid: only.unwrap_or(self.root),
