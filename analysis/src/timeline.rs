@@ -2,7 +2,7 @@
 //! and the function segments above them.
 
 use bts_reader::{Stream, StreamKind};
-use decode::calls::{CallBuilder, FnId, Segment};
+use decode::calls::{CallBuilder, FnId, Segment, SegmentList};
 use decode::flow::{Class, Flow, GapKind, Item};
 use decode::kernel::{self, Filter};
 
@@ -80,6 +80,7 @@ pub fn analyze(
     flow.reserve(s.records.len());
     let mut entries: Vec<Entry> = Vec::new();
     let mut calls = CallBuilder::new(|a| fn_id(img, a));
+    let mut list = SegmentList::default();
     let mut n = 1u64;
     let total = branches.len();
     let mut push = |item: Item, entries: &mut Vec<Entry>, calls: &mut CallBuilder<_>| {
@@ -94,7 +95,7 @@ pub fn analyze(
             }
             Item::Async { .. } => {}
         }
-        calls.item(&item);
+        calls.item(&item, &mut |e| list.event(e));
     };
     let mut items = Vec::new();
     if let Some(first) = branches.first() {
@@ -124,5 +125,6 @@ pub fn analyze(
             *current = true;
         }
     }
-    Analysis { pid, tid, entries, segments: calls.finish() }
+    calls.finish(&mut |e| list.event(e));
+    Analysis { pid, tid, entries, segments: list.finish() }
 }

@@ -5,10 +5,12 @@
 //! the lazy resolver), and signal handlers entered asynchronously and left
 //! through sigreturn.
 
+use serde::{Deserialize, Serialize};
+
 use crate::flow::{Class, GapKind, Insn, Item};
 
 /// What is known of the function an address belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FnId {
     /// Start address of the function (0 when unknown).
     pub start: u64,
@@ -17,7 +19,7 @@ pub struct FnId {
 }
 
 /// One function segment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
     /// 1-based, in execution order.
     pub number: usize,
@@ -52,27 +54,116 @@ impl Segment {
     }
 }
 
-/// Builds segments from reconstructed items; `fn_of` names an address.
+/// One entry of the live call chain: a segment that may still be returned
+/// to, with what is known of its function instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// The instance's newest segment.
+    pub segment: Segment,
+    /// Index of the instance's first segment.
+    pub first: usize,
+    /// The instance's first instruction.
+    pub begin: u64,
+    /// Segments of the instance so far.
+    pub segments: usize,
+    /// The instance was entered by a signal delivery.
+    pub signal: bool,
+}
+
+/// What the builder tells as it goes.
+#[derive(Debug)]
+pub enum CallEvent<'a> {
+    /// A segment that will not grow any more, with its callers (outermost
+    /// first). Segments close in number order; `next` is not known yet.
+    Closed {
+        /// The segment.
+        segment: &'a Segment,
+        /// Its call chain, outermost first.
+        callers: &'a [Frame],
+    },
+    /// The instance of segment `prev` goes on in segment `next` (indices).
+    Resumed {
+        /// The earlier segment.
+        prev: usize,
+        /// The new one.
+        next: usize,
+    },
+    /// A function instance ended: nothing it runs or calls comes after.
+    /// `end` is the last instruction it or its callees ran.
+    Ended {
+        /// The instance, as its last segment left it.
+        frame: &'a Frame,
+        /// Its last instruction, callees included.
+        end: u64,
+    },
+}
+
+/// Everything the builder carries from one item to the next: a
+/// checkpoint from which building may go on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallState {
+    /// The live call chain, outermost first; the last is the current
+    /// segment. Each is its instance's newest segment.
+    pub stack: Vec<Frame>,
+    /// Instruction number of the next instruction.
+    pub next_number: u64,
+    /// Segments made so far.
+    pub made: usize,
+    /// The instruction before.
+    pub last: Option<Insn>,
+    /// A signal was delivered before the next instruction.
+    pub pending_async: bool,
+}
+
+/// Builds segments from reconstructed items, a call chain deep in memory:
+/// segments are handed out ([`CallEvent`]) as they close, so a trace of
+/// any length takes the memory of its deepest call chain. `fn_of` names an
+/// address.
 pub struct CallBuilder<F: FnMut(u64) -> FnId> {
     fn_of: F,
-    /// The segments, in execution order.
-    pub segments: Vec<Segment>,
-    /// Instruction number of the next instruction.
-    next_number: u64,
-    last: Option<Insn>,
-    pending_async: bool,
+    st: CallState,
 }
 
 impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
     /// A builder that names functions with `fn_of`.
     pub fn new(fn_of: F) -> Self {
-        CallBuilder { fn_of, segments: Vec::new(), next_number: 1, last: None, pending_async: false }
+        Self::resume(fn_of, CallState { next_number: 1, ..CallState::default() })
     }
 
-    fn push(&mut self, f: &FnId, level: i32, up: Option<usize>, prev: Option<usize>) -> usize {
-        let idx = self.segments.len();
-        let n = self.next_number;
-        self.segments.push(Segment {
+    /// A builder that goes on from `state`.
+    pub fn resume(fn_of: F, state: CallState) -> Self {
+        CallBuilder { fn_of, st: state }
+    }
+
+    /// Where the builder stands.
+    pub fn state(&self) -> &CallState {
+        &self.st
+    }
+
+    /// Closes the current segment, if any.
+    fn close_top(&self, sink: &mut impl FnMut(CallEvent<'_>)) {
+        if let Some((top, callers)) = self.st.stack.split_last() {
+            sink(CallEvent::Closed { segment: &top.segment, callers });
+        }
+    }
+
+    /// Pops the chain down to `keep` frames, ending each instance popped.
+    fn pop_to(&mut self, keep: usize, sink: &mut impl FnMut(CallEvent<'_>)) {
+        let end = self.st.next_number - 1;
+        while self.st.stack.len() > keep {
+            let frame = self.st.stack.pop().expect("longer than keep");
+            if frame.segment.gap.is_none() {
+                sink(CallEvent::Ended { frame: &frame, end });
+            }
+        }
+    }
+
+    /// A new segment on top of the chain (its frame starts an instance).
+    fn push(&mut self, f: &FnId, level: i32, up: Option<usize>) -> &mut Frame {
+        let idx = self.st.made;
+        self.st.made += 1;
+        let n = self.st.next_number;
+        let segment = Segment {
             number: idx + 1,
             function: f.name.clone(),
             fn_start: f.start,
@@ -80,16 +171,14 @@ impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
             insn_begin: n,
             insn_end: n,
             up,
-            prev,
+            prev: None,
             next: None,
             signal: false,
             tail_call: false,
             gap: None,
-        });
-        if let Some(p) = prev {
-            self.segments[p].next = Some(idx);
-        }
-        idx
+        };
+        self.st.stack.push(Frame { segment, first: idx, begin: n, segments: 1, signal: false });
+        self.st.stack.last_mut().expect("pushed")
     }
 
     fn same_fn(seg: &Segment, f: &FnId) -> bool {
@@ -100,115 +189,155 @@ impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
         }
     }
 
-    /// The first segment up the call chain of `from` that runs `f`.
-    fn find_up(&self, from: usize, f: &FnId) -> Option<usize> {
+    /// The innermost caller of the current segment that runs `f`.
+    fn find_up(&self, f: &FnId) -> Option<usize> {
         // Two functions without symbols cannot be told apart: no match.
         f.name.as_ref()?;
-        let mut cur = self.segments[from].up;
-        let mut steps = 0;
-        while let Some(c) = cur {
-            if Self::same_fn(&self.segments[c], f) {
-                return Some(c);
-            }
-            cur = self.segments[c].up;
-            steps += 1;
-            if steps > 100_000 {
-                break;
-            }
-        }
-        None
+        let callers = self.st.stack.len().checked_sub(1)?;
+        (0..callers).rev().find(|&k| Self::same_fn(&self.st.stack[k].segment, f))
     }
 
-    /// Returns to (continues) the instance of segment `c`.
-    fn resume_in(&mut self, c: usize, f: &FnId) -> usize {
-        let (level, up) = (self.segments[c].level, self.segments[c].up);
-        let mut last_of_instance = c;
-        while let Some(n) = self.segments[last_of_instance].next {
-            last_of_instance = n;
-        }
-        self.push(f, level, up, Some(last_of_instance))
+    /// Returns to (continues) the instance of frame `k`, ending those above it.
+    fn resume_in(&mut self, k: usize, f: &FnId, sink: &mut impl FnMut(CallEvent<'_>)) {
+        self.close_top(sink);
+        self.pop_to(k + 1, sink);
+        let old = self.st.stack.pop().expect("frame k");
+        let prev = old.segment.number - 1;
+        let frame = self.push(f, old.segment.level, old.segment.up);
+        frame.segment.prev = Some(prev);
+        frame.first = old.first;
+        frame.begin = old.begin;
+        frame.segments = old.segments + 1;
+        frame.signal = old.signal;
+        let next = frame.segment.number - 1;
+        sink(CallEvent::Resumed { prev, next });
+    }
+
+    /// A new instance in place of the current one (same caller, same level).
+    fn replace(&mut self, f: &FnId, sink: &mut impl FnMut(CallEvent<'_>)) -> &mut Frame {
+        self.close_top(sink);
+        let c = self.st.stack.len() - 1;
+        let (level, up) = (self.st.stack[c].segment.level, self.st.stack[c].segment.up);
+        self.pop_to(c, sink);
+        self.push(f, level, up)
+    }
+
+    /// A new chain: everything before ends (a gap, the start of the trace,
+    /// a return above where the trace began).
+    fn restart(&mut self, f: &FnId, level: i32, sink: &mut impl FnMut(CallEvent<'_>)) -> &mut Frame {
+        self.close_top(sink);
+        self.pop_to(0, sink);
+        self.push(f, level, None)
     }
 
     /// Takes the next item of the flow walk.
-    pub fn item(&mut self, item: &Item) {
+    pub fn item(&mut self, item: &Item, sink: &mut impl FnMut(CallEvent<'_>)) {
         match *item {
             Item::Gap { kind, .. } => {
-                let level = self.segments.last().map_or(0, |s| s.level);
-                let idx = self.push(&FnId { start: 0, name: None }, level, None, None);
-                self.segments[idx].gap = Some(kind);
-                self.next_number += 1;
-                self.last = None;
-                self.pending_async = false;
+                let level = self.st.stack.last().map_or(0, |t| t.segment.level);
+                let frame = self.restart(&FnId { start: 0, name: None }, level, sink);
+                frame.segment.gap = Some(kind);
+                self.st.next_number += 1;
+                self.st.last = None;
+                self.st.pending_async = false;
             }
             // An interrupt that resumed where it struck changes nothing;
             // one that went elsewhere delivered a signal.
-            Item::Async { from, to } => self.pending_async = from != to,
-            Item::Insn(i) => self.insn(i),
+            Item::Async { from, to } => self.st.pending_async = from != to,
+            Item::Insn(i) => self.insn(i, sink),
         }
     }
 
-    fn insn(&mut self, i: Insn) {
+    fn insn(&mut self, i: Insn, sink: &mut impl FnMut(CallEvent<'_>)) {
         let f = (self.fn_of)(i.addr);
-        let cur = self.segments.len().checked_sub(1).filter(|&c| self.segments[c].gap.is_none());
-        let seg = match (cur, self.last) {
+        let top = self.st.stack.last().filter(|t| t.segment.gap.is_none());
+        let top = top.map(|t| (t.segment.level, t.segment.number - 1, Self::same_fn(&t.segment, &f)));
+        match (top, self.st.last) {
             (None, _) | (_, None) => {
-                let level = self.segments.last().map_or(0, |s| s.level);
-                self.push(&f, level, None, None)
+                let level = self.st.stack.last().map_or(0, |t| t.segment.level);
+                self.restart(&f, level, sink);
             }
-            (Some(c), Some(last)) => {
+            (Some((level, cur, same)), Some(last)) => {
                 let fell_through = i.addr == last.addr + u64::from(last.len);
-                if self.pending_async {
-                    let s = self.push(&f, self.segments[c].level + 1, Some(c), None);
-                    self.segments[s].signal = true;
-                    s
+                if self.st.pending_async {
+                    self.close_top(sink);
+                    let up = Some(cur);
+                    let frame = self.push(&f, level + 1, up);
+                    frame.segment.signal = true;
+                    frame.signal = true;
                 } else {
                     match last.class {
                         Class::Call if !fell_through => {
-                            self.push(&f, self.segments[c].level + 1, Some(c), None)
+                            self.close_top(sink);
+                            let up = Some(cur);
+                            self.push(&f, level + 1, up);
                         }
                         Class::Return | Class::Syscall if !fell_through || last.class == Class::Return => {
-                            let up = self.segments[c].up;
-                            match self.find_up(c, &f) {
-                                Some(u) => self.resume_in(u, &f),
+                            let n = self.st.stack.len();
+                            match self.find_up(&f) {
+                                Some(k) => self.resume_in(k, &f, sink),
                                 // Into code without symbols: back to the caller,
                                 // if it has none either.
                                 None if f.name.is_none()
-                                    && up.is_some_and(|u| self.segments[u].function.is_none()) =>
+                                    && n >= 2
+                                    && self.st.stack[n - 2].segment.function.is_none() =>
                                 {
-                                    self.resume_in(up.expect("checked"), &f)
+                                    self.resume_in(n - 2, &f, sink)
                                 }
                                 // Returned above the start of the trace.
-                                None => self.push(&f, self.segments[c].level - 1, None, None),
+                                None => {
+                                    self.restart(&f, level - 1, sink);
+                                }
                             }
                         }
-                        Class::Jump if !Self::same_fn(&self.segments[c], &f) => {
+                        Class::Jump if !same => {
                             if f.start == i.addr && f.start != 0 {
                                 // A tail call: same level, same caller.
-                                let (level, up) = (self.segments[c].level, self.segments[c].up);
-                                let s = self.push(&f, level, up, None);
-                                self.segments[s].tail_call = true;
-                                s
-                            } else if let Some(u) = self.find_up(c, &f) {
+                                self.replace(&f, sink).segment.tail_call = true;
+                            } else if let Some(k) = self.find_up(&f) {
                                 // longjmp, an exception landing: unwind.
-                                self.resume_in(u, &f)
+                                self.resume_in(k, &f, sink)
                             } else {
-                                let (level, up) = (self.segments[c].level, self.segments[c].up);
-                                self.push(&f, level, up, None)
+                                self.replace(&f, sink);
                             }
                         }
-                        _ if !Self::same_fn(&self.segments[c], &f) => {
-                            let (level, up) = (self.segments[c].level, self.segments[c].up);
-                            self.push(&f, level, up, None)
+                        _ if !same => {
+                            self.replace(&f, sink);
                         }
-                        _ => c,
+                        _ => {}
                     }
                 }
             }
-        };
-        self.segments[seg].insn_end = self.next_number;
-        self.next_number += 1;
-        self.last = Some(i);
-        self.pending_async = false;
+        }
+        let top = self.st.stack.last_mut().expect("a segment is current");
+        top.segment.insn_end = self.st.next_number;
+        self.st.next_number += 1;
+        self.st.last = Some(i);
+        self.st.pending_async = false;
+    }
+
+    /// Closes the current segment and ends every instance still open.
+    pub fn finish(&mut self, sink: &mut impl FnMut(CallEvent<'_>)) {
+        self.close_top(sink);
+        self.pop_to(0, sink);
+    }
+}
+
+/// Every segment of a trace in memory, linked both ways: the events of a
+/// [`CallBuilder`] collected.
+#[derive(Debug, Default)]
+pub struct SegmentList {
+    segments: Vec<Segment>,
+}
+
+impl SegmentList {
+    /// Takes one event.
+    pub fn event(&mut self, e: CallEvent<'_>) {
+        match e {
+            CallEvent::Closed { segment, .. } => self.segments.push(segment.clone()),
+            CallEvent::Resumed { prev, next } => self.segments[prev].next = Some(next),
+            CallEvent::Ended { .. } => {}
+        }
     }
 
     /// The segments, levels normalized so the shallowest is 0.
@@ -262,10 +391,12 @@ mod tests {
 
     fn build(items: &[Item]) -> Vec<Segment> {
         let mut b = CallBuilder::new(fn_of);
+        let mut list = SegmentList::default();
         for i in items {
-            b.item(i);
+            b.item(i, &mut |e| list.event(e));
         }
-        b.finish()
+        b.finish(&mut |e| list.event(e));
+        list.finish()
     }
 
     fn shape(segs: &[Segment]) -> Vec<(String, i32, u64, u64)> {

@@ -14,7 +14,7 @@ use crate::CodeMap;
 pub const MAX_WALK: usize = 1 << 20;
 
 /// What kind of instruction, for the call structure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum Class {
     /// No change of flow.
@@ -34,7 +34,7 @@ pub enum Class {
 }
 
 /// One instruction of a block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Insn {
     /// Its address.
     pub addr: u64,
@@ -66,7 +66,7 @@ struct Packed {
 }
 
 /// Why the reconstruction has a hole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GapKind {
     /// The walk passed the next record's `from` without reaching it
     /// (overwritten or lost records, self-modifying code).
