@@ -56,6 +56,11 @@ pub struct HistoryIndex {
     pub points: Vec<Point>,
 }
 
+/// The point before record `record`, whose branch comes after `prev`.
+pub(crate) fn point_at(record: u64, before: u64, prev: Branch) -> Point {
+    Point { record, before, prev: (prev.from, prev.to, transfer_code(prev.transfer)) }
+}
+
 fn transfer_code(t: Transfer) -> u8 {
     match t {
         Transfer::Branch => 0,
@@ -74,20 +79,53 @@ fn transfer_of(c: u8) -> Transfer {
     }
 }
 
+/// What a [`Walk`] hands out as it goes.
+pub(crate) enum Step<'a> {
+    /// Decoding may start afresh here, at the record being fed: the
+    /// entries before it and the branch before it.
+    Point {
+        /// Entries before the record's branch.
+        before: u64,
+        /// The branch before it.
+        prev: Branch,
+    },
+    /// The next item of the flow walk, with the number of the entry it
+    /// makes (an `Async` item makes none).
+    Item {
+        /// The item.
+        item: &'a Item,
+        /// Its entry number.
+        number: u64,
+        /// The instruction the thread stood at (not executed).
+        current: bool,
+    },
+}
+
 /// The decoder as [`crate::timeline::analyze`] runs it, fed a record at a time.
-struct Walk<'c> {
+pub(crate) struct Walk<'c> {
     code: &'c decode::CodeMap,
     flow: Flow<'c>,
     filter: KernelFilter,
     prev: Option<Branch>,
     /// The next entry's number.
-    next: u64,
+    pub(crate) next: u64,
     branches: Vec<Branch>,
     items: Vec<Item>,
 }
 
 impl<'c> Walk<'c> {
-    fn new(code: &'c decode::CodeMap, keep_kernel: bool, prev: Option<Branch>, next: u64) -> Self {
+    /// A walk from the start of a stream.
+    pub(crate) fn new(code: &'c decode::CodeMap, keep_kernel: bool) -> Self {
+        Self::at(code, keep_kernel, None, 1)
+    }
+
+    /// A walk that goes on from `p` (the record `p.record` comes next).
+    pub(crate) fn from_point(code: &'c decode::CodeMap, keep_kernel: bool, p: &Point) -> Self {
+        let prev = Branch { from: p.prev.0, to: p.prev.1, transfer: transfer_of(p.prev.2) };
+        Self::at(code, keep_kernel, Some(prev), p.before + 1)
+    }
+
+    fn at(code: &'c decode::CodeMap, keep_kernel: bool, prev: Option<Branch>, next: u64) -> Self {
         Walk {
             code,
             flow: Flow::new(code),
@@ -99,14 +137,8 @@ impl<'c> Walk<'c> {
         }
     }
 
-    /// Feeds one record; `point` is called before a branch whose walk may
-    /// start afresh (with the branch before it), `entry` with each entry.
-    fn feed(
-        &mut self,
-        r: &ds_alloc::BtsRecord,
-        point: &mut impl FnMut(u64, Branch),
-        entry: &mut impl FnMut(Entry),
-    ) {
+    /// Feeds one record.
+    pub(crate) fn feed(&mut self, r: &ds_alloc::BtsRecord, on: &mut impl FnMut(Step<'_>)) {
         let idle = self.filter.is_idle();
         self.branches.clear();
         self.filter.feed(r, self.code, &mut self.branches);
@@ -116,7 +148,7 @@ impl<'c> Walk<'c> {
             match self.prev {
                 Some(p) => {
                     if fresh {
-                        point(self.next - 1, p);
+                        on(Step::Point { before: self.next - 1, prev: p });
                     }
                     let items = &mut self.items;
                     self.flow.step(&p, &b, &mut |i| items.push(i));
@@ -127,31 +159,40 @@ impl<'c> Walk<'c> {
                 }
             }
             self.prev = Some(b);
-            self.emit(entry);
+            self.emit(on);
         }
     }
 
-    fn emit(&mut self, entry: &mut impl FnMut(Entry)) {
+    fn emit(&mut self, on: &mut impl FnMut(Step<'_>)) {
         for item in self.items.drain(..) {
-            match item {
-                Item::Insn(i) => entry(Entry::Insn { number: self.next, addr: i.addr, current: false }),
-                Item::Gap { kind, at } => entry(Entry::Gap { number: self.next, kind, at }),
-                Item::Async { .. } => continue,
+            on(Step::Item { item: &item, number: self.next, current: false });
+            if !matches!(item, Item::Async { .. }) {
+                self.next += 1;
             }
-            self.next += 1;
         }
     }
 
     /// The walk to where the thread stood, and that instruction (not executed).
-    fn finish(&mut self, last_pc: Option<u64>, entry: &mut impl FnMut(Entry)) {
+    pub(crate) fn finish(&mut self, last_pc: Option<u64>, on: &mut impl FnMut(Step<'_>)) {
         let Some(pc) = last_pc else { return };
         if let Some(last) = self.prev {
             let items = &mut self.items;
             self.flow.finish(&last, pc, &mut |i| items.push(i));
-            self.emit(entry);
+            self.emit(on);
         }
-        entry(Entry::Insn { number: self.next, addr: pc, current: true });
+        let len = decode::classify::decode_at(self.code, pc).map_or(0, |i| i.len() as u8);
+        let item = Item::Insn(decode::flow::Insn { addr: pc, len, class: decode::flow::Class::Other });
+        on(Step::Item { item: &item, number: self.next, current: true });
         self.next += 1;
+    }
+}
+
+/// The history entry an item makes, if any.
+pub(crate) fn entry_of(item: &Item, number: u64, current: bool) -> Option<Entry> {
+    match *item {
+        Item::Insn(i) => Some(Entry::Insn { number, addr: i.addr, current }),
+        Item::Gap { kind, at } => Some(Entry::Gap { number, kind, at }),
+        Item::Async { .. } => None,
     }
 }
 
@@ -165,7 +206,7 @@ pub fn build_index<R: Read + Seek>(
 ) -> bts_reader::Result<HistoryIndex> {
     let empty = decode::CodeMap::new();
     let code = img.map(|i| &i.code).unwrap_or(&empty);
-    let mut walk = Walk::new(code, keep_kernel, None, 1);
+    let mut walk = Walk::new(code, keep_kernel);
     let mut points = Vec::new();
     let (mut seen, mut record) = (0u64, 0u64);
     let mut chunk = Vec::with_capacity(CHUNK);
@@ -175,17 +216,14 @@ pub fn build_index<R: Read + Seek>(
             break;
         }
         for r in &chunk {
-            let mut point = |before: u64, prev: Branch| {
-                seen += 1;
-                if seen % EVERY == 0 {
-                    points.push(Point {
-                        record,
-                        before,
-                        prev: (prev.from, prev.to, transfer_code(prev.transfer)),
-                    });
+            walk.feed(r, &mut |step| {
+                if let Step::Point { before, prev } = step {
+                    seen += 1;
+                    if seen % EVERY == 0 {
+                        points.push(point_at(record, before, prev));
+                    }
                 }
-            };
-            walk.feed(r, &mut point, &mut |_| {});
+            });
             record += 1;
         }
     }
@@ -209,15 +247,16 @@ pub fn entries<R: Read + Seek>(
     let at = index.points.partition_point(|p| p.before < lo);
     let start = at.checked_sub(1).map(|i| index.points[i]);
     let (mut record, mut walk) = match start {
-        Some(p) => {
-            let prev = Branch { from: p.prev.0, to: p.prev.1, transfer: transfer_of(p.prev.2) };
-            (p.record, Walk::new(code, index.keep_kernel, Some(prev), p.before + 1))
-        }
-        None => (0, Walk::new(code, index.keep_kernel, None, 1)),
+        Some(p) => (p.record, Walk::from_point(code, index.keep_kernel, &p)),
+        None => (0, Walk::new(code, index.keep_kernel)),
     };
-    let mut wanted = |e: Entry| {
-        if (lo..=hi).contains(&e.number()) {
-            entry(&e);
+    let mut wanted = |step: Step<'_>| {
+        if let Step::Item { item, number, current } = step {
+            if (lo..=hi).contains(&number) {
+                if let Some(e) = entry_of(item, number, current) {
+                    entry(&e);
+                }
+            }
         }
     };
     let mut chunk = Vec::with_capacity(CHUNK);
@@ -228,7 +267,7 @@ pub fn entries<R: Read + Seek>(
             break;
         }
         for r in &chunk {
-            walk.feed(r, &mut |_, _| {}, &mut wanted);
+            walk.feed(r, &mut wanted);
             record += 1;
             if walk.next > hi {
                 break;

@@ -1,0 +1,346 @@
+//! One thread's call history (GDB's function segments) for a trace of any
+//! size, in bounded memory.
+//!
+//! [`decode::calls::CallBuilder`] keeps only the live call chain and hands
+//! segments out as they close, so one pass over the records gives every
+//! segment in the memory of the deepest chain. What one pass cannot know
+//! is kept in a [`CallIndex`], built once per trace file and thread: the
+//! number of segments, the shallowest level (levels are shown from 0), and
+//! checkpoints of the builder at points of the instruction index, from
+//! which a range of segments is decoded without the records before it.
+//!
+//! A checkpoint holds the call chain, so it is kept only when the records
+//! since the last one number at least 64 per frame of the chain: the index
+//! stays a small fraction of the trace even in a deep recursion.
+
+use std::io::{Read, Seek};
+
+use bts_reader::tracestream::StreamAt;
+use decode::calls::{CallBuilder, CallEvent, CallState, FnId};
+use decode::flow::Item;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Image;
+use crate::stream::{point_at, Point, Step, Walk, EVERY};
+use crate::timeline::fn_id;
+
+/// Records read at a time.
+const CHUNK: usize = 64 * 1024;
+/// Records a checkpoint must stand for, per frame of its call chain.
+const RECORDS_PER_FRAME: u64 = 64;
+/// The call index format's version.
+pub const CALL_INDEX_VERSION: u32 = 1;
+
+/// Where building may go on: a point of the instruction walk and the
+/// call builder as it stood there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The walk.
+    pub point: Point,
+    /// The builder.
+    pub state: CallState,
+}
+
+/// What one pass over a thread's records tells of its call history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallIndex {
+    /// [`CALL_INDEX_VERSION`].
+    pub version: u32,
+    /// Kernel records kept as they are.
+    pub keep_kernel: bool,
+    /// Entries of the instruction history (instructions and gaps).
+    pub entries: u64,
+    /// Function segments.
+    pub segments: u64,
+    /// The shallowest call level met; levels are shown less it.
+    pub min_level: i32,
+    /// Checkpoints, in record order.
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// What a reader of the call history does with it.
+pub trait CallSink {
+    /// One event of the builder. Return false when nothing more is wanted.
+    fn event(&mut self, e: CallEvent<'_>) -> bool;
+    /// Each instruction, with the index of the segment it runs in.
+    fn insn(&mut self, _addr: u64, _segment: usize) {}
+}
+
+/// The builder with the symbols of one image.
+type Builder<'i> = CallBuilder<Box<dyn FnMut(u64) -> FnId + 'i>>;
+
+fn builder<'i>(img: Option<&'i Image>, state: Option<CallState>) -> Builder<'i> {
+    let fn_of: Box<dyn FnMut(u64) -> FnId + 'i> = Box::new(move |a| fn_id(img, a));
+    match state {
+        Some(s) => CallBuilder::resume(fn_of, s),
+        None => CallBuilder::new(fn_of),
+    }
+}
+
+/// Feeds a walk item to the builder and the sink; false once the sink is done.
+fn take(b: &mut Builder<'_>, item: &Item, sink: &mut dyn CallSink) -> bool {
+    let mut more = true;
+    b.item(item, &mut |e| more &= sink.event(e));
+    if let (Item::Insn(i), Some(top)) = (item, b.state().stack.last()) {
+        sink.insn(i.addr, top.segment.number - 1);
+    }
+    more
+}
+
+/// Builds the call index of `src`, a thread stream of the image `img`
+/// whose thread stood at `last_pc`, reading it once.
+pub fn build_call_index<R: Read + Seek>(
+    src: &mut StreamAt<R>,
+    img: Option<&Image>,
+    keep_kernel: bool,
+    last_pc: Option<u64>,
+) -> bts_reader::Result<CallIndex> {
+    struct Count {
+        min_level: i32,
+    }
+    impl CallSink for Count {
+        fn event(&mut self, e: CallEvent<'_>) -> bool {
+            if let CallEvent::Closed { segment, .. } = e {
+                self.min_level = self.min_level.min(segment.level);
+            }
+            true
+        }
+    }
+    let empty = decode::CodeMap::new();
+    let code = img.map(|i| &i.code).unwrap_or(&empty);
+    let mut walk = Walk::new(code, keep_kernel);
+    let mut b = builder(img, None);
+    let mut count = Count { min_level: 0 };
+    let mut checkpoints = Vec::new();
+    let (mut seen, mut record, mut last_kept) = (0u64, 0u64, 0u64);
+    let mut chunk = Vec::with_capacity(CHUNK);
+    loop {
+        chunk.clear();
+        if src.read(record, CHUNK, &mut chunk)? == 0 {
+            break;
+        }
+        for r in &chunk {
+            walk.feed(r, &mut |step| match step {
+                Step::Point { before, prev } => {
+                    seen += 1;
+                    let frames = b.state().stack.len() as u64;
+                    if seen % EVERY == 0 && frames * RECORDS_PER_FRAME <= record - last_kept {
+                        last_kept = record;
+                        checkpoints.push(Checkpoint {
+                            point: point_at(record, before, prev),
+                            state: b.state().clone(),
+                        });
+                    }
+                }
+                Step::Item { item, .. } => {
+                    take(&mut b, item, &mut count);
+                }
+            });
+            record += 1;
+        }
+    }
+    walk.finish(last_pc, &mut |step| {
+        if let Step::Item { item, .. } = step {
+            take(&mut b, item, &mut count);
+        }
+    });
+    b.finish(&mut |e| {
+        count.event(e);
+    });
+    Ok(CallIndex {
+        version: CALL_INDEX_VERSION,
+        keep_kernel,
+        entries: walk.next - 1,
+        segments: b.state().made as u64,
+        min_level: count.min_level,
+        checkpoints,
+    })
+}
+
+/// Hands `sink` the call history of `src` from the segment numbered
+/// `from` (or from one before it) until it wants no more or the stream
+/// ends. Levels are as built: less `index.min_level` to show them.
+pub fn calls<R: Read + Seek>(
+    src: &mut StreamAt<R>,
+    index: &CallIndex,
+    img: Option<&Image>,
+    last_pc: Option<u64>,
+    from: u64,
+    sink: &mut dyn CallSink,
+) -> bts_reader::Result<()> {
+    let empty = decode::CodeMap::new();
+    let code = img.map(|i| &i.code).unwrap_or(&empty);
+    // The last checkpoint whose current segment is `from` or before it.
+    let at = index.checkpoints.partition_point(|c| c.state.made as u64 <= from.max(1));
+    let (mut record, mut walk, mut b) = match at.checked_sub(1).map(|i| &index.checkpoints[i]) {
+        Some(c) => (
+            c.point.record,
+            Walk::from_point(code, index.keep_kernel, &c.point),
+            builder(img, Some(c.state.clone())),
+        ),
+        None => (0, Walk::new(code, index.keep_kernel), builder(img, None)),
+    };
+    let mut more = true;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    while more {
+        chunk.clear();
+        if src.read(record, CHUNK, &mut chunk)? == 0 {
+            walk.finish(last_pc, &mut |step| {
+                if let Step::Item { item, .. } = step {
+                    more = more && take(&mut b, item, sink);
+                }
+            });
+            if more {
+                b.finish(&mut |e| more = more && sink.event(e));
+            }
+            break;
+        }
+        for r in &chunk {
+            walk.feed(r, &mut |step| {
+                if let Step::Item { item, .. } = step {
+                    more = more && take(&mut b, item, sink);
+                }
+            });
+            record += 1;
+            if !more {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::images;
+    use crate::timeline::analyze;
+    use bts_reader::{CodeRange, Module, Stream, StreamKind, TraceFile};
+    use decode::calls::Segment;
+    use ds_alloc::BtsRecord;
+
+    /// Calls one or two deep, at random:
+    /// 1000 call 1010; 1005 jmp 1000;
+    /// 1010 jne 1013; 1012 ret; 1013 call 1020; 1018 ret; 1020 ret.
+    fn call_trace(n: usize) -> TraceFile {
+        let mut records = Vec::with_capacity(n + 6);
+        let mut x = 54321u32;
+        while records.len() < n {
+            x = x.wrapping_mul(1103515245).wrapping_add(12345);
+            records.push(BtsRecord::branch(0x1000, 0x1010));
+            if x & 0x100 != 0 {
+                records.push(BtsRecord::branch(0x1010, 0x1013));
+                records.push(BtsRecord::branch(0x1013, 0x1020));
+                records.push(BtsRecord::branch(0x1020, 0x1018));
+                records.push(BtsRecord::branch(0x1018, 0x1005));
+            } else {
+                records.push(BtsRecord::branch(0x1012, 0x1005));
+            }
+            records.push(BtsRecord::branch(0x1005, 0x1000));
+        }
+        let mut tf = TraceFile::default();
+        tf.meta.pid = 7;
+        tf.streams.push(Stream {
+            kind: StreamKind::Thread { pid: 7, generation: 1, tid: 7, crashed: true, last_pc: Some(0x1005) },
+            capacity: records.len() as u64,
+            overwritten: 0,
+            lost: 0,
+            records,
+        });
+        let mut code = vec![0xcc; 4096];
+        code[..7].copy_from_slice(&[0xe8, 0x0b, 0, 0, 0, 0xeb, 0xf9]);
+        code[0x10..0x19].copy_from_slice(&[0x75, 0x01, 0xc3, 0xe8, 0x08, 0, 0, 0, 0xc3]);
+        code[0x20] = 0xc3;
+        tf.code.push(CodeRange { pid: 7, generation: 1, addr: 0x1000, bytes: code });
+        tf.modules.push(Module {
+            pid: 7,
+            generation: 1,
+            map: decode::Mapping { start: 0x1000, end: 0x2000, offset: 0, path: "[calls]".into() },
+            build_id: None,
+        });
+        tf
+    }
+
+    /// Segments `lo..` by index, as [`decode::calls::SegmentList`] links them.
+    struct Collect {
+        lo: usize,
+        min_level: i32,
+        got: BTreeMap<usize, Segment>,
+    }
+
+    impl CallSink for Collect {
+        fn event(&mut self, e: CallEvent<'_>) -> bool {
+            match e {
+                CallEvent::Closed { segment, .. } if segment.number >= self.lo => {
+                    let level = segment.level - self.min_level;
+                    self.got.insert(segment.number - 1, Segment { level, ..segment.clone() });
+                }
+                CallEvent::Resumed { prev, next } => {
+                    if let Some(s) = self.got.get_mut(&prev) {
+                        s.next = Some(next);
+                    }
+                }
+                _ => {}
+            }
+            true
+        }
+    }
+
+    #[test]
+    fn segments_from_checkpoints_equal_the_full_decode() {
+        let tf = call_trace(6 * EVERY as usize + 321);
+        let dir = std::env::temp_dir().join(format!("bts-callstream-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("calls.bts");
+        std::fs::write(&path, tf.to_bytes()).unwrap();
+        let imgs = images(&tf);
+        let img = imgs.get(&(7, 1));
+        let last_pc = Some(0x1005);
+        let full = analyze(&tf.streams[0], img, false, &mut |_, _| {});
+        let (_, offsets) = bts_reader::tracestream::scan(&path, true).unwrap();
+        let mut src = StreamAt::new(std::fs::File::open(&path).unwrap(), offsets[0].data, offsets[0].count);
+        let index = build_call_index(&mut src, img, false, last_pc).unwrap();
+        assert_eq!(index.segments, full.segments.len() as u64);
+        assert_eq!(index.entries, full.entries.len() as u64);
+        assert!(index.checkpoints.len() >= 4, "{}", index.checkpoints.len());
+        assert!(full.segments.iter().any(|s| s.level == 2), "calls two deep");
+        let mid = index.checkpoints[2].state.made;
+        let n = full.segments.len();
+        for lo in [1, mid - 1, mid, mid + 1, n - 3, n] {
+            let mut c = Collect { lo, min_level: index.min_level, got: BTreeMap::new() };
+            calls(&mut src, &index, img, last_pc, lo as u64, &mut c).unwrap();
+            let got: Vec<Segment> = c.got.into_values().collect();
+            assert_eq!(got, full.segments[lo - 1..], "from segment {lo}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_sink_that_has_enough_stops_the_walk() {
+        let tf = call_trace(3 * EVERY as usize);
+        let dir = std::env::temp_dir().join(format!("bts-callstop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("calls.bts");
+        std::fs::write(&path, tf.to_bytes()).unwrap();
+        let imgs = images(&tf);
+        let img = imgs.get(&(7, 1));
+        let (_, offsets) = bts_reader::tracestream::scan(&path, true).unwrap();
+        let mut src = StreamAt::new(std::fs::File::open(&path).unwrap(), offsets[0].data, offsets[0].count);
+        let index = build_call_index(&mut src, img, false, None).unwrap();
+        struct Five(Vec<usize>);
+        impl CallSink for Five {
+            fn event(&mut self, e: CallEvent<'_>) -> bool {
+                if let CallEvent::Closed { segment, .. } = e {
+                    self.0.push(segment.number);
+                }
+                self.0.len() < 5
+            }
+        }
+        let mut five = Five(Vec::new());
+        calls(&mut src, &index, img, None, 1, &mut five).unwrap();
+        assert_eq!(five.0, vec![1, 2, 3, 4, 5]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
