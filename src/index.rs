@@ -8,17 +8,48 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use analysis::callstream::{CallIndex, CALL_INDEX_VERSION};
 use analysis::stream::{HistoryIndex, INDEX_VERSION};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
-struct IndexFile {
+pub struct IndexFile {
     format: String,
     version: u32,
     file_len: u64,
     mtime_ns: u128,
     /// By "STREAM/KERNEL": the stream's place in the file, 1 with kernel records.
     threads: BTreeMap<String, HistoryIndex>,
+    /// The call indexes, by the same keys (made by `--calls` and `export`).
+    #[serde(default)]
+    calls: BTreeMap<String, CallIndex>,
+}
+
+/// An index kept in the file.
+pub trait Kept: Clone + Serialize + DeserializeOwned {
+    /// Where the file keeps indexes of this kind.
+    fn slot(f: &mut IndexFile) -> &mut BTreeMap<String, Self>;
+    /// The index was made by this version.
+    fn current(&self) -> bool;
+}
+
+impl Kept for HistoryIndex {
+    fn slot(f: &mut IndexFile) -> &mut BTreeMap<String, Self> {
+        &mut f.threads
+    }
+    fn current(&self) -> bool {
+        self.version == INDEX_VERSION
+    }
+}
+
+impl Kept for CallIndex {
+    fn slot(f: &mut IndexFile) -> &mut BTreeMap<String, Self> {
+        &mut f.calls
+    }
+    fn current(&self) -> bool {
+        self.version == CALL_INDEX_VERSION
+    }
 }
 
 const FORMAT: &str = "bts history index";
@@ -63,17 +94,19 @@ pub fn is_current(trace: &Path) -> bool {
 /// The index of stream `stream` of `trace`, from beside it if it is there
 /// and current; else `build`'s, kept beside it when that can be done
 /// without replacing anything but an older index.
-pub fn index_of(
+pub fn index_of<T: Kept>(
     trace: &Path,
     stream: usize,
     keep_kernel: bool,
-    build: impl FnOnce() -> bts_reader::Result<HistoryIndex>,
-) -> bts_reader::Result<HistoryIndex> {
+    build: impl FnOnce() -> bts_reader::Result<T>,
+) -> bts_reader::Result<T> {
     let path = sidecar(trace);
     let id = identity(trace);
-    let existing = read(&path);
-    let current = match &existing {
-        Ok(Some(f)) if is_for(f, id) => f.threads.get(&key(stream, keep_kernel)).cloned(),
+    let mut existing = read(&path);
+    let current = match &mut existing {
+        Ok(Some(f)) if is_for(f, id) => {
+            T::slot(f).get(&key(stream, keep_kernel)).filter(|i| i.current()).cloned()
+        }
         _ => None,
     };
     if let Some(i) = current {
@@ -90,10 +123,11 @@ pub fn index_of(
             file_len,
             mtime_ns,
             threads: BTreeMap::new(),
+            calls: BTreeMap::new(),
         },
         Err(()) => return Ok(index),
     };
-    file.threads.insert(key(stream, keep_kernel), index.clone());
+    T::slot(&mut file).insert(key(stream, keep_kernel), index.clone());
     if let Ok(bytes) = serde_json::to_vec(&file) {
         // Written aside, then put in place: a reader never sees half of it.
         let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));

@@ -17,7 +17,7 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Why a file could not be written.
@@ -56,8 +56,17 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> WriteError + '_ {
     move |source| WriteError::Io { path: path.display().to_string(), source }
 }
 
-/// Writes `bytes` to `path` by the rules of this module.
-pub fn write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+/// Where a path leads, symlinks followed.
+enum Target {
+    /// An existing regular file.
+    Regular(PathBuf),
+    /// A device, FIFO or socket (or anything else that is not a file).
+    Through(PathBuf),
+    /// Nothing yet.
+    Missing(PathBuf),
+}
+
+fn resolve(path: &Path) -> Result<Target, WriteError> {
     let mut target = path.to_path_buf();
     for _ in 0..40 {
         match std::fs::symlink_metadata(&target) {
@@ -75,25 +84,89 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
                 if m.permissions().mode() & 0o222 == 0 {
                     return Err(WriteError::ReadOnly { path: target.display().to_string() });
                 }
-                return rewrite_in_place(&target, bytes);
+                return Ok(Target::Regular(target));
             }
-            Ok(m) if is_special(&m.file_type()) => return write_through(&target, bytes),
-            Ok(_) => return write_through(&target, bytes),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match create_new(&target, bytes) {
-                // Something appeared there meanwhile: look again.
-                Err(WriteError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
-                    continue
-                }
-                other => return other,
-            },
+            Ok(_) => return Ok(Target::Through(target)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Target::Missing(target)),
             Err(e) => return Err(io_err(&target)(e)),
         }
     }
     Err(WriteError::SymlinkLoop { path: path.display().to_string() })
 }
 
-fn is_special(t: &std::fs::FileType) -> bool {
-    t.is_char_device() || t.is_block_device() || t.is_fifo() || t.is_socket()
+/// Writes `bytes` to `path` by the rules of this module.
+pub fn write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    for _ in 0..40 {
+        match resolve(path)? {
+            Target::Regular(t) => return rewrite_in_place(&t, bytes),
+            Target::Through(t) => return write_through(&t, bytes),
+            Target::Missing(t) => match create_new(&t, &mut |w| w.write_all(bytes)) {
+                // Something appeared there meanwhile: look again.
+                Err(WriteError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+                    continue
+                }
+                other => return other,
+            },
+        }
+    }
+    Err(WriteError::SymlinkLoop { path: path.display().to_string() })
+}
+
+/// Writes what `produce` writes to `path` by the rules of this module,
+/// without holding it in memory: a new file is written aside and linked
+/// into place; an existing one is rewritten in place only once the whole
+/// text was written aside (so a failing `produce` leaves it as it was).
+pub fn write_with(
+    path: &Path,
+    produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), WriteError> {
+    for _ in 0..40 {
+        match resolve(path)? {
+            Target::Regular(t) => return rewrite_in_place_from(&t, produce),
+            Target::Through(t) => {
+                let f = OpenOptions::new().write(true).open(&t).map_err(io_err(&t))?;
+                let mut w = io::BufWriter::new(f);
+                produce(&mut w).and_then(|()| w.flush()).map_err(io_err(&t))?;
+                return Ok(());
+            }
+            Target::Missing(t) => match create_new(&t, produce) {
+                Err(WriteError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+                    continue
+                }
+                other => return other,
+            },
+        }
+    }
+    Err(WriteError::SymlinkLoop { path: path.display().to_string() })
+}
+
+/// An existing regular file, rewritten in place from a text made aside.
+fn rewrite_in_place_from(
+    path: &Path,
+    produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), WriteError> {
+    let (tmp, f) = aside_file(path)?;
+    let aside = Aside(Some(tmp.clone()));
+    let mut w = io::BufWriter::new(f);
+    produce(&mut w).and_then(|()| w.flush()).map_err(io_err(path))?;
+    let mut text = w.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
+    let len = text.metadata().map_err(io_err(&tmp))?.len();
+    let f = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io_err(path))?;
+    reserve(&f, len as usize).map_err(io_err(path))?;
+    let written = (|| {
+        use std::io::Seek;
+        text.seek(io::SeekFrom::Start(0))?;
+        let mut w = &f;
+        io::copy(&mut io::Read::by_ref(&mut text), &mut w)?;
+        f.set_len(len)?;
+        f.sync_all()
+    })();
+    drop(aside);
+    if let Err(e) = written {
+        let _ = f.set_len(0);
+        return Err(io_err(path)(e));
+    }
+    Ok(())
 }
 
 /// A device or FIFO: written as `>` would, nothing created or replaced.
@@ -152,41 +225,46 @@ impl Drop for Aside {
     }
 }
 
-/// A new file: written aside, linked into place when complete.
-fn create_new(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+/// A private file beside `path` (mode 0600), opened for reading and writing.
+fn aside_file(path: &Path) -> Result<(PathBuf, File), WriteError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let name =
         path.file_name().ok_or_else(|| WriteError::IsDirectory { path: path.display().to_string() })?;
-    let mut aside = Aside(None);
-    let mut file = None;
     for n in 0..100u32 {
         let tmp = dir.join(format!(".{}.{}.{n}.partial", name.to_string_lossy(), std::process::id()));
         match OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
         {
-            Ok(f) => {
-                aside.0 = Some(tmp);
-                file = Some(f);
-                break;
-            }
+            Ok(f) => return Ok((tmp, f)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(io_err(path)(e)),
         }
     }
-    let (Some(mut f), Some(tmp)) = (file, aside.0.clone()) else {
-        return Err(io_err(path)(io::Error::from(io::ErrorKind::AlreadyExists)));
-    };
-    f.write_all(bytes).map_err(io_err(path))?;
+    Err(io_err(path)(io::Error::from(io::ErrorKind::AlreadyExists)))
+}
+
+/// A new file: written aside, linked into place when complete.
+fn create_new(
+    path: &Path,
+    produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), WriteError> {
+    let (tmp, f) = aside_file(path)?;
+    let mut aside = Aside(Some(tmp.clone()));
+    let mut w = io::BufWriter::new(f);
+    produce(&mut w).and_then(|()| w.flush()).map_err(io_err(path))?;
+    let f = w.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
     f.sync_all().map_err(io_err(path))?;
     drop(f);
     link_no_replace(&tmp, path).map_err(io_err(path))?;
+    aside.0 = None;
     Ok(())
 }
 
@@ -254,6 +332,32 @@ mod tests {
         write(&dangling, b"made").unwrap();
         assert_eq!(std::fs::read(d.join("made.bts")).unwrap(), b"made");
         assert!(leftovers(&d).is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn written_as_produced() {
+        use std::os::unix::fs::MetadataExt;
+        let d = dir("with");
+        let p = d.join("e.json");
+        write_with(&p, &mut |w| w.write_all(b"new text")).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new text");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        let ino = std::fs::metadata(&p).unwrap().ino();
+        write_with(&p, &mut |w| w.write_all(b"x")).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"x");
+        assert_eq!(std::fs::metadata(&p).unwrap().ino(), ino, "same inode");
+        // A producer that fails leaves the file as it was, and nothing aside.
+        let failed = write_with(&p, &mut |w| {
+            w.write_all(b"half")?;
+            Err(io::Error::other("no more"))
+        });
+        assert!(matches!(failed, Err(WriteError::Io { .. })));
+        assert_eq!(std::fs::read(&p).unwrap(), b"x");
+        let q = d.join("never.json");
+        assert!(write_with(&q, &mut |_| Err(io::Error::other("no"))).is_err());
+        assert!(!q.exists());
+        assert!(leftovers(&d).is_empty(), "{:?}", leftovers(&d));
         let _ = std::fs::remove_dir_all(&d);
     }
 
