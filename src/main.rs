@@ -14,6 +14,7 @@ mod load;
 mod out;
 mod record;
 mod save;
+mod streamed;
 mod vg;
 
 use std::process::ExitCode;

@@ -85,13 +85,14 @@ fn the_end_of_a_huge_history_is_decoded_in_bounded_memory() {
     let big = dir.join("loop.bts");
     let tail = common::loop_trace::write_loop_trace(&big, 42, N, 500);
     let (code, module) = common::loop_trace::loop_image(42);
+    use common::loop_trace::LAST_PC;
     // In process: the index, then the last entries; the peak read after.
     let (tf, extents) = bts_reader::tracestream::scan(&big, true).unwrap();
     let imgs = analysis::model::images(&tf);
     let img = imgs.get(&(42, 1));
     let f = std::fs::File::open(&big).unwrap();
     let mut src = bts_reader::tracestream::StreamAt::new(f, extents[0].data, extents[0].count);
-    let index = build_index(&mut src, img, false, Some(0x1001)).unwrap();
+    let index = build_index(&mut src, img, false, Some(LAST_PC), &mut |_, _| {}).unwrap();
     let total = index.entries;
     assert!(total > N, "{total} entries");
     // The same range, decoded in full from the tail's own records.
@@ -100,7 +101,7 @@ fn the_end_of_a_huge_history_is_decoded_in_bounded_memory() {
     small.modules.push(module.clone());
     small.code.push(code.clone());
     small.streams.push(bts_reader::Stream {
-        kind: StreamKind::Thread { pid: 42, generation: 1, tid: 42, crashed: true, last_pc: Some(0x1001) },
+        kind: StreamKind::Thread { pid: 42, generation: 1, tid: 42, crashed: true, last_pc: Some(LAST_PC) },
         capacity: tail.len() as u64,
         overwritten: 0,
         lost: 0,
@@ -123,7 +124,17 @@ fn the_end_of_a_huge_history_is_decoded_in_bounded_memory() {
         .collect();
     // The index's way: from the point before, only the range.
     let mut got = Vec::new();
-    entries(&mut src, &index, img, Some(0x1001), shift + 1, total, &mut |e| got.push(*e)).unwrap();
+    entries(&mut src, &index, img, Some(LAST_PC), shift + 1, total, &mut |e| got.push(*e)).unwrap();
+    // The call history's way: its index, then the last segments from the
+    // checkpoint before them, against the full decode of the tail.
+    let calls_index =
+        analysis::callstream::build_call_index(&mut src, img, false, Some(LAST_PC), &mut |_, _| {}).unwrap();
+    let last_segments = {
+        let mut c =
+            Collect { lo: calls_index.segments - 99, min_level: calls_index.min_level, got: Vec::new() };
+        analysis::callstream::calls(&mut src, &calls_index, img, Some(LAST_PC), c.lo, &mut c).unwrap();
+        c.got
+    };
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let peak_kib: u64 = status
         .lines()
@@ -142,11 +153,28 @@ fn the_end_of_a_huge_history_is_decoded_in_bounded_memory() {
         first_diff.map(|i| got[i]),
         first_diff.map(|i| want[i])
     );
+    let seg_shift = calls_index.segments - full.segments.len() as u64;
+    let want_segments: Vec<_> = full.segments[full.segments.len() - 100..]
+        .iter()
+        .map(|s| {
+            let idx = |i: Option<usize>| i.map(|i| i + seg_shift as usize);
+            (
+                s.number + seg_shift as usize,
+                s.level,
+                s.insn_begin + shift,
+                s.insn_end + shift,
+                idx(s.up),
+                idx(s.prev),
+            )
+        })
+        .collect();
+    assert_eq!(last_segments, want_segments);
+    assert_eq!(want_segments.last().unwrap().3, total, "the last segment ends at the last instruction");
     // The CLI: the last lines, with the current instruction, in bounded memory.
     let out = bts(&dir, &["history", "loop.bts"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines = text(&out.stdout);
-    assert!(lines.lines().last().unwrap().starts_with(&format!("{total}\t=> 0x0000000000001001")), "{lines}");
+    assert!(lines.lines().last().unwrap().starts_with(&format!("{total}\t=> {LAST_PC:#018x}")), "{lines}");
     assert_eq!(lines.lines().count(), 10);
     assert!(dir.join("loop.bts.idx").exists(), "the index is kept beside the trace");
     let again = bts(&dir, &["history", "loop.bts", &format!("{},+5", total - 200)]);
@@ -156,8 +184,47 @@ fn the_end_of_a_huge_history_is_decoded_in_bounded_memory() {
     let rtext = text(&report.stdout) + &text(&report.stderr);
     assert!(report.status.success(), "{rtext}");
     assert!(rtext.contains("Last 16 branches of thread 42 (crashed)"), "{rtext}");
+    // The call history and the exports, in bounded memory too.
+    let calls = text(&bts(&dir, &["history", "loop.bts", "--calls", "--insn-range"]).stdout);
+    let last = calls.lines().last().unwrap().to_string();
+    assert!(last.starts_with(&format!("{}\t??\tinst ", calls_index.segments)), "{calls}");
+    assert!(last.ends_with(&format!(",{total}")), "{calls}");
+    let json = bts(
+        &dir,
+        &["history", "loop.bts", "--calls", "--json", &format!("{},+9999", calls_index.segments - 9999)],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let items = v["calls"].as_array().unwrap();
+    assert_eq!(items.len(), 10000);
+    assert_eq!(items.last().unwrap()["number"], calls_index.segments);
+    let folded = bts(&dir, &["export", "--format", "folded", "loop.bts"]);
+    assert!(folded.status.success(), "{}", text(&folded.stderr));
+    let weights: u64 =
+        text(&folded.stdout).lines().map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(weights, total, "folded weights add up to every instruction");
     let peak = children_peak_kib();
-    eprintln!("bts history and last-branch: peak RSS {peak} KiB");
-    assert!(peak < 150 * 1024, "bts history or last-branch peaked at {peak} KiB");
+    eprintln!("bts history (instructions, calls), last-branch, export: peak RSS {peak} KiB");
+    assert!(peak < 150 * 1024, "bts history, last-branch or export peaked at {peak} KiB");
     std::fs::remove_file(&big).unwrap();
+}
+
+/// A segment as (number, level, first and last instruction, up, prev).
+type Shape = (usize, i32, u64, u64, Option<usize>, Option<usize>);
+
+/// Segments `lo..`.
+struct Collect {
+    lo: u64,
+    min_level: i32,
+    got: Vec<Shape>,
+}
+
+impl analysis::callstream::CallSink for Collect {
+    fn event(&mut self, e: decode::calls::CallEvent<'_>) -> bool {
+        if let decode::calls::CallEvent::Closed { segment: s, .. } = e {
+            if s.number as u64 >= self.lo {
+                self.got.push((s.number, s.level - self.min_level, s.insn_begin, s.insn_end, s.up, s.prev));
+            }
+        }
+        true
+    }
 }

@@ -94,6 +94,7 @@ pub fn build_call_index<R: Read + Seek>(
     img: Option<&Image>,
     keep_kernel: bool,
     last_pc: Option<u64>,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> bts_reader::Result<CallIndex> {
     struct Count {
         min_level: i32,
@@ -119,6 +120,7 @@ pub fn build_call_index<R: Read + Seek>(
         if src.read(record, CHUNK, &mut chunk)? == 0 {
             break;
         }
+        progress(record as usize, src.count() as usize);
         for r in &chunk {
             walk.feed(r, &mut |step| match step {
                 Step::Point { before, prev } => {
@@ -144,6 +146,7 @@ pub fn build_call_index<R: Read + Seek>(
             take(&mut b, item, &mut count);
         }
     });
+    progress(record as usize, record as usize);
     b.finish(&mut |e| {
         count.event(e);
     });
@@ -301,7 +304,7 @@ mod tests {
         let full = analyze(&tf.streams[0], img, false, &mut |_, _| {});
         let (_, offsets) = bts_reader::tracestream::scan(&path, true).unwrap();
         let mut src = StreamAt::new(std::fs::File::open(&path).unwrap(), offsets[0].data, offsets[0].count);
-        let index = build_call_index(&mut src, img, false, last_pc).unwrap();
+        let index = build_call_index(&mut src, img, false, last_pc, &mut |_, _| {}).unwrap();
         assert_eq!(index.segments, full.segments.len() as u64);
         assert_eq!(index.entries, full.entries.len() as u64);
         assert!(index.checkpoints.len() >= 4, "{}", index.checkpoints.len());
@@ -328,7 +331,7 @@ mod tests {
         let img = imgs.get(&(7, 1));
         let (_, offsets) = bts_reader::tracestream::scan(&path, true).unwrap();
         let mut src = StreamAt::new(std::fs::File::open(&path).unwrap(), offsets[0].data, offsets[0].count);
-        let index = build_call_index(&mut src, img, false, None).unwrap();
+        let index = build_call_index(&mut src, img, false, None, &mut |_, _| {}).unwrap();
         struct Five(Vec<usize>);
         impl CallSink for Five {
             fn event(&mut self, e: CallEvent<'_>) -> bool {

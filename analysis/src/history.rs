@@ -3,12 +3,11 @@
 
 use std::collections::HashMap;
 
-use decode::calls::Segment;
 use decode::classify::decode_at;
 use serde_json::{json, Value};
 
 use crate::model::Image;
-use crate::timeline::{Analysis, Entry};
+use crate::timeline::Entry;
 
 /// What `--insns` prints (GDB's /m /s, /r, /f modifiers).
 #[derive(Debug, Clone, Copy, Default)]
@@ -150,67 +149,6 @@ fn insn_text(img: Option<&Image>, addr: u64, o: InsnOpts) -> String {
     line
 }
 
-fn entries_in(an: &Analysis, a: u64, b: u64) -> &[Entry] {
-    // Entries are numbered 1.. in order.
-    let lo = (a.max(1) - 1) as usize;
-    let hi = (b as usize).min(an.entries.len());
-    if lo >= hi {
-        return &[];
-    }
-    &an.entries[lo..hi]
-}
-
-/// (file, first line, last line) of a segment's instructions.
-fn segment_lines(an: &Analysis, img: Option<&Image>, s: &Segment) -> Option<(String, u32, u32)> {
-    let img = img?;
-    let mut file: Option<String> = None;
-    let (mut lo, mut hi) = (u32::MAX, 0);
-    for e in entries_in(an, s.insn_begin, s.insn_end) {
-        if let Entry::Insn { addr, .. } = *e {
-            let sym = img.syms.lookup(addr);
-            if let (Some(f), Some(l)) = (sym.file, sym.line) {
-                if file.as_ref().is_none_or(|x| *x == f) {
-                    file = Some(f);
-                    lo = lo.min(l);
-                    hi = hi.max(l);
-                }
-            }
-        }
-    }
-    file.map(|f| (f, lo, hi))
-}
-
-/// The lines of the function-call history for segments `[a, b]`.
-pub fn call_history(an: &Analysis, img: Option<&Image>, a: u64, b: u64, o: CallOpts) -> Vec<String> {
-    let mut out = Vec::new();
-    for s in an.segments.iter().filter(|s| (a..=b).contains(&(s.number as u64))) {
-        if let Some(kind) = s.gap {
-            out.push(format!("{}\t[decode error ({}): {}]", s.number, kind.code(), kind.text()));
-            continue;
-        }
-        let mut line = format!("{}\t", s.number);
-        if o.indent {
-            line += &"  ".repeat(s.level.max(0) as usize);
-        }
-        line += s.function.as_deref().unwrap_or("??");
-        if o.insn_range {
-            line += &format!("\tinst {},{}", s.insn_begin, s.insn_end);
-        }
-        if o.lines {
-            if let Some((file, lo, hi)) = segment_lines(an, img, s) {
-                let short: Vec<&str> = file.rsplit('/').take(1).collect();
-                line += &if lo == hi {
-                    format!("\tat {}:{lo}", short[0])
-                } else {
-                    format!("\tat {}:{lo},{hi}", short[0])
-                };
-            }
-        }
-        out.push(line);
-    }
-    out
-}
-
 /// One instruction-history entry as JSON (`bts history --json`'s `instructions`).
 pub fn insn_json_item(e: &Entry, img: Option<&Image>, intel: bool) -> Value {
     match *e {
@@ -227,26 +165,4 @@ pub fn insn_json_item(e: &Entry, img: Option<&Image>, intel: bool) -> Value {
             })
         }
     }
-}
-
-/// `--json` of the call history.
-pub fn call_json(an: &Analysis, img: Option<&Image>, a: u64, b: u64) -> Value {
-    let items: Vec<Value> = an
-        .segments
-        .iter()
-        .filter(|s| (a..=b).contains(&(s.number as u64)))
-        .map(|s| {
-            let lines = segment_lines(an, img, s);
-            json!({
-                "number": s.number, "function": s.function, "level": s.level,
-                "insn_begin": s.insn_begin, "insn_end": s.insn_end,
-                "file": lines.as_ref().map(|l| l.0.clone()),
-                "line_begin": lines.as_ref().map(|l| l.1), "line_end": lines.as_ref().map(|l| l.2),
-                "up": s.up.map(|u| u + 1), "prev": s.prev.map(|u| u + 1), "next": s.next.map(|u| u + 1),
-                "signal": s.signal, "tail_call": s.tail_call,
-                "gap": s.gap.map(|g| json!({"code": g.code(), "text": g.text()})),
-            })
-        })
-        .collect();
-    json!({"pid": an.pid, "tid": an.tid, "total": an.segments.len(), "calls": items})
 }

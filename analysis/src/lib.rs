@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod callhistory;
 pub mod callstream;
 pub mod export;
 pub mod history;

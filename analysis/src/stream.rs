@@ -203,6 +203,7 @@ pub fn build_index<R: Read + Seek>(
     img: Option<&Image>,
     keep_kernel: bool,
     last_pc: Option<u64>,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> bts_reader::Result<HistoryIndex> {
     let empty = decode::CodeMap::new();
     let code = img.map(|i| &i.code).unwrap_or(&empty);
@@ -215,6 +216,7 @@ pub fn build_index<R: Read + Seek>(
         if src.read(record, CHUNK, &mut chunk)? == 0 {
             break;
         }
+        progress(record as usize, src.count() as usize);
         for r in &chunk {
             walk.feed(r, &mut |step| {
                 if let Step::Point { before, prev } = step {
@@ -228,6 +230,7 @@ pub fn build_index<R: Read + Seek>(
         }
     }
     walk.finish(last_pc, &mut |_| {});
+    progress(record as usize, record as usize);
     Ok(HistoryIndex { version: INDEX_VERSION, keep_kernel, entries: walk.next - 1, points })
 }
 
@@ -333,7 +336,7 @@ mod tests {
         let (scanned, offsets) = bts_reader::tracestream::scan(&path, true).unwrap();
         assert_eq!(offsets[0].count, tf.streams[0].records.len() as u64);
         let mut src = StreamAt::new(std::fs::File::open(&path).unwrap(), offsets[0].data, offsets[0].count);
-        let index = build_index(&mut src, img, false, Some(0x1001)).unwrap();
+        let index = build_index(&mut src, img, false, Some(0x1001), &mut |_, _| {}).unwrap();
         assert_eq!(scanned.streams.len(), 1);
         assert_eq!(index.entries, full.entries.len() as u64);
         assert!(index.points.len() >= 5, "{}", index.points.len());

@@ -91,28 +91,54 @@ fn the_report_shows_the_crashed_thread_last_with_its_call_and_return() {
 
 #[test]
 fn exports_see_one_call_per_thread() {
+    use analysis::callstream::build_call_index;
+    use bts_reader::tracestream::{scan, StreamAt};
     let tf = trace(Some(PID));
+    let dir = std::env::temp_dir().join(format!("bts-in-process-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.bts");
+    std::fs::write(&path, tf.to_bytes()).unwrap();
+    let (_, extents) = scan(&path, true).unwrap();
     let imgs = images(&tf);
-    let analyses: Vec<_> = select::export_streams(&tf, None)
-        .unwrap()
-        .iter()
-        .map(|s| analyze(s, image_of(&imgs, &s.kind), false, &mut |_, _| {}))
-        .collect();
-    assert_eq!(analyses.len(), 2);
+    let streams = select::export_streams(&tf, None).unwrap();
+    assert_eq!(streams.len(), 2);
     // main -> f -> main: three segments each.
     // The trace starts at the call's target: f (level 1, instructions 1-2),
     // then main after the return (level 0, instruction 3, where it stands).
-    for a in &analyses {
+    for s in &streams {
+        let a = analyze(s, image_of(&imgs, &s.kind), false, &mut |_, _| {});
         let segs: Vec<(i32, u64, u64)> =
             a.segments.iter().map(|s| (s.level, s.insn_begin, s.insn_end)).collect();
         assert_eq!(segs, [(1, 1, 2), (0, 3, 3)]);
     }
+    let export = |format| {
+        let mut out = Vec::new();
+        let mut ex = export::Exporter::new(format, &mut out);
+        for s in &streams {
+            let ordinal = tf.streams.iter().position(|x| std::ptr::eq(x, *s)).unwrap();
+            let e = extents[ordinal];
+            let mut src = StreamAt::new(std::fs::File::open(&path).unwrap(), e.data, e.count);
+            let img = image_of(&imgs, &s.kind);
+            let StreamKind::Thread { pid, tid, last_pc, .. } = s.kind else { panic!("a thread") };
+            let index = build_call_index(&mut src, img, false, last_pc, &mut |_, _| {}).unwrap();
+            assert_eq!((index.segments, index.min_level), (2, -1));
+            ex.thread(export::Thread { src: &mut src, index: &index, img, pid, tid, last_pc }).unwrap();
+        }
+        ex.finish().unwrap();
+        String::from_utf8(out).unwrap()
+    };
     // No modules, no names: every stack is `??`, 3 instructions per thread.
-    assert_eq!(export::folded::stacks(&analyses), "?? 6\n");
-    let chrome = export::chrome::events(&analyses);
+    assert_eq!(export(export::Format::Folded), "?? 6\n");
+    let chrome: serde_json::Value = serde_json::from_str(&export(export::Format::Chrome)).unwrap();
     let events = chrome["traceEvents"].as_array().unwrap();
     // Per thread: a thread-name event and two function instances (f, main).
     assert_eq!(events.iter().filter(|e| e["ph"] == "X").count(), 4, "{chrome}");
-    let json = export::json::segments(&analyses);
-    assert_eq!(json["threads"].as_array().unwrap().len(), 2);
+    let f = events.iter().find(|e| e["ph"] == "X" && e["ts"] == 1).unwrap();
+    assert_eq!((&f["dur"], &f["args"]["level"]), (&serde_json::json!(2), &serde_json::json!(1)), "{f}");
+    let json: serde_json::Value = serde_json::from_str(&export(export::Format::Json)).unwrap();
+    let threads = json["threads"].as_array().unwrap();
+    assert_eq!(threads.len(), 2);
+    assert_eq!(threads[0]["instructions"], 3);
+    assert_eq!(threads[0]["segments"][1]["level"], 0);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

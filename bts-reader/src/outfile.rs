@@ -380,7 +380,9 @@ mod tests {
     #[test]
     fn devices_are_written_through() {
         write(Path::new("/dev/null"), b"nothing").unwrap();
-        assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+            &std::fs::metadata("/dev/null").unwrap().file_type()
+        ));
         let e = write(Path::new("/dev/full"), b"x").unwrap_err();
         assert!(e.to_string().contains("No space left"), "{e}");
     }

@@ -8,40 +8,27 @@ use analysis::history::{self, CallOpts, InsnOpts};
 use analysis::model::{image_of, images};
 use analysis::range::parse_range;
 use analysis::select;
-use analysis::timeline::analyze;
 
-use crate::load::{kernel_allowed, load, progress_printer, InspectError};
+use crate::load::{kernel_allowed, progress_printer, InspectError};
+use crate::streamed::{thread_of, Streamed};
 
 /// The instruction history, for a trace of any size: the file is read
 /// without its records, the thread's index is taken from beside the file
 /// (or built once and kept there), and only the range is decoded.
-fn streamed(a: &HistoryArgs) -> Result<(), InspectError> {
+fn insns(a: &HistoryArgs) -> Result<(), InspectError> {
     use analysis::stream;
-    use bts_reader::tracestream::{self, StreamAt};
     let keep_kernel = kernel_allowed(a.kernel)?;
-    let bad = |e: bts_reader::Error| match e {
-        bts_reader::Error::Io { .. } => InspectError::Io(e),
-        e => InspectError::Bad { path: a.file.clone(), source: e },
-    };
-    // Checked once, when the index is made; later runs pass over the records.
-    let (tf, offsets) = tracestream::scan(&a.file, !crate::index::is_current(&a.file)).map_err(bad)?;
-    let chosen = select::one_thread(&tf, a.thread)?;
-    let ordinal = tf.streams.iter().position(|s| std::ptr::eq(s, chosen)).unwrap_or(0);
-    let last_pc = match chosen.kind {
-        bts_reader::StreamKind::Thread { last_pc, .. } => last_pc,
-        bts_reader::StreamKind::Cpu { .. } => None,
-    };
-    let imgs = images(&tf);
+    let t = Streamed::open(&a.file)?;
+    let chosen = select::one_thread(&t.tf, a.thread)?;
+    let ordinal = t.ordinal(chosen);
+    let (pid, tid, last_pc) = thread_of(&chosen.kind);
+    let imgs = images(&t.tf);
     let img = image_of(&imgs, &chosen.kind);
-    let file = std::fs::File::open(&a.file).map_err(|source| {
-        InspectError::Io(bts_reader::Error::Io { path: a.file.display().to_string(), source })
-    })?;
-    let extent = offsets[ordinal];
-    let mut src = StreamAt::new(std::io::BufReader::with_capacity(1 << 20, file), extent.data, extent.count);
+    let mut src = t.source(ordinal)?;
     let index = crate::index::index_of(&a.file, ordinal, keep_kernel, || {
-        stream::build_index(&mut src, img, keep_kernel, last_pc)
+        stream::build_index(&mut src, img, keep_kernel, last_pc, &mut progress_printer("indexing"))
     })
-    .map_err(bad)?;
+    .map_err(t.bad())?;
     if index.entries == 0 {
         return Err(InspectError::NoBranches);
     }
@@ -56,10 +43,6 @@ fn streamed(a: &HistoryArgs) -> Result<(), InspectError> {
                 failed = Some(err);
             }
         }
-    };
-    let (pid, tid) = match chosen.kind {
-        bts_reader::StreamKind::Thread { pid, tid, .. } => (pid, tid),
-        bts_reader::StreamKind::Cpu { .. } => (0, -1),
     };
     if a.json {
         // The document, an instruction at a time.
@@ -82,7 +65,7 @@ fn streamed(a: &HistoryArgs) -> Result<(), InspectError> {
             })
         }
     })
-    .map_err(bad)?;
+    .map_err(t.bad())?;
     if a.json {
         put("\n]}\n", &mut out);
     }
@@ -90,6 +73,55 @@ fn streamed(a: &HistoryArgs) -> Result<(), InspectError> {
         return Err(e.into());
     }
     Ok(out.flush()?)
+}
+
+/// The call history, for a trace of any size: the thread's call index is
+/// taken from beside the file (or built once and kept there), and the
+/// range is decoded from the checkpoint before it.
+fn calls(a: &HistoryArgs) -> Result<(), InspectError> {
+    use analysis::callhistory::{CallJson, CallText, LongWaits, WINDOW};
+    use analysis::callstream::{self, CallSink};
+    let keep_kernel = kernel_allowed(a.kernel)?;
+    let t = Streamed::open(&a.file)?;
+    let chosen = select::one_thread(&t.tf, a.thread)?;
+    let ordinal = t.ordinal(chosen);
+    let (pid, tid, last_pc) = thread_of(&chosen.kind);
+    let imgs = images(&t.tf);
+    let img = image_of(&imgs, &chosen.kind);
+    let mut src = t.source(ordinal)?;
+    let index = crate::index::index_of(&a.file, ordinal, keep_kernel, || {
+        callstream::build_call_index(
+            &mut src,
+            img,
+            keep_kernel,
+            last_pc,
+            &mut progress_printer("indexing calls"),
+        )
+    })
+    .map_err(t.bad())?;
+    if index.segments == 0 {
+        return Err(InspectError::NoBranches);
+    }
+    let range =
+        parse_range(a.range.as_deref(), index.segments, HISTORY_SIZE).map_err(analysis::Error::from)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut walk = |sink: &mut dyn CallSink| callstream::calls(&mut src, &index, img, last_pc, range.0, sink);
+    if a.json {
+        // A long range is read twice: first for the links that come late.
+        let links = (range.1 - range.0 >= WINDOW).then(|| {
+            let mut first = LongWaits::new(range);
+            walk(&mut first).map(|()| first.links)
+        });
+        let links = links.transpose().map_err(t.bad())?;
+        let mut sink = CallJson::new(img, range, index.min_level, links, &mut out);
+        walk(&mut sink).map_err(t.bad())?;
+        sink.finish(pid, tid, index.segments)?;
+    } else {
+        let mut sink = CallText::new(img, a.call, range, index.min_level, &mut out);
+        walk(&mut sink).map_err(t.bad())?;
+        sink.finish()?;
+    }
+    Ok(())
 }
 
 /// How many entries a history shows by default (GDB's history size).
@@ -119,29 +151,9 @@ pub fn run(a: &HistoryArgs) -> ExitCode {
 }
 
 fn history_inner(a: &HistoryArgs) -> Result<(), InspectError> {
-    if !a.calls {
-        return streamed(a);
-    }
-    // The call history decodes the thread whole: segments link to their
-    // callers from the start of the trace.
-    let tf = load(&a.file)?;
-    let keep_kernel = kernel_allowed(a.kernel)?;
-    let stream = select::one_thread(&tf, a.thread)?;
-    let imgs = images(&tf);
-    let img = image_of(&imgs, &stream.kind);
-    let an = analyze(stream, img, keep_kernel, &mut progress_printer("decoding"));
-    let count = an.segments.len() as u64;
-    if count == 0 {
-        return Err(InspectError::NoBranches);
-    }
-    let (lo, hi) = parse_range(a.range.as_deref(), count, HISTORY_SIZE).map_err(analysis::Error::from)?;
-    let mut out = std::io::stdout().lock();
-    let text = if a.json {
-        let v = history::call_json(&an, img, lo, hi);
-        serde_json::to_string_pretty(&v).expect("serializes") + "\n"
+    if a.calls {
+        calls(a)
     } else {
-        let lines = history::call_history(&an, img, lo, hi, a.call);
-        lines.into_iter().map(|l| l + "\n").collect()
-    };
-    Ok(out.write_all(text.as_bytes())?)
+        insns(a)
+    }
 }

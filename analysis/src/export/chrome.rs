@@ -1,85 +1,71 @@
 //! Chrome Trace Event JSON: one complete ("X") event per function
 //! instance, instruction count as the clock, one track per thread (opens in
-//! Perfetto and chrome://tracing).
+//! Perfetto and chrome://tracing). An instance's event is written when it
+//! ends, so events come in the order instances end; viewers sort them.
 
-use decode::calls::Segment;
-use serde_json::{json, Value};
+use decode::calls::CallEvent;
+use serde_json::json;
 
-use crate::timeline::Analysis;
+use super::{Out, ThreadInfo, Writer};
+use crate::callstream::CallSink;
 
-/// The instances of functions: chains of segments linked by prev/next.
-fn instances(segs: &[Segment]) -> Vec<Vec<usize>> {
-    let mut out = Vec::new();
-    for (i, s) in segs.iter().enumerate() {
-        if s.prev.is_some() || s.gap.is_some() {
-            continue;
-        }
-        let mut chain = vec![i];
-        let mut cur = s.next;
-        while let Some(n) = cur {
-            chain.push(n);
-            cur = segs[n].next;
-        }
-        out.push(chain);
-    }
-    out
+/// The events of every thread, then the document's other fields.
+pub(crate) struct Chrome<'w> {
+    out: Out<'w>,
+    events: usize,
+    pid: i32,
+    tid: i32,
+    min_level: i32,
 }
 
-/// The last instruction of each instance and everything it called.
-fn instance_ends(segs: &[Segment], chains: &[Vec<usize>]) -> Vec<u64> {
-    let mut inst_of = vec![usize::MAX; segs.len()];
-    for (k, chain) in chains.iter().enumerate() {
-        for &s in chain {
-            inst_of[s] = k;
-        }
+impl<'w> Chrome<'w> {
+    pub(crate) fn new(out: &'w mut dyn std::io::Write) -> Self {
+        let mut out = Out::new(out);
+        out.put("{\"displayTimeUnit\":\"ns\",\"otherData\":{\"clock\":\"instructions executed\"},\"traceEvents\":[");
+        Chrome { out, events: 0, pid: 0, tid: 0, min_level: 0 }
     }
-    let mut end = vec![0u64; chains.len()];
-    for (i, s) in segs.iter().enumerate() {
-        let e = s.insn_end;
-        let mut cur = Some(i);
-        while let Some(x) = cur {
-            let k = inst_of[x];
-            if k == usize::MAX || end[k] >= e {
-                // Ancestors already reach this far.
-                if k != usize::MAX {
-                    break;
-                }
-            } else {
-                end[k] = e;
-            }
-            cur = segs[x].up;
-        }
+
+    fn event_out(&mut self, v: serde_json::Value) -> bool {
+        let sep = if self.events == 0 { "" } else { "," };
+        self.events += 1;
+        self.out.put(sep) && self.out.put(&v.to_string())
     }
-    end
 }
 
-/// Complete ("X") events, one per function instance, nested by call depth:
-/// an instance lasts until its last instruction or its callees' last.
-pub fn events(threads: &[Analysis]) -> Value {
-    let mut events = Vec::new();
-    for an in threads {
-        events.push(json!({"name": "thread_name", "ph": "M", "pid": an.pid, "tid": an.tid,
-                           "args": {"name": format!("thread {}", an.tid)}}));
-        let chains = instances(&an.segments);
-        let ends = instance_ends(&an.segments, &chains);
-        for (k, chain) in chains.iter().enumerate() {
-            let first = &an.segments[chain[0]];
-            events.push(json!({
-                "name": first.function.clone().unwrap_or_else(|| "??".into()),
-                "cat": if first.signal { "signal" } else { "function" },
+impl CallSink for Chrome<'_> {
+    fn event(&mut self, e: CallEvent<'_>) -> bool {
+        let (pid, tid) = (self.pid, self.tid);
+        match e {
+            // An instance lasts until its last instruction or its callees' last.
+            CallEvent::Ended { frame, end } => self.event_out(json!({
+                "name": frame.segment.function.clone().unwrap_or_else(|| "??".into()),
+                "cat": if frame.signal { "signal" } else { "function" },
                 "ph": "X",
-                "ts": first.insn_begin,
-                "dur": ends[k].max(first.insn_end) + 1 - first.insn_begin,
-                "pid": an.pid,
-                "tid": an.tid,
-                "args": {"level": first.level, "segments": chain.len()},
-            }));
-        }
-        for s in an.segments.iter().filter(|s| s.gap.is_some()) {
-            events.push(json!({"name": "trace gap", "ph": "i", "s": "t", "ts": s.insn_begin,
-                               "pid": an.pid, "tid": an.tid}));
+                "ts": frame.begin,
+                "dur": end.max(frame.segment.insn_end) + 1 - frame.begin,
+                "pid": pid,
+                "tid": tid,
+                "args": {"level": frame.segment.level - self.min_level, "segments": frame.segments},
+            })),
+            CallEvent::Closed { segment, .. } if segment.gap.is_some() => self.event_out(
+                json!({"name": "trace gap", "ph": "i", "s": "t", "ts": segment.insn_begin, "pid": pid, "tid": tid}),
+            ),
+            _ => true,
         }
     }
-    json!({"traceEvents": events, "displayTimeUnit": "ns",
-           "otherData": {"clock": "instructions executed"}})
+}
+
+impl Writer for Chrome<'_> {
+    fn begin_thread(&mut self, t: &ThreadInfo) {
+        (self.pid, self.tid, self.min_level) = (t.pid, t.tid, t.min_level);
+        self.event_out(json!({"name": "thread_name", "ph": "M", "pid": t.pid, "tid": t.tid,
+                              "args": {"name": format!("thread {}", t.tid)}}));
+    }
+
+    fn end_thread(&mut self, _: &ThreadInfo) {}
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.out.put("]}");
+        self.out.finish()
+    }
 }

@@ -3,20 +3,46 @@
 
 use std::collections::BTreeMap;
 
-use decode::calls::stack_names;
+use decode::calls::CallEvent;
 
-use crate::timeline::Analysis;
+use super::{Out, ThreadInfo, Writer};
+use crate::callstream::CallSink;
 
-/// `main;a;b 123` lines, weighted by instructions executed.
-pub fn stacks(threads: &[Analysis]) -> String {
-    let mut weights: BTreeMap<String, u64> = BTreeMap::new();
-    for an in threads {
-        for (i, s) in an.segments.iter().enumerate() {
-            if s.gap.is_some() {
-                continue;
-            }
-            *weights.entry(stack_names(&an.segments, i).join(";")).or_default() += s.insn_count();
-        }
+/// The weights of every distinct stack, written at the end.
+pub(crate) struct Folded<'w> {
+    out: Out<'w>,
+    weights: BTreeMap<String, u64>,
+}
+
+impl<'w> Folded<'w> {
+    pub(crate) fn new(out: &'w mut dyn std::io::Write) -> Self {
+        Folded { out: Out::new(out), weights: BTreeMap::new() }
     }
-    weights.into_iter().map(|(k, v)| format!("{k} {v}\n")).collect()
+}
+
+impl CallSink for Folded<'_> {
+    fn event(&mut self, e: CallEvent<'_>) -> bool {
+        if let CallEvent::Closed { segment, callers } = e {
+            if segment.gap.is_none() {
+                let name = |f: &Option<String>| f.clone().unwrap_or_else(|| "??".into());
+                let mut stack: Vec<String> = callers.iter().map(|c| name(&c.segment.function)).collect();
+                stack.push(name(&segment.function));
+                *self.weights.entry(stack.join(";")).or_default() += segment.insn_count();
+            }
+        }
+        true
+    }
+}
+
+impl Writer for Folded<'_> {
+    fn begin_thread(&mut self, _: &ThreadInfo) {}
+    fn end_thread(&mut self, _: &ThreadInfo) {}
+    fn finish(&mut self) -> std::io::Result<()> {
+        for (k, v) in std::mem::take(&mut self.weights) {
+            if !self.out.put(&format!("{k} {v}\n")) {
+                break;
+            }
+        }
+        self.out.finish()
+    }
 }
