@@ -83,7 +83,7 @@ fn the_end_of_a_huge_history_is_decoded_in_bounded_memory() {
     const N: u64 = 40_000_000;
     let dir = scratch("big_history");
     let big = dir.join("loop.bts");
-    let tail = common::loop_trace::write_loop_trace(&big, 42, N, 500);
+    let tail = common::loop_trace::write_loop_trace(&big, 42, N, 1000);
     let (code, module) = common::loop_trace::loop_image(42);
     use common::loop_trace::LAST_PC;
     // In process: the index, then the last entries; the peak read after.
@@ -191,7 +191,13 @@ fn the_end_of_a_huge_history_is_decoded_in_bounded_memory() {
     assert!(last.ends_with(&format!(",{total}")), "{calls}");
     let json = bts(
         &dir,
-        &["history", "loop.bts", "--calls", "--json", &format!("{},+9999", calls_index.segments - 9999)],
+        &[
+            "history",
+            "loop.bts",
+            "--calls",
+            "--json",
+            &format!("{},{}", calls_index.segments - 9999, calls_index.segments),
+        ],
     );
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let items = v["calls"].as_array().unwrap();
