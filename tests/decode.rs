@@ -251,3 +251,62 @@ fn a_cxx_exception_unwinds_to_the_catching_frame() {
     // Nothing ran in middle after the throw.
     assert!(calls[t..back].iter().all(|c| c["function"] != "middle(int)"));
 }
+
+/// A range of the call history, decoded from the call index's checkpoint
+/// before it, reads as the same segments of the whole history: numbers,
+/// depths, instruction ranges, source lines and links. The ranges start
+/// at the checkpoints themselves (a segment running across one must still
+/// show all its lines).
+#[test]
+fn a_call_history_range_reads_as_the_whole_history_does() {
+    let dir = scratch("call_ranges");
+    let bin = fixture("long_loop");
+    let out = bts(
+        &dir,
+        &[
+            "run",
+            "--buffer-size",
+            "4M",
+            "-o",
+            "t.bts",
+            "--report",
+            "never",
+            "--",
+            bin.to_str().unwrap(),
+            "30",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let opts = ["--calls", "--indent", "--lines", "--insn-range"];
+    let whole = text(&bts(&dir, &[&["history", "t.bts", "1,100000000"][..], &opts].concat()).stdout);
+    let whole: Vec<&str> = whole.lines().collect();
+    let json = |range: &str| -> Vec<serde_json::Value> {
+        let out = bts(&dir, &["history", "t.bts", "--calls", "--json", range]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["calls"].as_array().unwrap().clone()
+    };
+    let whole_json = json("1,100000000");
+    assert_eq!(whole_json.len(), whole.len());
+    // Where the checkpoints are: the segment running at each.
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("t.bts.idx")).unwrap()).unwrap();
+    let calls = idx["calls"].as_object().unwrap().values().next().unwrap();
+    let marks: Vec<usize> = calls["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"]["made"].as_u64().unwrap() as usize)
+        .collect();
+    assert!(!marks.is_empty(), "a trace of this size has checkpoints");
+    let n = whole.len();
+    let mut starts: Vec<usize> = marks.iter().flat_map(|&m| [m.max(2) - 1, m, m + 1]).collect();
+    starts.extend([1, n - 2]);
+    for k in starts.into_iter().filter(|&k| k >= 1 && k + 2 <= n) {
+        let part =
+            text(&bts(&dir, &[&["history", "t.bts", &format!("{k},{}", k + 2)][..], &opts].concat()).stdout);
+        assert_eq!(part.lines().collect::<Vec<_>>(), whole[k - 1..k + 2], "segments {k}..{}", k + 2);
+        assert_eq!(json(&format!("{k},{}", k + 2)), whole_json[k - 1..k + 2], "JSON segments {k}..{}", k + 2);
+    }
+    // The main loop's segments name their lines.
+    assert!(whole.iter().any(|l| l.contains("\tat long_loop.c:")), "{}", whole.join("\n"));
+}

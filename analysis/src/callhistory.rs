@@ -8,8 +8,8 @@ use decode::calls::{CallEvent, Segment};
 use serde_json::json;
 
 use crate::callstream::CallSink;
-use crate::export::{pretty_at, Out};
 use crate::history::CallOpts;
+use crate::jsonout::{pretty_at, Out};
 use crate::model::Image;
 
 /// The source lines of the segment running: the first file met, and the
@@ -165,7 +165,9 @@ impl LongWaits {
         let number = idx as u64 + 1;
         let in_range = (self.lo..=self.hi).contains(&number);
         if in_range {
-            self.open -= 1;
+            // Each closed segment of the range settles once.
+            debug_assert!(self.open > 0);
+            self.open = self.open.saturating_sub(1);
         }
         in_range && self.last_closed - number >= WINDOW
     }

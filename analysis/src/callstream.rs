@@ -10,8 +10,8 @@
 //! which a range of segments is decoded without the records before it.
 //!
 //! A checkpoint holds the call chain, so it is kept only when the records
-//! since the last one number at least 64 per frame of the chain: the index
-//! stays a small fraction of the trace even in a deep recursion.
+//! since the last one number at least 1024 per frame of the chain: the
+//! index stays a small fraction of the trace even in a deep recursion.
 
 use std::io::{Read, Seek};
 
@@ -27,7 +27,7 @@ use crate::timeline::fn_id;
 /// Records read at a time.
 const CHUNK: usize = 64 * 1024;
 /// Records a checkpoint must stand for, per frame of its call chain.
-const RECORDS_PER_FRAME: u64 = 64;
+const RECORDS_PER_FRAME: u64 = 1024;
 /// The call index format's version.
 pub const CALL_INDEX_VERSION: u32 = 1;
 
@@ -173,8 +173,9 @@ pub fn calls<R: Read + Seek>(
 ) -> bts_reader::Result<()> {
     let empty = decode::CodeMap::new();
     let code = img.map(|i| &i.code).unwrap_or(&empty);
-    // The last checkpoint whose current segment is `from` or before it.
-    let at = index.checkpoints.partition_point(|c| c.state.made as u64 <= from.max(1));
+    // The last checkpoint before segment `from` began (so every
+    // instruction of it is seen: `--lines` needs them).
+    let at = index.checkpoints.partition_point(|c| (c.state.made as u64) < from.max(1));
     let (mut record, mut walk, mut b) = match at.checked_sub(1).map(|i| &index.checkpoints[i]) {
         Some(c) => (
             c.point.record,
@@ -219,8 +220,9 @@ mod tests {
 
     use super::*;
     use crate::model::images;
+    use crate::stream::tests::{on_disk, one_thread};
     use crate::timeline::analyze;
-    use bts_reader::{CodeRange, Module, Stream, StreamKind, TraceFile};
+    use bts_reader::TraceFile;
     use decode::calls::Segment;
     use ds_alloc::BtsRecord;
 
@@ -243,27 +245,11 @@ mod tests {
             }
             records.push(BtsRecord::branch(0x1005, 0x1000));
         }
-        let mut tf = TraceFile::default();
-        tf.meta.pid = 7;
-        tf.streams.push(Stream {
-            kind: StreamKind::Thread { pid: 7, generation: 1, tid: 7, crashed: true, last_pc: Some(0x1005) },
-            capacity: records.len() as u64,
-            overwritten: 0,
-            lost: 0,
-            records,
-        });
-        let mut code = vec![0xcc; 4096];
+        let mut code = vec![0xcc; 0x21];
         code[..7].copy_from_slice(&[0xe8, 0x0b, 0, 0, 0, 0xeb, 0xf9]);
         code[0x10..0x19].copy_from_slice(&[0x75, 0x01, 0xc3, 0xe8, 0x08, 0, 0, 0, 0xc3]);
         code[0x20] = 0xc3;
-        tf.code.push(CodeRange { pid: 7, generation: 1, addr: 0x1000, bytes: code });
-        tf.modules.push(Module {
-            pid: 7,
-            generation: 1,
-            map: decode::Mapping { start: 0x1000, end: 0x2000, offset: 0, path: "[calls]".into() },
-            build_id: None,
-        });
-        tf
+        one_thread(records, &code, 0x1005)
     }
 
     /// Segments `lo..` by index, as [`decode::calls::SegmentList`] links them.
@@ -294,16 +280,11 @@ mod tests {
     #[test]
     fn segments_from_checkpoints_equal_the_full_decode() {
         let tf = call_trace(6 * EVERY as usize + 321);
-        let dir = std::env::temp_dir().join(format!("bts-callstream-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("calls.bts");
-        std::fs::write(&path, tf.to_bytes()).unwrap();
+        let (dir, mut src) = on_disk(&tf, "callstream");
         let imgs = images(&tf);
         let img = imgs.get(&(7, 1));
         let last_pc = Some(0x1005);
         let full = analyze(&tf.streams[0], img, false, &mut |_, _| {});
-        let (_, offsets) = bts_reader::tracestream::scan(&path, true).unwrap();
-        let mut src = StreamAt::new(std::fs::File::open(&path).unwrap(), offsets[0].data, offsets[0].count);
         let index = build_call_index(&mut src, img, false, last_pc, &mut |_, _| {}).unwrap();
         assert_eq!(index.segments, full.segments.len() as u64);
         assert_eq!(index.entries, full.entries.len() as u64);
@@ -323,14 +304,9 @@ mod tests {
     #[test]
     fn a_sink_that_has_enough_stops_the_walk() {
         let tf = call_trace(3 * EVERY as usize);
-        let dir = std::env::temp_dir().join(format!("bts-callstop-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("calls.bts");
-        std::fs::write(&path, tf.to_bytes()).unwrap();
+        let (dir, mut src) = on_disk(&tf, "callstop");
         let imgs = images(&tf);
         let img = imgs.get(&(7, 1));
-        let (_, offsets) = bts_reader::tracestream::scan(&path, true).unwrap();
-        let mut src = StreamAt::new(std::fs::File::open(&path).unwrap(), offsets[0].data, offsets[0].count);
         let index = build_call_index(&mut src, img, false, None, &mut |_, _| {}).unwrap();
         struct Five(Vec<usize>);
         impl CallSink for Five {

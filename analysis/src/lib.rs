@@ -18,6 +18,7 @@ pub mod callstream;
 pub mod export;
 pub mod history;
 pub mod info;
+mod jsonout;
 pub mod model;
 pub mod range;
 pub mod report;

@@ -281,18 +281,53 @@ pub fn entries<R: Read + Seek>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::images;
     use crate::timeline::analyze;
     use bts_reader::{CodeRange, Module, Stream, StreamKind, TraceFile};
     use ds_alloc::BtsRecord;
 
-    /// A loop whose conditional goes either way:
-    /// 1000 nop; 1001 jne 1005; 1003 jmp 1000; 1005 jmp 1000.
-    pub(crate) fn loop_trace(n: usize) -> TraceFile {
+    /// A trace of one thread (pid 7) of `records`, with `code` at 0x1000
+    /// (the rest of the page int3) and the thread standing at `last_pc`.
+    pub(crate) fn one_thread(records: Vec<BtsRecord>, code: &[u8], last_pc: u64) -> TraceFile {
         let mut tf = TraceFile::default();
         tf.meta.pid = 7;
+        tf.streams.push(Stream {
+            kind: StreamKind::Thread { pid: 7, generation: 1, tid: 7, crashed: true, last_pc: Some(last_pc) },
+            capacity: records.len() as u64,
+            overwritten: 0,
+            lost: 0,
+            records,
+        });
+        let mut bytes = vec![0xcc; 4096];
+        bytes[..code.len()].copy_from_slice(code);
+        tf.code.push(CodeRange { pid: 7, generation: 1, addr: 0x1000, bytes });
+        tf.modules.push(Module {
+            pid: 7,
+            generation: 1,
+            map: decode::Mapping { start: 0x1000, end: 0x2000, offset: 0, path: "[code]".into() },
+            build_id: None,
+        });
+        tf
+    }
+
+    /// `tf` written into a fresh folder `name` under the temporary one:
+    /// the folder (for the caller to remove) and its first stream's records.
+    pub(crate) fn on_disk(tf: &TraceFile, name: &str) -> (std::path::PathBuf, StreamAt<std::fs::File>) {
+        let dir = std::env::temp_dir().join(format!("bts-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.bts");
+        std::fs::write(&path, tf.to_bytes()).unwrap();
+        let (scanned, offsets) = bts_reader::tracestream::scan(&path, true).unwrap();
+        assert_eq!(scanned.streams.len(), tf.streams.len());
+        assert_eq!(offsets[0].count, tf.streams[0].records.len() as u64);
+        (dir, StreamAt::new(std::fs::File::open(&path).unwrap(), offsets[0].data, offsets[0].count))
+    }
+
+    /// A loop whose conditional goes either way:
+    /// 1000 nop; 1001 jne 1005; 1003 jmp 1000; 1005 jmp 1000.
+    fn loop_trace(n: usize) -> TraceFile {
         let mut records = Vec::with_capacity(n);
         let mut x = 12345u32;
         while records.len() < n {
@@ -304,40 +339,17 @@ mod tests {
                 records.push(BtsRecord::branch(0x1003, 0x1000));
             }
         }
-        tf.streams.push(Stream {
-            kind: StreamKind::Thread { pid: 7, generation: 1, tid: 7, crashed: true, last_pc: Some(0x1001) },
-            capacity: records.len() as u64,
-            overwritten: 0,
-            lost: 0,
-            records,
-        });
-        let mut code = vec![0x90, 0x75, 0x02, 0xeb, 0xfb, 0xeb, 0xf9];
-        code.resize(4096, 0xcc);
-        tf.code.push(CodeRange { pid: 7, generation: 1, addr: 0x1000, bytes: code });
-        tf.modules.push(Module {
-            pid: 7,
-            generation: 1,
-            map: decode::Mapping { start: 0x1000, end: 0x2000, offset: 0, path: "[loop]".into() },
-            build_id: None,
-        });
-        tf
+        one_thread(records, &[0x90, 0x75, 0x02, 0xeb, 0xfb, 0xeb, 0xf9], 0x1001)
     }
 
     #[test]
     fn ranges_decoded_from_the_index_equal_the_full_decode() {
         let tf = loop_trace(5 * EVERY as usize + 777);
-        let dir = std::env::temp_dir().join(format!("bts-stream-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("loop.bts");
-        std::fs::write(&path, tf.to_bytes()).unwrap();
+        let (dir, mut src) = on_disk(&tf, "stream");
         let imgs = images(&tf);
         let img = imgs.get(&(7, 1));
         let full = analyze(&tf.streams[0], img, false, &mut |_, _| {});
-        let (scanned, offsets) = bts_reader::tracestream::scan(&path, true).unwrap();
-        assert_eq!(offsets[0].count, tf.streams[0].records.len() as u64);
-        let mut src = StreamAt::new(std::fs::File::open(&path).unwrap(), offsets[0].data, offsets[0].count);
         let index = build_index(&mut src, img, false, Some(0x1001), &mut |_, _| {}).unwrap();
-        assert_eq!(scanned.streams.len(), 1);
         assert_eq!(index.entries, full.entries.len() as u64);
         assert!(index.points.len() >= 5, "{}", index.points.len());
         let n = index.entries;

@@ -145,12 +145,25 @@ fn rewrite_in_place_from(
     path: &Path,
     produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
 ) -> Result<(), WriteError> {
-    let (tmp, f) = aside_file(path)?;
-    let aside = Aside(Some(tmp.clone()));
+    // Beside the file; in a folder bts may not write to, an unnamed file
+    // in the temporary folder.
+    let (aside, f) = match aside_file(path) {
+        Ok((tmp, f)) => (Aside(Some(tmp)), f),
+        Err(_) => {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_TMPFILE)
+                .open(std::env::temp_dir())
+                .map_err(io_err(path))?;
+            (Aside(None), f)
+        }
+    };
     let mut w = io::BufWriter::new(f);
     produce(&mut w).and_then(|()| w.flush()).map_err(io_err(path))?;
     let mut text = w.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
-    let len = text.metadata().map_err(io_err(&tmp))?.len();
+    let len = text.metadata().map_err(io_err(path))?.len();
     let f = OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io_err(path))?;
     reserve(&f, len as usize).map_err(io_err(path))?;
     let written = (|| {
@@ -248,7 +261,7 @@ fn aside_file(path: &Path) -> Result<(PathBuf, File), WriteError> {
             Err(e) => return Err(io_err(path)(e)),
         }
     }
-    Err(io_err(path)(io::Error::from(io::ErrorKind::AlreadyExists)))
+    Err(io_err(path)(io::Error::other("no free name for a file beside it")))
 }
 
 /// A new file: written aside, linked into place when complete.

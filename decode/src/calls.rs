@@ -60,8 +60,6 @@ impl Segment {
 pub struct Frame {
     /// The instance's newest segment.
     pub segment: Segment,
-    /// Index of the instance's first segment.
-    pub first: usize,
     /// The instance's first instruction.
     pub begin: u64,
     /// Segments of the instance so far.
@@ -100,7 +98,7 @@ pub enum CallEvent<'a> {
 
 /// Everything the builder carries from one item to the next: a
 /// checkpoint from which building may go on.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallState {
     /// The live call chain, outermost first; the last is the current
     /// segment. Each is its instance's newest segment.
@@ -115,6 +113,13 @@ pub struct CallState {
     pub pending_async: bool,
 }
 
+impl Default for CallState {
+    /// The state before the first item.
+    fn default() -> Self {
+        CallState { stack: Vec::new(), next_number: 1, made: 0, last: None, pending_async: false }
+    }
+}
+
 /// Builds segments from reconstructed items, a call chain deep in memory:
 /// segments are handed out ([`CallEvent`]) as they close, so a trace of
 /// any length takes the memory of its deepest call chain. `fn_of` names an
@@ -127,7 +132,7 @@ pub struct CallBuilder<F: FnMut(u64) -> FnId> {
 impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
     /// A builder that names functions with `fn_of`.
     pub fn new(fn_of: F) -> Self {
-        Self::resume(fn_of, CallState { next_number: 1, ..CallState::default() })
+        Self::resume(fn_of, CallState::default())
     }
 
     /// A builder that goes on from `state`.
@@ -149,7 +154,7 @@ impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
 
     /// Pops the chain down to `keep` frames, ending each instance popped.
     fn pop_to(&mut self, keep: usize, sink: &mut impl FnMut(CallEvent<'_>)) {
-        let end = self.st.next_number - 1;
+        let end = self.st.next_number.saturating_sub(1);
         while self.st.stack.len() > keep {
             let frame = self.st.stack.pop().expect("longer than keep");
             if frame.segment.gap.is_none() {
@@ -177,7 +182,7 @@ impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
             tail_call: false,
             gap: None,
         };
-        self.st.stack.push(Frame { segment, first: idx, begin: n, segments: 1, signal: false });
+        self.st.stack.push(Frame { segment, begin: n, segments: 1, signal: false });
         self.st.stack.last_mut().expect("pushed")
     }
 
@@ -205,7 +210,6 @@ impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
         let prev = old.segment.number - 1;
         let frame = self.push(f, old.segment.level, old.segment.up);
         frame.segment.prev = Some(prev);
-        frame.first = old.first;
         frame.begin = old.begin;
         frame.segments = old.segments + 1;
         frame.signal = old.signal;

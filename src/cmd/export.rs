@@ -39,6 +39,9 @@ pub fn run(file: &Path, format: ExportFormat, thread: Option<i32>, output: Optio
         let mut produce = |w: &mut dyn Write| -> std::io::Result<()> {
             let mut ex = export::Exporter::new(format, w);
             for s in &streams {
+                if ex.failed() {
+                    break;
+                }
                 let ordinal = t.ordinal(s);
                 let img = image_of(&imgs, &s.kind);
                 let (pid, tid, last_pc) = thread_of(&s.kind);

@@ -50,7 +50,7 @@ impl CallSink for Chrome<'_> {
             CallEvent::Closed { segment, .. } if segment.gap.is_some() => self.event_out(
                 json!({"name": "trace gap", "ph": "i", "s": "t", "ts": segment.insn_begin, "pid": pid, "tid": tid}),
             ),
-            _ => true,
+            _ => !self.out.failed(),
         }
     }
 }
@@ -63,6 +63,10 @@ impl Writer for Chrome<'_> {
     }
 
     fn end_thread(&mut self, _: &ThreadInfo) {}
+
+    fn failed(&self) -> bool {
+        self.out.failed()
+    }
 
     fn finish(&mut self) -> std::io::Result<()> {
         self.out.put("]}");

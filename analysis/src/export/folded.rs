@@ -37,6 +37,10 @@ impl CallSink for Folded<'_> {
 impl Writer for Folded<'_> {
     fn begin_thread(&mut self, _: &ThreadInfo) {}
     fn end_thread(&mut self, _: &ThreadInfo) {}
+    fn failed(&self) -> bool {
+        self.out.failed()
+    }
+
     fn finish(&mut self) -> std::io::Result<()> {
         for (k, v) in std::mem::take(&mut self.weights) {
             if !self.out.put(&format!("{k} {v}\n")) {

@@ -53,6 +53,10 @@ impl Writer for Json<'_> {
         self.out.put(&format!("{close},\n      \"tid\": {}\n    }}", t.tid));
     }
 
+    fn failed(&self) -> bool {
+        self.out.failed()
+    }
+
     fn finish(&mut self) -> std::io::Result<()> {
         self.out.put(if self.threads == 0 {
             "],\n  \"version\": 1\n}"

@@ -9,6 +9,8 @@ pub mod json;
 
 use std::io::{Read, Seek, Write};
 
+pub(crate) use crate::jsonout::{pretty_at, Out};
+
 use crate::callstream::{calls, CallIndex, CallSink};
 use crate::model::Image;
 use bts_reader::tracestream::StreamAt;
@@ -62,8 +64,12 @@ pub(crate) struct ThreadInfo {
 
 /// What each format does.
 pub(crate) trait Writer: CallSink {
+    /// Before the segments of thread `t`.
     fn begin_thread(&mut self, t: &ThreadInfo);
+    /// After them.
     fn end_thread(&mut self, t: &ThreadInfo);
+    /// Writing failed: nothing more will be written.
+    fn failed(&self) -> bool;
     /// The end of the document; the first error met on the way.
     fn finish(&mut self) -> std::io::Result<()>;
 }
@@ -84,6 +90,12 @@ impl<'w> Exporter<'w> {
         Exporter { w }
     }
 
+    /// Writing failed already (the error comes from [`Exporter::finish`]):
+    /// adding more threads is no use.
+    pub fn failed(&self) -> bool {
+        self.w.failed()
+    }
+
     /// Adds a thread.
     pub fn thread<R: Read + Seek>(&mut self, t: Thread<'_, R>) -> Result<(), ExportError> {
         let info = ThreadInfo {
@@ -102,41 +114,4 @@ impl<'w> Exporter<'w> {
     pub fn finish(mut self) -> Result<(), ExportError> {
         Ok(self.w.finish()?)
     }
-}
-
-/// A writer that keeps the first error and then writes nothing more.
-pub(crate) struct Out<'w> {
-    out: &'w mut dyn Write,
-    failed: Option<std::io::Error>,
-}
-
-impl<'w> Out<'w> {
-    pub(crate) fn new(out: &'w mut dyn Write) -> Self {
-        Out { out, failed: None }
-    }
-
-    /// Writes `s`; false once writing failed.
-    pub(crate) fn put(&mut self, s: &str) -> bool {
-        if self.failed.is_none() {
-            if let Err(e) = self.out.write_all(s.as_bytes()) {
-                self.failed = Some(e);
-            }
-        }
-        self.failed.is_none()
-    }
-
-    pub(crate) fn finish(&mut self) -> std::io::Result<()> {
-        match self.failed.take() {
-            Some(e) => Err(e),
-            None => self.out.flush(),
-        }
-    }
-}
-
-/// `v` pretty-printed as serde_json does, every line indented by `indent`
-/// spaces after the first.
-pub(crate) fn pretty_at(v: &serde_json::Value, indent: usize) -> String {
-    let text = serde_json::to_string_pretty(v).expect("a Value serializes");
-    let pad = " ".repeat(indent);
-    text.replace('\n', &format!("\n{pad}"))
 }
