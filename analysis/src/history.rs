@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use decode::classify::decode_at;
+use decode::flow::AddrMap;
 use serde_json::{json, Value};
 
 use crate::model::Image;
@@ -60,7 +61,8 @@ pub struct InsnPrinter<'a> {
     o: InsnOpts,
     sources: Sources,
     last_loc: Option<(String, u32)>,
-    texts: HashMap<u64, String>,
+    texts: AddrMap<String>,
+    number: Decimal,
     line: String,
 }
 
@@ -75,14 +77,14 @@ impl<'a> InsnPrinter<'a> {
             o,
             sources: Sources(HashMap::new()),
             last_loc: None,
-            texts: HashMap::new(),
+            texts: AddrMap::default(),
+            number: Decimal::default(),
             line: String::new(),
         }
     }
 
     /// Calls `out` with the lines of entry `e` (with `/s`, the source lines before it).
     pub fn lines(&mut self, e: &Entry, out: &mut impl FnMut(&str)) {
-        use std::fmt::Write;
         let Entry::Insn { number, addr, current } = *e else {
             out(&format!("{}\t{}", e.number(), gap_text(e)));
             return;
@@ -104,9 +106,42 @@ impl<'a> InsnPrinter<'a> {
         }
         let (img, o) = (self.img, self.o);
         let text = self.texts.entry(addr).or_insert_with(|| insn_text(img, addr, o));
+        // The hot path: digits by hand, no formatting machinery.
         self.line.clear();
-        let _ = write!(self.line, "{number}\t{}{text}", if current { "=> " } else { "   " });
+        self.line.push_str(self.number.set(number));
+        self.line.push('\t');
+        self.line.push_str(if current { "=> " } else { "   " });
+        self.line.push_str(text);
         out(&self.line);
+    }
+}
+
+/// A number in decimal, kept from one line to the next: the numbers of
+/// a history mostly go up by one, which changes a digit or two.
+#[derive(Default)]
+struct Decimal {
+    n: Option<u64>,
+    text: String,
+}
+
+impl Decimal {
+    fn set(&mut self, n: u64) -> &str {
+        if self.n.is_some_and(|m| m.checked_add(1) == Some(n)) {
+            let mut nines = 0;
+            while self.text.ends_with('9') {
+                self.text.pop();
+                nines += 1;
+            }
+            match self.text.pop() {
+                Some(c) => self.text.push(char::from(c as u8 + 1)),
+                None => self.text.push('1'),
+            }
+            self.text.extend(std::iter::repeat_n('0', nines));
+        } else {
+            self.text = n.to_string();
+        }
+        self.n = Some(n);
+        &self.text
     }
 }
 
@@ -163,6 +198,19 @@ pub fn insn_json_item(e: &Entry, img: Option<&Image>, intel: bool) -> Value {
                 "number": number, "addr": format!("{addr:#x}"), "function": sym.function,
                 "offset": sym.offset, "file": sym.file, "line": sym.line, "text": text, "current": current,
             })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Decimal;
+
+    #[test]
+    fn numbers_count_up_as_to_string_writes_them() {
+        let mut d = Decimal::default();
+        for n in (0..2000).chain(9_999_990..10_000_010).chain([5, 99, 100, u64::MAX - 1, u64::MAX]) {
+            assert_eq!(d.set(n), n.to_string());
         }
     }
 }

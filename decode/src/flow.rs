@@ -138,7 +138,8 @@ impl Hasher for AddrHasher {
     }
 }
 
-type AddrMap<V> = HashMap<u64, V, BuildHasherDefault<AddrHasher>>;
+/// A map keyed by code address, hashed with [`AddrHasher`].
+pub type AddrMap<V> = HashMap<u64, V, BuildHasherDefault<AddrHasher>>;
 
 fn class_of(i: &Instruction) -> Class {
     if crate::classify::is_syscall(i) {
