@@ -110,7 +110,6 @@ pub(crate) struct Walk<'c> {
     /// The next entry's number.
     pub(crate) next: u64,
     branches: Vec<Branch>,
-    items: Vec<Item>,
 }
 
 impl<'c> Walk<'c> {
@@ -133,7 +132,6 @@ impl<'c> Walk<'c> {
             prev,
             next,
             branches: Vec::new(),
-            items: Vec::new(),
         }
     }
 
@@ -145,30 +143,15 @@ impl<'c> Walk<'c> {
         let fresh = idle && self.branches.len() == 1;
         for k in 0..self.branches.len() {
             let b = self.branches[k];
+            if let (Some(p), true) = (self.prev, fresh) {
+                on(Step::Point { before: self.next - 1, prev: p });
+            }
+            let next = &mut self.next;
             match self.prev {
-                Some(p) => {
-                    if fresh {
-                        on(Step::Point { before: self.next - 1, prev: p });
-                    }
-                    let items = &mut self.items;
-                    self.flow.step(&p, &b, &mut |i| items.push(i));
-                }
-                None => {
-                    let items = &mut self.items;
-                    self.flow.start(&b, &mut |i| items.push(i));
-                }
+                Some(p) => self.flow.step(&p, &b, &mut |item| number(item, next, on)),
+                None => self.flow.start(&b, &mut |item| number(item, next, on)),
             }
             self.prev = Some(b);
-            self.emit(on);
-        }
-    }
-
-    fn emit(&mut self, on: &mut impl FnMut(Step<'_>)) {
-        for item in self.items.drain(..) {
-            on(Step::Item { item: &item, number: self.next, current: false });
-            if !matches!(item, Item::Async { .. }) {
-                self.next += 1;
-            }
         }
     }
 
@@ -176,14 +159,21 @@ impl<'c> Walk<'c> {
     pub(crate) fn finish(&mut self, last_pc: Option<u64>, on: &mut impl FnMut(Step<'_>)) {
         let Some(pc) = last_pc else { return };
         if let Some(last) = self.prev {
-            let items = &mut self.items;
-            self.flow.finish(&last, pc, &mut |i| items.push(i));
-            self.emit(on);
+            let next = &mut self.next;
+            self.flow.finish(&last, pc, &mut |item| number(item, next, on));
         }
         let len = decode::classify::decode_at(self.code, pc).map_or(0, |i| i.len() as u8);
         let item = Item::Insn(decode::flow::Insn { addr: pc, len, class: decode::flow::Class::Other });
         on(Step::Item { item: &item, number: self.next, current: true });
         self.next += 1;
+    }
+}
+
+/// Hands out `item` with its entry number, and counts the entry.
+fn number(item: Item, next: &mut u64, on: &mut impl FnMut(Step<'_>)) {
+    on(Step::Item { item: &item, number: *next, current: false });
+    if !matches!(item, Item::Async { .. }) {
+        *next += 1;
     }
 }
 
