@@ -178,15 +178,18 @@ impl<R: Read> TraceReader<R> {
     pub fn records(&mut self, out: &mut Vec<BtsRecord>, max: usize) -> Result<usize> {
         let Some(open) = self.open.as_mut() else { return Ok(0) };
         let n = open.left.min(max as u64) as usize;
-        let mut buf = vec![0u8; n * BTS_RECORD_SIZE];
-        self.r.read_exact(&mut buf).map_err(io)?;
-        self.pos += buf.len() as u64;
-        let open = self.open.as_mut().expect("open stream");
-        open.crc.update(&buf);
+        // Straight into the records: no buffer of bytes between.
+        let old = out.len();
+        out.resize(old + n, BtsRecord::default());
+        let bytes = zerocopy::IntoBytes::as_mut_bytes(&mut out[old..]);
+        if let Err(e) = self.r.read_exact(bytes) {
+            out.truncate(old);
+            return Err(io(e));
+        }
+        self.pos += bytes.len() as u64;
+        open.crc.update(bytes);
         open.left -= n as u64;
-        out.extend(
-            BtsRecord::parse_all(&buf).map_err(|e| Error::Records { at: open.at as usize, source: e })?,
-        );
+        BtsRecord::from_le_in_place(&mut out[old..]);
         if open.left == 0 {
             self.close_stream()?;
         }
@@ -231,9 +234,14 @@ impl<R: Read + Seek> StreamAt<R> {
         let at = first.checked_mul(BTS_RECORD_SIZE as u64).and_then(|b| b.checked_add(self.data));
         let at = at.ok_or_else(|| Error::Corrupt("a record offset beyond any file".into()))?;
         self.r.seek(SeekFrom::Start(at)).map_err(io)?;
-        let mut buf = vec![0u8; n * BTS_RECORD_SIZE];
-        self.r.read_exact(&mut buf).map_err(io)?;
-        out.extend(BtsRecord::parse_all(&buf).map_err(|e| Error::Records { at: at as usize, source: e })?);
+        // Straight into the records: no buffer of bytes between.
+        let old = out.len();
+        out.resize(old + n, BtsRecord::default());
+        if let Err(e) = self.r.read_exact(zerocopy::IntoBytes::as_mut_bytes(&mut out[old..])) {
+            out.truncate(old);
+            return Err(io(e));
+        }
+        BtsRecord::from_le_in_place(&mut out[old..]);
         Ok(n)
     }
 }

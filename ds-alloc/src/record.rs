@@ -27,6 +27,7 @@ pub const fn is_kernel_address(addr: u64) -> bool {
     Hash,
     Default,
     zerocopy::IntoBytes,
+    zerocopy::FromBytes,
     zerocopy::Immutable,
     zerocopy::KnownLayout,
 )]
@@ -143,6 +144,20 @@ impl BtsRecord {
             u64::from_le_bytes(w)
         };
         BtsRecord { from: word(0), to: word(8), flags: word(16) }
+    }
+
+    /// Records read into memory as their file bytes (`as_mut_bytes`), made
+    /// what they mean on a host that is not little-endian.
+    pub fn from_le_in_place(records: &mut [BtsRecord]) {
+        if cfg!(target_endian = "big") {
+            for r in records {
+                *r = BtsRecord {
+                    from: u64::from_le(r.from),
+                    to: u64::from_le(r.to),
+                    flags: u64::from_le(r.flags),
+                };
+            }
+        }
     }
 
     /// Reads a run of records; the slice must hold whole records.
