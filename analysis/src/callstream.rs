@@ -17,7 +17,7 @@ use std::io::{Read, Seek};
 
 use bts_reader::tracestream::StreamAt;
 use decode::calls::{CallBuilder, CallEvent, CallState, FnId};
-use decode::flow::Item;
+use decode::flow::{AddrMap, Item};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Image;
@@ -69,8 +69,19 @@ pub trait CallSink {
 /// The builder with the symbols of one image.
 type Builder<'i> = CallBuilder<Box<dyn FnMut(u64) -> FnId + 'i>>;
 
+/// Addresses whose function is kept (beyond, the cache starts over).
+const FUNCTIONS: usize = 1 << 20;
+
 fn builder<'i>(img: Option<&'i Image>, state: Option<CallState>) -> Builder<'i> {
-    let fn_of: Box<dyn FnMut(u64) -> FnId + 'i> = Box::new(move |a| fn_id(img, a));
+    // A trace runs the same instructions over and over: each address is
+    // looked up once.
+    let mut known: AddrMap<FnId> = AddrMap::default();
+    let fn_of: Box<dyn FnMut(u64) -> FnId + 'i> = Box::new(move |a| {
+        if known.len() >= FUNCTIONS {
+            known.clear();
+        }
+        known.entry(a).or_insert_with(|| fn_id(img, a)).clone()
+    });
     match state {
         Some(s) => CallBuilder::resume(fn_of, s),
         None => CallBuilder::new(fn_of),

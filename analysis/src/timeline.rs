@@ -57,7 +57,7 @@ pub fn fn_id(img: Option<&Image>, addr: u64) -> FnId {
     let Some(img) = img else { return FnId { start: 0, name: None } };
     let s = img.syms.lookup(addr);
     match s.function {
-        Some(name) => FnId { start: addr.wrapping_sub(s.offset), name: Some(name) },
+        Some(name) => FnId { start: addr.wrapping_sub(s.offset), name: Some(name.into()) },
         None => FnId { start: 0, name: None },
     }
 }

@@ -9,13 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::flow::{Class, GapKind, Insn, Item};
 
-/// What is known of the function an address belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What is known of the function an address belongs to. Cheap to clone
+/// (the name is shared): a builder asks for one per instruction.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FnId {
     /// Start address of the function (0 when unknown).
     pub start: u64,
     /// Its name, when symbols have it.
-    pub name: Option<String>,
+    pub name: Option<std::rc::Rc<str>>,
 }
 
 /// One function segment.
@@ -170,7 +171,7 @@ impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
         let n = self.st.next_number;
         let segment = Segment {
             number: idx + 1,
-            function: f.name.clone(),
+            function: f.name.as_deref().map(str::to_string),
             fn_start: f.start,
             level,
             insn_begin: n,
@@ -188,9 +189,9 @@ impl<F: FnMut(u64) -> FnId> CallBuilder<F> {
 
     fn same_fn(seg: &Segment, f: &FnId) -> bool {
         if f.start != 0 || seg.fn_start != 0 {
-            seg.fn_start == f.start && seg.function == f.name
+            seg.fn_start == f.start && seg.function.as_deref() == f.name.as_deref()
         } else {
-            seg.function == f.name
+            seg.function.as_deref() == f.name.as_deref()
         }
     }
 

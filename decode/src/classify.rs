@@ -49,10 +49,7 @@ pub fn decode_at(code: &CodeMap, addr: u64) -> Option<Instruction> {
 
 /// Classifies the record `from -> to`.
 pub fn classify(code: &CodeMap, from: u64, to: u64) -> BranchKind {
-    match decode_at(code, from) {
-        Some(insn) => classify_insn(&insn, to),
-        None => BranchKind::Async,
-    }
+    Shape::of(decode_at(code, from).as_ref()).kind(to)
 }
 
 /// A system call instruction: `syscall`, `sysenter` or `int 0x80`. The one
@@ -66,32 +63,50 @@ pub fn is_syscall(insn: &Instruction) -> bool {
     }
 }
 
+/// What the instruction at a transfer's source says of any transfer from
+/// it: its kind, and for a direct branch the one target it may go to (a
+/// transfer elsewhere is asynchronous). Kept per address by the kernel
+/// filter, so an instruction is decoded once per trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    target: Option<u64>,
+    kind: BranchKind,
+}
+
+impl Shape {
+    /// The shape of `insn`; `None` (no instruction there) takes nothing but
+    /// asynchronous transfers.
+    pub fn of(insn: Option<&Instruction>) -> Shape {
+        let any = |kind| Shape { target: None, kind };
+        let Some(insn) = insn else { return any(BranchKind::Async) };
+        let direct = |kind| Shape { target: Some(insn.near_branch_target()), kind };
+        match insn.flow_control() {
+            _ if is_syscall(insn) => any(BranchKind::Syscall),
+            FlowControl::Call if insn.is_call_near() => direct(BranchKind::Call),
+            FlowControl::Call | FlowControl::IndirectCall => any(BranchKind::Call),
+            FlowControl::UnconditionalBranch if insn.is_jmp_short_or_near() => direct(BranchKind::Jump),
+            FlowControl::UnconditionalBranch | FlowControl::IndirectBranch => any(BranchKind::Jump),
+            FlowControl::ConditionalBranch => direct(BranchKind::Conditional),
+            FlowControl::Return => any(BranchKind::Return),
+            FlowControl::Interrupt
+            | FlowControl::Exception
+            | FlowControl::XbeginXabortXend
+            | FlowControl::Next => any(BranchKind::Async),
+        }
+    }
+
+    /// The kind of a transfer from this instruction to `to`.
+    pub fn kind(self, to: u64) -> BranchKind {
+        match self.target {
+            Some(t) if t != to => BranchKind::Async,
+            _ => self.kind,
+        }
+    }
+}
+
 /// Classifies a transfer by the instruction at its source.
 pub fn classify_insn(insn: &Instruction, to: u64) -> BranchKind {
-    let direct = |k| {
-        if insn.near_branch_target() == to {
-            k
-        } else {
-            BranchKind::Async
-        }
-    };
-    match insn.flow_control() {
-        _ if is_syscall(insn) => BranchKind::Syscall,
-        FlowControl::Call if insn.is_call_near() => direct(BranchKind::Call),
-        FlowControl::Call | FlowControl::IndirectCall => BranchKind::Call,
-        FlowControl::UnconditionalBranch if insn.is_jmp_short_or_near() => direct(BranchKind::Jump),
-        FlowControl::UnconditionalBranch | FlowControl::IndirectBranch => BranchKind::Jump,
-        FlowControl::ConditionalBranch => {
-            if to == insn.near_branch_target() {
-                BranchKind::Conditional
-            } else {
-                BranchKind::Async
-            }
-        }
-        FlowControl::Return => BranchKind::Return,
-        FlowControl::Interrupt | FlowControl::Exception | FlowControl::XbeginXabortXend => BranchKind::Async,
-        FlowControl::Next => BranchKind::Async,
-    }
+    Shape::of(Some(insn)).kind(to)
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 
 use ds_alloc::{BtsRecord, RecordKind};
 
-use crate::classify::{self, BranchKind};
+use crate::classify::{self, BranchKind, Shape};
+use crate::flow::AddrMap;
 use crate::CodeMap;
 
 /// How a filtered record transfers control.
@@ -78,12 +79,32 @@ pub struct KernelFilter {
     f: Filter,
     /// A user→kernel event waiting for the kernel→user record.
     pending: Option<(u64, Transfer)>,
+    /// The instruction at each source met, decoded once.
+    shapes: AddrMap<Shape>,
 }
+
+/// Sources whose shape is kept (beyond, the cache starts over).
+const SHAPES: usize = 1 << 20;
 
 impl KernelFilter {
     /// A filter with nothing pending.
     pub fn new(f: Filter) -> Self {
-        KernelFilter { f, pending: None }
+        KernelFilter { f, pending: None, shapes: AddrMap::default() }
+    }
+
+    /// The kind of a transfer from `from` to `to`, its source decoded once.
+    fn kind(&mut self, code: &CodeMap, from: u64, to: u64) -> BranchKind {
+        if self.shapes.len() >= SHAPES {
+            self.shapes.clear();
+        }
+        let shape =
+            self.shapes.entry(from).or_insert_with(|| Shape::of(classify::decode_at(code, from).as_ref()));
+        shape.kind(to)
+    }
+
+    /// [`user_transfer`], its source decoded once.
+    fn transfer(&mut self, code: &CodeMap, from: u64, to: u64) -> Transfer {
+        transfer_of(self.kind(code, from, to))
     }
 
     /// Nothing is pending: the next record starts afresh, as in a new filter.
@@ -99,7 +120,8 @@ impl KernelFilter {
         };
         let f = self.f;
         if f.keep_kernel {
-            out.push(Branch { from, to, transfer: user_transfer(code, from, to) });
+            let transfer = self.transfer(code, from, to);
+            out.push(Branch { from, to, transfer });
             return;
         }
         match (is_kernel(from, f.kernel_text), is_kernel(to, f.kernel_text)) {
@@ -108,11 +130,12 @@ impl KernelFilter {
                     // The kernel→user record was lost: the event's end is unknown.
                     out.push(Branch { from: pf, to: pf, transfer: Transfer::Async });
                 }
-                out.push(Branch { from, to, transfer: user_transfer(code, from, to) });
+                let transfer = self.transfer(code, from, to);
+                out.push(Branch { from, to, transfer });
             }
             (false, true) => {
-                let transfer = match classify::decode_at(code, from) {
-                    Some(i) if classify::classify_insn(&i, to) == BranchKind::Syscall => Transfer::Syscall,
+                let transfer = match self.kind(code, from, to) {
+                    BranchKind::Syscall => Transfer::Syscall,
                     _ => Transfer::Async,
                 };
                 self.pending = Some((from, transfer));
@@ -128,7 +151,11 @@ impl KernelFilter {
 
 /// The transfer of a user→user record, by the instruction at `from`.
 pub fn user_transfer(code: &CodeMap, from: u64, to: u64) -> Transfer {
-    match classify::classify(code, from, to) {
+    transfer_of(classify::classify(code, from, to))
+}
+
+fn transfer_of(k: BranchKind) -> Transfer {
+    match k {
         BranchKind::Syscall => Transfer::Syscall,
         BranchKind::Async => Transfer::Async,
         _ => Transfer::Branch,

@@ -12,11 +12,13 @@ use crate::callstream::CallSink;
 pub(crate) struct Folded<'w> {
     out: Out<'w>,
     weights: BTreeMap<String, u64>,
+    /// The stack being weighed (kept to spare an allocation per segment).
+    key: String,
 }
 
 impl<'w> Folded<'w> {
     pub(crate) fn new(out: &'w mut dyn std::io::Write) -> Self {
-        Folded { out: Out::new(out), weights: BTreeMap::new() }
+        Folded { out: Out::new(out), weights: BTreeMap::new(), key: String::new() }
     }
 }
 
@@ -24,10 +26,19 @@ impl CallSink for Folded<'_> {
     fn event(&mut self, e: CallEvent<'_>) -> bool {
         if let CallEvent::Closed { segment, callers } = e {
             if segment.gap.is_none() {
-                let name = |f: &Option<String>| f.clone().unwrap_or_else(|| "??".into());
-                let mut stack: Vec<String> = callers.iter().map(|c| name(&c.segment.function)).collect();
-                stack.push(name(&segment.function));
-                *self.weights.entry(stack.join(";")).or_default() += segment.insn_count();
+                self.key.clear();
+                for f in callers.iter().map(|c| &c.segment.function).chain([&segment.function]) {
+                    if !self.key.is_empty() {
+                        self.key.push(';');
+                    }
+                    self.key.push_str(f.as_deref().unwrap_or("??"));
+                }
+                match self.weights.get_mut(&self.key) {
+                    Some(w) => *w += segment.insn_count(),
+                    None => {
+                        self.weights.insert(self.key.clone(), segment.insn_count());
+                    }
+                }
             }
         }
         true
