@@ -21,11 +21,9 @@ use decode::flow::{AddrMap, Item};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Image;
-use crate::stream::{point_at, Point, Step, Walk, EVERY};
+use crate::stream::{drive, point_at, Point, Step, Walk, EVERY};
 use crate::timeline::fn_id;
 
-/// Records read at a time.
-const CHUNK: usize = 64 * 1024;
 /// Records a checkpoint must stand for, per frame of its call chain.
 const RECORDS_PER_FRAME: u64 = 1024;
 /// The call index format's version.
@@ -124,40 +122,24 @@ pub fn build_call_index<R: Read + Seek>(
     let mut b = builder(img, None);
     let mut count = Count { min_level: 0 };
     let mut checkpoints = Vec::new();
-    let (mut seen, mut record, mut last_kept) = (0u64, 0u64, 0u64);
-    let mut chunk = Vec::with_capacity(CHUNK);
-    loop {
-        chunk.clear();
-        if src.read(record, CHUNK, &mut chunk)? == 0 {
-            break;
-        }
-        progress(record as usize, src.count() as usize);
-        for r in &chunk {
-            walk.feed(r, &mut |step| match step {
-                Step::Point { before, prev } => {
-                    seen += 1;
-                    let frames = b.state().stack.len() as u64;
-                    if seen % EVERY == 0 && frames * RECORDS_PER_FRAME <= record - last_kept {
-                        last_kept = record;
-                        checkpoints.push(Checkpoint {
-                            point: point_at(record, before, prev),
-                            state: b.state().clone(),
-                        });
-                    }
+    let (mut seen, mut last_kept) = (0u64, 0u64);
+    drive(src, &mut walk, 0, last_pc, progress, &mut |step, record| {
+        match step {
+            Step::Point { before, prev } => {
+                seen += 1;
+                let frames = b.state().stack.len() as u64;
+                if seen.is_multiple_of(EVERY) && frames * RECORDS_PER_FRAME <= record - last_kept {
+                    last_kept = record;
+                    let state = b.state().clone();
+                    checkpoints.push(Checkpoint { point: point_at(record, before, prev), state });
                 }
-                Step::Item { item, .. } => {
-                    take(&mut b, item, &mut count);
-                }
-            });
-            record += 1;
+            }
+            Step::Item { item, .. } => {
+                take(&mut b, item, &mut count);
+            }
         }
-    }
-    walk.finish(last_pc, &mut |step| {
-        if let Step::Item { item, .. } = step {
-            take(&mut b, item, &mut count);
-        }
-    });
-    progress(record as usize, record as usize);
+        true
+    })?;
     b.finish(&mut |e| {
         count.event(e);
     });
@@ -187,7 +169,7 @@ pub fn calls<R: Read + Seek>(
     // The last checkpoint before segment `from` began (so every
     // instruction of it is seen: `--lines` needs them).
     let at = index.checkpoints.partition_point(|c| (c.state.made as u64) < from.max(1));
-    let (mut record, mut walk, mut b) = match at.checked_sub(1).map(|i| &index.checkpoints[i]) {
+    let (record, mut walk, mut b) = match at.checked_sub(1).map(|i| &index.checkpoints[i]) {
         Some(c) => (
             c.point.record,
             Walk::from_point(code, index.keep_kernel, &c.point),
@@ -195,32 +177,13 @@ pub fn calls<R: Read + Seek>(
         ),
         None => (0, Walk::new(code, index.keep_kernel), builder(img, None)),
     };
-    let mut more = true;
-    let mut chunk = Vec::with_capacity(CHUNK);
-    while more {
-        chunk.clear();
-        if src.read(record, CHUNK, &mut chunk)? == 0 {
-            walk.finish(last_pc, &mut |step| {
-                if let Step::Item { item, .. } = step {
-                    more = more && take(&mut b, item, sink);
-                }
-            });
-            if more {
-                b.finish(&mut |e| more = more && sink.event(e));
-            }
-            break;
-        }
-        for r in &chunk {
-            walk.feed(r, &mut |step| {
-                if let Step::Item { item, .. } = step {
-                    more = more && take(&mut b, item, sink);
-                }
-            });
-            record += 1;
-            if !more {
-                break;
-            }
-        }
+    let more = drive(src, &mut walk, record, last_pc, &mut |_, _| {}, &mut |step, _| match step {
+        Step::Item { item, .. } => take(&mut b, item, sink),
+        Step::Point { .. } => true,
+    })?;
+    if more {
+        let mut more = true;
+        b.finish(&mut |e| more = more && sink.event(e));
     }
     Ok(())
 }

@@ -199,28 +199,16 @@ pub fn build_index<R: Read + Seek>(
     let code = img.map(|i| &i.code).unwrap_or(&empty);
     let mut walk = Walk::new(code, keep_kernel);
     let mut points = Vec::new();
-    let (mut seen, mut record) = (0u64, 0u64);
-    let mut chunk = Vec::with_capacity(CHUNK);
-    loop {
-        chunk.clear();
-        if src.read(record, CHUNK, &mut chunk)? == 0 {
-            break;
+    let mut seen = 0u64;
+    drive(src, &mut walk, 0, last_pc, progress, &mut |step, record| {
+        if let Step::Point { before, prev } = step {
+            seen += 1;
+            if seen.is_multiple_of(EVERY) {
+                points.push(point_at(record, before, prev));
+            }
         }
-        progress(record as usize, src.count() as usize);
-        for r in &chunk {
-            walk.feed(r, &mut |step| {
-                if let Step::Point { before, prev } = step {
-                    seen += 1;
-                    if seen % EVERY == 0 {
-                        points.push(point_at(record, before, prev));
-                    }
-                }
-            });
-            record += 1;
-        }
-    }
-    walk.finish(last_pc, &mut |_| {});
-    progress(record as usize, record as usize);
+        true
+    })?;
     Ok(HistoryIndex { version: INDEX_VERSION, keep_kernel, entries: walk.next - 1, points })
 }
 
@@ -239,35 +227,53 @@ pub fn entries<R: Read + Seek>(
     // The last point whose first entry comes at or before `lo`.
     let at = index.points.partition_point(|p| p.before < lo);
     let start = at.checked_sub(1).map(|i| index.points[i]);
-    let (mut record, mut walk) = match start {
+    let (record, mut walk) = match start {
         Some(p) => (p.record, Walk::from_point(code, index.keep_kernel, &p)),
         None => (0, Walk::new(code, index.keep_kernel)),
     };
-    let mut wanted = |step: Step<'_>| {
-        if let Step::Item { item, number, current } = step {
-            if (lo..=hi).contains(&number) {
-                if let Some(e) = entry_of(item, number, current) {
-                    entry(&e);
-                }
+    drive(src, &mut walk, record, last_pc, &mut |_, _| {}, &mut |step, _| {
+        let Step::Item { item, number, current } = step else { return true };
+        if (lo..=hi).contains(&number) {
+            if let Some(e) = entry_of(item, number, current) {
+                entry(&e);
             }
         }
-    };
+        number < hi
+    })?;
+    Ok(())
+}
+
+/// Walks the records of `src` from `record` on, a chunk at a time: `on`
+/// gets each step with the record it came from, and says whether to go on
+/// (the walk stops after the record that said no). At the end of the
+/// stream the walk is finished, to where the thread stood (`last_pc`).
+/// False when `on` stopped it.
+pub(crate) fn drive<R: Read + Seek>(
+    src: &mut StreamAt<R>,
+    walk: &mut Walk<'_>,
+    mut record: u64,
+    last_pc: Option<u64>,
+    progress: &mut dyn FnMut(usize, usize),
+    on: &mut impl FnMut(Step<'_>, u64) -> bool,
+) -> bts_reader::Result<bool> {
     let mut chunk = Vec::with_capacity(CHUNK);
-    while walk.next <= hi {
+    let mut more = true;
+    loop {
         chunk.clear();
         if src.read(record, CHUNK, &mut chunk)? == 0 {
-            walk.finish(last_pc, &mut wanted);
-            break;
+            walk.finish(last_pc, &mut |step| more = more && on(step, record));
+            progress(record as usize, record as usize);
+            return Ok(more);
         }
+        progress(record as usize, src.count() as usize);
         for r in &chunk {
-            walk.feed(r, &mut wanted);
-            record += 1;
-            if walk.next > hi {
-                break;
+            walk.feed(r, &mut |step| more = more && on(step, record));
+            if !more {
+                return Ok(false);
             }
+            record += 1;
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -10,13 +10,27 @@ use analysis::range::parse_range;
 use analysis::select;
 
 use crate::load::{kernel_allowed, progress_printer, InspectError};
-use crate::streamed::{thread_of, Streamed};
+use crate::streamed::{thread_of, Source, Streamed};
 
-/// The instruction history, for a trace of any size: the file is read
-/// without its records, the thread's index is taken from beside the file
-/// (or built once and kept there), and only the range is decoded.
-fn insns(a: &HistoryArgs) -> Result<(), InspectError> {
-    use analysis::stream;
+/// The thread a history shows, ready to read.
+struct Thread<'t> {
+    /// Kernel records kept (`--kernel`).
+    keep_kernel: bool,
+    /// Its place in the file.
+    ordinal: usize,
+    pid: i32,
+    tid: i32,
+    /// Where it stood.
+    last_pc: Option<u64>,
+    img: Option<&'t analysis::model::Image>,
+    src: Source,
+}
+
+/// Opens the file without its records and calls `f` with the thread asked for.
+fn with_thread<T>(
+    a: &HistoryArgs,
+    f: impl FnOnce(&Streamed, Thread<'_>) -> Result<T, InspectError>,
+) -> Result<T, InspectError> {
     let keep_kernel = kernel_allowed(a.kernel)?;
     let t = Streamed::open(&a.file)?;
     let chosen = select::one_thread(&t.tf, a.thread)?;
@@ -24,7 +38,20 @@ fn insns(a: &HistoryArgs) -> Result<(), InspectError> {
     let (pid, tid, last_pc) = thread_of(&chosen.kind);
     let imgs = images(&t.tf);
     let img = image_of(&imgs, &chosen.kind);
-    let mut src = t.source(ordinal)?;
+    let src = t.source(ordinal)?;
+    f(&t, Thread { keep_kernel, ordinal, pid, tid, last_pc, img, src })
+}
+
+/// The instruction history, for a trace of any size: the file is read
+/// without its records, the thread's index is taken from beside the file
+/// (or built once and kept there), and only the range is decoded.
+fn insns(a: &HistoryArgs) -> Result<(), InspectError> {
+    with_thread(a, |t, th| insns_of(a, t, th))
+}
+
+fn insns_of(a: &HistoryArgs, t: &Streamed, th: Thread<'_>) -> Result<(), InspectError> {
+    use analysis::stream;
+    let Thread { keep_kernel, ordinal, pid, tid, last_pc, img, mut src } = th;
     let index = crate::index::index_of(&a.file, ordinal, keep_kernel, || {
         stream::build_index(&mut src, img, keep_kernel, last_pc, &mut progress_printer("indexing"))
     })
@@ -79,16 +106,13 @@ fn insns(a: &HistoryArgs) -> Result<(), InspectError> {
 /// taken from beside the file (or built once and kept there), and the
 /// range is decoded from the checkpoint before it.
 fn calls(a: &HistoryArgs) -> Result<(), InspectError> {
+    with_thread(a, |t, th| calls_of(a, t, th))
+}
+
+fn calls_of(a: &HistoryArgs, t: &Streamed, th: Thread<'_>) -> Result<(), InspectError> {
     use analysis::callhistory::{CallJson, CallText, LongWaits, WINDOW};
     use analysis::callstream::{self, CallSink};
-    let keep_kernel = kernel_allowed(a.kernel)?;
-    let t = Streamed::open(&a.file)?;
-    let chosen = select::one_thread(&t.tf, a.thread)?;
-    let ordinal = t.ordinal(chosen);
-    let (pid, tid, last_pc) = thread_of(&chosen.kind);
-    let imgs = images(&t.tf);
-    let img = image_of(&imgs, &chosen.kind);
-    let mut src = t.source(ordinal)?;
+    let Thread { keep_kernel, ordinal, pid, tid, last_pc, img, mut src } = th;
     let index = crate::index::index_of(&a.file, ordinal, keep_kernel, || {
         callstream::build_call_index(
             &mut src,
