@@ -169,7 +169,7 @@ impl LongWaits {
             debug_assert!(self.open > 0);
             self.open = self.open.saturating_sub(1);
         }
-        in_range && self.last_closed - number >= WINDOW
+        in_range && self.last_closed.saturating_sub(number) >= WINDOW
     }
 }
 
