@@ -68,17 +68,29 @@ pub trait CallSink {
 type Builder<'i> = CallBuilder<Box<dyn FnMut(u64) -> FnId + 'i>>;
 
 /// Addresses whose function is kept (beyond, the cache starts over).
-const FUNCTIONS: usize = 1 << 20;
+const FUNCTIONS: usize = 1 << 18;
 
 fn builder<'i>(img: Option<&'i Image>, state: Option<CallState>) -> Builder<'i> {
     // A trace runs the same instructions over and over: each address is
-    // looked up once.
+    // looked up once, and each function's name is held once.
     let mut known: AddrMap<FnId> = AddrMap::default();
+    let mut names: AddrMap<std::rc::Rc<str>> = AddrMap::default();
     let fn_of: Box<dyn FnMut(u64) -> FnId + 'i> = Box::new(move |a| {
         if known.len() >= FUNCTIONS {
             known.clear();
+            names.clear();
         }
-        known.entry(a).or_insert_with(|| fn_id(img, a)).clone()
+        known
+            .entry(a)
+            .or_insert_with(|| {
+                let mut f = fn_id(img, a);
+                if let Some(n) = f.name.take() {
+                    let held = names.entry(f.start).or_insert_with(|| n.clone());
+                    f.name = Some(if *held == n { held.clone() } else { n });
+                }
+                f
+            })
+            .clone()
     });
     match state {
         Some(s) => CallBuilder::resume(fn_of, s),

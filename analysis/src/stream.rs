@@ -238,7 +238,8 @@ pub fn entries<R: Read + Seek>(
                 entry(&e);
             }
         }
-        number < hi
+        // An asynchronous item carries the number of the instruction after it.
+        number < hi || matches!(item, Item::Async { .. })
     })?;
     Ok(())
 }
@@ -355,6 +356,35 @@ pub(crate) mod tests {
             entries(&mut src, &index, img, Some(0x1001), lo, hi, &mut |e| got.push(*e)).unwrap();
             let want = &full.entries[(lo - 1) as usize..hi as usize];
             assert_eq!(got, want, "range {lo}..={hi}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every range's end is reached, also when its last entry comes right
+    /// after an interrupt (whose item carries that entry's number).
+    #[test]
+    fn a_range_ending_after_an_interrupt_is_whole() {
+        const K: u64 = 0xffff_ffff_8100_0000;
+        let mut records = Vec::new();
+        for round in 0..100 {
+            if round % 3 == 0 {
+                // Interrupted at the nop, resumed there.
+                records.push(BtsRecord::branch(0x1000, K));
+                records.push(BtsRecord::branch(K + 0x10, 0x1000));
+            }
+            records.push(BtsRecord::branch(0x1003, 0x1000));
+        }
+        let tf = one_thread(records, &[0x90, 0x75, 0x02, 0xeb, 0xfb, 0xeb, 0xf9], 0x1001);
+        let (dir, mut src) = on_disk(&tf, "stream-async");
+        let imgs = images(&tf);
+        let img = imgs.get(&(7, 1));
+        let full = analyze(&tf.streams[0], img, false, &mut |_, _| {});
+        let index = build_index(&mut src, img, false, Some(0x1001), &mut |_, _| {}).unwrap();
+        assert_eq!(index.entries, full.entries.len() as u64);
+        for hi in 1..=index.entries {
+            let mut got = Vec::new();
+            entries(&mut src, &index, img, Some(0x1001), 1, hi, &mut |e| got.push(*e)).unwrap();
+            assert_eq!(got, full.entries[..hi as usize], "entries 1..={hi}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -73,7 +73,10 @@ pub fn filter(records: &[BtsRecord], code: &CodeMap, f: Filter) -> Vec<Branch> {
     out
 }
 
-/// [`filter`] a record at a time, for traces read a chunk at a time.
+/// [`filter`] a record at a time, for traces read a chunk at a time. A
+/// filter is for the records of one image: it keeps what it decoded of
+/// each branch source, by address, so every `feed` must pass it the same
+/// code map.
 #[derive(Debug, Clone)]
 pub struct KernelFilter {
     f: Filter,
