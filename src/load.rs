@@ -32,6 +32,16 @@ pub enum InspectError {
     WriteFile(#[from] bts_reader::outfile::WriteError),
 }
 
+/// Says why a command on a saved trace failed (on stderr) and gives its
+/// exit code. A closed pipe (`bts history … | head`) is not worth a
+/// message, as everywhere in bts (`crate::out`).
+pub fn failed(e: &InspectError) -> std::process::ExitCode {
+    if !matches!(e, InspectError::Write(w) if w.kind() == std::io::ErrorKind::BrokenPipe) {
+        crate::errln!("bts: {e}");
+    }
+    std::process::ExitCode::FAILURE
+}
+
 /// Reads a trace file.
 pub fn load(file: &Path) -> Result<TraceFile, InspectError> {
     TraceFile::read(file).map_err(|e| match e {

@@ -309,4 +309,17 @@ fn a_call_history_range_reads_as_the_whole_history_does() {
     }
     // The main loop's segments name their lines.
     assert!(whole.iter().any(|l| l.contains("\tat long_loop.c:")), "{}", whole.join("\n"));
+    // A reader that has enough (`| head`) closes the pipe: bts stops
+    // without a word.
+    for args in
+        ["history t.bts 1,10000000", "history t.bts --calls --json 1,10000000", "export --format json t.bts"]
+    {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("'{BTS}' {args} | head -c 100 >/dev/null"))
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(text(&out.stderr), "", "bts {args} | head");
+    }
 }

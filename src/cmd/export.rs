@@ -91,9 +91,6 @@ pub fn run(file: &Path, format: ExportFormat, thread: Option<i32>, output: Optio
     };
     match run() {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            crate::errln!("bts: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => crate::load::failed(&e),
     }
 }

@@ -167,10 +167,7 @@ pub struct HistoryArgs {
 pub fn run(a: &HistoryArgs) -> ExitCode {
     match history_inner(a) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            crate::errln!("bts: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => crate::load::failed(&e),
     }
 }
 
