@@ -8,7 +8,8 @@
 //!   - python3 running a small workload.
 //!
 //! Goals: <= 1.3x `none` on the branch-dense loop, <= 1.15x on gzip and
-//! python3. Run: `cargo bench --bench valgrind [-- ITERATIONS]`.
+//! python3. `none` is also timed with `--vex-guest-chase=no`, as bts runs
+//! its tool: chasing changes `none`'s own speed, either way. Run: `cargo bench --bench valgrind [-- ITERATIONS]`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,8 +30,10 @@ fn time(cmd: impl FnMut() -> Command) -> f64 {
     common::best_of(3, cmd)
 }
 
-/// The three ways of running `argv`, in seconds.
-fn side_by_side(argv: &[String], stdin: Option<&Path>) -> (f64, f64, f64) {
+/// The ways of running `argv`, in seconds: natively, under `none` as it
+/// runs by default, under `none` without chasing (as bts runs its tool),
+/// and under bts.
+fn side_by_side(argv: &[String], stdin: Option<&Path>) -> (f64, f64, f64, f64) {
     let with = |mut c: Command| {
         c.stdout(Stdio::null());
         if let Some(p) = stdin {
@@ -48,12 +51,17 @@ fn side_by_side(argv: &[String], stdin: Option<&Path>) -> (f64, f64, f64) {
         c.args(["--tool=none", "-q"]).args(argv);
         with(c)
     });
+    let none_nochase = time(|| {
+        let mut c = Command::new("valgrind");
+        c.args(["--tool=none", "-q", "--vex-guest-chase=no"]).args(argv);
+        with(c)
+    });
     let bts = time(|| {
         let mut c = Command::new(BTS);
         c.args(["run", "--backend", "valgrind", "--report", "never", "--"]).args(argv);
         with(c)
     });
-    (native, none, bts)
+    (native, none, none_nochase, bts)
 }
 
 fn main() {
@@ -83,15 +91,16 @@ fn main() {
         ("/usr/bin/python3: json of 20000 dicts, 5x".into(), s(&["/usr/bin/python3", "-c", python]), None),
     ];
     println!(
-        "{:<44} {:>9} {:>9} {:>9} {:>11} {:>9}",
-        "", "native s", "none s", "bts s", "bts/native", "bts/none"
+        "{:<44} {:>9} {:>9} {:>12} {:>9} {:>11} {:>9} {:>17}",
+        "", "native s", "none s", "none-nochase", "bts s", "bts/native", "bts/none", "bts/none-nochase"
     );
     for (name, argv, stdin) in &cases {
-        let (native, none, bts) = side_by_side(argv, *stdin);
+        let (native, none, nochase, bts) = side_by_side(argv, *stdin);
         println!(
-            "{name:<44} {native:>9.3} {none:>9.3} {bts:>9.3} {:>11.2} {:>9.2}",
+            "{name:<44} {native:>9.3} {none:>9.3} {nochase:>12.3} {bts:>9.3} {:>11.2} {:>9.2} {:>17.2}",
             bts / native,
-            bts / none
+            bts / none,
+            bts / nochase
         );
     }
 }
