@@ -9,7 +9,8 @@
 //!
 //! Goals: <= 1.3x `none` on the branch-dense loop, <= 1.15x on gzip and
 //! python3. `none` is also timed with `--vex-guest-chase=no`, as bts runs
-//! its tool: chasing changes `none`'s own speed, either way. Run: `cargo bench --bench valgrind [-- ITERATIONS]`.
+//! its tool: chasing changes `none`'s own speed, either way.
+//! Run: `cargo bench --bench valgrind [-- ITERATIONS]`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
