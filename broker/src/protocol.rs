@@ -453,13 +453,7 @@ pub fn read_reply_reusing(
     max: usize,
     spare: &mut Vec<u8>,
 ) -> Result<Reply, ProtocolError> {
-    let mut len = [0u8; 4];
-    first_byte(r, &mut len)?;
-    r.read_exact(&mut len[1..])?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len > max {
-        return Err(ProtocolError::TooLong { len, max });
-    }
+    let len = read_len(r, max)?;
     let mut pre = [0u8; 11];
     let have = len.min(pre.len());
     r.read_exact(&mut pre[..have])?;
@@ -509,16 +503,28 @@ pub fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), Protoc
     Ok(())
 }
 
-/// Reads one frame's payload, at most `max` bytes. A connection closed
-/// before the first byte is [`ProtocolError::Closed`].
-pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Vec<u8>, ProtocolError> {
-    let mut len = [0u8; 4];
-    first_byte(r, &mut len)?;
-    r.read_exact(&mut len[1..])?;
-    let len = u32::from_le_bytes(len) as usize;
+/// A frame's length from its 4-byte head, refused beyond `max`.
+fn frame_len(head: [u8; 4], max: usize) -> Result<usize, ProtocolError> {
+    let len = u32::from_le_bytes(head) as usize;
     if len > max {
         return Err(ProtocolError::TooLong { len, max });
     }
+    Ok(len)
+}
+
+/// Reads a frame's head: its length, refused beyond `max`. A connection
+/// closed before the first byte is [`ProtocolError::Closed`].
+fn read_len(r: &mut impl Read, max: usize) -> Result<usize, ProtocolError> {
+    let mut head = [0u8; 4];
+    first_byte(r, &mut head)?;
+    r.read_exact(&mut head[1..])?;
+    frame_len(head, max)
+}
+
+/// Reads one frame's payload, at most `max` bytes. A connection closed
+/// before the first byte is [`ProtocolError::Closed`].
+pub fn read_frame(r: &mut impl Read, max: usize) -> Result<Vec<u8>, ProtocolError> {
+    let len = read_len(r, max)?;
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload)?;
     Ok(payload)
@@ -537,10 +543,7 @@ pub fn read_request(
     // The whole rest of the frame within `timeout`, however it trickles in.
     let deadline = std::time::Instant::now() + timeout;
     read_by(s, &mut head[1..], deadline)?;
-    let len = u32::from_le_bytes(head) as usize;
-    if len > MAX_REQUEST {
-        return Err(ProtocolError::TooLong { len, max: MAX_REQUEST });
-    }
+    let len = frame_len(head, MAX_REQUEST)?;
     let mut payload = vec![0u8; len];
     read_by(s, &mut payload, deadline)?;
     Ok(payload)
