@@ -34,48 +34,42 @@ pub fn run(file: &Path, format: ExportFormat, thread: Option<i32>, output: Optio
             ExportFormat::Folded => export::Format::Folded,
             ExportFormat::Json => export::Format::Json,
         };
-        // A failure to read the trace, kept apart from a failure to write.
-        let mut unread: Option<InspectError> = None;
+        // The call indexes first (from beside the file, or built and kept
+        // there): reading the trace fails here, before any output.
+        let mut threads = Vec::with_capacity(streams.len());
+        for s in &streams {
+            let ordinal = t.ordinal(s);
+            let img = image_of(&imgs, &s.kind);
+            let (pid, tid, last_pc) = thread_of(&s.kind);
+            let mut src = t.source(ordinal)?;
+            let index = crate::index::index_of(file, ordinal, false, || {
+                callstream::build_call_index(
+                    &mut src,
+                    img,
+                    false,
+                    last_pc,
+                    &mut progress_printer("indexing calls"),
+                )
+            })
+            .map_err(t.bad())?;
+            threads.push((src, index, img, pid, tid, last_pc));
+        }
+        // A failure to read the trace while writing, kept apart from a
+        // failure to write.
+        let mut unread: Option<bts_reader::Error> = None;
         let mut produce = |w: &mut dyn Write| -> std::io::Result<()> {
             let mut ex = export::Exporter::new(format, w);
-            for s in &streams {
+            for (src, index, img, pid, tid, last_pc) in &mut threads {
                 if ex.failed() {
                     break;
                 }
-                let ordinal = t.ordinal(s);
-                let img = image_of(&imgs, &s.kind);
-                let (pid, tid, last_pc) = thread_of(&s.kind);
-                let done = t.source(ordinal).and_then(|mut src| {
-                    let index = crate::index::index_of(file, ordinal, false, || {
-                        callstream::build_call_index(
-                            &mut src,
-                            img,
-                            false,
-                            last_pc,
-                            &mut progress_printer("indexing calls"),
-                        )
-                    })
-                    .map_err(t.bad())?;
-                    let th = export::Thread { src: &mut src, index: &index, img, pid, tid, last_pc };
-                    ex.thread(th).map_err(|e| match e {
-                        export::ExportError::Read(e) => t.bad()(e),
-                        export::ExportError::Write(e) => InspectError::Write(e),
-                        e => InspectError::Write(std::io::Error::other(e.to_string())),
-                    })
-                });
-                match done {
-                    Ok(()) => {}
-                    Err(InspectError::Write(e)) => return Err(e),
-                    Err(e) => {
-                        unread = Some(e);
-                        return Err(std::io::Error::other("the trace could not be read"));
-                    }
+                let th = export::Thread { src, index, img: *img, pid: *pid, tid: *tid, last_pc: *last_pc };
+                if let Err(e) = ex.thread(th) {
+                    unread = Some(e);
+                    return Err(std::io::Error::other("the trace could not be read"));
                 }
             }
-            ex.finish().map_err(|e| match e {
-                export::ExportError::Write(e) => e,
-                e => std::io::Error::other(e.to_string()),
-            })
+            ex.finish()
         };
         let written = match output {
             Some(p) => bts_reader::outfile::write_with(p, &mut produce).map_err(InspectError::from),
@@ -84,9 +78,9 @@ pub fn run(file: &Path, format: ExportFormat, thread: Option<i32>, output: Optio
                 produce(&mut out).map_err(InspectError::from)
             }
         };
-        match (unread, written) {
-            (Some(e), _) => Err(e),
-            (None, w) => w,
+        match unread {
+            Some(e) => Err(t.bad()(e)),
+            None => written,
         }
     };
     match run() {

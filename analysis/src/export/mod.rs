@@ -26,18 +26,6 @@ pub enum Format {
     Json,
 }
 
-/// Why an export failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ExportError {
-    /// The trace could not be read.
-    #[error(transparent)]
-    Read(#[from] bts_reader::Error),
-    /// The output could not be written.
-    #[error("writing: {0}")]
-    Write(#[from] std::io::Error),
-}
-
 /// One thread to export: its records, its call index and its code.
 pub struct Thread<'a, R> {
     /// The thread's records.
@@ -96,8 +84,9 @@ impl<'w> Exporter<'w> {
         self.w.failed()
     }
 
-    /// Adds a thread.
-    pub fn thread<R: Read + Seek>(&mut self, t: Thread<'_, R>) -> Result<(), ExportError> {
+    /// Adds a thread. Only reading the trace fails here; a failure to
+    /// write is kept for [`Exporter::finish`] (and [`Exporter::failed`]).
+    pub fn thread<R: Read + Seek>(&mut self, t: Thread<'_, R>) -> bts_reader::Result<()> {
         let info = ThreadInfo {
             pid: t.pid,
             tid: t.tid,
@@ -110,8 +99,8 @@ impl<'w> Exporter<'w> {
         Ok(())
     }
 
-    /// Ends the document.
-    pub fn finish(mut self) -> Result<(), ExportError> {
-        Ok(self.w.finish()?)
+    /// Ends the document; the first error writing met.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        self.w.finish()
     }
 }
