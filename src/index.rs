@@ -116,7 +116,8 @@ pub fn index_of<T: Kept>(
     let mut existing = read(&path);
     let current = match &mut existing {
         Ok(Some(f)) if is_for(f, id) => {
-            T::slot(f).get(&key(stream, keep_kernel)).filter(|i| i.current()).cloned()
+            // Taken out, not copied: the file is written again only with a new one.
+            T::slot(f).remove(&key(stream, keep_kernel)).filter(|i| i.current())
         }
         _ => None,
     };
