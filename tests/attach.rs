@@ -79,10 +79,12 @@ fn tracer_pid(pid: u32) -> String {
 #[test]
 fn interrupting_bts_detaches_and_the_process_finishes_as_before() {
     let dir = scratch("attach_interrupt");
-    // The expected output, untraced.
-    let native = Command::new(fixture("long_loop")).arg("60").output().unwrap();
+    // The expected output, untraced. The program runs long enough (about
+    // 2 s untraced) to outlive two attach-and-detach rounds on a loaded
+    // machine: with 60 rounds it once ended before the second detach.
+    let native = Command::new(fixture("long_loop")).arg("200").output().unwrap();
     let expected = text(&native.stdout);
-    let (mut child, mut out) = start("long_loop", &["60"]);
+    let (mut child, mut out) = start("long_loop", &["200"]);
     let pid = child.id();
     let before = text_bytes(pid, &fixture("long_loop"));
     for (sig, name) in [(libc::SIGINT, "int"), (libc::SIGTERM, "term")] {
