@@ -173,12 +173,7 @@ impl VgTrace {
             let written = r.u64()?;
             let branches = r.u64()?;
             let count = r.count(BTS_RECORD_SIZE)?;
-            let mut records = BtsRecord::parse_all(r.take(count * BTS_RECORD_SIZE)?)?;
-            // The tool does not write the flags of a branch record (it has
-            // no prediction to tell): a slot may hold a context record's.
-            for rec in records.iter_mut().filter(|x| x.is_branch()) {
-                rec.flags = 0;
-            }
+            let records = BtsRecord::parse_all(r.take(count * BTS_RECORD_SIZE)?)?;
             threads.push(VgThread { os_tid, last_pc, capacity, written, branches, records });
         }
         let mut maps = Vec::with_capacity(nmaps);

@@ -56,16 +56,21 @@ static void bts_print_debug_usage(void) {}
 /* ------------------------------------------------------------------ */
 /* DS-like circular buffers, one per thread                           */
 
-typedef struct { ULong from, to, flags; } Rec;
+/* A slot of the ring: 16 bytes, so that the inline writer addresses it
+   as base + index * 8. A branch's flags are 0; a context record's (the
+   task's id) rides in the low half of `to`, the time in its high half.
+   The file gets 24-byte BTS records (put_rec). */
+typedef struct { ULong from, to; } Rec;
+
+#define ESCAPE (~0xFULL)
 
 /* The ring has more slots than the records it keeps (a power of two, at
    least one more): the slot at the write index never holds a kept record,
-   so the inline writer stores a record there unconditionally and only
-   counts it when the branch was taken (no branch around its stores). The
-   index is the count of records ever written; its low bits (ring_mask,
-   the same for every thread) pick the slot. */
+   so the inline writer stores a record there before it knows whether the
+   branch is taken. The index counts records ever written; its low bits
+   (ring_mask, the same for every thread) pick the slot. */
 typedef struct {
-   Rec  *base;      /* BTS buffer base */
+   Rec  *base;      /* the ring */
    ULong written;   /* records written; the next goes to base[written & ring_mask] */
    ULong max;       /* records kept */
    ULong contexts;  /* context records written (the rest are branches) */
@@ -76,28 +81,51 @@ typedef struct {
 static Buf *bufs; /* VG_N_THREADS of them, allocated after the options */
 static ULong ring_mask; /* slots - 1; slots a power of two above the records kept */
 
-#define ESCAPE (~0xFULL)
+/* The cursor of the thread running client code, at a fixed address the
+   generated code loads and stores: its write index, counted in 8-byte
+   words (two per record), and its ring. Valgrind runs one thread at a
+   time; start_client loads a thread's cursor from its Buf and stop_client
+   puts it back, so between them the cursor is the truth. */
+static struct { ULong words; Rec *base; } cursor;
+static ThreadId cursor_tid; /* whose cursor it is; 0 when none is loaded */
 
 static Buf *buf_of(ThreadId tid)
 {
    Buf *b = &bufs[tid];
    if (!b->base) {
       b->max = records_per_thread > 0 ? (ULong)records_per_thread : 1;
-      b->base = VG_(malloc)("bts.buf", (ring_mask + 1) * sizeof(Rec));
+      b->base = VG_(calloc)("bts.buf", ring_mask + 1, sizeof(Rec));
    }
    return b;
 }
 
+static void cursor_load(ThreadId tid)
+{
+   Buf *b = buf_of(tid);
+   cursor.words = b->written * 2;
+   cursor.base = b->base;
+   cursor_tid = tid;
+}
+
+static void cursor_store(void)
+{
+   if (cursor_tid) bufs[cursor_tid].written = cursor.words / 2;
+   cursor_tid = 0;
+}
+
+/* A record written from C: outside client code, or in a signal taken in
+   the middle of it (then through the cursor, which is the truth). */
 static void push(ThreadId tid, ULong from, ULong to, ULong flags)
 {
    Buf *b = buf_of(tid);
-   Rec *r = &b->base[b->written & ring_mask];
-   r->from = from; r->to = to; r->flags = flags;
-   b->written++;
+   Bool live = tid == cursor_tid;
+   ULong n = live ? cursor.words / 2 : b->written;
+   Rec *r = &b->base[n & ring_mask];
+   r->from = from;
+   r->to = from >= ESCAPE ? (to << 32) | (flags & 0xffffffffULL) : to;
+   if (live) cursor.words += 2; else b->written++;
    if (from >= ESCAPE) b->contexts++;
 }
-
-static ULong written_of(const Buf *b) { return b->written; }
 
 /* The buffer of the thread running client code (set when it starts to). */
 static Buf *running;
@@ -163,6 +191,7 @@ static void start_client(ThreadId tid, ULong blocks)
    Buf *b = buf_of(tid);
    running = b;
    if (!b->os_tid) b->os_tid = VG_(gettid)();
+   cursor_load(tid);
    if (tid == last_running) return;
    ULong now = VG_(read_millisecond_timer)();
    if (last_running != 0 && bufs[last_running].base)
@@ -173,6 +202,7 @@ static void start_client(ThreadId tid, ULong blocks)
 
 static void stop_client(ThreadId tid, ULong blocks)
 {
+   cursor_store();
 }
 
 /* ------------------------------------------------------------------ */
@@ -270,11 +300,19 @@ static Int branch_kind(Addr a, UInt len)
 /* ------------------------------------------------------------------ */
 /* Instrumentation                                                    */
 
-/* The record is written in IR, inline (what push does, into the running
-   thread's buffer, counted as a branch): no helper call per branch and no
-   branch in the code it adds. The record goes to the scratch slot whether
-   the exit is taken or not; the count moves on only when it is (adding
-   the guard as 0 or 1). */
+/* The record is written in IR, inline: no helper call per branch, and no
+   value in it that waits for a branch's outcome.
+
+   A conditional exit stores its record in the slot at the write index,
+   and the index one on, before the exit; if the exit is not taken, the
+   code after it stores the index back. Both are constants off the index
+   the superblock loaded: the processor predicts the exit and runs on. An
+   index computed from the exit's condition (an add or a conditional move)
+   would chain every superblock to the condition of the one before, and
+   that chain cost gzip about a fifth more time than this.
+
+   Everything goes through memory in order, so a fault in the middle of a
+   superblock finds the index as the branches before it left it. */
 static IRTemp ir_tmp(IRSB *sb, IRExpr *e)
 {
    IRTemp t = newIRTemp(sb->tyenv, Ity_I64);
@@ -282,50 +320,64 @@ static IRTemp ir_tmp(IRSB *sb, IRExpr *e)
    return t;
 }
 
-static IRExpr *ir_at(IRTemp base, HWord off)
+static IRExpr *ir_add(IRTemp t, HWord n)
 {
-   return IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(base), mkIRExpr_HWord(off));
+   return IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(t), mkIRExpr_HWord(n));
 }
 
-static IRTemp ir_load(IRSB *sb, IRExpr *addr)
+/* What a superblock knows of the cursor: loaded once, at its first
+   record. `words` is the index on this path; `ahead` says memory holds
+   words + 2, from a conditional exit that was not taken. */
+typedef struct { Bool loaded, ahead; IRTemp at, words, base; } Cursor;
+
+static void cursor_set(IRSB *sb, Cursor *c, IRTemp words)
 {
-   IRTemp a = ir_tmp(sb, addr);
-   return ir_tmp(sb, IRExpr_Load(Iend_LE, Ity_I64, IRExpr_RdTmp(a)));
+   addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(c->at), IRExpr_RdTmp(words)));
 }
 
-static void ir_store(IRSB *sb, IRExpr *addr, IRExpr *data)
-{
-   IRTemp a = ir_tmp(sb, addr);
-   addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(a), data));
-}
-
-/* What a superblock has loaded of the running thread's buffer: once, at
-   its first record. Within the superblock the count changes only at an
-   unconditional record: after a guarded one, execution goes on only if the
-   guard was false and nothing was counted. */
-typedef struct { Bool loaded; IRTemp b, base, written; } Cursor;
-
-static void add_record(IRSB *sb, Cursor *c, Addr from, IRExpr *to, IRExpr *guard)
+/* The record's two words, at base + (words & mask) * 8 and 8 on. Each
+   address is its own expression, so that both become one addressing mode. */
+static void store_slot(IRSB *sb, Cursor *c, Addr from, IRExpr *to)
 {
    if (!c->loaded) {
-      c->b = ir_tmp(sb, IRExpr_Load(Iend_LE, Ity_I64, mkIRExpr_HWord((HWord)&running)));
-      c->base = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, base)));
-      c->written = ir_load(sb, ir_at(c->b, __builtin_offsetof(Buf, written)));
+      c->at = ir_tmp(sb, mkIRExpr_HWord((HWord)&cursor));
+      c->words = ir_tmp(sb, IRExpr_Load(Iend_LE, Ity_I64, IRExpr_RdTmp(c->at)));
+      IRTemp at_base = ir_tmp(sb, ir_add(c->at, 8));
+      c->base = ir_tmp(sb, IRExpr_Load(Iend_LE, Ity_I64, IRExpr_RdTmp(at_base)));
       c->loaded = True;
    }
-   /* The slot: base + (written & mask) * 24. IR is flat: every operand an atom. */
-   IRTemp idx = ir_tmp(sb, IRExpr_Binop(Iop_And64, IRExpr_RdTmp(c->written), mkIRExpr_HWord(ring_mask)));
-   IRTemp off = ir_tmp(sb, IRExpr_Binop(Iop_Mul64, IRExpr_RdTmp(idx), mkIRExpr_HWord(sizeof(Rec))));
-   IRTemp slot = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->base), IRExpr_RdTmp(off)));
-   ir_store(sb, IRExpr_RdTmp(slot), mkIRExpr_HWord(from));
-   ir_store(sb, ir_at(slot, 8), to);
-   /* The flags word is left as it was: bts reads a branch record's as 0. */
-   IRExpr *step = mkIRExpr_HWord(1);
-   if (guard)
-      step = IRExpr_RdTmp(ir_tmp(sb, IRExpr_Unop(Iop_1Uto64, guard)));
-   IRTemp written2 = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->written), step));
-   ir_store(sb, ir_at(c->b, __builtin_offsetof(Buf, written)), IRExpr_RdTmp(written2));
-   if (!guard) c->written = written2;
+   IRTemp m = ir_tmp(sb, IRExpr_Binop(Iop_And64, IRExpr_RdTmp(c->words),
+                                      mkIRExpr_HWord(ring_mask * 2)));
+   for (Int half = 0; half < 2; half++) {
+      IRTemp sh = ir_tmp(sb, IRExpr_Binop(Iop_Shl64, IRExpr_RdTmp(m), IRExpr_Const(IRConst_U8(3))));
+      IRTemp at = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->base), IRExpr_RdTmp(sh)));
+      if (half) at = ir_tmp(sb, ir_add(at, 8));
+      addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(at), half ? to : mkIRExpr_HWord(from)));
+   }
+}
+
+/* A branch taken here. */
+static void record(IRSB *sb, Cursor *c, Addr from, IRExpr *to)
+{
+   store_slot(sb, c, from, to);
+   c->words = ir_tmp(sb, ir_add(c->words, 2));
+   cursor_set(sb, c, c->words);
+   c->ahead = False;
+}
+
+/* A branch taken if the exit that follows is: counted in memory as if it were. */
+static void record_exit(IRSB *sb, Cursor *c, Addr from, IRExpr *to)
+{
+   store_slot(sb, c, from, to);
+   cursor_set(sb, c, ir_tmp(sb, ir_add(c->words, 2)));
+   c->ahead = True;
+}
+
+/* Past an exit not taken: the index back as it was. */
+static void settle(IRSB *sb, Cursor *c)
+{
+   if (c->ahead) cursor_set(sb, c, c->words);
+   c->ahead = False;
 }
 
 static Bool branchy_jk(IRJumpKind jk)
@@ -349,26 +401,28 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
       means the branch was: if execution goes on in this superblock (VEX
       unrolled a loop), the next instruction is its target. */
    Addr inverted = 0;
-   Cursor cursor = { False, 0, 0, 0 };
+   Cursor c = { False, False, 0, 0 };
    for (; i < in->stmts_used; i++) {
       IRStmt *st = in->stmts[i];
       if (st->tag == Ist_IMark) {
          Addr next_insn = st->Ist.IMark.addr + st->Ist.IMark.delta;
+         settle(out, &c);
          if (inverted) {
-            add_record(out, &cursor, inverted, mkIRExpr_HWord(next_insn), NULL);
+            record(out, &c, inverted, mkIRExpr_HWord(next_insn));
             inverted = 0;
          }
          cur = next_insn;
          curlen = st->Ist.IMark.len;
          cache_code(cur, curlen);
-      } else if (st->tag == Ist_Exit && cur && branchy_jk(st->Ist.Exit.jk)) {
+      } else if (st->tag == Ist_Exit) {
          ULong dst = st->Ist.Exit.dst->Ico.U64;
-         Int kind = branch_kind(cur, curlen);
+         Int kind = cur && branchy_jk(st->Ist.Exit.jk) ? branch_kind(cur, curlen) : NOT_BRANCH;
+         settle(out, &c);
          /* The not-taken leg of an inverted conditional records nothing. */
          if (kind == COND && dst == cur + curlen)
             inverted = cur;
          else if (kind == COND || kind == UNCOND)
-            add_record(out, &cursor, cur, mkIRExpr_HWord(dst), st->Ist.Exit.guard);
+            record_exit(out, &c, cur, mkIRExpr_HWord(dst));
       }
       addStmtToIRSB(out, st);
    }
@@ -377,11 +431,15 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
       IRExpr *next = in->next;
       Bool falls = next->tag == Iex_Const && next->Iex.Const.con->Ico.U64 == cur + curlen;
       if (branchy_jk(in->jumpkind) && (kind == UNCOND || (kind == COND && !falls)))
-         add_record(out, &cursor, cur, next, NULL);
-      else if (in->jumpkind == Ijk_Sys_syscall && kind == SYSCALL) {
-         IRDirty *d = unsafeIRDirty_0_N(1, "bts_rec_syscall", VG_(fnptr_to_fnentry)(&rec_syscall),
-                                        mkIRExprVec_1(mkIRExpr_HWord(cur)));
-         addStmtToIRSB(out, IRStmt_Dirty(d));
+         record(out, &c, cur, next);
+      else {
+         settle(out, &c);
+         if (in->jumpkind == Ijk_Sys_syscall && kind == SYSCALL) {
+            IRDirty *d = unsafeIRDirty_0_N(1, "bts_rec_syscall",
+                                           VG_(fnptr_to_fnentry)(&rec_syscall),
+                                           mkIRExprVec_1(mkIRExpr_HWord(cur)));
+            addStmtToIRSB(out, IRStmt_Dirty(d));
+         }
       }
    }
    return out;
@@ -413,6 +471,14 @@ static void put(const void *p, UInt n)
 
 static void put64(ULong v) { put(&v, 8); }
 
+static void put_rec(const Rec *r)
+{
+   Bool context = r->from >= ESCAPE;
+   put64(r->from);
+   put64(context ? r->to >> 32 : r->to);
+   put64(context ? r->to & 0xffffffffULL : 0);
+}
+
 static void bts_fini(Int exitcode)
 {
    HChar name[1024];
@@ -436,10 +502,11 @@ static void bts_fini(Int exitcode)
    put64(nthreads);
    put64((ULong)nmaps);
    put64((ULong)npages);
+   cursor_store();
    for (ThreadId t = 1; t < VG_N_THREADS; t++) {
       Buf *b = &bufs[t];
       if (!b->base) continue;
-      ULong written = written_of(b);
+      ULong written = b->written;
       ULong count = written < b->max ? written : b->max;
       put64((ULong)b->os_tid);
       put64((ULong)VG_(get_IP)(t));
@@ -448,7 +515,7 @@ static void bts_fini(Int exitcode)
       put64(written - b->contexts);
       put64(count);
       /* The newest `count` records, oldest first. */
-      for (ULong k = written - count; k < written; k++) put(&b->base[k & ring_mask], sizeof(Rec));
+      for (ULong k = written - count; k < written; k++) put_rec(&b->base[k & ring_mask]);
    }
    for (Int m = 0; m < nmaps; m++) {
       put64(maps[m].start);
