@@ -59,10 +59,63 @@ static void bts_print_debug_usage(void) {}
 /* A slot of the ring: 16 bytes, so that the inline writer addresses it
    as base + index * 8. A branch's flags are 0; a context record's (the
    task's id) rides in the low half of `to`, the time in its high half.
-   The file gets 24-byte BTS records (put_rec). */
+   A direct branch is one word, SITE + its site's number (below): a
+   kernel address no user branch has, which the generated code stores as
+   a sign-extended 32-bit immediate. The file gets 24-byte BTS records
+   (put_rec). */
 typedef struct { ULong from, to; } Rec;
 
 #define ESCAPE (~0xFULL)
+#define SITE 0xFFFFFFFF80000000ULL
+#define MAX_SITES 0x7FFFFF00U /* SITE + any number stays below ESCAPE */
+
+/* The direct branches met in translation, numbered: (from, to) is known
+   then, so the generated code stores the number alone. Each pair is
+   numbered once (a hash set of numbers + 1), however often its code is
+   translated again. Past MAX_SITES, new ones are stored in two words. */
+typedef struct { Addr from, to; } Site;
+static Site *sites;
+static UInt nsites, sites_cap;
+static UInt *site_set;
+static UWord site_set_mask;
+
+static UWord site_hash(Addr from, Addr to)
+{
+   return (from * 0x9E3779B97F4A7C15ULL) ^ (to * 0xC2B2AE3D27D4EB4FULL) ^ (to >> 29);
+}
+
+static void site_set_add(UInt id)
+{
+   UWord h = site_hash(sites[id].from, sites[id].to);
+   while (site_set[h & site_set_mask]) h++;
+   site_set[h & site_set_mask] = id + 1;
+}
+
+/* The word a direct branch's record is, or 0 if it needs two. */
+static ULong site_word(Addr from, Addr to)
+{
+   if (2 * (nsites + 1) > site_set_mask) {
+      UWord size = site_set_mask ? 2 * (site_set_mask + 1) : 4096;
+      VG_(free)(site_set);
+      site_set = VG_(calloc)("bts.sites", size, sizeof *site_set);
+      site_set_mask = size - 1;
+      for (UInt k = 0; k < nsites; k++) site_set_add(k);
+   }
+   for (UWord h = site_hash(from, to);; h++) {
+      UInt id = site_set[h & site_set_mask];
+      if (!id) break;
+      if (sites[id - 1].from == from && sites[id - 1].to == to) return SITE + (id - 1);
+   }
+   if (nsites >= MAX_SITES) return 0;
+   if (nsites == sites_cap) {
+      sites_cap = sites_cap ? 2 * sites_cap : 4096;
+      sites = VG_(realloc)("bts.sites", sites, sites_cap * sizeof *sites);
+   }
+   sites[nsites].from = from;
+   sites[nsites].to = to;
+   site_set_add(nsites);
+   return SITE + nsites++;
+}
 
 /* The ring has more slots than the records it keeps (a power of two, at
    least one more): the slot at the write index never holds a kept record,
@@ -335,8 +388,9 @@ static void cursor_set(IRSB *sb, Cursor *c, IRTemp words)
    addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(c->at), IRExpr_RdTmp(words)));
 }
 
-/* The record's two words, at base + (words & mask) * 8 and 8 on. Each
-   address is its own expression, so that both become one addressing mode. */
+/* The record at base + (words & mask) * 8: two words, or one for a
+   direct branch (its site). Each address is its own expression, so that
+   it becomes one addressing mode. */
 static void store_slot(IRSB *sb, Cursor *c, Addr from, IRExpr *to)
 {
    if (!c->loaded) {
@@ -348,11 +402,13 @@ static void store_slot(IRSB *sb, Cursor *c, Addr from, IRExpr *to)
    }
    IRTemp m = ir_tmp(sb, IRExpr_Binop(Iop_And64, IRExpr_RdTmp(c->words),
                                       mkIRExpr_HWord(ring_mask * 2)));
-   for (Int half = 0; half < 2; half++) {
+   ULong site = to->tag == Iex_Const ? site_word(from, to->Iex.Const.con->Ico.U64) : 0;
+   for (Int half = 0; half < (site ? 1 : 2); half++) {
       IRTemp sh = ir_tmp(sb, IRExpr_Binop(Iop_Shl64, IRExpr_RdTmp(m), IRExpr_Const(IRConst_U8(3))));
       IRTemp at = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->base), IRExpr_RdTmp(sh)));
       if (half) at = ir_tmp(sb, ir_add(at, 8));
-      addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(at), half ? to : mkIRExpr_HWord(from)));
+      IRExpr *word = half ? to : mkIRExpr_HWord(site ? site : from);
+      addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(at), word));
    }
 }
 
@@ -473,10 +529,20 @@ static void put64(ULong v) { put(&v, 8); }
 
 static void put_rec(const Rec *r)
 {
-   Bool context = r->from >= ESCAPE;
-   put64(r->from);
-   put64(context ? r->to >> 32 : r->to);
-   put64(context ? r->to & 0xffffffffULL : 0);
+   if (r->from >= ESCAPE) {
+      put64(r->from);
+      put64(r->to >> 32);
+      put64(r->to & 0xffffffffULL);
+   } else if (r->from >= SITE) {
+      const Site *s = &sites[r->from - SITE];
+      put64(s->from);
+      put64(s->to);
+      put64(0);
+   } else {
+      put64(r->from);
+      put64(r->to);
+      put64(0);
+   }
 }
 
 static void bts_fini(Int exitcode)
