@@ -10,12 +10,22 @@
 //! Goals: <= 1.3x `none` on the branch-dense loop, <= 1.15x on gzip and
 //! python3. `none` is also timed with `--vex-guest-chase=no`, as bts runs
 //! its tool: chasing changes `none`'s own speed, either way.
-//! Run: `cargo bench --bench valgrind [-- ITERATIONS]`.
+//!
+//! This machine's speed wanders by a third from one run to the next, so
+//! each figure is CPU time (user and system, of the command and all it
+//! waited for), the four ways of a case run in rounds one after another
+//! (in an order that turns each round), and a ratio is the median of the
+//! rounds' ratios: a slow spell slows both sides of it. The best of all
+//! rounds' ratios, min over min, is printed beside it.
+//! Run: `cargo bench --bench valgrind [-- ROUNDS [ITERATIONS] [WORD...]]`
+//! (9 rounds, 50M iterations of the loops, by default; a WORD picks the
+//! cases whose names hold it, e.g. `gzip`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 mod common;
+use common::{cpu_time, median};
 
 const BTS: &str = env!("CARGO_BIN_EXE_bts");
 
@@ -26,47 +36,69 @@ fn build(dir: &Path, fixture: &str, opt: &str) -> PathBuf {
     bin
 }
 
-/// Best of three wall-clock runs.
-fn time(cmd: impl FnMut() -> Command) -> f64 {
-    common::best_of(3, cmd)
+/// The ways a case is run: natively, under `none` as it runs by default,
+/// under `none` without chasing (as bts runs its tool), and under bts.
+const WAYS: usize = 4;
+const NATIVE: usize = 0;
+const NONE: usize = 1;
+const NOCHASE: usize = 2;
+const BTS_RUN: usize = 3;
+
+/// The command of way `way` of running `argv`.
+fn command(way: usize, argv: &[String], stdin: Option<&Path>) -> Command {
+    let mut c = match way {
+        NATIVE => Command::new(&argv[0]),
+        NONE | NOCHASE => {
+            let mut c = Command::new("valgrind");
+            c.args(["--tool=none", "-q"]);
+            if way == NOCHASE {
+                c.arg("--vex-guest-chase=no");
+            }
+            c.arg(&argv[0]);
+            c
+        }
+        _ => {
+            let mut c = Command::new(BTS);
+            c.args(["run", "--backend", "valgrind", "--report", "never", "--"]).arg(&argv[0]);
+            c
+        }
+    };
+    c.args(&argv[1..]).stdout(Stdio::null());
+    if let Some(p) = stdin {
+        c.stdin(std::fs::File::open(p).expect("input"));
+    }
+    c
 }
 
-/// The ways of running `argv`, in seconds: natively, under `none` as it
-/// runs by default, under `none` without chasing (as bts runs its tool),
-/// and under bts.
-fn side_by_side(argv: &[String], stdin: Option<&Path>) -> (f64, f64, f64, f64) {
-    let with = |mut c: Command| {
-        c.stdout(Stdio::null());
-        if let Some(p) = stdin {
-            c.stdin(std::fs::File::open(p).expect("input"));
-        }
-        c
-    };
-    let native = time(|| {
-        let mut c = Command::new(&argv[0]);
-        c.args(&argv[1..]);
-        with(c)
-    });
-    let none = time(|| {
-        let mut c = Command::new("valgrind");
-        c.args(["--tool=none", "-q"]).args(argv);
-        with(c)
-    });
-    let none_nochase = time(|| {
-        let mut c = Command::new("valgrind");
-        c.args(["--tool=none", "-q", "--vex-guest-chase=no"]).args(argv);
-        with(c)
-    });
-    let bts = time(|| {
-        let mut c = Command::new(BTS);
-        c.args(["run", "--backend", "valgrind", "--report", "never", "--"]).args(argv);
-        with(c)
-    });
-    (native, none, none_nochase, bts)
+/// `rounds` rounds of the four ways, in CPU seconds: `t[round][way]`.
+fn rounds(rounds: usize, argv: &[String], stdin: Option<&Path>) -> Vec<[f64; WAYS]> {
+    (0..rounds)
+        .map(|r| {
+            let mut t = [0.0; WAYS];
+            for k in 0..WAYS {
+                let way = (r + k) % WAYS;
+                t[way] = cpu_time(command(way, argv, stdin));
+            }
+            t
+        })
+        .collect()
+}
+
+/// bts against way `way`: the median of the rounds' ratios, and the best
+/// bts time over the best time of that way.
+fn ratio(t: &[[f64; WAYS]], way: usize) -> (f64, f64) {
+    let per_round: Vec<f64> = t.iter().map(|r| r[BTS_RUN] / r[way]).collect();
+    let best = |w: usize| t.iter().map(|r| r[w]).fold(f64::MAX, f64::min);
+    (median(&per_round), best(BTS_RUN) / best(way))
 }
 
 fn main() {
-    let n: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(50_000_000);
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    // A word that is not a number picks the cases whose names hold it.
+    let only: Vec<&String> = args.iter().filter(|a| a.parse::<u64>().is_err()).collect();
+    let mut numbers = args.iter().filter_map(|a| a.parse::<u64>().ok());
+    let n_rounds = numbers.next().unwrap_or(9).max(1) as usize;
+    let n = numbers.next().unwrap_or(50_000_000);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-vg");
     std::fs::create_dir_all(&dir).expect("bench dir");
     let text = dir.join("input.txt");
@@ -91,17 +123,28 @@ fn main() {
         ("gzip -c of 16 MiB of text".into(), s(&["gzip", "-c"]), Some(text.as_path())),
         ("/usr/bin/python3: json of 20000 dicts, 5x".into(), s(&["/usr/bin/python3", "-c", python]), None),
     ];
+    println!("{n_rounds} rounds; CPU seconds, median of the rounds; bts/x: median of the rounds' ratios (min over min)");
     println!(
-        "{:<44} {:>9} {:>9} {:>12} {:>9} {:>11} {:>9} {:>17}",
-        "", "native s", "none s", "none-nochase", "bts s", "bts/native", "bts/none", "bts/none-nochase"
+        "{:<44} {:>8} {:>8} {:>12} {:>8} {:>11} {:>15} {:>17}",
+        "", "native", "none", "none-nochase", "bts", "bts/native", "bts/none", "bts/none-nochase"
     );
     for (name, argv, stdin) in &cases {
-        let (native, none, nochase, bts) = side_by_side(argv, *stdin);
+        if !only.is_empty() && !only.iter().any(|w| name.contains(w.as_str())) {
+            continue;
+        }
+        let t = rounds(n_rounds, argv, *stdin);
+        let med = |w: usize| median(&t.iter().map(|r| r[w]).collect::<Vec<_>>());
+        let (native, _) = ratio(&t, NATIVE);
+        let (none, none_best) = ratio(&t, NONE);
+        let (nochase, nochase_best) = ratio(&t, NOCHASE);
         println!(
-            "{name:<44} {native:>9.3} {none:>9.3} {nochase:>12.3} {bts:>9.3} {:>11.2} {:>9.2} {:>17.2}",
-            bts / native,
-            bts / none,
-            bts / nochase
+            "{name:<44} {:>8.3} {:>8.3} {:>12.3} {:>8.3} {native:>11.2} {:>15} {:>17}",
+            med(NATIVE),
+            med(NONE),
+            med(NOCHASE),
+            med(BTS_RUN),
+            format!("{none:.2} ({none_best:.2})"),
+            format!("{nochase:.2} ({nochase_best:.2})"),
         );
     }
 }

@@ -111,24 +111,75 @@ pub fn index_of<T: Kept>(
     keep_kernel: bool,
     build: impl FnOnce() -> bts_reader::Result<T>,
 ) -> bts_reader::Result<T> {
+    let mut build = Some(build);
+    let mut got = indexes_of(trace, &[stream], keep_kernel, |_| build.take().expect("built once")())?;
+    Ok(got.pop().expect("one index"))
+}
+
+/// The indexes of `streams` of `trace`, as `index_of` makes each, with
+/// the file beside the trace read once and written at most once (an
+/// export of many threads would otherwise rewrite it per thread).
+/// `build(k)` makes the index of `streams[k]`. If one cannot be made, the
+/// ones made before it are still kept.
+pub fn indexes_of<T: Kept>(
+    trace: &Path,
+    streams: &[usize],
+    keep_kernel: bool,
+    mut build: impl FnMut(usize) -> bts_reader::Result<T>,
+) -> bts_reader::Result<Vec<T>> {
     let path = sidecar(trace);
     let id = identity(trace);
     let mut existing = read(&path);
-    let current = match &mut existing {
-        Ok(Some(f)) if is_for(f, id) => {
-            // Taken out, not copied: the file is written again only with a new one.
-            T::slot(f).remove(&key(stream, keep_kernel)).filter(|i| i.current())
-        }
-        _ => None,
-    };
-    if let Some(i) = current {
-        return Ok(i);
+    let mut indexes = Vec::with_capacity(streams.len());
+    let mut made = Vec::new();
+    let mut failed = None;
+    for (k, &stream) in streams.iter().enumerate() {
+        let kept = match &mut existing {
+            // Taken out, not copied: put back only if the file is written.
+            Ok(Some(f)) if is_for(f, id) => {
+                T::slot(f).remove(&key(stream, keep_kernel)).filter(|i| i.current())
+            }
+            _ => None,
+        };
+        let index = match kept {
+            Some(i) => i,
+            None => match build(k) {
+                Ok(i) => {
+                    made.push(k);
+                    i
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            },
+        };
+        indexes.push(index);
     }
-    let index = build()?;
-    let Some((file_len, mtime_ns)) = id else { return Ok(index) };
+    if !made.is_empty() {
+        keep(&path, id, existing, streams, keep_kernel, &indexes);
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(indexes),
+    }
+}
+
+/// Writes `indexes` (of the first streams of `streams`) into the file
+/// beside the trace, with the others it held, when that replaces nothing
+/// but an older index.
+fn keep<T: Kept>(
+    path: &Path,
+    id: Option<(u64, u128)>,
+    existing: Result<Option<IndexFile>, ()>,
+    streams: &[usize],
+    keep_kernel: bool,
+    indexes: &[T],
+) {
+    let Some((file_len, mtime_ns)) = id else { return };
     let mut file = match existing {
         Ok(Some(f)) if is_for(&f, id) => f,
-        Ok(Some(f)) if f.format != FORMAT => return Ok(index),
+        Ok(Some(f)) if f.format != FORMAT => return,
         Ok(_) => IndexFile {
             format: FORMAT.into(),
             version: INDEX_VERSION,
@@ -137,9 +188,11 @@ pub fn index_of<T: Kept>(
             threads: BTreeMap::new(),
             calls: BTreeMap::new(),
         },
-        Err(()) => return Ok(index),
+        Err(()) => return,
     };
-    T::slot(&mut file).insert(key(stream, keep_kernel), index.clone());
+    for (&stream, index) in streams.iter().zip(indexes) {
+        T::slot(&mut file).insert(key(stream, keep_kernel), index.clone());
+    }
     if let Ok(bytes) = serde_json::to_vec(&file) {
         // Written aside, then put in place: a reader never sees half of it.
         let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));
@@ -148,9 +201,8 @@ pub fn index_of<T: Kept>(
             .create_new(true)
             .open(&tmp)
             .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes));
-        if written.is_err() || std::fs::rename(&tmp, &path).is_err() {
+        if written.is_err() || std::fs::rename(&tmp, path).is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
     }
-    Ok(index)
 }

@@ -212,6 +212,32 @@ fn exports_chrome_folded_and_json() {
 }
 
 #[test]
+fn an_export_of_many_threads_keeps_every_call_index_and_reuses_them() {
+    let dir = scratch("export-threads");
+    let bin = fixture("threads_loop");
+    let out = bts(
+        &dir,
+        &["run", "--buffer-size", "1M", "-o", "t.bts", "--report", "never", "--", bin.to_str().unwrap(), "3"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = bts(&dir, &["export", "--format", "folded", "t.bts"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let idx = dir.join("t.bts.idx");
+    let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(&idx).unwrap()).unwrap();
+    let calls = kept["calls"].as_object().unwrap();
+    let info: serde_json::Value =
+        serde_json::from_slice(&bts(&dir, &["info", "--json", "t.bts"]).stdout).unwrap();
+    let threads = info["buffers"].as_array().unwrap().len();
+    assert!(threads >= 4, "main and three workers: {info}");
+    assert_eq!(calls.len(), threads, "one call index per thread: {:?}", calls.keys().collect::<Vec<_>>());
+    let stamp = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let before = stamp(&idx);
+    let second = bts(&dir, &["export", "--format", "folded", "t.bts"]);
+    assert_eq!(text(&second.stdout), text(&first.stdout));
+    assert_eq!(stamp(&idx), before, "the kept indexes are used, not rebuilt");
+}
+
+#[test]
 fn a_cxx_exception_unwinds_to_the_catching_frame() {
     let dir = scratch("cxx_exception");
     let bin = dir.join("exception");

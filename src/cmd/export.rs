@@ -36,22 +36,19 @@ pub fn run(file: &Path, format: ExportFormat, thread: Option<i32>, output: Optio
         };
         // The call indexes first (from beside the file, or built and kept
         // there): reading the trace fails here, before any output.
+        let ordinals: Vec<usize> = streams.iter().map(|s| t.ordinal(s)).collect();
+        let mut sources = ordinals.iter().map(|&o| t.source(o)).collect::<Result<Vec<_>, _>>()?;
+        let indexes = crate::index::indexes_of(file, &ordinals, false, |k| {
+            let (_, _, last_pc) = thread_of(&streams[k].kind);
+            let img = image_of(&imgs, &streams[k].kind);
+            let progress = &mut progress_printer("indexing calls");
+            callstream::build_call_index(&mut sources[k], img, false, last_pc, progress)
+        })
+        .map_err(t.bad())?;
         let mut threads = Vec::with_capacity(streams.len());
-        for s in &streams {
-            let ordinal = t.ordinal(s);
+        for ((s, src), index) in streams.iter().zip(sources).zip(indexes) {
             let img = image_of(&imgs, &s.kind);
             let (pid, tid, last_pc) = thread_of(&s.kind);
-            let mut src = t.source(ordinal)?;
-            let index = crate::index::index_of(file, ordinal, false, || {
-                callstream::build_call_index(
-                    &mut src,
-                    img,
-                    false,
-                    last_pc,
-                    &mut progress_printer("indexing calls"),
-                )
-            })
-            .map_err(t.bad())?;
             threads.push((src, index, img, pid, tid, last_pc));
         }
         // A failure to read the trace while writing, kept apart from a
