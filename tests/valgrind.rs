@@ -111,7 +111,7 @@ fn program_records_equal_the_step_recorders() {
     assert!(vg_available());
     let dir = scratch("vg_fidelity");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    for name in ["branchy", "null_call", "callback_crash", "segv_handler"] {
+    for name in ["branchy", "null_call", "callback_crash", "segv_handler", "overrun"] {
         let bin = dir.join(format!("{name}-nopie"));
         let st = Command::new("cc")
             .args(["-g", "-O0", "-no-pie", "-fno-stack-protector", "-o"])
@@ -174,4 +174,29 @@ fn sigterm_to_bts_reaches_the_program_and_the_trace_is_kept() {
     assert_eq!(r["outcome"]["signal_name"], "SIGTERM");
     assert!(r["threads"][0]["recorded"].as_u64().unwrap() > 0);
     assert!(dir.join(r["trace_file"].as_str().unwrap()).exists());
+}
+
+#[test]
+fn a_thread_id_valgrind_gives_again_gets_its_own_buffer() {
+    assert!(vg_available());
+    let dir = scratch("vg_thread_reuse");
+    let bin = fixture("thread_reuse");
+    let out = bts(
+        &dir,
+        &["run", "--backend", "valgrind", "-o", "t.bts", "--report", "never", "--", bin.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info: serde_json::Value =
+        serde_json::from_slice(&bts(&dir, &["info", "--json", "t.bts"]).stdout).unwrap();
+    let bufs = info["buffers"].as_array().unwrap();
+    let mut tids: Vec<i64> = bufs.iter().map(|b| b["tid"].as_i64().unwrap()).collect();
+    tids.sort();
+    tids.dedup();
+    assert_eq!(bufs.len(), 3, "main and the two workers, each in a buffer of its own: {info}");
+    assert_eq!(tids.len(), 3, "three threads: {info}");
+    // Each worker ran its loop of 1000 rounds: its own branches, not the other's too.
+    for b in bufs.iter().filter(|b| b["tid"] != info["pid"]) {
+        let n = b["branches"].as_u64().unwrap();
+        assert!((1000..1900).contains(&n), "a worker's branches: {b}");
+    }
 }

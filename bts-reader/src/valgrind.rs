@@ -157,7 +157,7 @@ impl VgTrace {
     /// Parses a file the tool wrote. Never panics on bad input.
     pub fn parse(b: &[u8]) -> Result<VgTrace, VgError> {
         let mut r = Reader { b, pos: 0 };
-        if r.take(8)? != b"BTSVG002" {
+        if r.take(8)? != b"BTSVG003" {
             return Err(VgError::BadMagic);
         }
         let pid = r.u64()? as i32;
@@ -525,7 +525,7 @@ mod tests {
     use super::*;
 
     fn file() -> Vec<u8> {
-        let mut b = b"BTSVG002".to_vec();
+        let mut b = b"BTSVG003".to_vec();
         for v in [42u64, 42, 1, 1, 1] {
             b.extend_from_slice(&v.to_le_bytes());
         }

@@ -2,15 +2,16 @@
  *
  * Every taken branch of the client is written as a 24-byte BTS record
  * (from, to, flags) into its thread's circular buffer, the way the Debug
- * Store would. Superblock exits on branch instructions record, guarded by the
- * exit's own condition; the not-taken leg of a conditional records nothing;
+ * Store would. Superblock exits on branch instructions record, counted only
+ * when the exit is taken; the not-taken leg of a conditional records nothing;
  * a superblock end that is not a branch (size limit, rep self-loop, client
  * request) records nothing. Signal delivery into a handler is recorded as an
  * asynchronous branch; thread switches add "task arrives/departs" records.
  * At the end (normal exit or fatal signal) the buffers, the executable
  * mappings seen and the code pages translated are written to a file that
- * bts reads. Run with --vex-guest-chase=no: a chased branch leaves no
- * exit to instrument (a call to the next instruction leaves no trace).
+ * bts reads. The tool turns off VEX's chasing (a chased branch leaves no
+ * exit to instrument) and loop unrolling (the copies of an unrolled loop
+ * run into each other: their back edges leave no exit either).
  *
  * Everything else (reading, decoding, reporting) is done in Rust.
  */
@@ -67,7 +68,7 @@ typedef struct { ULong from, to; } Rec;
 
 #define ESCAPE (~0xFULL)
 #define SITE 0xFFFFFFFF80000000ULL
-#define MAX_SITES 0x7FFFFF00U /* SITE + any number stays below ESCAPE */
+#define MAX_SITES (1U << 24) /* then two words: a program making code never ends */
 
 /* The direct branches met in translation, numbered: (from, to) is known
    then, so the generated code stores the number alone. Each pair is
@@ -81,7 +82,8 @@ static UWord site_set_mask;
 
 static UWord site_hash(Addr from, Addr to)
 {
-   return (from * 0x9E3779B97F4A7C15ULL) ^ (to * 0xC2B2AE3D27D4EB4FULL) ^ (to >> 29);
+   ULong h = (from ^ (to * 0xC2B2AE3D27D4EB4FULL)) * 0x9E3779B97F4A7C15ULL;
+   return h ^ (h >> 32); /* the masks take the low bits: mix the high ones in */
 }
 
 static void site_set_add(UInt id)
@@ -129,6 +131,7 @@ typedef struct {
    ULong contexts;  /* context records written (the rest are branches) */
    Int   os_tid;
    Addr  syscall_from; /* a system call instruction about to run */
+   Addr  last_pc;      /* where the thread was when it exited */
 } Buf;
 
 static Buf *bufs; /* VG_N_THREADS of them, allocated after the options */
@@ -256,6 +259,27 @@ static void start_client(ThreadId tid, ULong blocks)
 static void stop_client(ThreadId tid, ULong blocks)
 {
    cursor_store();
+}
+
+/* Valgrind gives a thread id again to a new thread once its thread has
+   exited: the old thread's buffer is set aside, whole, and written out
+   with the others, so that two threads' branches never share one. */
+static Buf *retired;
+static UInt nretired;
+
+static void thread_exits(ThreadId tid)
+{
+   bufs[tid].last_pc = VG_(get_IP)(tid);
+}
+
+static void thread_created(ThreadId parent, ThreadId child)
+{
+   Buf *b = &bufs[child];
+   if (!b->base) return;
+   retired = VG_(realloc)("bts.retired", retired, (nretired + 1) * sizeof *retired);
+   retired[nretired++] = *b;
+   VG_(memset)(b, 0, sizeof *b);
+   if (last_running == child) last_running = 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -545,6 +569,21 @@ static void put_rec(const Rec *r)
    }
 }
 
+/* A thread's part of the file: its header, then the newest records it
+   keeps, oldest first. */
+static void put_buf(const Buf *b, Addr last_pc)
+{
+   ULong written = b->written;
+   ULong count = written < b->max ? written : b->max;
+   put64((ULong)b->os_tid);
+   put64((ULong)last_pc);
+   put64(b->max);
+   put64(written);
+   put64(written - b->contexts);
+   put64(count);
+   for (ULong k = written - count; k < written; k++) put_rec(&b->base[k & ring_mask]);
+}
+
 static void bts_fini(Int exitcode)
 {
    HChar name[1024];
@@ -560,29 +599,18 @@ static void bts_fini(Int exitcode)
       VG_(umsg)("bts: cannot write the trace to %s.%d.*\n", out_prefix, pid);
       return;
    }
-   ULong nthreads = 0;
+   ULong nthreads = nretired;
    for (ThreadId t = 1; t < VG_N_THREADS; t++) if (bufs[t].base) nthreads++;
-   put("BTSVG002", 8);
+   put("BTSVG003", 8);
    put64((ULong)pid);
    put64((ULong)bufs[VG_(get_running_tid)()].os_tid);
    put64(nthreads);
    put64((ULong)nmaps);
    put64((ULong)npages);
    cursor_store();
-   for (ThreadId t = 1; t < VG_N_THREADS; t++) {
-      Buf *b = &bufs[t];
-      if (!b->base) continue;
-      ULong written = b->written;
-      ULong count = written < b->max ? written : b->max;
-      put64((ULong)b->os_tid);
-      put64((ULong)VG_(get_IP)(t));
-      put64(b->max);
-      put64(written);
-      put64(written - b->contexts);
-      put64(count);
-      /* The newest `count` records, oldest first. */
-      for (ULong k = written - count; k < written; k++) put_rec(&b->base[k & ring_mask]);
-   }
+   for (UInt r = 0; r < nretired; r++) put_buf(&retired[r], retired[r].last_pc);
+   for (ThreadId t = 1; t < VG_N_THREADS; t++)
+      if (bufs[t].base) put_buf(&bufs[t], VG_(get_IP)(t));
    for (Int m = 0; m < nmaps; m++) {
       put64(maps[m].start);
       put64(maps[m].end);
@@ -615,6 +643,11 @@ static void bts_fini(Int exitcode)
 
 static void bts_post_clo_init(void)
 {
+   /* Every taken branch must end a superblock at an exit (or be the
+      inverted exit's continuation): no chasing, no unrolling, whatever
+      the command line said. */
+   VG_(clo_vex_control).guest_chase = False;
+   VG_(clo_vex_control).iropt_unroll_thresh = 0;
    bufs = VG_(calloc)("bts.bufs", VG_N_THREADS, sizeof(Buf));
    /* Before any translation: the mask is a constant of the inline writer. */
    ULong keep = records_per_thread > 0 ? (ULong)records_per_thread : 1;
@@ -638,6 +671,8 @@ static void bts_pre_clo_init(void)
    VG_(track_pre_deliver_signal)(pre_deliver_signal);
    VG_(track_start_client_code)(start_client);
    VG_(track_stop_client_code)(stop_client);
+   VG_(track_pre_thread_ll_create)(thread_created);
+   VG_(track_pre_thread_ll_exit)(thread_exits);
    VG_(needs_syscall_wrapper)(pre_syscall, post_syscall);
 }
 
