@@ -183,15 +183,12 @@ static void push(ThreadId tid, ULong from, ULong to, ULong flags)
    if (from >= ESCAPE) b->contexts++;
 }
 
-/* The buffer of the thread running client code (set when it starts to). */
-static Buf *running;
-
 /* A system call is recorded when it returns, as (syscall -> where user
    code resumed): one that never returns (exit) records nothing, as under
    the ptrace recorders and the hardware. */
 static VG_REGPARM(1) void rec_syscall(HWord from)
 {
-   running->syscall_from = from;
+   bufs[cursor_tid].syscall_from = from; /* called from client code: the cursor is loaded */
 }
 
 /* The status the process exits with: Valgrind passes 0 to fini, so the
@@ -245,7 +242,6 @@ static ThreadId last_running;
 static void start_client(ThreadId tid, ULong blocks)
 {
    Buf *b = buf_of(tid);
-   running = b;
    if (!b->os_tid) b->os_tid = VG_(gettid)();
    cursor_load(tid);
    if (tid == last_running) return;
