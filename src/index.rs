@@ -131,7 +131,7 @@ pub fn indexes_of<T: Kept>(
     let id = identity(trace);
     let mut existing = read(&path);
     let mut indexes = Vec::with_capacity(streams.len());
-    let mut made = Vec::new();
+    let mut built_any = false;
     let mut failed = None;
     for (k, &stream) in streams.iter().enumerate() {
         let kept = match &mut existing {
@@ -145,7 +145,7 @@ pub fn indexes_of<T: Kept>(
             Some(i) => i,
             None => match build(k) {
                 Ok(i) => {
-                    made.push(k);
+                    built_any = true;
                     i
                 }
                 Err(e) => {
@@ -156,7 +156,7 @@ pub fn indexes_of<T: Kept>(
         };
         indexes.push(index);
     }
-    if !made.is_empty() {
+    if built_any {
         keep(&path, id, existing, streams, keep_kernel, &indexes);
     }
     match failed {
