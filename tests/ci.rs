@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{fixture, scratch, text, BTS};
+use common::{fixture, output_within, scratch, text, BTS, LIMIT};
 use serde_json::Value;
 
 const BACKENDS: [&str; 2] = ["fast", "valgrind"];
@@ -34,7 +34,7 @@ fn ci<S: AsRef<std::ffi::OsStr>>(
     for (k, v) in env {
         c.env(k, v);
     }
-    c.output().expect("run bts ci")
+    output_within(&mut c, LIMIT)
 }
 
 fn read_json(p: &Path) -> Value {

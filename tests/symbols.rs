@@ -98,7 +98,7 @@ fn stripped_binaries_use_their_debug_file_by_debuglink_and_by_build_id() {
         if let Some(r) = &env_dir {
             cmd.env("BTS_DEBUG_DIR", r);
         }
-        let out = cmd.output().unwrap();
+        let out = output_within(&mut cmd, LIMIT);
         assert_eq!(out.status.code(), Some(139), "{}", text(&out.stderr));
         let r = json(&out);
         let last = crashed_thread(&r)["branches"].as_array().unwrap().last().unwrap().clone();

@@ -20,7 +20,7 @@ fn bts_env(dir: &Path, args: &[&str], env: &[(&str, Option<&str>)]) -> Output {
             None => c.env_remove(k),
         };
     }
-    c.output().unwrap()
+    output_within(&mut c, LIMIT)
 }
 
 // ---- 1. -o never replaces what is there --------------------------------

@@ -226,9 +226,28 @@ impl Space {
         if orig[0] == INT3 {
             return Ok(());
         }
+        if self.inside_a_site(addr) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "inside another site's instruction"));
+        }
         self.write_live(addr, &[INT3])?;
         self.bps.insert(addr, orig[0]);
         Ok(())
+    }
+
+    /// Whether `addr` and a planted site overlap without being one: one
+    /// lies inside the other's instruction. An int3 there would change what
+    /// the other decodes to (a `48 cb` far return with an int3 planted on
+    /// its second byte runs as a REX-prefixed int3), so none is planted.
+    fn inside_a_site(&mut self, addr: u64) -> bool {
+        const MAX_INSN: u64 = 15;
+        for k in 1..MAX_INSN {
+            let site = addr.wrapping_sub(k);
+            if self.bps.contains_key(&site) && self.insn(site).is_none_or(|i| i.len() as u64 > k) {
+                return true;
+            }
+        }
+        let len = self.insn(addr).map_or(1, |i| i.len() as u64);
+        (1..len).any(|k| self.bps.contains_key(&addr.wrapping_add(k)))
     }
 
     /// Puts the original byte back at `addr` while keeping the site known.
@@ -353,5 +372,34 @@ impl Space {
     /// Addresses of every planted breakpoint.
     pub fn breakpoint_sites(&self) -> Vec<u64> {
         self.bps.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_int3_goes_inside_another_sites_instruction() {
+        // This process's own memory stands for the tracee's: a far return
+        // (48 cb), then mov eax, 0 (b8 00 00 00 00) and ret (c3).
+        let code =
+            Box::new([0x48u8, 0xcb, 0xb8, 0, 0, 0, 0, 0xc3, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90]);
+        let at = code.as_ptr() as u64;
+        let mut space = Space::new(std::process::id() as Pid, 0).unwrap();
+        space.plant(at).unwrap();
+        assert!(space.plant(at + 1).is_err(), "the far return's second byte");
+        space.plant(at + 2).unwrap();
+        assert!(space.plant(at + 3).is_err(), "inside the mov");
+        space.plant(at + 7).unwrap();
+        // The other way: an instruction that would cover a planted site.
+        let late = Box::new([
+            0x48u8, 0xcb, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90,
+        ]);
+        let at = late.as_ptr() as u64;
+        space.plant(at + 1).unwrap();
+        assert!(space.plant(at).is_err(), "a far return whose second byte is a site");
+        assert_eq!(std::hint::black_box(&*late)[..2], [0x48, 0xcc]);
+        assert_eq!(std::hint::black_box(&*code)[..3], [0xcc, 0xcb, 0xcc]);
     }
 }

@@ -278,6 +278,52 @@ pub fn wait(pid: Pid) -> io::Result<Option<Wait>> {
     Ok(Some(decode_status(r, status)))
 }
 
+/// `waitpid(pid, __WALL | WNOHANG)`: `Ok(None)` when no task has a
+/// report waiting (or the call was interrupted).
+pub fn try_wait(pid: Pid) -> io::Result<Option<Wait>> {
+    let mut status = 0;
+    // SAFETY: status is a valid out-pointer for the call's duration.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL | libc::__WNOTHREAD | libc::WNOHANG) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok((r > 0).then(|| decode_status(r, status)))
+}
+
+/// Whether the thread sits in a ptrace stop (`t` in `/proc/TID/stat`).
+pub fn in_trace_stop(tid: Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else { return false };
+    // The state follows the command name, which is in parentheses and may
+    // itself hold any byte: read after the last ')'.
+    stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) == Some("t")
+}
+
+/// The stop a thread sits in, rebuilt from `PTRACE_GETSIGINFO`, for a
+/// stop whose report `wait` will not give: what `waitpid` would have
+/// said. `None` if the thread is not in a ptrace stop that has siginfo
+/// (running, or in a group-stop).
+pub fn stop_from_siginfo(tid: Pid) -> Option<Wait> {
+    let info = get_siginfo(tid).ok()?;
+    Some(decode_siginfo(tid, info.signo, info.code))
+}
+
+/// A ptrace stop's siginfo as a wait status: the kernel reports a
+/// syscall stop as `SIGTRAP | 0x80` and an event stop as
+/// `SIGTRAP | event << 8` in `si_code`; anything else is a signal.
+fn decode_siginfo(tid: Pid, signo: i32, code: i32) -> Wait {
+    if signo == libc::SIGTRAP && code == libc::SIGTRAP | 0x80 {
+        Wait::Syscall(tid)
+    } else if signo == libc::SIGTRAP && code & 0xff == libc::SIGTRAP && code >> 8 != 0 {
+        Wait::Event(tid, code >> 8, libc::SIGTRAP)
+    } else {
+        Wait::Signal(tid, signo)
+    }
+}
+
 fn decode_status(pid: Pid, status: i32) -> Wait {
     if libc::WIFEXITED(status) {
         Wait::Exited(pid, libc::WEXITSTATUS(status))
@@ -418,6 +464,22 @@ mod tests {
             decode_status(5, 0x7f | (libc::SIGTRAP << 8) | (EVENT_EXEC << 16)),
             Wait::Event(5, EVENT_EXEC, libc::SIGTRAP)
         );
+    }
+
+    #[test]
+    fn siginfo_decoding() {
+        assert_eq!(decode_siginfo(5, libc::SIGTRAP, 0x85), Wait::Syscall(5));
+        assert_eq!(decode_siginfo(5, libc::SIGTRAP, EVENT_STOP << 8 | 5), Wait::Event(5, EVENT_STOP, 5));
+        // An int3 (SI_KERNEL) and a single step (TRAP_TRACE) are signals.
+        assert_eq!(decode_siginfo(5, libc::SIGTRAP, 0x80), Wait::Signal(5, libc::SIGTRAP));
+        assert_eq!(decode_siginfo(5, libc::SIGTRAP, 2), Wait::Signal(5, libc::SIGTRAP));
+        assert_eq!(decode_siginfo(5, libc::SIGSEGV, 1), Wait::Signal(5, libc::SIGSEGV));
+    }
+
+    #[test]
+    fn a_running_thread_is_not_in_a_trace_stop() {
+        assert!(!in_trace_stop(std::process::id() as Pid));
+        assert!(!in_trace_stop(-1));
     }
 
     #[test]

@@ -5,10 +5,12 @@
 pub mod daemon;
 pub mod loop_trace;
 
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 pub const BTS: &str = env!("CARGO_BIN_EXE_bts");
 
@@ -55,7 +57,38 @@ pub fn scratch(test: &str) -> PathBuf {
 
 /// Runs `bts ARGS` in `dir`.
 pub fn bts(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BTS).args(args).current_dir(dir).stdin(Stdio::null()).output().expect("run bts")
+    output_within(Command::new(BTS).args(args).current_dir(dir).stdin(Stdio::null()), LIMIT)
+}
+
+/// How long one run of bts may take in a test before it counts as hung.
+pub const LIMIT: Duration = Duration::from_secs(180);
+
+/// `cmd.output()`, but a command still running after `limit` is killed and
+/// the test fails there, saying so, instead of stalling the whole run.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the command");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still ran after {limit:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
 pub fn text(b: &[u8]) -> String {
@@ -146,14 +179,15 @@ pub fn gdb_script(dir: &Path, commands: &str) -> PathBuf {
 /// `bts gdb TARGET...` in batch mode running `commands`: what GDB printed.
 pub fn gdb_batch(dir: &Path, target: &[&str], commands: &str) -> String {
     let script = gdb_script(dir, commands);
-    let out = Command::new(BTS)
-        .args(["gdb", "--gdb-arg=-nx", "--gdb-arg=-batch", "--gdb-arg=-x"])
-        .arg(format!("--gdb-arg={}", script.display()))
-        .args(target)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run bts gdb");
+    let out = output_within(
+        Command::new(BTS)
+            .args(["gdb", "--gdb-arg=-nx", "--gdb-arg=-batch", "--gdb-arg=-x"])
+            .arg(format!("--gdb-arg={}", script.display()))
+            .args(target)
+            .current_dir(dir)
+            .stdin(Stdio::null()),
+        LIMIT,
+    );
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(!all.contains("panicked"), "{all}");
     all

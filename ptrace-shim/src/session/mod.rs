@@ -29,6 +29,7 @@ mod proc;
 mod processes;
 mod recorders;
 mod snapshot;
+mod stops;
 mod syscalls;
 
 use libc::{SI_KERNEL, SI_TKILL, SI_USER};

@@ -15,6 +15,8 @@ use crate::sys::{self, Pid, Regs, Wait};
 use crate::{Error, Result};
 
 use super::lifecycle::empty_buffer;
+use super::proc::trap_pending;
+use super::stops::StopWait;
 use super::{wait_pid, Pending, Session, Thread, TRAP_FLAG};
 
 /// Sets a thread's registers; false if it vanished meanwhile (killed: its
@@ -56,14 +58,24 @@ impl Session {
         } else {
             let Some(pc) = self.note_pc(tid) else { return Ok(()) };
             let Some(idx) = self.threads.get(&tid).map(|t| t.space) else { return Ok(()) };
-            match self.recorder.resume(&mut self.spaces[idx].space, pc) {
-                Resume::Continue => sys::cont(tid, sig),
-                Resume::ToNextStop => sys::syscall(tid, sig),
-                Resume::SingleStep => {
-                    if let Some(t) = self.threads.get_mut(&tid) {
-                        t.pending = Pending::Step { from: pc, lifted: false };
+            let space = &mut self.spaces[idx].space;
+            if space.is_breakpoint(pc.wrapping_sub(1)) && trap_pending(tid) {
+                // The thread ran one of our int3s and an interrupt stopped it
+                // before it took the SIGTRAP (the kernel reports the
+                // interrupt first): pc is one byte into the site's
+                // instruction, no place to plant from. Run it on to that
+                // trap, which stops it at once and is handled as any other.
+                sys::syscall(tid, sig)
+            } else {
+                match self.recorder.resume(space, pc) {
+                    Resume::Continue => sys::cont(tid, sig),
+                    Resume::ToNextStop => sys::syscall(tid, sig),
+                    Resume::SingleStep => {
+                        if let Some(t) = self.threads.get_mut(&tid) {
+                            t.pending = Pending::Step { from: pc, lifted: false };
+                        }
+                        sys::singlestep(tid, sig)
                     }
-                    sys::singlestep(tid, sig)
                 }
             }
         };
@@ -128,8 +140,12 @@ impl Session {
     /// the int3 lifted for `tid`'s single step; their other events wait.
     pub(super) fn stop_the_world(&mut self, tid: Pid) -> Result<()> {
         let Some(space) = self.threads.get(&tid).map(|t| t.space) else { return Ok(()) };
-        // Threads whose stop waits in `deferred` are stopped already.
-        let parked: HashSet<Pid> = self.deferred.iter().map(wait_pid).collect();
+        // Threads whose stop waits in `deferred` are stopped already, and so
+        // are those a stop of the world still holds: an interrupt of a
+        // thread already stopped is never reported.
+        let held = self.world_stopped.take().map(|(_, held)| held).unwrap_or_default();
+        let mut parked: HashSet<Pid> = self.deferred.iter().map(wait_pid).collect();
+        parked.extend(&held);
         let others: Vec<Pid> = self
             .threads
             .values()
@@ -143,9 +159,10 @@ impl Session {
                 waiting.insert(o);
             }
         }
-        let mut stopped = Vec::new();
+        let mut stopped = held;
+        let mut stops = StopWait::new();
         while !waiting.is_empty() {
-            let w = match sys::wait(-1) {
+            let w = match stops.next(&waiting) {
                 Ok(Some(w)) => w,
                 Ok(None) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
