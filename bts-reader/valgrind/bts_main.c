@@ -10,8 +10,8 @@
  * At the end (normal exit or fatal signal) the buffers, the executable
  * mappings seen and the code pages translated are written to a file that
  * bts reads. The tool turns off VEX's chasing (a chased branch leaves no
- * exit to instrument) and loop unrolling (the copies of an unrolled loop
- * run into each other: their back edges leave no exit either).
+ * exit to instrument). The copies of a loop VEX unrolled run into each
+ * other: a back edge there is recorded where the next copy begins.
  *
  * Everything else (reading, decoding, reporting) is done in Rust.
  */
@@ -477,6 +477,11 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
       means the branch was: if execution goes on in this superblock (VEX
       unrolled a loop), the next instruction is its target. */
    Addr inverted = 0;
+   /* The current instruction is a branch whose leaving was recorded at an
+      exit. An unconditional branch that made none, yet is followed by
+      another instruction in this superblock, ran into a copy of the loop
+      VEX unrolled: it was taken, to that instruction. */
+   Bool exited = False;
    Cursor c = { False, False, 0, 0 };
    for (; i < in->stmts_used; i++) {
       IRStmt *st = in->stmts[i];
@@ -486,7 +491,10 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
          if (inverted) {
             record(out, &c, inverted, mkIRExpr_HWord(next_insn));
             inverted = 0;
+         } else if (cur && !exited && branch_kind(cur, curlen) == UNCOND) {
+            record(out, &c, cur, mkIRExpr_HWord(next_insn));
          }
+         exited = False;
          cur = next_insn;
          curlen = st->Ist.IMark.len;
          cache_code(cur, curlen);
@@ -494,6 +502,7 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
          ULong dst = st->Ist.Exit.dst->Ico.U64;
          Int kind = cur && branchy_jk(st->Ist.Exit.jk) ? branch_kind(cur, curlen) : NOT_BRANCH;
          settle(out, &c);
+         exited = exited || kind != NOT_BRANCH;
          /* The not-taken leg of an inverted conditional records nothing. */
          if (kind == COND && dst == cur + curlen)
             inverted = cur;
@@ -639,11 +648,12 @@ static void bts_fini(Int exitcode)
 
 static void bts_post_clo_init(void)
 {
-   /* Every taken branch must end a superblock at an exit (or be the
-      inverted exit's continuation): no chasing, no unrolling, whatever
-      the command line said. */
+   /* Every taken branch must end a superblock, leave it at an exit, or
+      run into the next copy of a loop VEX unrolled: no chasing, whatever
+      the command line said. (Chasing in VEX 3.19 also turns an if-then
+      into straight code with guarded effects, where a conditional branch
+      leaves no trace in the IR.) */
    VG_(clo_vex_control).guest_chase = False;
-   VG_(clo_vex_control).iropt_unroll_thresh = 0;
    bufs = VG_(calloc)("bts.bufs", VG_N_THREADS, sizeof(Buf));
    /* Before any translation: the mask is a constant of the inline writer. */
    ULong keep = records_per_thread > 0 ? (ULong)records_per_thread : 1;
