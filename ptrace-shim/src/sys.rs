@@ -263,27 +263,21 @@ pub enum Wait {
 
 /// `waitpid(pid, __WALL)`; `Ok(None)` when interrupted by a signal.
 pub fn wait(pid: Pid) -> io::Result<Option<Wait>> {
-    let mut status = 0;
-    // __WNOTHREAD: only this thread's tracees and children, so that
-    // sessions on several threads (a broker's) never take each other's.
-    // SAFETY: status is a valid out-pointer for the call's duration.
-    let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL | libc::__WNOTHREAD) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(None);
-        }
-        return Err(e);
-    }
-    Ok(Some(decode_status(r, status)))
+    waitpid(pid, 0)
 }
 
 /// `waitpid(pid, __WALL | WNOHANG)`: `Ok(None)` when no task has a
 /// report waiting (or the call was interrupted).
 pub fn try_wait(pid: Pid) -> io::Result<Option<Wait>> {
+    waitpid(pid, libc::WNOHANG)
+}
+
+fn waitpid(pid: Pid, flags: i32) -> io::Result<Option<Wait>> {
     let mut status = 0;
+    // __WNOTHREAD: only this thread's tracees and children, so that
+    // sessions on several threads (a broker's) never take each other's.
     // SAFETY: status is a valid out-pointer for the call's duration.
-    let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL | libc::__WNOTHREAD | libc::WNOHANG) };
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL | libc::__WNOTHREAD | flags) };
     if r < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
@@ -291,15 +285,8 @@ pub fn try_wait(pid: Pid) -> io::Result<Option<Wait>> {
         }
         return Err(e);
     }
+    // 0: WNOHANG and nothing to report.
     Ok((r > 0).then(|| decode_status(r, status)))
-}
-
-/// Whether the thread sits in a ptrace stop (`t` in `/proc/TID/stat`).
-pub fn in_trace_stop(tid: Pid) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else { return false };
-    // The state follows the command name, which is in parentheses and may
-    // itself hold any byte: read after the last ')'.
-    stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()) == Some("t")
 }
 
 /// The stop a thread sits in, rebuilt from `PTRACE_GETSIGINFO`, for a
@@ -474,12 +461,6 @@ mod tests {
         assert_eq!(decode_siginfo(5, libc::SIGTRAP, 0x80), Wait::Signal(5, libc::SIGTRAP));
         assert_eq!(decode_siginfo(5, libc::SIGTRAP, 2), Wait::Signal(5, libc::SIGTRAP));
         assert_eq!(decode_siginfo(5, libc::SIGSEGV, 1), Wait::Signal(5, libc::SIGSEGV));
-    }
-
-    #[test]
-    fn a_running_thread_is_not_in_a_trace_stop() {
-        assert!(!in_trace_stop(std::process::id() as Pid));
-        assert!(!in_trace_stop(-1));
     }
 
     #[test]

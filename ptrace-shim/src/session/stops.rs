@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::sys::{self, Pid, Wait};
 
+use super::proc::task_state;
+
 /// How long the interrupted threads may stay silent before each one's
 /// state is looked at.
 const QUIET: Duration = Duration::from_millis(20);
@@ -64,7 +66,8 @@ impl StopWait {
 
 /// The stop `tid` is in when it sits stopped with no report for `wait`.
 fn unreported_stop(tid: Pid) -> io::Result<Option<Wait>> {
-    if !sys::in_trace_stop(tid) {
+    // `t`: in a ptrace stop.
+    if task_state(tid) != Some('t') {
         return Ok(None);
     }
     // The siginfo can be read only once the thread is fully in its stop,
@@ -77,6 +80,12 @@ fn unreported_stop(tid: Pid) -> io::Result<Option<Wait>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_thread_is_not_in_a_trace_stop() {
+        assert_ne!(task_state(std::process::id() as Pid), Some('t'));
+        assert_eq!(task_state(-1), None);
+    }
 
     /// A thread stopped by an interrupt whose report was already taken
     /// (interrupting it again gives none): the wait still ends, with the
