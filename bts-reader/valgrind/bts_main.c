@@ -120,13 +120,15 @@ static ULong site_word(Addr from, Addr to)
 }
 
 /* The ring has more slots than the records it keeps (a power of two, at
-   least one more): the slot at the write index never holds a kept record,
-   so the inline writer stores a record there before it knows whether the
-   branch is taken. The index counts records ever written; its low bits
-   (ring_mask, the same for every thread) pick the slot. */
+   least one more): the slot of the record to be written next never holds
+   a kept record, so the inline writer stores a record there before it
+   knows whether the branch is taken. The index counts records ever
+   written; record n goes to slot (n + 1) & ring_mask (ring_mask is the
+   same for every thread): the generated code masks the index it has just
+   advanced, and needs no copy of the old one. */
 typedef struct {
    Rec  *base;      /* the ring */
-   ULong written;   /* records written; the next goes to base[written & ring_mask] */
+   ULong written;   /* records written; the next goes to slot(b, written) */
    ULong max;       /* records kept */
    ULong contexts;  /* context records written (the rest are branches) */
    Int   os_tid;
@@ -137,13 +139,25 @@ typedef struct {
 static Buf *bufs; /* VG_N_THREADS of them, allocated after the options */
 static ULong ring_mask; /* slots - 1; slots a power of two above the records kept */
 
-/* The cursor of the thread running client code, at a fixed address the
-   generated code loads and stores: its write index, counted in 8-byte
-   words (two per record), and its ring. Valgrind runs one thread at a
-   time; start_client loads a thread's cursor from its Buf and stop_client
-   puts it back, so between them the cursor is the truth. */
-static struct { ULong words; Rec *base; } cursor;
-static ThreadId cursor_tid; /* whose cursor it is; 0 when none is loaded */
+/* Where record n of a ring is. */
+static Rec *slot(const Buf *b, ULong n)
+{
+   return &b->base[(n + 1) & ring_mask];
+}
+
+/* The cursor of the thread running client code: its write index, counted
+   in 8-byte words (two per record), and its ring. It lives in the
+   thread's first shadow guest state (no shadow values are kept here), so
+   the generated code reads and writes it next to the registers, with no
+   address to build. Valgrind runs one thread at a time; start_client
+   loads a thread's cursor from its Buf and stop_client puts it back, so
+   between them the cursor is the truth. (Valgrind copies shadow state
+   into a new thread and into a signal frame and back: those copies are
+   never read, as start_client always loads the cursor afresh.) */
+typedef struct { ULong words; Rec *base; } Cursor;
+#define CURSOR_OFFSET 16 /* in the shadow state: guest_RAX's place, then RCX's */
+static Int cursor_ir_offset; /* the same, as IR addresses the shadow state */
+static ThreadId cursor_tid;  /* whose cursor is loaded; 0 when none is */
 
 static Buf *buf_of(ThreadId tid)
 {
@@ -158,29 +172,34 @@ static Buf *buf_of(ThreadId tid)
 static void cursor_load(ThreadId tid)
 {
    Buf *b = buf_of(tid);
-   cursor.words = b->written * 2;
-   cursor.base = b->base;
+   Cursor c = { b->written * 2, b->base };
+   VG_(set_shadow_regs_area)(tid, 1, CURSOR_OFFSET, sizeof c, (const UChar *)&c);
    cursor_tid = tid;
 }
 
 static void cursor_store(void)
 {
-   if (cursor_tid) bufs[cursor_tid].written = cursor.words / 2;
+   if (!cursor_tid) return;
+   Cursor c;
+   VG_(get_shadow_regs_area)(cursor_tid, (UChar *)&c, 1, CURSOR_OFFSET, sizeof c);
+   bufs[cursor_tid].written = c.words / 2;
    cursor_tid = 0;
 }
 
 /* A record written from C: outside client code, or in a signal taken in
-   the middle of it (then through the cursor, which is the truth). */
+   the middle of it (then the cursor is the truth: it is put back first,
+   and loaded again after). */
 static void push(ThreadId tid, ULong from, ULong to, ULong flags)
 {
-   Buf *b = buf_of(tid);
    Bool live = tid == cursor_tid;
-   ULong n = live ? cursor.words / 2 : b->written;
-   Rec *r = &b->base[n & ring_mask];
+   if (live) cursor_store();
+   Buf *b = buf_of(tid);
+   Rec *r = slot(b, b->written);
    r->from = from;
    r->to = from >= ESCAPE ? (to << 32) | (flags & 0xffffffffULL) : to;
-   if (live) cursor.words += 2; else b->written++;
+   b->written++;
    if (from >= ESCAPE) b->contexts++;
+   if (live) cursor_load(tid);
 }
 
 /* A system call is recorded when it returns, as (syscall -> where user
@@ -243,13 +262,14 @@ static void start_client(ThreadId tid, ULong blocks)
 {
    Buf *b = buf_of(tid);
    if (!b->os_tid) b->os_tid = VG_(gettid)();
+   if (tid != last_running) {
+      ULong now = VG_(read_millisecond_timer)();
+      if (last_running != 0 && bufs[last_running].base)
+         push(last_running, ESCAPE | 3, now, (ULong)bufs[last_running].os_tid);
+      push(tid, ESCAPE | 2, now, (ULong)b->os_tid);
+      last_running = tid;
+   }
    cursor_load(tid);
-   if (tid == last_running) return;
-   ULong now = VG_(read_millisecond_timer)();
-   if (last_running != 0 && bufs[last_running].base)
-      push(last_running, ESCAPE | 3, now, (ULong)bufs[last_running].os_tid);
-   push(tid, ESCAPE | 2, now, (ULong)b->os_tid);
-   last_running = tid;
 }
 
 static void stop_client(ThreadId tid, ULong blocks)
@@ -384,7 +404,11 @@ static Int branch_kind(Addr a, UInt len)
    would chain every superblock to the condition of the one before, and
    that chain cost gzip about a fifth more time than this.
 
-   Everything goes through memory in order, so a fault in the middle of a
+   The index and the ring are read from the thread's shadow state once,
+   at the superblock's first record; each record is the index one on, put back
+   and then masked (record n's slot is n + 1's place), and one or two
+   stores: six instructions with the two reads.
+   Everything is written in program order, so a fault in the middle of a
    superblock finds the index as the branches before it left it. */
 static IRTemp ir_tmp(IRSB *sb, IRExpr *e)
 {
@@ -398,29 +422,31 @@ static IRExpr *ir_add(IRTemp t, HWord n)
    return IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(t), mkIRExpr_HWord(n));
 }
 
-/* What a superblock knows of the cursor: loaded once, at its first
-   record. `words` is the index on this path; `ahead` says memory holds
-   words + 2, from a conditional exit that was not taken. */
-typedef struct { Bool loaded, ahead; IRTemp at, words, base; } Cursor;
+/* What a superblock knows of the cursor: read once, at its first
+   record. `words` is the index on this path; `ahead` says the shadow
+   state holds words + 2, from a conditional exit that was not taken. */
+typedef struct { Bool loaded, ahead; IRTemp words, base; } SbCursor;
 
-static void cursor_set(IRSB *sb, Cursor *c, IRTemp words)
+static void cursor_set(IRSB *sb, IRTemp words)
 {
-   addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(c->at), IRExpr_RdTmp(words)));
+   addStmtToIRSB(sb, IRStmt_Put(cursor_ir_offset, IRExpr_RdTmp(words)));
 }
 
-/* The record at base + (words & mask) * 8: two words, or one for a
-   direct branch (its site). Each address is its own expression, so that
-   it becomes one addressing mode. */
-static void store_slot(IRSB *sb, Cursor *c, Addr from, IRExpr *to)
+/* The record at base + ((words + 2) & mask) * 8 (the slot of record
+   words / 2): two words, or one for a direct branch (its site). Each
+   address is its own expression, so that it becomes one addressing mode.
+   The index one record on is put in the shadow state at once, and
+   returned. */
+static IRTemp store_slot(IRSB *sb, SbCursor *c, Addr from, IRExpr *to)
 {
    if (!c->loaded) {
-      c->at = ir_tmp(sb, mkIRExpr_HWord((HWord)&cursor));
-      c->words = ir_tmp(sb, IRExpr_Load(Iend_LE, Ity_I64, IRExpr_RdTmp(c->at)));
-      IRTemp at_base = ir_tmp(sb, ir_add(c->at, 8));
-      c->base = ir_tmp(sb, IRExpr_Load(Iend_LE, Ity_I64, IRExpr_RdTmp(at_base)));
+      c->words = ir_tmp(sb, IRExpr_Get(cursor_ir_offset, Ity_I64));
+      c->base = ir_tmp(sb, IRExpr_Get(cursor_ir_offset + 8, Ity_I64));
       c->loaded = True;
    }
-   IRTemp m = ir_tmp(sb, IRExpr_Binop(Iop_And64, IRExpr_RdTmp(c->words),
+   IRTemp next = ir_tmp(sb, ir_add(c->words, 2));
+   cursor_set(sb, next);
+   IRTemp m = ir_tmp(sb, IRExpr_Binop(Iop_And64, IRExpr_RdTmp(next),
                                       mkIRExpr_HWord(ring_mask * 2)));
    ULong site = to->tag == Iex_Const ? site_word(from, to->Iex.Const.con->Ico.U64) : 0;
    for (Int half = 0; half < (site ? 1 : 2); half++) {
@@ -430,29 +456,27 @@ static void store_slot(IRSB *sb, Cursor *c, Addr from, IRExpr *to)
       IRExpr *word = half ? to : mkIRExpr_HWord(site ? site : from);
       addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(at), word));
    }
+   return next;
 }
 
 /* A branch taken here. */
-static void record(IRSB *sb, Cursor *c, Addr from, IRExpr *to)
+static void record(IRSB *sb, SbCursor *c, Addr from, IRExpr *to)
 {
-   store_slot(sb, c, from, to);
-   c->words = ir_tmp(sb, ir_add(c->words, 2));
-   cursor_set(sb, c, c->words);
+   c->words = store_slot(sb, c, from, to);
    c->ahead = False;
 }
 
-/* A branch taken if the exit that follows is: counted in memory as if it were. */
-static void record_exit(IRSB *sb, Cursor *c, Addr from, IRExpr *to)
+/* A branch taken if the exit that follows is: counted as if it were. */
+static void record_exit(IRSB *sb, SbCursor *c, Addr from, IRExpr *to)
 {
    store_slot(sb, c, from, to);
-   cursor_set(sb, c, ir_tmp(sb, ir_add(c->words, 2)));
    c->ahead = True;
 }
 
 /* Past an exit not taken: the index back as it was. */
-static void settle(IRSB *sb, Cursor *c)
+static void settle(IRSB *sb, SbCursor *c)
 {
-   if (c->ahead) cursor_set(sb, c, c->words);
+   if (c->ahead) cursor_set(sb, c->words);
    c->ahead = False;
 }
 
@@ -461,11 +485,35 @@ static Bool branchy_jk(IRJumpKind jk)
    return jk == Ijk_Boring || jk == Ijk_Call || jk == Ijk_Ret;
 }
 
+/* A superblock that ends in a conditional branch, `if (c) goto T; goto
+   F` with F the fall-through, is turned round: `if (!c) goto F; goto T`.
+   Both are the same jump, but now the leg not taken leaves at the exit,
+   before any record or index is touched, and only the taken leg (at the
+   end) writes a record: the inverted form below, which costs the branch
+   not taken nothing. The last statement must be the exit, and the last
+   instruction the branch. Returns the exit to put in its place, or NULL. */
+static IRStmt *turned_exit(IRSB *in, IRSB *out, Addr cur, UInt curlen)
+{
+   if (!cur || in->stmts_used == 0 || in->jumpkind != Ijk_Boring) return NULL;
+   IRStmt *st = in->stmts[in->stmts_used - 1];
+   IRExpr *next = in->next;
+   if (st->tag != Ist_Exit || st->Ist.Exit.jk != Ijk_Boring || next->tag != Iex_Const
+       || next->Iex.Const.con->Ico.U64 != cur + curlen
+       || st->Ist.Exit.dst->Ico.U64 == cur + curlen || st->Ist.Exit.offsIP != in->offsIP
+       || branch_kind(cur, curlen) != COND)
+      return NULL;
+   IRTemp not_c = newIRTemp(out->tyenv, Ity_I1);
+   addStmtToIRSB(out, IRStmt_WrTmp(not_c, IRExpr_Unop(Iop_Not1, st->Ist.Exit.guard)));
+   out->next = IRExpr_Const(IRConst_U64(st->Ist.Exit.dst->Ico.U64));
+   return IRStmt_Exit(IRExpr_RdTmp(not_c), Ijk_Boring, IRConst_U64(cur + curlen), in->offsIP);
+}
+
 static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
                             const VexGuestLayout *layout, const VexGuestExtents *vge,
                             const VexArchInfo *archinfo_host, IRType gWordTy, IRType hWordTy)
 {
    IRSB *out = deepCopyIRSBExceptStmts(in);
+   cursor_ir_offset = layout->total_sizeB + CURSOR_OFFSET; /* the first shadow state */
    Int i = 0;
    while (i < in->stmts_used && in->stmts[i]->tag != Ist_IMark) {
       addStmtToIRSB(out, in->stmts[i]);
@@ -482,7 +530,7 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
       another instruction in this superblock, ran into a copy of the loop
       VEX unrolled: it was taken, to that instruction. */
    Bool exited = False;
-   Cursor c = { False, False, 0, 0 };
+   SbCursor c = { False, False, 0, 0 };
    for (; i < in->stmts_used; i++) {
       IRStmt *st = in->stmts[i];
       if (st->tag == Ist_IMark) {
@@ -499,6 +547,10 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
          curlen = st->Ist.IMark.len;
          cache_code(cur, curlen);
       } else if (st->tag == Ist_Exit) {
+         if (i == in->stmts_used - 1) {
+            IRStmt *turned = turned_exit(in, out, cur, curlen);
+            if (turned) st = turned;
+         }
          ULong dst = st->Ist.Exit.dst->Ico.U64;
          Int kind = cur && branchy_jk(st->Ist.Exit.jk) ? branch_kind(cur, curlen) : NOT_BRANCH;
          settle(out, &c);
@@ -513,7 +565,7 @@ static IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
    }
    if (cur) {
       Int kind = branch_kind(cur, curlen);
-      IRExpr *next = in->next;
+      IRExpr *next = out->next; /* turned round, maybe */
       Bool falls = next->tag == Iex_Const && next->Iex.Const.con->Ico.U64 == cur + curlen;
       if (branchy_jk(in->jumpkind) && (kind == UNCOND || (kind == COND && !falls)))
          record(out, &c, cur, next);
@@ -586,7 +638,7 @@ static void put_buf(const Buf *b, Addr last_pc)
    put64(written);
    put64(written - b->contexts);
    put64(count);
-   for (ULong k = written - count; k < written; k++) put_rec(&b->base[k & ring_mask]);
+   for (ULong k = written - count; k < written; k++) put_rec(slot(b, k));
 }
 
 static void bts_fini(Int exitcode)
@@ -612,7 +664,10 @@ static void bts_fini(Int exitcode)
    put64(nthreads);
    put64((ULong)nmaps);
    put64((ULong)npages);
-   cursor_store();
+   /* Valgrind has stopped running client code by now (stop_client put the
+      cursor back); a cursor still loaded could only be the running
+      thread's, whose shadow state can be read. */
+   if (cursor_tid == VG_(get_running_tid)()) cursor_store();
    for (UInt r = 0; r < nretired; r++) put_buf(&retired[r], retired[r].last_pc);
    for (ThreadId t = 1; t < VG_N_THREADS; t++)
       if (bufs[t].base) put_buf(&bufs[t], VG_(get_IP)(t));
