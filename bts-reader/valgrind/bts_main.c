@@ -1,8 +1,8 @@
 /* bts: a Valgrind tool that plays the BTS hardware.
  *
- * Every taken branch of the client is written as a 24-byte BTS record
- * (from, to, flags) into its thread's circular buffer, the way the Debug
- * Store would. Superblock exits on branch instructions record, counted only
+ * Every taken branch of the client is written into its thread's circular
+ * buffer, the way the Debug Store would (in one to three 8-byte words; the
+ * file gets 24-byte BTS records, from, to and flags). Superblock exits on branch instructions record, counted only
  * when the exit is taken; the not-taken leg of a conditional records nothing;
  * a superblock end that is not a branch (size limit, rep self-loop, client
  * request) records nothing. Signal delivery into a handler is recorded as an
@@ -57,23 +57,31 @@ static void bts_print_debug_usage(void) {}
 /* ------------------------------------------------------------------ */
 /* DS-like circular buffers, one per thread                           */
 
-/* A slot of the ring: 16 bytes, so that the inline writer addresses it
-   as base + index * 8. A branch's flags are 0; a context record's (the
-   task's id) rides in the low half of `to`, the time in its high half.
-   A direct branch is one word, SITE + its site's number (below): a
-   kernel address no user branch has, which the generated code stores as
-   a sign-extended 32-bit immediate. The file gets 24-byte BTS records
-   (put_rec). */
-typedef struct { ULong from, to; } Rec;
-
+/* A thread's ring is a circle of 8-byte words. A record is one to three
+   words, and its last word, its tag, says what it is, so that the ring is
+   read backwards from its newest end:
+     SITE + n             a direct branch: sites[n] (one word)
+     to, ISITE + n        an indirect branch from sites[n].from (two words)
+     payload, ESCAPE | k  a context record of kind k: the time in the
+                          payload's high half, the task's id in its low half
+     from, to, RAW        any other branch (three words)
+   The tags are kernel addresses no user branch has, which the generated
+   code stores as sign-extended 32-bit immediates. A direct branch in one
+   word keeps the default ring (3156 records) in 32 KiB, inside the L1
+   cache: at 16 bytes a record it took 64 KiB, and the -O1 call/ret/jcc
+   loop ran a fifth slower. The file gets 24-byte BTS records (put_rec). */
 #define ESCAPE (~0xFULL)
 #define SITE 0xFFFFFFFF80000000ULL
-#define MAX_SITES (1U << 24) /* then two words: a program making code never ends */
+#define ISITE 0xFFFFFFFF90000000ULL
+#define RAW 0xFFFFFFFFA0000000ULL
+#define MAX_SITES (1U << 24) /* then RAW: a program making code never ends */
+#define INDIRECT (~0ULL)     /* the `to` of an indirect branch's site */
 
 /* The direct branches met in translation, numbered: (from, to) is known
    then, so the generated code stores the number alone. Each pair is
    numbered once (a hash set of numbers + 1), however often its code is
-   translated again. Past MAX_SITES, new ones are stored in two words. */
+   translated again. An indirect branch's site is (from, INDIRECT). Past
+   MAX_SITES, new ones are stored in three words. */
 typedef struct { Addr from, to; } Site;
 static Site *sites;
 static UInt nsites, sites_cap;
@@ -93,8 +101,8 @@ static void site_set_add(UInt id)
    site_set[h & site_set_mask] = id + 1;
 }
 
-/* The word a direct branch's record is, or 0 if it needs two. */
-static ULong site_word(Addr from, Addr to)
+/* The number of the site (from, to), or -1 past MAX_SITES. */
+static Long site_number(Addr from, Addr to)
 {
    if (2 * (nsites + 1) > site_set_mask) {
       UWord size = site_set_mask ? 2 * (site_set_mask + 1) : 4096;
@@ -106,9 +114,9 @@ static ULong site_word(Addr from, Addr to)
    for (UWord h = site_hash(from, to);; h++) {
       UInt id = site_set[h & site_set_mask];
       if (!id) break;
-      if (sites[id - 1].from == from && sites[id - 1].to == to) return SITE + (id - 1);
+      if (sites[id - 1].from == from && sites[id - 1].to == to) return id - 1;
    }
-   if (nsites >= MAX_SITES) return 0;
+   if (nsites >= MAX_SITES) return -1;
    if (nsites == sites_cap) {
       sites_cap = sites_cap ? 2 * sites_cap : 4096;
       sites = VG_(realloc)("bts.sites", sites, sites_cap * sizeof *sites);
@@ -116,19 +124,22 @@ static ULong site_word(Addr from, Addr to)
    sites[nsites].from = from;
    sites[nsites].to = to;
    site_set_add(nsites);
-   return SITE + nsites++;
+   return nsites++;
 }
 
-/* The ring has more slots than the records it keeps (a power of two, at
-   least one more): the slot of the record to be written next never holds
-   a kept record, so the inline writer stores a record there before it
-   knows whether the branch is taken. The index counts records ever
-   written; record n goes to slot (n + 1) & ring_mask (ring_mask is the
-   same for every thread): the generated code masks the index it has just
-   advanced, and needs no copy of the old one. */
+/* The ring's words are a power of two (ring_mask + 1, the same for every
+   thread), more than the records kept. A record of len words written
+   when the index was w has its tag at base[(w + len) & ring_mask] and
+   its other words just below the tag, unmasked: a record whose tag falls
+   at the ring's start spills into base[-1] and base[-2], which exist.
+   So the generated code masks the index it has just advanced, once, and
+   the slots past the index (where the next record goes) never hold a
+   kept record: the inline writer stores a record there before it knows
+   whether the branch is taken. */
 typedef struct {
-   Rec  *base;      /* the ring */
-   ULong written;   /* records written; the next goes to slot(b, written) */
+   ULong *base;     /* the ring */
+   ULong words;     /* words written */
+   ULong extra;     /* words written past the first of each record */
    ULong max;       /* records kept */
    ULong contexts;  /* context records written (the rest are branches) */
    Int   os_tid;
@@ -137,16 +148,31 @@ typedef struct {
 } Buf;
 
 static Buf *bufs; /* VG_N_THREADS of them, allocated after the options */
-static ULong ring_mask; /* slots - 1; slots a power of two above the records kept */
+static ULong ring_mask; /* ring words - 1 */
 
-/* Where record n of a ring is. */
-static Rec *slot(const Buf *b, ULong n)
+/* The length of the record whose tag is word number a (from 1) of the
+   ring, and its words, tag last; 0 for a word that is no tag. */
+static UInt record_at(const Buf *b, ULong a, ULong w[3])
 {
-   return &b->base[(n + 1) & ring_mask];
+   const ULong *tag = &b->base[a & ring_mask];
+   ULong t = *tag;
+   UInt len = t >= ESCAPE                                ? 2
+              : t == RAW                                 ? 3
+              : t >= ISITE && t < ISITE + MAX_SITES      ? 2
+              : t >= SITE && t < SITE + MAX_SITES        ? 1
+                                                         : 0;
+   for (UInt j = 0; j < len; j++) w[j] = tag[(Long)j - (Long)(len - 1)];
+   return len;
 }
 
-/* The cursor of the thread running client code: its write index, counted
-   in 8-byte words (two per record), and its ring. It lives in the
+/* The cursor of the thread running client code: its write index and its
+   ring. The index's low 40 bits count words written (modulo 2^40, which
+   is all a place in the ring needs), its high 24 the words written past
+   the first of each record since the cursor was loaded: an indirect
+   branch adds 2 + 2^40 to it, with no second count to keep. At least one
+   in 2^24 of these gets back to the scheduler (each indirect branch
+   passes an event check, and Valgrind leaves client code every 100000),
+   and stop_client folds the index into the Buf's full counts. It lives in the
    thread's first shadow guest state (no shadow values are kept here), so
    the generated code reads and writes it next to the registers, with no
    address to build. Valgrind runs one thread at a time; start_client
@@ -154,8 +180,10 @@ static Rec *slot(const Buf *b, ULong n)
    between them the cursor is the truth. (Valgrind copies shadow state
    into a new thread and into a signal frame and back: those copies are
    never read, as start_client always loads the cursor afresh.) */
-typedef struct { ULong words; Rec *base; } Cursor;
-#define CURSOR_OFFSET 16 /* in the shadow state: guest_RAX's place, then RCX's */
+typedef struct { ULong index; ULong *base; } Cursor;
+#define CURSOR_OFFSET 16 /* in the shadow state: the places of guest RAX, RCX */
+#define LOW40 ((1ULL << 40) - 1)
+#define EXTRA (1ULL << 40) /* one extra word, in the index */
 static Int cursor_ir_offset; /* the same, as IR addresses the shadow state */
 static ThreadId cursor_tid;  /* whose cursor is loaded; 0 when none is */
 
@@ -164,7 +192,7 @@ static Buf *buf_of(ThreadId tid)
    Buf *b = &bufs[tid];
    if (!b->base) {
       b->max = records_per_thread > 0 ? (ULong)records_per_thread : 1;
-      b->base = VG_(calloc)("bts.buf", ring_mask + 1, sizeof(Rec));
+      b->base = (ULong *)VG_(calloc)("bts.buf", ring_mask + 1 + 2, sizeof(ULong)) + 2;
    }
    return b;
 }
@@ -172,7 +200,7 @@ static Buf *buf_of(ThreadId tid)
 static void cursor_load(ThreadId tid)
 {
    Buf *b = buf_of(tid);
-   Cursor c = { b->written * 2, b->base };
+   Cursor c = { b->words & LOW40, b->base };
    VG_(set_shadow_regs_area)(tid, 1, CURSOR_OFFSET, sizeof c, (const UChar *)&c);
    cursor_tid = tid;
 }
@@ -182,7 +210,9 @@ static void cursor_store(void)
    if (!cursor_tid) return;
    Cursor c;
    VG_(get_shadow_regs_area)(cursor_tid, (UChar *)&c, 1, CURSOR_OFFSET, sizeof c);
-   bufs[cursor_tid].written = c.words / 2;
+   Buf *b = &bufs[cursor_tid];
+   b->words += ((c.index & LOW40) - (b->words & LOW40)) & LOW40;
+   b->extra += c.index >> 40;
    cursor_tid = 0;
 }
 
@@ -194,11 +224,18 @@ static void push(ThreadId tid, ULong from, ULong to, ULong flags)
    Bool live = tid == cursor_tid;
    if (live) cursor_store();
    Buf *b = buf_of(tid);
-   Rec *r = slot(b, b->written);
-   r->from = from;
-   r->to = from >= ESCAPE ? (to << 32) | (flags & 0xffffffffULL) : to;
-   b->written++;
-   if (from >= ESCAPE) b->contexts++;
+   ULong w[3] = { from, to, RAW };
+   UInt len = 3;
+   if (from >= ESCAPE) {
+      w[0] = (to << 32) | (flags & 0xffffffffULL);
+      w[1] = from;
+      len = 2;
+      b->contexts++;
+   }
+   ULong *tag = &b->base[(b->words + len) & ring_mask];
+   for (UInt j = 0; j < len; j++) tag[(Long)j - (Long)(len - 1)] = w[j];
+   b->words += len;
+   b->extra += len - 1;
    if (live) cursor_load(tid);
 }
 
@@ -405,9 +442,10 @@ static Int branch_kind(Addr a, UInt len)
    that chain cost gzip about a fifth more time than this.
 
    The index and the ring are read from the thread's shadow state once,
-   at the superblock's first record; each record is the index one on, put back
-   and then masked (record n's slot is n + 1's place), and one or two
-   stores: six instructions with the two reads.
+   at the superblock's first record; a record is the index advanced, put
+   back and masked, and its words stored below the masked place: six host
+   instructions for a direct branch, with the two reads, eight for an
+   indirect one.
    Everything is written in program order, so a fault in the middle of a
    superblock finds the index as the branches before it left it. */
 static IRTemp ir_tmp(IRSB *sb, IRExpr *e)
@@ -424,7 +462,7 @@ static IRExpr *ir_add(IRTemp t, HWord n)
 
 /* What a superblock knows of the cursor: read once, at its first
    record. `words` is the index on this path; `ahead` says the shadow
-   state holds words + 2, from a conditional exit that was not taken. */
+   state holds more, from a conditional exit that was not taken. */
 typedef struct { Bool loaded, ahead; IRTemp words, base; } SbCursor;
 
 static void cursor_set(IRSB *sb, IRTemp words)
@@ -432,45 +470,49 @@ static void cursor_set(IRSB *sb, IRTemp words)
    addStmtToIRSB(sb, IRStmt_Put(cursor_ir_offset, IRExpr_RdTmp(words)));
 }
 
-/* The record at base + ((words + 2) & mask) * 8 (the slot of record
-   words / 2): two words, or one for a direct branch (its site). Each
-   address is its own expression, so that it becomes one addressing mode.
-   The index one record on is put in the shadow state at once, and
-   returned. */
-static IRTemp store_slot(IRSB *sb, SbCursor *c, Addr from, IRExpr *to)
+/* A record, its tag at base[(index + len) & mask] and its other words
+   just below; each address is its own expression, so that it becomes one
+   addressing mode. The index past it is put in the shadow state at once;
+   if `taken`, it is this path's from now on. */
+static void store_record(IRSB *sb, SbCursor *c, Addr from, IRExpr *to, Bool taken)
 {
    if (!c->loaded) {
       c->words = ir_tmp(sb, IRExpr_Get(cursor_ir_offset, Ity_I64));
       c->base = ir_tmp(sb, IRExpr_Get(cursor_ir_offset + 8, Ity_I64));
       c->loaded = True;
    }
-   IRTemp next = ir_tmp(sb, ir_add(c->words, 2));
+   Bool direct = to->tag == Iex_Const;
+   Long n = site_number(from, direct ? to->Iex.Const.con->Ico.U64 : INDIRECT);
+   ULong w[3] = { from, 0, RAW }; /* w[1], `to`, is the expression */
+   UInt len = 3;
+   if (n >= 0) {
+      w[2] = (direct ? SITE : ISITE) + (ULong)n;
+      len = direct ? 1 : 2;
+   }
+   IRTemp next = ir_tmp(sb, ir_add(c->words, len + (len - 1) * EXTRA));
    cursor_set(sb, next);
-   IRTemp m = ir_tmp(sb, IRExpr_Binop(Iop_And64, IRExpr_RdTmp(next),
-                                      mkIRExpr_HWord(ring_mask * 2)));
-   ULong site = to->tag == Iex_Const ? site_word(from, to->Iex.Const.con->Ico.U64) : 0;
-   for (Int half = 0; half < (site ? 1 : 2); half++) {
+   IRTemp m = ir_tmp(sb, IRExpr_Binop(Iop_And64, IRExpr_RdTmp(next), mkIRExpr_HWord(ring_mask)));
+   for (UInt j = 3 - len; j < 3; j++) {
       IRTemp sh = ir_tmp(sb, IRExpr_Binop(Iop_Shl64, IRExpr_RdTmp(m), IRExpr_Const(IRConst_U8(3))));
       IRTemp at = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->base), IRExpr_RdTmp(sh)));
-      if (half) at = ir_tmp(sb, ir_add(at, 8));
-      IRExpr *word = half ? to : mkIRExpr_HWord(site ? site : from);
+      if (j < 2) at = ir_tmp(sb, ir_add(at, (HWord)(-8 * (Long)(2 - j))));
+      IRExpr *word = j == 1 ? to : mkIRExpr_HWord(w[j]);
       addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(at), word));
    }
-   return next;
+   if (taken) c->words = next;
+   c->ahead = !taken;
 }
 
 /* A branch taken here. */
 static void record(IRSB *sb, SbCursor *c, Addr from, IRExpr *to)
 {
-   c->words = store_slot(sb, c, from, to);
-   c->ahead = False;
+   store_record(sb, c, from, to, True);
 }
 
 /* A branch taken if the exit that follows is: counted as if it were. */
 static void record_exit(IRSB *sb, SbCursor *c, Addr from, IRExpr *to)
 {
-   store_slot(sb, c, from, to);
-   c->ahead = True;
+   store_record(sb, c, from, to, False);
 }
 
 /* Past an exit not taken: the index back as it was. */
@@ -608,37 +650,54 @@ static void put(const void *p, UInt n)
 
 static void put64(ULong v) { put(&v, 8); }
 
-static void put_rec(const Rec *r)
+/* A record as the file has it: 24 bytes, from, to and flags (a context
+   record's are its kind, time and task). `w` holds its words, tag last. */
+static void put_rec(const ULong *w, UInt len)
 {
-   if (r->from >= ESCAPE) {
-      put64(r->from);
-      put64(r->to >> 32);
-      put64(r->to & 0xffffffffULL);
-   } else if (r->from >= SITE) {
-      const Site *s = &sites[r->from - SITE];
-      put64(s->from);
-      put64(s->to);
+   ULong tag = w[len - 1];
+   if (tag >= ESCAPE) {
+      put64(tag);
+      put64(w[0] >> 32);
+      put64(w[0] & 0xffffffffULL);
+   } else if (tag == RAW) {
+      put64(w[0]);
+      put64(w[1]);
       put64(0);
    } else {
-      put64(r->from);
-      put64(r->to);
+      const Site *s = &sites[tag - (tag >= ISITE ? ISITE : SITE)];
+      put64(s->from);
+      put64(tag >= ISITE ? w[0] : s->to);
       put64(0);
    }
 }
 
 /* A thread's part of the file: its header, then the newest records it
-   keeps, oldest first. */
+   keeps, oldest first. The ring is read back from its newest word, while
+   a record lies whole in the words no later record (or the scratch place
+   past the index) can have overwritten. */
 static void put_buf(const Buf *b, Addr last_pc)
 {
-   ULong written = b->written;
-   ULong count = written < b->max ? written : b->max;
+   ULong written = b->words - b->extra;
+   ULong oldest = b->words > ring_mask - 3 ? b->words - (ring_mask - 3) : 1;
+   ULong *tags = VG_(malloc)("bts.tags", (b->max ? b->max : 1) * sizeof *tags);
+   ULong count = 0, w[3];
+   for (ULong a = b->words; a >= oldest && count < b->max; count++) {
+      UInt len = record_at(b, a, w);
+      if (len == 0 || a < oldest + len - 1) break;
+      tags[count] = a;
+      a -= len;
+   }
    put64((ULong)b->os_tid);
    put64((ULong)last_pc);
    put64(b->max);
    put64(written);
    put64(written - b->contexts);
    put64(count);
-   for (ULong k = written - count; k < written; k++) put_rec(slot(b, k));
+   for (ULong k = count; k > 0; k--) {
+      UInt len = record_at(b, tags[k - 1], w);
+      put_rec(w, len);
+   }
+   VG_(free)(tags);
 }
 
 static void bts_fini(Int exitcode)
@@ -712,9 +771,11 @@ static void bts_post_clo_init(void)
    bufs = VG_(calloc)("bts.bufs", VG_N_THREADS, sizeof(Buf));
    /* Before any translation: the mask is a constant of the inline writer. */
    ULong keep = records_per_thread > 0 ? (ULong)records_per_thread : 1;
-   ULong slots = 2;
-   while (slots < keep + 1) slots <<= 1;
-   ring_mask = slots - 1;
+   /* Room for the records kept at 1.25 words each (a direct branch is
+      one, an indirect one two), and for a record of three past the index. */
+   ULong words = 16;
+   while (words < keep + keep / 4 + 4) words <<= 1;
+   ring_mask = words - 1;
 }
 
 static void bts_pre_clo_init(void)
