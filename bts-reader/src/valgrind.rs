@@ -1,5 +1,5 @@
 //! The Valgrind backend: the `bts` Valgrind tool (built from
-//! `valgrind/bts_main.c` with the project) records every taken branch of a
+//! `valgrind/*.c` with the project) records every taken branch of a
 //! launched program in BTS format; this module installs the tool in a
 //! private `VALGRIND_LIB` folder, runs the program under it, and reads what
 //! it wrote.

@@ -1,0 +1,255 @@
+/* bts's Valgrind tool: which instructions branch (by opcode), and the IR
+   that records their branches as the superblock runs. */
+
+#include "bts.h"
+
+/* The cursor's place as IR addresses it: in the first shadow state. */
+static Int cursor_ir_offset;
+
+/* A system call is recorded when it returns, as (syscall -> where user
+   code resumed): one that never returns (exit) records nothing, as under
+   the ptrace recorders and the hardware. */
+static VG_REGPARM(1) void rec_syscall(HWord from)
+{
+   bts_bufs[bts_cursor_tid].syscall_from = from; /* called from client code: the cursor is loaded */
+}
+
+/* ------------------------------------------------------------------ */
+/* Branch classification by opcode                                    */
+
+enum { NOT_BRANCH = 0, COND, UNCOND, SYSCALL };
+
+static Int branch_kind(Addr a, UInt len)
+{
+   const UChar *p = (const UChar *)a;
+   UInt i = 0;
+   while (i < len) {
+      UChar c = p[i];
+      if (c == 0x66 || c == 0x67 || c == 0xf2 || c == 0xf3 || c == 0x2e || c == 0x3e
+          || c == 0x26 || c == 0x64 || c == 0x65 || c == 0x36 || c == 0xf0
+          || (c >= 0x40 && c <= 0x4f)) { i++; continue; }
+      break;
+   }
+   if (i >= len) return NOT_BRANCH;
+   UChar op = p[i];
+   if ((op >= 0x70 && op <= 0x7f) || (op >= 0xe0 && op <= 0xe3)) return COND;
+   if (op == 0x0f && i + 1 < len) {
+      UChar op2 = p[i + 1];
+      if (op2 >= 0x80 && op2 <= 0x8f) return COND;
+      if (op2 == 0x05 || op2 == 0x34) return SYSCALL;
+      return NOT_BRANCH;
+   }
+   switch (op) {
+   case 0xe8: case 0xe9: case 0xeb: case 0xc2: case 0xc3: case 0xca: case 0xcb:
+   case 0xcf: case 0xea: case 0x9a:
+      return UNCOND;
+   case 0xff:
+      if (i + 1 < len) {
+         UInt reg = (p[i + 1] >> 3) & 7;
+         if (reg >= 2 && reg <= 5) return UNCOND;
+      }
+      return NOT_BRANCH;
+   case 0xcd:
+      return (i + 1 < len && p[i + 1] == 0x80) ? SYSCALL : NOT_BRANCH;
+   default:
+      return NOT_BRANCH;
+   }
+}
+
+/* ------------------------------------------------------------------ */
+/* Instrumentation                                                    */
+
+/* The record is written in IR, inline: no helper call per branch, and no
+   value in it that waits for a branch's outcome.
+
+   A conditional exit stores its record in the slot at the write index,
+   and the index one on, before the exit; if the exit is not taken, the
+   code after it stores the index back. Both are constants off the index
+   the superblock loaded: the processor predicts the exit and runs on. An
+   index computed from the exit's condition (an add or a conditional move)
+   would chain every superblock to the condition of the one before, and
+   that chain cost gzip about a fifth more time than this.
+
+   The index and the ring are read from the thread's shadow state once,
+   at the superblock's first record; a record is the index advanced, put
+   back and masked, and its words stored below the masked place: six host
+   instructions for a direct branch, with the two reads, eight for an
+   indirect one.
+   Everything is written in program order, so a fault in the middle of a
+   superblock finds the index as the branches before it left it. */
+static IRTemp ir_tmp(IRSB *sb, IRExpr *e)
+{
+   IRTemp t = newIRTemp(sb->tyenv, Ity_I64);
+   addStmtToIRSB(sb, IRStmt_WrTmp(t, e));
+   return t;
+}
+
+static IRExpr *ir_add(IRTemp t, HWord n)
+{
+   return IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(t), mkIRExpr_HWord(n));
+}
+
+/* What a superblock knows of the cursor: read once, at its first
+   record. `words` is the index on this path; `ahead` says the shadow
+   state holds more, from a conditional exit that was not taken. */
+typedef struct { Bool loaded, ahead; IRTemp words, base; } SbCursor;
+
+static void cursor_set(IRSB *sb, IRTemp words)
+{
+   addStmtToIRSB(sb, IRStmt_Put(cursor_ir_offset, IRExpr_RdTmp(words)));
+}
+
+/* A record, its tag at base[(index + len) & mask] and its other words
+   just below; each address is its own expression, so that it becomes one
+   addressing mode. The index past it is put in the shadow state at once;
+   if `taken`, it is this path's from now on. */
+static void store_record(IRSB *sb, SbCursor *c, Addr from, IRExpr *to, Bool taken)
+{
+   if (!c->loaded) {
+      c->words = ir_tmp(sb, IRExpr_Get(cursor_ir_offset, Ity_I64));
+      c->base = ir_tmp(sb, IRExpr_Get(cursor_ir_offset + 8, Ity_I64));
+      c->loaded = True;
+   }
+   Bool direct = to->tag == Iex_Const;
+   Long n = bts_site_number(from, direct ? to->Iex.Const.con->Ico.U64 : INDIRECT);
+   ULong w[3] = { from, 0, RAW }; /* w[1], `to`, is the expression */
+   UInt len = 3;
+   if (n >= 0) {
+      w[2] = (direct ? SITE : ISITE) + (ULong)n;
+      len = direct ? 1 : 2;
+   }
+   IRTemp next = ir_tmp(sb, ir_add(c->words, len + (len - 1) * EXTRA));
+   cursor_set(sb, next);
+   IRTemp m = ir_tmp(sb, IRExpr_Binop(Iop_And64, IRExpr_RdTmp(next), mkIRExpr_HWord(bts_ring_mask)));
+   for (UInt j = 3 - len; j < 3; j++) {
+      IRTemp sh = ir_tmp(sb, IRExpr_Binop(Iop_Shl64, IRExpr_RdTmp(m), IRExpr_Const(IRConst_U8(3))));
+      IRTemp at = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->base), IRExpr_RdTmp(sh)));
+      if (j < 2) at = ir_tmp(sb, ir_add(at, (HWord)(-8 * (Long)(2 - j))));
+      IRExpr *word = j == 1 ? to : mkIRExpr_HWord(w[j]);
+      addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(at), word));
+   }
+   if (taken) c->words = next;
+   c->ahead = !taken;
+}
+
+/* A branch taken here. */
+static void record(IRSB *sb, SbCursor *c, Addr from, IRExpr *to)
+{
+   store_record(sb, c, from, to, True);
+}
+
+/* A branch taken if the exit that follows is: counted as if it were. */
+static void record_exit(IRSB *sb, SbCursor *c, Addr from, IRExpr *to)
+{
+   store_record(sb, c, from, to, False);
+}
+
+/* Past an exit not taken: the index back as it was. */
+static void settle(IRSB *sb, SbCursor *c)
+{
+   if (c->ahead) cursor_set(sb, c->words);
+   c->ahead = False;
+}
+
+static Bool branchy_jk(IRJumpKind jk)
+{
+   return jk == Ijk_Boring || jk == Ijk_Call || jk == Ijk_Ret;
+}
+
+/* A superblock that ends in a conditional branch, `if (c) goto T; goto
+   F` with F the fall-through, is turned round: `if (!c) goto F; goto T`.
+   Both are the same jump, but now the leg not taken leaves at the exit,
+   before any record or index is touched, and only the taken leg (at the
+   end) writes a record: the inverted form below, which costs the branch
+   not taken nothing. The last statement must be the exit, and the last
+   instruction the branch. Returns the exit to put in its place, or NULL. */
+static IRStmt *turned_exit(IRSB *in, IRSB *out, Addr cur, UInt curlen)
+{
+   if (!cur || in->stmts_used == 0 || in->jumpkind != Ijk_Boring) return NULL;
+   IRStmt *st = in->stmts[in->stmts_used - 1];
+   IRExpr *next = in->next;
+   if (st->tag != Ist_Exit || st->Ist.Exit.jk != Ijk_Boring || next->tag != Iex_Const
+       || next->Iex.Const.con->Ico.U64 != cur + curlen
+       || st->Ist.Exit.dst->Ico.U64 == cur + curlen || st->Ist.Exit.offsIP != in->offsIP
+       || branch_kind(cur, curlen) != COND)
+      return NULL;
+   IRTemp not_c = newIRTemp(out->tyenv, Ity_I1);
+   addStmtToIRSB(out, IRStmt_WrTmp(not_c, IRExpr_Unop(Iop_Not1, st->Ist.Exit.guard)));
+   out->next = IRExpr_Const(IRConst_U64(st->Ist.Exit.dst->Ico.U64));
+   return IRStmt_Exit(IRExpr_RdTmp(not_c), Ijk_Boring, IRConst_U64(cur + curlen), in->offsIP);
+}
+
+IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
+                     const VexGuestLayout *layout, const VexGuestExtents *vge,
+                     const VexArchInfo *archinfo_host, IRType gWordTy, IRType hWordTy)
+{
+   IRSB *out = deepCopyIRSBExceptStmts(in);
+   cursor_ir_offset = layout->total_sizeB + CURSOR_OFFSET; /* the first shadow state */
+   Int i = 0;
+   while (i < in->stmts_used && in->stmts[i]->tag != Ist_IMark) {
+      addStmtToIRSB(out, in->stmts[i]);
+      i++;
+   }
+   Addr cur = 0;
+   UInt curlen = 0;
+   /* An inverted conditional exit (to the fall-through) that was not taken
+      means the branch was: if execution goes on in this superblock (VEX
+      unrolled a loop), the next instruction is its target. */
+   Addr inverted = 0;
+   /* The current instruction is a branch whose leaving was recorded at an
+      exit. An unconditional branch that made none, yet is followed by
+      another instruction in this superblock, ran into a copy of the loop
+      VEX unrolled: it was taken, to that instruction. */
+   Bool exited = False;
+   SbCursor c = { False, False, 0, 0 };
+   for (; i < in->stmts_used; i++) {
+      IRStmt *st = in->stmts[i];
+      if (st->tag == Ist_IMark) {
+         Addr next_insn = st->Ist.IMark.addr + st->Ist.IMark.delta;
+         settle(out, &c);
+         if (inverted) {
+            record(out, &c, inverted, mkIRExpr_HWord(next_insn));
+            inverted = 0;
+         } else if (cur && !exited && branch_kind(cur, curlen) == UNCOND) {
+            record(out, &c, cur, mkIRExpr_HWord(next_insn));
+         }
+         exited = False;
+         cur = next_insn;
+         curlen = st->Ist.IMark.len;
+         bts_cache_code(cur, curlen);
+      } else if (st->tag == Ist_Exit) {
+         if (i == in->stmts_used - 1) {
+            IRStmt *turned = turned_exit(in, out, cur, curlen);
+            if (turned) st = turned;
+         }
+         ULong dst = st->Ist.Exit.dst->Ico.U64;
+         Int kind = cur && branchy_jk(st->Ist.Exit.jk) ? branch_kind(cur, curlen) : NOT_BRANCH;
+         settle(out, &c);
+         exited = exited || kind != NOT_BRANCH;
+         /* The not-taken leg of an inverted conditional records nothing. */
+         if (kind == COND && dst == cur + curlen)
+            inverted = cur;
+         else if (kind == COND || kind == UNCOND)
+            record_exit(out, &c, cur, mkIRExpr_HWord(dst));
+      }
+      addStmtToIRSB(out, st);
+   }
+   if (cur) {
+      Int kind = branch_kind(cur, curlen);
+      IRExpr *next = out->next; /* turned round, maybe */
+      Bool falls = next->tag == Iex_Const && next->Iex.Const.con->Ico.U64 == cur + curlen;
+      if (branchy_jk(in->jumpkind) && (kind == UNCOND || (kind == COND && !falls)))
+         record(out, &c, cur, next);
+      else {
+         settle(out, &c);
+         if (in->jumpkind == Ijk_Sys_syscall && kind == SYSCALL) {
+            IRDirty *d = unsafeIRDirty_0_N(1, "bts_rec_syscall",
+                                           VG_(fnptr_to_fnentry)(&rec_syscall),
+                                           mkIRExprVec_1(mkIRExpr_HWord(cur)));
+            addStmtToIRSB(out, IRStmt_Dirty(d));
+         }
+      }
+   }
+   return out;
+}
+
