@@ -45,6 +45,8 @@
 #define ISITE 0xFFFFFFFF90000000ULL
 #define RAW 0xFFFFFFFFA0000000ULL
 #define MAX_SITES (1U << 24) /* then RAW: a program making code never ends */
+#define LONGEST 3            /* words of the longest record */
+#define MAX_RECORDS (1ULL << 32) /* a ring keeps at most (the index needs room) */
 #define INDIRECT (~0ULL)     /* the `to` of an indirect branch's site */
 
 /* The direct branches met in translation, numbered: (from, to) is known
@@ -90,18 +92,22 @@ void bts_ring_init(void);
 Buf *bts_buf_of(ThreadId tid);
 /* Sets the buffer of thread `tid` aside, whole: its id goes to a new thread. */
 void bts_retire(ThreadId tid);
-/* The length of the record whose tag is word number a (from 1) of the
-   ring, and its words, tag last; 0 for a word that is no tag. */
-UInt bts_record_at(const Buf *b, ULong a, ULong w[3]);
+/* The length of the record whose tag is the thread's n-th word written
+   (from 1), and its words, tag last; 0 for a word that is no tag. */
+UInt bts_record_at(const Buf *b, ULong n, ULong w[3]);
 
 /* The cursor of the thread running client code: its write index and its
    ring. The index's low 40 bits count words written (modulo 2^40, which
    is all a place in the ring needs), its high 24 the words written past
    the first of each record since the cursor was loaded: an indirect
-   branch adds 2 + 2^40 to it, with no second count to keep. At least one
-   in 2^24 of these gets back to the scheduler (each indirect branch
-   passes an event check, and Valgrind leaves client code every 100000),
-   and stop_client folds the index into the Buf's full counts. It lives in the
+   branch adds 2 + 2^40 to it, with no second count to keep. stop_client
+   folds the index into the Buf's full counts. The extra count cannot
+   outgrow its 24 bits in between: Valgrind leaves client code after
+   100000 event checks (a constant of its build), a superblock entered
+   without one (a forward direct jump) writes direct records, of no extra
+   words, unless past MAX_SITES, and every indirect branch passes one.
+   The low 40 bits start below the ring's size at each load, so they
+   never carry into the extra count. It lives in the
    thread's first shadow guest state (no shadow values are kept here), so
    the generated code reads and writes it next to the registers, with no
    address to build. Valgrind runs one thread at a time; start_client

@@ -134,9 +134,9 @@ static void bts_fini(Int exitcode)
 {
    /* For the log: how the process ended when no signal ended it. */
    VG_(umsg)("bts: exit code %d\n", exit_status);
-   /* Valgrind has stopped running client code by now (stop_client put the
-      cursor back); a cursor still loaded could only be the running
-      thread's, whose shadow state can be read. */
+   /* Valgrind calls stop_client after every run of client code, a fault's
+      included, so no cursor is loaded by now. Were one loaded, only the
+      running thread's shadow state could be read for it. */
    if (bts_cursor_tid == VG_(get_running_tid)()) bts_cursor_store();
    if (!bts_write_trace(out_prefix))
       VG_(umsg)("bts: cannot write the trace to %s.%d.*\n", out_prefix, VG_(getpid)());

@@ -62,9 +62,9 @@ static Int branch_kind(Addr a, UInt len)
 /* The record is written in IR, inline: no helper call per branch, and no
    value in it that waits for a branch's outcome.
 
-   A conditional exit stores its record in the slot at the write index,
-   and the index one on, before the exit; if the exit is not taken, the
-   code after it stores the index back. Both are constants off the index
+   A conditional exit inside a superblock stores its record past the
+   write index, and the index advanced, before the exit; if the exit is
+   not taken, the code after it puts the index back. Both are constants off the index
    the superblock loaded: the processor predicts the exit and runs on. An
    index computed from the exit's condition (an add or a conditional move)
    would chain every superblock to the condition of the one before, and

@@ -7,7 +7,9 @@
 Site *bts_sites;
 Buf *bts_bufs;
 ULong bts_ring_mask;
-Long bts_records_per_thread = 2730 + 426; /* 64 KiB + 10 KiB slack */
+/* What a 64 KiB BTS buffer and the kernel's 10 KiB of slack hold, in
+   24-byte records (bts passes its own --buffer-size's worth). */
+Long bts_records_per_thread = 2730 + 426;
 Buf *bts_retired;
 UInt bts_nretired;
 ThreadId bts_cursor_tid;
@@ -54,9 +56,9 @@ Long bts_site_number(Addr from, Addr to)
    return nsites++;
 }
 
-UInt bts_record_at(const Buf *b, ULong a, ULong w[3])
+UInt bts_record_at(const Buf *b, ULong n, ULong w[3])
 {
-   const ULong *tag = &b->base[a & bts_ring_mask];
+   const ULong *tag = &b->base[n & bts_ring_mask];
    ULong t = *tag;
    UInt len = t >= ESCAPE                                ? 2
               : t == RAW                                 ? 3
@@ -81,7 +83,9 @@ Buf *bts_buf_of(ThreadId tid)
 void bts_cursor_load(ThreadId tid)
 {
    Buf *b = bts_buf_of(tid);
-   Cursor c = { b->words & LOW40, b->base };
+   /* The index starts below the ring's size, so its low 40 bits never
+      carry into the extra count before stop_client folds it. */
+   Cursor c = { b->words & bts_ring_mask, b->base };
    VG_(set_shadow_regs_area)(tid, 1, CURSOR_OFFSET, sizeof c, (const UChar *)&c);
    bts_cursor_tid = tid;
 }
@@ -92,7 +96,7 @@ void bts_cursor_store(void)
    Cursor c;
    VG_(get_shadow_regs_area)(bts_cursor_tid, (UChar *)&c, 1, CURSOR_OFFSET, sizeof c);
    Buf *b = &bts_bufs[bts_cursor_tid];
-   b->words += ((c.index & LOW40) - (b->words & LOW40)) & LOW40;
+   b->words += (c.index & LOW40) - (b->words & bts_ring_mask);
    b->extra += c.index >> 40;
    bts_cursor_tid = 0;
 }
@@ -124,11 +128,14 @@ void bts_ring_init(void)
 {
    bts_bufs = VG_(calloc)("bts.bufs", VG_N_THREADS, sizeof(Buf));
    ULong keep = bts_records_per_thread > 0 ? (ULong)bts_records_per_thread : 1;
+   if (keep > MAX_RECORDS) keep = bts_records_per_thread = MAX_RECORDS;
    /* Room for the records kept at 1.25 words each (a direct branch is
-      one, an indirect one two), and for a record of three past the index. */
+      one, an indirect one two), and for the longest record past the index
+      (written before its exit is decided). */
    ULong words = 16;
-   while (words < keep + keep / 4 + 4) words <<= 1;
+   while (words < keep + keep / 4 + LONGEST) words <<= 1;
    bts_ring_mask = words - 1;
+   tl_assert(bts_ring_mask < LOW40 / 2);
 }
 
 void bts_retire(ThreadId tid)

@@ -109,8 +109,12 @@ static void put_rec(const ULong *w, UInt len)
 static void put_buf(const Buf *b, Addr last_pc)
 {
    ULong written = b->words - b->extra;
-   ULong oldest = b->words > bts_ring_mask - 3 ? b->words - (bts_ring_mask - 3) : 1;
-   ULong *tags = VG_(malloc)("bts.tags", (b->max ? b->max : 1) * sizeof *tags);
+   /* The words the ring holds whole: all but the longest record's worth
+      past the index (written there before a conditional exit is decided). */
+   ULong whole = bts_ring_mask + 1 - LONGEST;
+   ULong oldest = b->words > whole ? b->words - whole + 1 : 1;
+   ULong room = b->max < whole ? b->max : whole;
+   ULong *tags = VG_(malloc)("bts.tags", (room ? room : 1) * sizeof *tags);
    ULong count = 0, w[3];
    for (ULong a = b->words; a >= oldest && count < b->max; count++) {
       UInt len = bts_record_at(b, a, w);
