@@ -155,7 +155,8 @@ Bool bts_write_trace(const HChar *prefix)
    put64((ULong)npages);
    for (UInt r = 0; r < bts_nretired; r++) put_buf(&bts_retired[r], bts_retired[r].last_pc);
    for (ThreadId t = 1; t < VG_N_THREADS; t++)
-      if (bts_bufs[t].base) put_buf(&bts_bufs[t], VG_(get_IP)(t));
+      if (bts_bufs[t].base) /* a thread that exited has its last pc saved */
+         put_buf(&bts_bufs[t], bts_bufs[t].last_pc ? bts_bufs[t].last_pc : VG_(get_IP)(t));
    for (Int m = 0; m < nmaps; m++) {
       put64(maps[m].start);
       put64(maps[m].end);
