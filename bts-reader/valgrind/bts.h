@@ -82,7 +82,7 @@ typedef struct {
 
 extern Buf *bts_bufs;          /* VG_N_THREADS of them */
 extern ULong bts_ring_mask;    /* ring words - 1, the same for every thread */
-extern Long bts_records_per_thread; /* records a ring keeps (--bts-records) */
+extern Long bts_records_per_thread; /* --bts-records, as given */
 extern Buf *bts_retired;       /* buffers of threads whose id was given again */
 extern UInt bts_nretired;
 

@@ -64,8 +64,9 @@ static Int branch_kind(Addr a, UInt len)
 
    A conditional exit inside a superblock stores its record past the
    write index, and the index advanced, before the exit; if the exit is
-   not taken, the code after it puts the index back. Both are constants off the index
-   the superblock loaded: the processor predicts the exit and runs on. An
+   not taken, the code after it puts the index back. Both are constants
+   off the index the superblock loaded: the processor predicts the exit
+   and runs on. An
    index computed from the exit's condition (an add or a conditional move)
    would chain every superblock to the condition of the one before, and
    that chain cost gzip about a fifth more time than this.

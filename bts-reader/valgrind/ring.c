@@ -13,6 +13,7 @@ Long bts_records_per_thread = 2730 + 426;
 Buf *bts_retired;
 UInt bts_nretired;
 ThreadId bts_cursor_tid;
+static ULong keep; /* records a ring keeps: --bts-records, at least 1, at most MAX_RECORDS */
 
 static UInt nsites, sites_cap;
 static UInt *site_set;
@@ -69,12 +70,11 @@ UInt bts_record_at(const Buf *b, ULong n, ULong w[3])
    return len;
 }
 
-
 Buf *bts_buf_of(ThreadId tid)
 {
    Buf *b = &bts_bufs[tid];
    if (!b->base) {
-      b->max = bts_records_per_thread > 0 ? (ULong)bts_records_per_thread : 1;
+      b->max = keep;
       b->base = (ULong *)VG_(calloc)("bts.buf", bts_ring_mask + 1 + 2, sizeof(ULong)) + 2;
    }
    return b;
@@ -127,8 +127,8 @@ void bts_push(ThreadId tid, ULong from, ULong to, ULong flags)
 void bts_ring_init(void)
 {
    bts_bufs = VG_(calloc)("bts.bufs", VG_N_THREADS, sizeof(Buf));
-   ULong keep = bts_records_per_thread > 0 ? (ULong)bts_records_per_thread : 1;
-   if (keep > MAX_RECORDS) keep = bts_records_per_thread = MAX_RECORDS;
+   keep = bts_records_per_thread > 0 ? (ULong)bts_records_per_thread : 1;
+   if (keep > MAX_RECORDS) keep = MAX_RECORDS;
    /* Room for the records kept at 1.25 words each (a direct branch is
       one, an indirect one two), and for the longest record past the index
       (written before its exit is decided). */

@@ -114,7 +114,7 @@ static void put_buf(const Buf *b, Addr last_pc)
    ULong whole = bts_ring_mask + 1 - LONGEST;
    ULong oldest = b->words > whole ? b->words - whole + 1 : 1;
    ULong room = b->max < whole ? b->max : whole;
-   ULong *tags = VG_(malloc)("bts.tags", (room ? room : 1) * sizeof *tags);
+   ULong *tags = VG_(malloc)("bts.tags", room * sizeof *tags); /* max >= 1 */
    ULong count = 0, w[3];
    for (ULong a = b->words; a >= oldest && count < b->max; count++) {
       UInt len = bts_record_at(b, a, w);
