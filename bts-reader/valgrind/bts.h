@@ -27,52 +27,82 @@
 /* ------------------------------------------------------------------ */
 /* ring.c                                                             */
 
-/* A thread's ring is a circle of 8-byte words. A record is one to three
-   words, and its last word, its tag, says what it is, so that the ring is
-   read backwards from its newest end:
-     SITE + n             a direct branch: bts_sites[n] (one word)
-     to, ISITE + n        an indirect branch from bts_sites[n].from (two words)
-     payload, ESCAPE | k  a context record of kind k: the time in the
-                          payload's high half, the task's id in its low half
-     from, to, RAW        any other branch (three words)
-   The tags are kernel addresses no user branch has, which the generated
-   code stores as sign-extended 32-bit immediates. A direct branch in one
-   word keeps the default ring (3156 records) in 32 KiB, inside the L1
-   cache: at 16 bytes a record it took 64 KiB, and the -O1 call/ret/jcc
-   loop ran a fifth slower. The file gets 24-byte BTS records (put_rec). */
+/* A thread's ring is a circle of 2-byte slots. A record is one to nine
+   slots, and its newest slot, its tag, says what it is (by its top bits),
+   so that the ring is read backwards from its newest end:
+     0nnn nnnn nnnn nnnn    a direct branch, bts_sites[n], n < 2^15 (1 slot)
+     lo, 10hh hhhh hhhh hhhh
+                            a direct branch, n = h << 16 | lo (2 slots)
+     to, lo, 110h hhhh hhhh hhhh
+                            an indirect branch from bts_sites[n].from, to
+                            in four slots (6 slots)
+     payload, 1111 0000 0000 kkkk
+                            a context record of kind k: the time in the
+                            payload's high half, the task's id in its low
+                            half (5 slots)
+     from, to, 1110 0000 0000 0000
+                            any other branch (9 slots)
+   Every store is of 8 bytes: a tag is stored with the slot below it (or
+   with none) and the slots past it, which are scratch (SCRATCH). A direct
+   branch in one slot keeps the default ring (3156 records at 2.5 slots)
+   in 16 KiB: the ring's footprint in the L1 cache is much of what a
+   record costs a program whose own data crowds the cache. gzip ran 2%
+   faster than with 8-byte words (32 KiB), and with 8-byte words in a
+   ring of 1 KiB it ran 4% faster than in 32 KiB. The file gets 24-byte
+   BTS records (put_rec). */
+typedef UShort Slot;
+#define TAG_LONG 0x8000U     /* 10..: a direct branch past 2^15 */
+#define TAG_INDIRECT 0xC000U /* 110.: an indirect branch */
+#define TAG_RAW 0xE000U      /* 1110: any other branch */
+#define TAG_ESCAPE 0xF000U   /* 1111: a context record */
+#define MAX_SITES (1U << 24) /* then raw records: a program making code never ends */
+#define LONGEST 9            /* slots of the longest record */
+#define SCRATCH 3            /* slots past a tag its store overwrites */
+/* The file's words for a record's kind, as put_rec and bts_push take them:
+   a context record's from is ESCAPE | kind. */
 #define ESCAPE (~0xFULL)
-#define SITE 0xFFFFFFFF80000000ULL
-#define ISITE 0xFFFFFFFF90000000ULL
-#define RAW 0xFFFFFFFFA0000000ULL
-#define MAX_SITES (1U << 24) /* then RAW: a program making code never ends */
-#define LONGEST 3            /* words of the longest record */
-#define MAX_RECORDS (1ULL << 32) /* a ring keeps at most (the index needs room) */
+#define MAX_RECORDS (1ULL << 26) /* a ring keeps at most (the index needs room) */
 #define INDIRECT (~0ULL)     /* the `to` of an indirect branch's site */
 
 /* The direct branches met in translation, numbered: (from, to) is known
    then, so the generated code stores the number alone. Each pair is
    numbered once (a hash set of numbers + 1), however often its code is
    translated again. An indirect branch's site is (from, INDIRECT). Past
-   MAX_SITES, new ones are stored in three words. */
+   MAX_SITES, new ones are stored whole, as raw records. */
 typedef struct { Addr from, to; } Site;
 extern Site *bts_sites;
 
 /* The number of the site (from, to), or -1 past MAX_SITES. */
 Long bts_site_number(Addr from, Addr to);
+/* The first site's number (--bts-site-base, 0 but in tests). */
+extern Long bts_site_base;
 
-/* The ring's words are a power of two (bts_ring_mask + 1, the same for every
-   thread), more than the records kept. A record of len words written
-   when the index was w has its tag at base[(w + len) & bts_ring_mask] and
-   its other words just below the tag, unmasked: a record whose tag falls
-   at the ring's start spills into base[-1] and base[-2], which exist.
-   So the generated code masks the index it has just advanced, once, and
-   the slots past the index (where the next record goes) never hold a
-   kept record: the inline writer stores a record there before it knows
-   whether the branch is taken. */
+/* How a record is written: its length in slots, and its stores, each of
+   8 bytes at a slot `at` below its tag (0: at the tag), of `value` or, for
+   `is_to`, of the branch's destination (an IR expression in generated
+   code). The generated code (instrument.c) and bts_push store by it, so
+   the two cannot disagree; bts_record_at reads it back. */
+typedef struct { Int at; Bool is_to; ULong value; } Store;
+typedef struct { UInt len, nstores; Store store[3]; } Layout;
+/* The layout of a branch from `from` with site number `site` (-1: none,
+   a raw record, whose `to` is the branch's: `is_to`). */
+Layout bts_branch_layout(Long site, Bool indirect, Addr from);
+
+/* The ring's slots are a power of two (bts_ring_mask + 1, the same for
+   every thread), two and a half times the records kept, and more. A
+   record of len slots written when the index was w has its tag at
+   base[(w + len) & bts_ring_mask] and its other slots just below the tag,
+   unmasked: a record whose tag falls at the ring's start spills below
+   base[0], into room
+   that exists (LONGEST - 1 slots), as a tag near the end writes its
+   scratch past the end (SCRATCH slots). So the generated code masks the
+   index it has just advanced, once, and the slots past the index (where
+   the next record goes) never hold a kept record: the inline writer stores
+   a record there before it knows whether the branch is taken. */
 typedef struct {
-   ULong *base;     /* the ring */
-   ULong words;     /* words written */
-   ULong extra;     /* words written past the first of each record */
+   Slot *base;      /* the ring */
+   ULong slots;     /* slots written */
+   ULong extra;     /* slots written past the first of each record */
    ULong max;       /* records kept */
    ULong contexts;  /* context records written (the rest are branches) */
    Int   os_tid;
@@ -81,7 +111,7 @@ typedef struct {
 } Buf;
 
 extern Buf *bts_bufs;          /* VG_N_THREADS of them */
-extern ULong bts_ring_mask;    /* ring words - 1, the same for every thread */
+extern ULong bts_ring_mask;    /* ring slots - 1, the same for every thread */
 extern Long bts_records_per_thread; /* --bts-records, as given */
 extern Buf *bts_retired;       /* buffers of threads whose id was given again */
 extern UInt bts_nretired;
@@ -92,22 +122,29 @@ void bts_ring_init(void);
 Buf *bts_buf_of(ThreadId tid);
 /* Sets the buffer of thread `tid` aside, whole: its id goes to a new thread. */
 void bts_retire(ThreadId tid);
-/* The length of the record whose tag is the thread's n-th word written
-   (from 1), and its words, tag last; 0 for a word that is no tag. */
-UInt bts_record_at(const Buf *b, ULong n, ULong w[3]);
+
+/* A record read back, in the words the file's record is made of. */
+typedef struct {
+   ULong from;     /* ESCAPE | kind for a context record */
+   ULong to;       /* for a context record, its payload */
+} Record;
+/* The length of the record whose tag is the thread's n-th slot written
+   (from 1), and the record; 0 for a slot that is no tag. */
+UInt bts_record_at(const Buf *b, ULong n, Record *r);
 
 /* The cursor of the thread running client code: its write index and its
-   ring. The index's low 40 bits count words written (modulo 2^40, which
-   is all a place in the ring needs), its high 24 the words written past
+   ring. The index's low 30 bits count slots written (modulo 2^30, which
+   is all a place in the ring needs), its high 34 the slots written past
    the first of each record since the cursor was loaded: an indirect
-   branch adds 2 + 2^40 to it, with no second count to keep. stop_client
-   folds the index into the Buf's full counts. The extra count cannot
-   outgrow its 24 bits in between: Valgrind leaves client code after
-   100000 event checks (a constant of its build), a superblock entered
-   without one (a forward direct jump) writes direct records, of no extra
-   words, unless past MAX_SITES, and every indirect branch passes one.
-   The low 40 bits start below the ring's size at each load, so they
-   never carry into the extra count. It lives in the
+   branch adds 6 + 5 * 2^30 to it, with no second count to keep. stop_client
+   folds the index into the Buf's full counts. Valgrind leaves client code
+   after 100000 event checks (a constant of its build), and every backward
+   branch and every indirect one passes one: between two, only a forward
+   path, each superblock above the last, of at most two slots a record. So
+   the low count cannot wrap before the fold unless a single pass forward
+   takes more than 4000 branches, which no program's code does. The low 30
+   bits start below the ring's size (at most 2^28 slots) at each load, so
+   they never carry into the extra count. It lives in the
    thread's first shadow guest state (no shadow values are kept here), so
    the generated code reads and writes it next to the registers, with no
    address to build. Valgrind runs one thread at a time; start_client
@@ -115,10 +152,10 @@ UInt bts_record_at(const Buf *b, ULong n, ULong w[3]);
    between them the cursor is the truth. (Valgrind copies shadow state
    into a new thread and into a signal frame and back: those copies are
    never read, as start_client always loads the cursor afresh.) */
-typedef struct { ULong index; ULong *base; } Cursor;
+typedef struct { ULong index; Slot *base; } Cursor;
 #define CURSOR_OFFSET 16 /* in the shadow state: the places of guest RAX, RCX */
-#define LOW40 ((1ULL << 40) - 1)
-#define EXTRA (1ULL << 40) /* one extra word, in the index */
+#define LOW ((1ULL << 30) - 1)
+#define EXTRA (1ULL << 30) /* one extra slot, in the index */
 extern ThreadId bts_cursor_tid; /* whose cursor is loaded; 0 when none is */
 void bts_cursor_load(ThreadId tid);
 void bts_cursor_store(void);

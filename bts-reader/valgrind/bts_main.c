@@ -1,7 +1,7 @@
 /* bts: a Valgrind tool that plays the BTS hardware.
  *
  * Every taken branch of the client is written into its thread's circular
- * buffer, the way the Debug Store would (in one to three 8-byte words; the
+ * buffer, the way the Debug Store would (in one to nine 2-byte slots; the
  * file gets 24-byte BTS records, from, to and flags). Superblock exits on branch instructions record, counted only
  * when the exit is taken; the not-taken leg of a conditional records nothing;
  * a superblock end that is not a branch (size limit, rep self-loop, client
@@ -30,6 +30,7 @@ static Bool bts_process_cmd_line_option(const HChar *arg)
 {
    if VG_STR_CLO(arg, "--bts-out", out_prefix) {}
    else if VG_INT_CLO(arg, "--bts-records", bts_records_per_thread) {}
+   else if VG_BINT_CLO(arg, "--bts-site-base", bts_site_base, 0, MAX_SITES) {}
    else return False;
    return True;
 }
@@ -40,7 +41,11 @@ static void bts_print_usage(void)
                "    --bts-records=N           records per thread buffer\n");
 }
 
-static void bts_print_debug_usage(void) {}
+static void bts_print_debug_usage(void)
+{
+   VG_(printf)("    --bts-site-base=N         number branch sites from N, so that a test\n"
+               "                              meets the ring's long and raw records\n");
+}
 
 /* ------------------------------------------------------------------ */
 /* Valgrind's events                                                  */

@@ -73,9 +73,9 @@ static Int branch_kind(Addr a, UInt len)
 
    The index and the ring are read from the thread's shadow state once,
    at the superblock's first record; a record is the index advanced, put
-   back and masked, and its words stored below the masked place: six host
-   instructions for a direct branch, with the two reads, eight for an
-   indirect one.
+   back and masked, and its 8-byte stores made by its layout
+   (bts_branch_layout) at the masked place: six host instructions for a
+   direct branch, with the two reads, eight for an indirect one.
    Everything is written in program order, so a fault in the middle of a
    superblock finds the index as the branches before it left it. */
 static IRTemp ir_tmp(IRSB *sb, IRExpr *e)
@@ -91,45 +91,40 @@ static IRExpr *ir_add(IRTemp t, HWord n)
 }
 
 /* What a superblock knows of the cursor: read once, at its first
-   record. `words` is the index on this path; `ahead` says the shadow
+   record. `index` is the write index on this path; `ahead` says the shadow
    state holds more, from a conditional exit that was not taken. */
-typedef struct { Bool loaded, ahead; IRTemp words, base; } SbCursor;
+typedef struct { Bool loaded, ahead; IRTemp index, base; } SbCursor;
 
-static void cursor_set(IRSB *sb, IRTemp words)
+static void cursor_set(IRSB *sb, IRTemp index)
 {
-   addStmtToIRSB(sb, IRStmt_Put(cursor_ir_offset, IRExpr_RdTmp(words)));
+   addStmtToIRSB(sb, IRStmt_Put(cursor_ir_offset, IRExpr_RdTmp(index)));
 }
 
-/* A record, its tag at base[(index + len) & mask] and its other words
+/* A record, its tag at base[(index + len) & mask] and its other slots
    just below; each address is its own expression, so that it becomes one
    addressing mode. The index past it is put in the shadow state at once;
    if `taken`, it is this path's from now on. */
 static void store_record(IRSB *sb, SbCursor *c, Addr from, IRExpr *to, Bool taken)
 {
    if (!c->loaded) {
-      c->words = ir_tmp(sb, IRExpr_Get(cursor_ir_offset, Ity_I64));
+      c->index = ir_tmp(sb, IRExpr_Get(cursor_ir_offset, Ity_I64));
       c->base = ir_tmp(sb, IRExpr_Get(cursor_ir_offset + 8, Ity_I64));
       c->loaded = True;
    }
    Bool direct = to->tag == Iex_Const;
    Long n = bts_site_number(from, direct ? to->Iex.Const.con->Ico.U64 : INDIRECT);
-   ULong w[3] = { from, 0, RAW }; /* w[1], `to`, is the expression */
-   UInt len = 3;
-   if (n >= 0) {
-      w[2] = (direct ? SITE : ISITE) + (ULong)n;
-      len = direct ? 1 : 2;
-   }
-   IRTemp next = ir_tmp(sb, ir_add(c->words, len + (len - 1) * EXTRA));
+   Layout l = bts_branch_layout(n, !direct, from);
+   IRTemp next = ir_tmp(sb, ir_add(c->index, l.len + (l.len - 1) * EXTRA));
    cursor_set(sb, next);
    IRTemp m = ir_tmp(sb, IRExpr_Binop(Iop_And64, IRExpr_RdTmp(next), mkIRExpr_HWord(bts_ring_mask)));
-   for (UInt j = 3 - len; j < 3; j++) {
-      IRTemp sh = ir_tmp(sb, IRExpr_Binop(Iop_Shl64, IRExpr_RdTmp(m), IRExpr_Const(IRConst_U8(3))));
+   for (UInt k = 0; k < l.nstores; k++) {
+      const Store *s = &l.store[k];
+      IRTemp sh = ir_tmp(sb, IRExpr_Binop(Iop_Shl64, IRExpr_RdTmp(m), IRExpr_Const(IRConst_U8(1))));
       IRTemp at = ir_tmp(sb, IRExpr_Binop(Iop_Add64, IRExpr_RdTmp(c->base), IRExpr_RdTmp(sh)));
-      if (j < 2) at = ir_tmp(sb, ir_add(at, (HWord)(-8 * (Long)(2 - j))));
-      IRExpr *word = j == 1 ? to : mkIRExpr_HWord(w[j]);
-      addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(at), word));
+      if (s->at) at = ir_tmp(sb, ir_add(at, (HWord)(2 * (Long)s->at)));
+      addStmtToIRSB(sb, IRStmt_Store(Iend_LE, IRExpr_RdTmp(at), s->is_to ? to : mkIRExpr_HWord(s->value)));
    }
-   if (taken) c->words = next;
+   if (taken) c->index = next;
    c->ahead = !taken;
 }
 
@@ -148,7 +143,7 @@ static void record_exit(IRSB *sb, SbCursor *c, Addr from, IRExpr *to)
 /* Past an exit not taken: the index back as it was. */
 static void settle(IRSB *sb, SbCursor *c)
 {
-   if (c->ahead) cursor_set(sb, c->words);
+   if (c->ahead) cursor_set(sb, c->index);
    c->ahead = False;
 }
 

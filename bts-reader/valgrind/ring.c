@@ -13,6 +13,7 @@ Long bts_records_per_thread = 2730 + 426;
 Buf *bts_retired;
 UInt bts_nretired;
 ThreadId bts_cursor_tid;
+Long bts_site_base;
 static ULong keep; /* records a ring keeps: --bts-records, at least 1, at most MAX_RECORDS */
 
 static UInt nsites, sites_cap;
@@ -44,9 +45,9 @@ Long bts_site_number(Addr from, Addr to)
    for (UWord h = site_hash(from, to);; h++) {
       UInt id = site_set[h & site_set_mask];
       if (!id) break;
-      if (bts_sites[id - 1].from == from && bts_sites[id - 1].to == to) return id - 1;
+      if (bts_sites[id - 1].from == from && bts_sites[id - 1].to == to) return bts_site_base + id - 1;
    }
-   if (nsites >= MAX_SITES) return -1;
+   if (bts_site_base + nsites >= MAX_SITES) return -1;
    if (nsites == sites_cap) {
       sites_cap = sites_cap ? 2 * sites_cap : 4096;
       bts_sites = VG_(realloc)("bts.sites", bts_sites, sites_cap * sizeof *bts_sites);
@@ -54,19 +55,61 @@ Long bts_site_number(Addr from, Addr to)
    bts_sites[nsites].from = from;
    bts_sites[nsites].to = to;
    site_set_add(nsites);
-   return nsites++;
+   return bts_site_base + nsites++;
 }
 
-UInt bts_record_at(const Buf *b, ULong n, ULong w[3])
+/* A 32-bit pair of slots, tag high, as an 8-byte store writes it: sign
+   extended, so that the generated code stores it as an immediate. */
+static ULong tag_pair(UInt tag, ULong site)
 {
-   const ULong *tag = &b->base[n & bts_ring_mask];
-   ULong t = *tag;
-   UInt len = t >= ESCAPE                                ? 2
-              : t == RAW                                 ? 3
-              : t >= ISITE && t < ISITE + MAX_SITES      ? 2
-              : t >= SITE && t < SITE + MAX_SITES        ? 1
-                                                         : 0;
-   for (UInt j = 0; j < len; j++) w[j] = tag[(Long)j - (Long)(len - 1)];
+   return (ULong)(Long)(Int)(((tag | (UInt)(site >> 16)) << 16) | (UInt)(site & 0xffff));
+}
+
+Layout bts_branch_layout(Long site, Bool indirect, Addr from)
+{
+   if (site < 0)
+      return (Layout){ 9, 3, { { -8, False, from }, { -4, True, 0 }, { 0, False, TAG_RAW } } };
+   if (indirect)
+      return (Layout){ 6, 2, { { -5, True, 0 }, { -1, False, tag_pair(TAG_INDIRECT, site) } } };
+   if (site < TAG_LONG) return (Layout){ 1, 1, { { 0, False, (ULong)site } } };
+   return (Layout){ 2, 1, { { -1, False, tag_pair(TAG_LONG, site) } } };
+}
+
+static ULong read8(const Slot *p)
+{
+   ULong v;
+   VG_(memcpy)(&v, p, sizeof v);
+   return v;
+}
+
+UInt bts_record_at(const Buf *b, ULong n, Record *r)
+{
+   const Slot *tag = &b->base[n & bts_ring_mask];
+   UInt t = *tag;
+   ULong site = 0;
+   UInt len = 0;
+   if (t < TAG_LONG) {
+      site = t;
+      len = 1;
+   } else if (t < TAG_INDIRECT) {
+      site = (ULong)(t & 0x3fff) << 16 | tag[-1];
+      len = 2;
+   } else if (t < TAG_RAW) {
+      site = (ULong)(t & 0x1fff) << 16 | tag[-1];
+      len = 6;
+   } else if (t == TAG_RAW) {
+      r->from = read8(tag - 8);
+      r->to = read8(tag - 4);
+      return 9;
+   } else if ((t & 0xfff0) == TAG_ESCAPE) {
+      r->from = ESCAPE | (t & 0xf);
+      r->to = read8(tag - 4);
+      return 5;
+   }
+   if (len == 0 || site < (ULong)bts_site_base || site - bts_site_base >= nsites) return 0;
+   const Site *s = &bts_sites[site - bts_site_base];
+   r->from = s->from;
+   r->to = len == 6 ? read8(tag - 5) : s->to;
    return len;
 }
 
@@ -75,7 +118,9 @@ Buf *bts_buf_of(ThreadId tid)
    Buf *b = &bts_bufs[tid];
    if (!b->base) {
       b->max = keep;
-      b->base = (ULong *)VG_(calloc)("bts.buf", bts_ring_mask + 1 + 2, sizeof(ULong)) + 2;
+      /* Room below for a record's spill, past the end for a tag's scratch. */
+      Slot *ring = VG_(calloc)("bts.buf", bts_ring_mask + 1 + (LONGEST - 1) + SCRATCH, sizeof(Slot));
+      b->base = ring + LONGEST - 1;
    }
    return b;
 }
@@ -83,9 +128,9 @@ Buf *bts_buf_of(ThreadId tid)
 void bts_cursor_load(ThreadId tid)
 {
    Buf *b = bts_buf_of(tid);
-   /* The index starts below the ring's size, so its low 40 bits never
+   /* The index starts below the ring's size, so its low 30 bits never
       carry into the extra count before stop_client folds it. */
-   Cursor c = { b->words & bts_ring_mask, b->base };
+   Cursor c = { b->slots & bts_ring_mask, b->base };
    VG_(set_shadow_regs_area)(tid, 1, CURSOR_OFFSET, sizeof c, (const UChar *)&c);
    bts_cursor_tid = tid;
 }
@@ -96,8 +141,8 @@ void bts_cursor_store(void)
    Cursor c;
    VG_(get_shadow_regs_area)(bts_cursor_tid, (UChar *)&c, 1, CURSOR_OFFSET, sizeof c);
    Buf *b = &bts_bufs[bts_cursor_tid];
-   b->words += (c.index & LOW40) - (b->words & bts_ring_mask);
-   b->extra += c.index >> 40;
+   b->slots += (c.index & LOW) - (b->slots & bts_ring_mask);
+   b->extra += c.index >> 30;
    bts_cursor_tid = 0;
 }
 
@@ -109,18 +154,21 @@ void bts_push(ThreadId tid, ULong from, ULong to, ULong flags)
    Bool live = tid == bts_cursor_tid;
    if (live) bts_cursor_store();
    Buf *b = bts_buf_of(tid);
-   ULong w[3] = { from, to, RAW };
-   UInt len = 3;
+   Layout l;
    if (from >= ESCAPE) {
-      w[0] = (to << 32) | (flags & 0xffffffffULL);
-      w[1] = from;
-      len = 2;
+      ULong payload = (to << 32) | (flags & 0xffffffffULL);
+      l = (Layout){ 5, 2, { { -4, False, payload }, { 0, False, TAG_ESCAPE | (from & 0xf) } } };
       b->contexts++;
+   } else {
+      l = bts_branch_layout(-1, False, from);
    }
-   ULong *tag = &b->base[(b->words + len) & bts_ring_mask];
-   for (UInt j = 0; j < len; j++) tag[(Long)j - (Long)(len - 1)] = w[j];
-   b->words += len;
-   b->extra += len - 1;
+   Slot *tag = &b->base[(b->slots + l.len) & bts_ring_mask];
+   for (UInt k = 0; k < l.nstores; k++) {
+      ULong v = l.store[k].is_to ? to : l.store[k].value;
+      VG_(memcpy)(tag + l.store[k].at, &v, sizeof v);
+   }
+   b->slots += l.len;
+   b->extra += l.len - 1;
    if (live) bts_cursor_load(tid);
 }
 
@@ -129,13 +177,13 @@ void bts_ring_init(void)
    bts_bufs = VG_(calloc)("bts.bufs", VG_N_THREADS, sizeof(Buf));
    keep = bts_records_per_thread > 0 ? (ULong)bts_records_per_thread : 1;
    if (keep > MAX_RECORDS) keep = MAX_RECORDS;
-   /* Room for the records kept at 1.25 words each (a direct branch is
-      one, an indirect one two), and for the longest record past the index
-      (written before its exit is decided). */
-   ULong words = 16;
-   while (words < keep + keep / 4 + LONGEST) words <<= 1;
-   bts_ring_mask = words - 1;
-   tl_assert(bts_ring_mask < LOW40 / 2);
+   /* Room for the records kept at 2.5 slots each (a direct branch is one
+      or two, an indirect one six), and for the longest record past the
+      index (written before its exit is decided) with its scratch. */
+   ULong slots = 16;
+   while (slots < keep * 2 + keep / 2 + LONGEST + SCRATCH) slots <<= 1;
+   bts_ring_mask = slots - 1;
+   tl_assert(bts_ring_mask < (1ULL << 28));
 }
 
 void bts_retire(ThreadId tid)

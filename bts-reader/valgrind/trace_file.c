@@ -82,42 +82,37 @@ static void put(const void *p, UInt n)
 static void put64(ULong v) { put(&v, 8); }
 
 /* A record as the file has it: 24 bytes, from, to and flags (a context
-   record's are its kind, time and task). `w` holds its words, tag last. */
-static void put_rec(const ULong *w, UInt len)
+   record's are its kind, time and task). */
+static void put_rec(const Record *r)
 {
-   ULong tag = w[len - 1];
-   if (tag >= ESCAPE) {
-      put64(tag);
-      put64(w[0] >> 32);
-      put64(w[0] & 0xffffffffULL);
-   } else if (tag == RAW) {
-      put64(w[0]);
-      put64(w[1]);
-      put64(0);
+   put64(r->from);
+   if (r->from >= ESCAPE) {
+      put64(r->to >> 32);
+      put64(r->to & 0xffffffffULL);
    } else {
-      const Site *s = &bts_sites[tag - (tag >= ISITE ? ISITE : SITE)];
-      put64(s->from);
-      put64(tag >= ISITE ? w[0] : s->to);
+      put64(r->to);
       put64(0);
    }
 }
 
 /* A thread's part of the file: its header, then the newest records it
-   keeps, oldest first. The ring is read back from its newest word, while
-   a record lies whole in the words no later record (or the scratch place
+   keeps, oldest first. The ring is read back from its newest slot, while
+   a record lies whole in the slots no later record (or the scratch place
    past the index) can have overwritten. */
 static void put_buf(const Buf *b, Addr last_pc)
 {
-   ULong written = b->words - b->extra;
-   /* The words the ring holds whole: all but the longest record's worth
-      past the index (written there before a conditional exit is decided). */
-   ULong whole = bts_ring_mask + 1 - LONGEST;
-   ULong oldest = b->words > whole ? b->words - whole + 1 : 1;
+   ULong written = b->slots - b->extra;
+   /* The slots the ring holds whole: all but the longest record's worth
+      past the index (written there before a conditional exit is decided),
+      and its scratch. */
+   ULong whole = bts_ring_mask + 1 - LONGEST - SCRATCH;
+   ULong oldest = b->slots > whole ? b->slots - whole + 1 : 1;
    ULong room = b->max < whole ? b->max : whole;
    ULong *tags = VG_(malloc)("bts.tags", room * sizeof *tags); /* max >= 1 */
-   ULong count = 0, w[3];
-   for (ULong a = b->words; a >= oldest && count < b->max; count++) {
-      UInt len = bts_record_at(b, a, w);
+   ULong count = 0;
+   Record r;
+   for (ULong a = b->slots; a >= oldest && count < b->max; count++) {
+      UInt len = bts_record_at(b, a, &r);
       if (len == 0 || a < oldest + len - 1) break;
       tags[count] = a;
       a -= len;
@@ -129,8 +124,8 @@ static void put_buf(const Buf *b, Addr last_pc)
    put64(written - b->contexts);
    put64(count);
    for (ULong k = count; k > 0; k--) {
-      UInt len = bts_record_at(b, tags[k - 1], w);
-      put_rec(w, len);
+      bts_record_at(b, tags[k - 1], &r);
+      put_rec(&r);
    }
    VG_(free)(tags);
 }
