@@ -111,7 +111,7 @@ fn program_records_equal_the_step_recorders() {
     assert!(vg_available());
     let dir = scratch("vg_fidelity");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    for name in ["branchy", "null_call", "callback_crash", "segv_handler", "overrun"] {
+    for name in ["branchy", "null_call", "callback_crash", "segv_handler", "overrun", "jcc_zero"] {
         let bin = dir.join(format!("{name}-nopie"));
         let st = Command::new("cc")
             .args(["-g", "-O0", "-no-pie", "-fno-stack-protector", "-o"])

@@ -19,9 +19,9 @@ static VG_REGPARM(1) void rec_syscall(HWord from)
 
 enum { NOT_BRANCH = 0, COND, UNCOND, SYSCALL };
 
-static Int branch_kind(Addr a, UInt len)
+/* Where the opcode of the instruction at p, len bytes, begins. */
+static UInt skip_prefixes(const UChar *p, UInt len)
 {
-   const UChar *p = (const UChar *)a;
    UInt i = 0;
    while (i < len) {
       UChar c = p[i];
@@ -30,6 +30,13 @@ static Int branch_kind(Addr a, UInt len)
           || (c >= 0x40 && c <= 0x4f)) { i++; continue; }
       break;
    }
+   return i;
+}
+
+static Int branch_kind(Addr a, UInt len)
+{
+   const UChar *p = (const UChar *)a;
+   UInt i = skip_prefixes(p, len);
    if (i >= len) return NOT_BRANCH;
    UChar op = p[i];
    if ((op >= 0x70 && op <= 0x7f) || (op >= 0xe0 && op <= 0xe3)) return COND;
@@ -54,6 +61,25 @@ static Int branch_kind(Addr a, UInt len)
    default:
       return NOT_BRANCH;
    }
+}
+
+/* Whether the exit to `dst` of the conditional branch at `a` is the leg
+   not taken: the exit to the next instruction is, but when the
+   displacement is 0 both legs go there. Then VEX (guest_amd64_toIR.c,
+   jcc_01) tests the positive form of the condition and exits when it
+   holds: for an odd condition code (jne, jae, jge, ...) that is the leg
+   not taken, for an even one (and jrcxz, loop) the leg taken. */
+static Bool exit_is_not_taken(Addr a, UInt len, Addr dst)
+{
+   if (dst != a + len) return False;
+   const UChar *p = (const UChar *)a;
+   UInt i = skip_prefixes(p, len);
+   Bool near = p[i] == 0x0f;
+   UInt disp = near ? 2 : 1;
+   for (UInt k = i + disp; k < len; k++)
+      if (p[k] != 0) return True;
+   UChar cc = p[i + near];
+   return cc < 0xe0 && (cc & 1);
 }
 
 /* ------------------------------------------------------------------ */
@@ -223,7 +249,7 @@ IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
          settle(out, &c);
          exited = exited || kind != NOT_BRANCH;
          /* The not-taken leg of an inverted conditional records nothing. */
-         if (kind == COND && dst == cur + curlen)
+         if (kind == COND && exit_is_not_taken(cur, curlen, dst))
             inverted = cur;
          else if (kind == COND || kind == UNCOND)
             record_exit(out, &c, cur, mkIRExpr_HWord(dst));
@@ -233,7 +259,11 @@ IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
    if (cur) {
       Int kind = branch_kind(cur, curlen);
       IRExpr *next = out->next; /* turned round, maybe */
-      Bool falls = next->tag == Iex_Const && next->Iex.Const.con->Ico.U64 == cur + curlen;
+      /* The end is the leg taken unless it is to the next instruction and
+         no exit was the leg not taken (a displacement of 0 goes there either
+         way). */
+      Bool falls = next->tag == Iex_Const && next->Iex.Const.con->Ico.U64 == cur + curlen
+                   && inverted != cur;
       if (branchy_jk(in->jumpkind) && (kind == UNCOND || (kind == COND && !falls)))
          record(out, &c, cur, next);
       else {

@@ -207,14 +207,29 @@ pub fn emulate(insn: &Instruction, outcome: Outcome, regs: &mut Regs, space: &Sp
     true
 }
 
-/// True if a conditional branch of `insn` is taken when execution went from
-/// it to `next`, as seen after single-stepping it.
-pub fn stepped_branch_taken(insn: &Instruction, next: u64) -> bool {
+/// True if the branch `insn` was taken when execution went from it to
+/// `next`, as seen after single-stepping it; `after` holds the registers
+/// after the step. A conditional branch to the next instruction (a
+/// displacement of 0) goes there either way: the flags, which it leaves as
+/// they were, and the count register tell, as the hardware records it.
+pub fn stepped_branch_taken(insn: &Instruction, next: u64, after: &Regs) -> bool {
     if raises_sigtrap(insn) {
         return false;
     }
     match insn.flow_control() {
         FlowControl::Next => false,
+        FlowControl::ConditionalBranch if insn.near_branch_target() == insn.next_ip() => {
+            let count = after.rcx & mask(counter_bits(insn));
+            let zf = after.eflags & ZF != 0;
+            match insn.mnemonic() {
+                Mnemonic::Jrcxz | Mnemonic::Jecxz | Mnemonic::Jcxz => count == 0,
+                // The count, already decremented.
+                Mnemonic::Loop => count != 0,
+                Mnemonic::Loope => count != 0 && zf,
+                Mnemonic::Loopne => count != 0 && !zf,
+                _ => condition(insn.condition_code(), after.eflags),
+            }
+        }
         FlowControl::ConditionalBranch => next != insn.next_ip(),
         _ => true,
     }
@@ -275,13 +290,34 @@ mod tests {
 
     #[test]
     fn a_stepped_branch_is_taken_when_it_did_not_fall_through() {
+        let r = regs();
         let jne = decode(&[0x75, 0x10]); // at 0x1000, to 0x1012
-        assert!(!stepped_branch_taken(&jne, 0x1002));
-        assert!(stepped_branch_taken(&jne, 0x1012));
-        assert!(stepped_branch_taken(&decode(&[0xe8, 0, 0, 0, 0]), 0x1005)); // call next
-        assert!(stepped_branch_taken(&decode(&[0xc3]), 0x4000)); // ret
-        assert!(!stepped_branch_taken(&decode(&[0x90]), 0x1001));
-        assert!(!stepped_branch_taken(&decode(&[0xcc]), 0x1001));
+        assert!(!stepped_branch_taken(&jne, 0x1002, &r));
+        assert!(stepped_branch_taken(&jne, 0x1012, &r));
+        assert!(stepped_branch_taken(&decode(&[0xe8, 0, 0, 0, 0]), 0x1005, &r)); // call next
+        assert!(stepped_branch_taken(&decode(&[0xc3]), 0x4000, &r)); // ret
+        assert!(!stepped_branch_taken(&decode(&[0x90]), 0x1001, &r));
+        assert!(!stepped_branch_taken(&decode(&[0xcc]), 0x1001, &r));
+    }
+
+    #[test]
+    fn a_stepped_branch_to_the_next_instruction_is_told_by_its_condition() {
+        let (mut set, clear) = (regs(), regs());
+        set.eflags = ZF;
+        let (je, jne) = (decode(&[0x74, 0]), decode(&[0x0f, 0x85, 0, 0, 0, 0]));
+        assert!(stepped_branch_taken(&je, 0x1002, &set));
+        assert!(!stepped_branch_taken(&je, 0x1002, &clear));
+        assert!(!stepped_branch_taken(&jne, 0x1006, &set));
+        assert!(stepped_branch_taken(&jne, 0x1006, &clear));
+        let (jrcxz, loop_) = (decode(&[0xe3, 0]), decode(&[0xe2, 0]));
+        let mut counted = regs();
+        counted.rcx = 3; // after the step
+        assert!(
+            stepped_branch_taken(&jrcxz, 0x1002, &clear) && !stepped_branch_taken(&jrcxz, 0x1002, &counted)
+        );
+        assert!(
+            stepped_branch_taken(&loop_, 0x1002, &counted) && !stepped_branch_taken(&loop_, 0x1002, &clear)
+        );
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl Session {
         let syscall = insn.is_some_and(|i| is_syscall(&i));
         let taken = match insn {
             Some(_) if syscall => true,
-            Some(i) => eval::stepped_branch_taken(&i, to),
+            Some(i) => eval::stepped_branch_taken(&i, to, &regs),
             None => !(to > from && to <= from + 15),
         };
         // The trap is the program's too when the instruction traps by itself
