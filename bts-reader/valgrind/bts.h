@@ -29,8 +29,9 @@
 
 /* A thread's ring is a circle of 2-byte slots. A record is one to nine
    slots, and its newest slot, its tag, says what it is (by its top bits),
-   so that the ring is read backwards from its newest end:
-     0nnn nnnn nnnn nnnn    a direct branch, bts_sites[n], n < 2^15 (1 slot)
+   so that the ring is read backwards from its newest end (site n is
+   bts_sites[n - bts_site_base]):
+     0nnn nnnn nnnn nnnn    a direct branch, site n < 2^15 (1 slot)
      lo, 10hh hhhh hhhh hhhh
                             a direct branch, n = h << 16 | lo (2 slots)
      to, lo, 110h hhhh hhhh hhhh
@@ -140,9 +141,10 @@ UInt bts_record_at(const Buf *b, ULong n, Record *r);
    folds the index into the Buf's full counts. Valgrind leaves client code
    after 100000 event checks (a constant of its build), and every backward
    branch and every indirect one passes one: between two, only a forward
-   path, each superblock above the last, of at most two slots a record. So
-   the low count cannot wrap before the fold unless a single pass forward
-   takes more than 4000 branches, which no program's code does. The low 30
+   path, each superblock above the last, of at most nine slots a record
+   (two but past MAX_SITES). So the low count cannot wrap before the fold
+   unless a single pass forward takes more than 800 branches, which no
+   program's code does. The low 30
    bits start below the ring's size (at most 2^28 slots) at each load, so
    they never carry into the extra count. It lives in the
    thread's first shadow guest state (no shadow values are kept here), so

@@ -180,7 +180,7 @@ void bts_ring_init(void)
    /* Room for the records kept at 2.5 slots each (a direct branch is one
       or two, an indirect one six), and for the longest record past the
       index (written before its exit is decided) with its scratch. */
-   ULong slots = 16;
+   ULong slots = 32; /* so that the window holds a record of any length */
    while (slots < keep * 2 + keep / 2 + LONGEST + SCRATCH) slots <<= 1;
    bts_ring_mask = slots - 1;
    tl_assert(bts_ring_mask < (1ULL << 28));
