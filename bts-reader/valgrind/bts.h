@@ -23,6 +23,7 @@
 #include "pub_tool_vki.h"
 #include "pub_tool_clientstate.h"
 #include "pub_tool_xarray.h"
+#include "libvex_guest_amd64.h"
 
 /* ------------------------------------------------------------------ */
 /* ring.c                                                             */

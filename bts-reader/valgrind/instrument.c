@@ -63,6 +63,24 @@ static Int branch_kind(Addr a, UInt len)
    }
 }
 
+/* Whether the conditional branch at `a`, `len` bytes, goes to the next
+   instruction (a displacement of 0), taken or not; `op` is then its
+   opcode byte that holds the condition (0x7c, or 0x8c after 0x0f: code c;
+   0xe0 to 0xe3: loopne, loope, loop, jrcxz), with 0x100 for a 32-bit
+   count (an address-size prefix). */
+static Bool zero_displacement(Addr a, UInt len, UInt *op)
+{
+   const UChar *p = (const UChar *)a;
+   UInt i = skip_prefixes(p, len);
+   UInt at = i + (p[i] == 0x0f);
+   for (UInt k = at + 1; k < len; k++)
+      if (p[k] != 0) return False;
+   *op = p[at];
+   for (UInt k = 0; k < i; k++)
+      if (p[k] == 0x67) *op |= 0x100;
+   return True;
+}
+
 /* Whether the exit to `dst` of the conditional branch at `a` is the leg
    not taken: the exit to the next instruction is, but when the
    displacement is 0 both legs go there. Then VEX (guest_amd64_toIR.c,
@@ -71,15 +89,77 @@ static Int branch_kind(Addr a, UInt len)
    not taken, for an even one (and jrcxz, loop) the leg taken. */
 static Bool exit_is_not_taken(Addr a, UInt len, Addr dst)
 {
+   UInt op;
    if (dst != a + len) return False;
-   const UChar *p = (const UChar *)a;
-   UInt i = skip_prefixes(p, len);
-   Bool near = p[i] == 0x0f;
-   UInt disp = near ? 2 : 1;
-   for (UInt k = i + disp; k < len; k++)
-      if (p[k] != 0) return True;
-   UChar cc = p[i + near];
-   return cc < 0xe0 && (cc & 1);
+   if (!zero_displacement(a, len, &op)) return True;
+   return (op & 0xff) < 0xe0 && (op & 1);
+}
+
+/* Whether condition code `cc` holds for the flags `f`. */
+static Bool holds(UInt cc, ULong f)
+{
+   Bool of = (f >> 11) & 1, cf = f & 1, zf = (f >> 6) & 1, sf = (f >> 7) & 1, pf = (f >> 2) & 1;
+   Bool r;
+   switch (cc >> 1) {
+   case 0: r = of; break;
+   case 1: r = cf; break;
+   case 2: r = zf; break;
+   case 3: r = cf || zf; break;
+   case 4: r = sf; break;
+   case 5: r = pf; break;
+   case 6: r = sf != of; break;
+   default: r = zf || sf != of; break;
+   }
+   return (cc & 1) ? !r : r;
+}
+
+/* A conditional branch to the next instruction whose outcome VEX worked
+   out in translation (xor ecx, ecx; jrcxz): no exit is left, and both
+   outcomes end the superblock at the next instruction. At run time, the
+   guest's flags and count register (RCX is already counted down by a
+   loop) say whether it was taken; `op` is as zero_displacement gives it.
+   Called from client code: bts_push puts the cursor back and loads it
+   again, and the call says it modifies it. */
+static void rec_jcc_zero(VexGuestAMD64State *gs, HWord from, HWord next, HWord op)
+{
+   ULong f = LibVEX_GuestAMD64_get_rflags(gs);
+   ULong count = op & 0x100 ? gs->guest_RCX & 0xffffffffULL : gs->guest_RCX;
+   Bool zf = (f >> 6) & 1, taken;
+   switch (op & 0xff) {
+   case 0xe0: taken = count != 0 && !zf; break;
+   case 0xe1: taken = count != 0 && zf; break;
+   case 0xe2: taken = count != 0; break;
+   case 0xe3: taken = count == 0; break;
+   default: taken = holds(op & 0xf, f); break;
+   }
+   if (taken) bts_push(bts_cursor_tid, from, next, 0);
+}
+
+static void fx(IRDirty *d, IREffect e, Int offset, Int size)
+{
+   d->fxState[d->nFxState].fx = e;
+   d->fxState[d->nFxState].offset = offset;
+   d->fxState[d->nFxState].size = size;
+   d->fxState[d->nFxState].nRepeats = 0;
+   d->fxState[d->nFxState].repeatLen = 0;
+   d->nFxState++;
+}
+
+#define GUEST(field) __builtin_offsetof(VexGuestAMD64State, field)
+
+/* The call to rec_jcc_zero for the branch at `a`, `len` bytes. */
+static IRStmt *jcc_zero_call(Addr a, UInt len, UInt op)
+{
+   IRDirty *d = unsafeIRDirty_0_N(
+      0, "bts_rec_jcc_zero", VG_(fnptr_to_fnentry)(&rec_jcc_zero),
+      mkIRExprVec_4(IRExpr_GSPTR(), mkIRExpr_HWord(a), mkIRExpr_HWord(a + len), mkIRExpr_HWord(op)));
+   fx(d, Ifx_Read, GUEST(guest_CC_OP), 4 * sizeof(ULong)); /* the flags' thunk */
+   fx(d, Ifx_Read, GUEST(guest_RCX), sizeof(ULong));
+   fx(d, Ifx_Read, GUEST(guest_DFLAG), sizeof(ULong));
+   fx(d, Ifx_Read, GUEST(guest_IDFLAG), sizeof(ULong));
+   fx(d, Ifx_Read, GUEST(guest_ACFLAG), sizeof(ULong));
+   fx(d, Ifx_Modify, cursor_ir_offset, sizeof(Cursor));
+   return IRStmt_Dirty(d);
 }
 
 /* ------------------------------------------------------------------ */
@@ -264,9 +344,14 @@ IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
          way). */
       Bool falls = next->tag == Iex_Const && next->Iex.Const.con->Ico.U64 == cur + curlen
                    && inverted != cur;
+      UInt op;
       if (branchy_jk(in->jumpkind) && (kind == UNCOND || (kind == COND && !falls)))
          record(out, &c, cur, next);
-      else {
+      else if (branchy_jk(in->jumpkind) && kind == COND && !exited
+               && zero_displacement(cur, curlen, &op)) {
+         settle(out, &c);
+         addStmtToIRSB(out, jcc_zero_call(cur, curlen, op));
+      } else {
          settle(out, &c);
          if (in->jumpkind == Ijk_Sys_syscall && kind == SYSCALL) {
             IRDirty *d = unsafeIRDirty_0_N(1, "bts_rec_syscall",
