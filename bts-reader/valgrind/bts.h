@@ -48,10 +48,11 @@
    with none) and the slots past it, which are scratch (SCRATCH). A direct
    branch in one slot keeps the default ring (3156 records at 2.5 slots)
    in 16 KiB: the ring's footprint in the L1 cache is much of what a
-   record costs a program whose own data crowds the cache. gzip ran 2%
-   faster than with 8-byte words (32 KiB), and with 8-byte words in a
-   ring of 1 KiB it ran 4% faster than in 32 KiB. The file gets 24-byte
-   BTS records (put_rec). */
+   record costs a program whose own data crowds the cache (with 8-byte
+   words, gzip ran 4% faster in a ring of 1 KiB than in 32). gzip ran 1
+   to 4% faster than with 8-byte words (32 KiB); the loops of the bench
+   were within the noise, either way. The file gets 24-byte BTS records
+   (put_rec). */
 typedef UShort Slot;
 #define TAG_LONG 0x8000U     /* 10..: a direct branch past 2^15 */
 #define TAG_INDIRECT 0xC000U /* 110.: an indirect branch */
