@@ -135,6 +135,8 @@ static void rec_jcc_zero(VexGuestAMD64State *gs, HWord from, HWord next, HWord o
    if (taken) bts_push(bts_cursor_tid, from, next, 0);
 }
 
+/* Declares that the call `d` has effect `e` on the guest state's bytes
+   offset..offset+size. */
 static void fx(IRDirty *d, IREffect e, Int offset, Int size)
 {
    d->fxState[d->nFxState].fx = e;
