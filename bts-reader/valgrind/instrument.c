@@ -346,16 +346,16 @@ IRSB *bts_instrument(VgCallbackClosure *closure, IRSB *in,
          way). */
       Bool falls = next->tag == Iex_Const && next->Iex.Const.con->Ico.U64 == cur + curlen
                    && inverted != cur;
+      Bool branchy = branchy_jk(in->jumpkind);
       UInt op;
-      if (branchy_jk(in->jumpkind) && (kind == UNCOND || (kind == COND && !falls)))
+      if (branchy && (kind == UNCOND || (kind == COND && !falls)))
          record(out, &c, cur, next);
-      else if (branchy_jk(in->jumpkind) && kind == COND && !exited
-               && zero_displacement(cur, curlen, &op)) {
+      else {
          settle(out, &c);
-         addStmtToIRSB(out, jcc_zero_call(cur, curlen, op));
-      } else {
-         settle(out, &c);
-         if (in->jumpkind == Ijk_Sys_syscall && kind == SYSCALL) {
+         /* A jcc +0 that left no exit: VEX worked its outcome out. */
+         if (branchy && kind == COND && !exited && zero_displacement(cur, curlen, &op))
+            addStmtToIRSB(out, jcc_zero_call(cur, curlen, op));
+         else if (in->jumpkind == Ijk_Sys_syscall && kind == SYSCALL) {
             IRDirty *d = unsafeIRDirty_0_N(1, "bts_rec_syscall",
                                            VG_(fnptr_to_fnentry)(&rec_syscall),
                                            mkIRExprVec_1(mkIRExpr_HWord(cur)));

@@ -75,6 +75,12 @@ Layout bts_branch_layout(Long site, Bool indirect, Addr from)
    return (Layout){ 2, 1, { { -1, False, tag_pair(TAG_LONG, site) } } };
 }
 
+/* A context record of kind k (from = ESCAPE | k) and its payload. */
+static Layout context_layout(ULong from, ULong payload)
+{
+   return (Layout){ 5, 2, { { -4, False, payload }, { 0, False, TAG_ESCAPE | (from & 0xf) } } };
+}
+
 static ULong read8(const Slot *p)
 {
    ULong v;
@@ -156,8 +162,7 @@ void bts_push(ThreadId tid, ULong from, ULong to, ULong flags)
    Buf *b = bts_buf_of(tid);
    Layout l;
    if (from >= ESCAPE) {
-      ULong payload = (to << 32) | (flags & 0xffffffffULL);
-      l = (Layout){ 5, 2, { { -4, False, payload }, { 0, False, TAG_ESCAPE | (from & 0xf) } } };
+      l = context_layout(from, (to << 32) | (flags & 0xffffffffULL));
       b->contexts++;
    } else {
       l = bts_branch_layout(-1, False, from);

@@ -122,6 +122,19 @@ fn indirect_target(insn: &Instruction, regs: &Regs, space: &Space) -> Option<u64
     }
 }
 
+/// Whether jrcxz or a loop `insn` is taken, given the count register as
+/// the instruction leaves it (a loop counts it down first) and the flags.
+fn counted_taken(insn: &Instruction, count_after: u64, flags: u64) -> bool {
+    let count = count_after & mask(counter_bits(insn));
+    let zf = flags & ZF != 0;
+    match insn.mnemonic() {
+        Mnemonic::Jrcxz | Mnemonic::Jecxz | Mnemonic::Jcxz => count == 0,
+        Mnemonic::Loope => count != 0 && zf,
+        Mnemonic::Loopne => count != 0 && !zf,
+        _ => count != 0,
+    }
+}
+
 /// Evaluates the branch `insn` for a thread stopped just before it.
 pub fn evaluate(insn: &Instruction, regs: &Regs, space: &Space) -> Outcome {
     if insn.is_jmp_far() || insn.is_jmp_far_indirect() || insn.is_call_far() || insn.is_call_far_indirect() {
@@ -138,18 +151,10 @@ pub fn evaluate(insn: &Instruction, regs: &Regs, space: &Space) -> Outcome {
     match insn.flow_control() {
         FlowControl::ConditionalBranch => match insn.mnemonic() {
             Mnemonic::Jrcxz | Mnemonic::Jecxz | Mnemonic::Jcxz => {
-                taken_if(regs.rcx & mask(counter_bits(insn)) == 0)
+                taken_if(counted_taken(insn, regs.rcx, flags))
             }
             Mnemonic::Loop | Mnemonic::Loope | Mnemonic::Loopne => {
-                let m = mask(counter_bits(insn));
-                let count = regs.rcx.wrapping_sub(1) & m;
-                let zf = flags & ZF != 0;
-                let cond = match insn.mnemonic() {
-                    Mnemonic::Loope => zf,
-                    Mnemonic::Loopne => !zf,
-                    _ => true,
-                };
-                taken_if(count != 0 && cond)
+                taken_if(counted_taken(insn, regs.rcx.wrapping_sub(1), flags))
             }
             _ if insn.condition_code() != ConditionCode::None => {
                 taken_if(condition(insn.condition_code(), flags))
@@ -219,15 +224,10 @@ pub fn stepped_branch_taken(insn: &Instruction, next: u64, after: &Regs) -> bool
     match insn.flow_control() {
         FlowControl::Next => false,
         FlowControl::ConditionalBranch if insn.near_branch_target() == insn.next_ip() => {
-            let count = after.rcx & mask(counter_bits(insn));
-            let zf = after.eflags & ZF != 0;
-            match insn.mnemonic() {
-                Mnemonic::Jrcxz | Mnemonic::Jecxz | Mnemonic::Jcxz => count == 0,
-                // The count, already decremented.
-                Mnemonic::Loop => count != 0,
-                Mnemonic::Loope => count != 0 && zf,
-                Mnemonic::Loopne => count != 0 && !zf,
-                _ => condition(insn.condition_code(), after.eflags),
+            match insn.condition_code() {
+                // jrcxz and the loops; a loop's count is already counted down.
+                ConditionCode::None => counted_taken(insn, after.rcx, after.eflags),
+                cc => condition(cc, after.eflags),
             }
         }
         FlowControl::ConditionalBranch => next != insn.next_ip(),
