@@ -3,37 +3,55 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
+use std::rc::Rc;
 
 use decode::calls::{CallEvent, Segment};
+use decode::flow::AddrMap;
 use serde_json::json;
 
-use crate::callstream::CallSink;
+use crate::callstream::{waited_long, CallIndex, CallSink};
 use crate::history::CallOpts;
 use crate::jsonout::{pretty_at, Out};
 use crate::model::Image;
 
+/// Addresses whose source line is kept (beyond, the cache starts over).
+const LINES_KEPT: usize = 1 << 18;
+
 /// The source lines of the segment running: the first file met, and the
-/// lowest and highest of its lines.
+/// lowest and highest of its lines. A trace runs the same instructions
+/// over and over, so each address's line is looked up once.
 #[derive(Default)]
 struct Lines {
     segment: Option<usize>,
-    file: Option<String>,
+    file: Option<Rc<str>>,
     lo: u32,
     hi: u32,
+    known: AddrMap<Option<(Rc<str>, u32)>>,
+    /// Each file's name, held once.
+    files: HashMap<String, Rc<str>>,
 }
 
 impl Lines {
     fn add(&mut self, img: Option<&Image>, addr: u64, segment: usize) {
         if self.segment != Some(segment) {
-            *self = Lines { segment: Some(segment), file: None, lo: u32::MAX, hi: 0 };
+            (self.segment, self.file, self.lo, self.hi) = (Some(segment), None, u32::MAX, 0);
         }
         let Some(img) = img else { return };
-        let sym = img.syms.lookup(addr);
-        if let (Some(f), Some(l)) = (sym.file, sym.line) {
-            if self.file.as_ref().is_none_or(|x| *x == f) {
-                self.file = Some(f);
-                self.lo = self.lo.min(l);
-                self.hi = self.hi.max(l);
+        if self.known.len() >= LINES_KEPT {
+            self.known.clear();
+            self.files.clear();
+        }
+        let files = &mut self.files;
+        let line = self.known.entry(addr).or_insert_with(|| {
+            let sym = img.syms.lookup(addr);
+            let file = sym.file.map(|f| files.entry(f).or_insert_with_key(|f| f.as_str().into()).clone());
+            file.zip(sym.line)
+        });
+        if let Some((f, l)) = line {
+            if self.file.as_ref().is_none_or(|x| x == f) {
+                self.file = Some(f.clone());
+                self.lo = self.lo.min(*l);
+                self.hi = self.hi.max(*l);
             }
         }
     }
@@ -43,7 +61,7 @@ impl Lines {
         if self.segment != Some(segment) {
             return None;
         }
-        self.file.clone().map(|f| (f, self.lo, self.hi))
+        self.file.as_ref().map(|f| (f.to_string(), self.lo, self.hi))
     }
 }
 
@@ -136,66 +154,6 @@ impl CallSink for CallText<'_> {
     }
 }
 
-/// Segments the JSON form keeps waiting for their `next` at most; one
-/// that waits longer has its `next` from a first pass ([`LongWaits`]).
-pub const WINDOW: u64 = 4096;
-
-/// The first pass of a JSON call history longer than [`WINDOW`]: the
-/// `next` of each segment of the range that waits for it while more than
-/// [`WINDOW`] segments close. Those wait in the live call chain, so there
-/// are at most the chain's depth of them per [`WINDOW`] segments.
-pub struct LongWaits {
-    lo: u64,
-    hi: u64,
-    last_closed: u64,
-    /// Segments of the range closed and not yet gone on from or ended.
-    open: u64,
-    past: bool,
-    /// The `next` (index) of those that waited long, by index.
-    pub links: HashMap<usize, usize>,
-}
-
-impl LongWaits {
-    /// The first pass for segments `lo..=hi`.
-    pub fn new((lo, hi): (u64, u64)) -> Self {
-        LongWaits { lo, hi, last_closed: 0, open: 0, past: false, links: HashMap::new() }
-    }
-
-    fn settles(&mut self, idx: usize) -> bool {
-        let number = idx as u64 + 1;
-        let in_range = (self.lo..=self.hi).contains(&number);
-        if in_range {
-            // Each closed segment of the range settles once.
-            debug_assert!(self.open > 0);
-            self.open = self.open.saturating_sub(1);
-        }
-        in_range && self.last_closed.saturating_sub(number) >= WINDOW
-    }
-}
-
-impl CallSink for LongWaits {
-    fn event(&mut self, e: CallEvent<'_>) -> bool {
-        match e {
-            CallEvent::Closed { segment, .. } => {
-                self.last_closed = segment.number as u64;
-                self.past |= self.last_closed >= self.hi;
-                if (self.lo..=self.hi).contains(&self.last_closed) && segment.gap.is_none() {
-                    self.open += 1;
-                }
-            }
-            CallEvent::Resumed { prev, next } => {
-                if self.settles(prev) {
-                    self.links.insert(prev, next);
-                }
-            }
-            CallEvent::Ended { frame, .. } => {
-                self.settles(frame.segment.number - 1);
-            }
-        }
-        !(self.past && self.open == 0)
-    }
-}
-
 /// A segment waiting for its `next` (known once its instance goes on or ends).
 struct Pending {
     segment: Segment,
@@ -204,36 +162,34 @@ struct Pending {
 }
 
 /// The JSON form, GDB's fields and the links (`up`, `prev`, `next`). A
-/// segment is written once its `next` is known, so the walk may go past
-/// `hi` until every segment of the range is settled; those waiting are
-/// kept meanwhile.
+/// segment is written once its `next` is known: when its instance goes
+/// on or ends, or from the call index once [`crate::callstream::WINDOW`]
+/// segments have closed after it. So the walk goes at most that far past
+/// `hi`, and at most that many segments wait.
 pub struct CallJson<'a> {
     range: Range<'a>,
-    min_level: i32,
+    index: &'a CallIndex,
     waiting: VecDeque<Pending>,
     written: usize,
+    /// The number of the last segment closed.
+    last_closed: u64,
     /// The last segment of the range has closed.
     past: bool,
-    /// From [`LongWaits`], for a range longer than [`WINDOW`].
-    links: Option<HashMap<usize, usize>>,
     out: Out<'a>,
 }
 
 impl<'a> CallJson<'a> {
-    /// Segments `lo..=hi` of an image's thread whose shallowest level is
-    /// `min_level`; `links` from [`LongWaits`] when the range is longer
-    /// than [`WINDOW`].
+    /// Segments `lo..=hi` of the thread of an image that `index` indexes.
     pub fn new(
         img: Option<&'a Image>,
         (lo, hi): (u64, u64),
-        min_level: i32,
-        links: Option<HashMap<usize, usize>>,
+        index: &'a CallIndex,
         out: &'a mut dyn Write,
     ) -> Self {
         let mut out = Out::new(out);
         out.put("{\n  \"calls\": [");
         let range = Range { img, lo, hi, lines: Some(Lines::default()) };
-        CallJson { range, min_level, waiting: VecDeque::new(), written: 0, past: false, links, out }
+        CallJson { range, index, waiting: VecDeque::new(), written: 0, last_closed: 0, past: false, out }
     }
 
     /// The end of the document; the first error writing met.
@@ -249,7 +205,7 @@ impl<'a> CallJson<'a> {
     fn write(&mut self, p: &Pending) -> bool {
         let (s, lines) = (&p.segment, &p.lines);
         let v = json!({
-            "number": s.number, "function": s.function, "level": s.level - self.min_level,
+            "number": s.number, "function": s.function, "level": s.level - self.index.min_level,
             "insn_begin": s.insn_begin, "insn_end": s.insn_end,
             "file": lines.as_ref().map(|l| l.0.clone()),
             "line_begin": lines.as_ref().map(|l| l.1), "line_end": lines.as_ref().map(|l| l.2),
@@ -283,7 +239,8 @@ impl<'a> CallJson<'a> {
 impl CallSink for CallJson<'_> {
     fn event(&mut self, e: CallEvent<'_>) -> bool {
         if let CallEvent::Closed { segment, .. } = &e {
-            self.past |= segment.number as u64 >= self.range.hi;
+            self.last_closed = segment.number as u64;
+            self.past |= self.last_closed >= self.range.hi;
         }
         match e {
             CallEvent::Closed { segment, .. } if self.range.wants(segment.number) => {
@@ -305,23 +262,96 @@ impl CallSink for CallJson<'_> {
             }
             CallEvent::Closed { .. } => {}
         }
-        // The oldest waits too long: its `next` came to the first pass.
-        while self.links.is_some() && self.waiting.len() as u64 > WINDOW {
-            let next = |links: &Option<HashMap<usize, usize>>, idx| links.as_ref()?.get(&idx).copied();
-            let front = self.waiting.front_mut().expect("longer than WINDOW");
-            front.segment.next = next(&self.links, front.segment.number - 1);
-            front.done = true;
+        loop {
             if !self.write_done() {
                 return false;
             }
-        }
-        if !self.write_done() {
-            return false;
+            // The oldest waits long: the index has its `next`.
+            let Some(front) = self.waiting.front_mut() else { break };
+            let number = front.segment.number as u64;
+            if !waited_long(number, self.last_closed) {
+                break;
+            }
+            // An index built from these records has every long wait; were
+            // it not there, the segment would be shown as ended.
+            front.segment.next = self.index.long_wait(number as usize - 1).flatten();
+            front.done = true;
         }
         !(self.past && self.waiting.is_empty())
     }
 
     fn insn(&mut self, addr: u64, segment: usize) {
         self.range.insn(addr, segment);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callstream::tests::call_trace_in;
+    use crate::callstream::{build_call_index, calls, WINDOW};
+    use crate::model::images;
+    use crate::stream::tests::on_disk;
+    use crate::timeline::analyze;
+
+    /// Counts the segments closed before the sink had enough.
+    struct Counted<'a> {
+        json: CallJson<'a>,
+        closed: u64,
+    }
+
+    impl CallSink for Counted<'_> {
+        fn event(&mut self, e: CallEvent<'_>) -> bool {
+            self.closed += u64::from(matches!(e, CallEvent::Closed { .. }));
+            self.json.event(e)
+        }
+        fn insn(&mut self, addr: u64, segment: usize) {
+            self.json.insn(addr, segment);
+        }
+    }
+
+    /// The outer function's segments wait for their `next` for half the
+    /// trace, then to its end: a range at the start is written after at
+    /// most [`WINDOW`] more segments, from the index's long waits, and its
+    /// links are those of the whole history.
+    #[test]
+    fn a_range_under_a_frame_that_waits_long_is_written_without_the_rest() {
+        let tf = call_trace_in(20 * WINDOW as usize, true);
+        let (dir, mut src) = on_disk(&tf, "calljson");
+        let imgs = images(&tf);
+        let img = imgs.get(&(7, 1));
+        let last_pc = Some(0x1005);
+        let full = analyze(&tf.streams[0], img, false, &mut |_, _| {});
+        let index = build_call_index(&mut src, img, false, last_pc, &mut |_, _| {}).unwrap();
+        let n = index.segments;
+        assert!(n > 8 * WINDOW, "{n}");
+        // The outer function's two segments; the loop's go on soon.
+        let outer: Vec<usize> =
+            (0..n as usize).filter(|&i| full.segments[i].level == index.min_level).collect();
+        assert_eq!(outer.len(), 2, "{outer:?}");
+        assert_eq!(full.segments[0].next, Some(outer[1]));
+        assert_eq!(index.long_wait(0), Some(Some(outer[1])), "it went on halfway");
+        assert_eq!(index.long_wait(outer[1]), Some(None), "it ended at the trace's end");
+        assert_eq!(index.long_waits.len(), 2, "{:?}", index.long_waits);
+        let mid = outer[1] as u64 + 1;
+        for (lo, hi) in [(1, 10), (1, 3 * WINDOW), (mid - 5, mid + 5), (n - 3, n)] {
+            let mut text = Vec::new();
+            let mut sink = Counted { json: CallJson::new(img, (lo, hi), &index, &mut text), closed: 0 };
+            calls(&mut src, &index, img, last_pc, lo, &mut sink).unwrap();
+            let closed = sink.closed;
+            sink.json.finish(7, 7, n).unwrap();
+            // From a checkpoint at most `EVERY` records before `lo`.
+            assert!(closed <= hi + WINDOW + 1, "{lo}..{hi}: {closed} closed");
+            let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+            let got = v["calls"].as_array().unwrap();
+            assert_eq!(got.len() as u64, hi + 1 - lo);
+            for (c, s) in got.iter().zip(&full.segments[lo as usize - 1..]) {
+                assert_eq!(c["number"], s.number);
+                assert_eq!(c["next"], json!(s.next.map(|n| n + 1)), "segment {}", s.number);
+                assert_eq!(c["prev"], json!(s.prev.map(|n| n + 1)), "segment {}", s.number);
+                assert_eq!(c["level"], s.level - index.min_level);
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,6 +12,12 @@
 //! A checkpoint holds the call chain, so it is kept only when the records
 //! since the last one number at least 1024 per frame of the chain: the
 //! index stays a small fraction of the trace even in a deep recursion.
+//!
+//! A segment's `next` (where its function instance goes on) is known only
+//! when the instance resumes, which may be the end of the trace for an
+//! outermost frame. The index keeps the `next` of every segment that waits
+//! for it while [`WINDOW`] or more segments close ([`LongWait`]), so that
+//! a reader needs to look at most [`WINDOW`] segments past a range.
 
 use std::io::{Read, Seek};
 
@@ -27,7 +33,10 @@ use crate::timeline::fn_id;
 /// Records a checkpoint must stand for, per frame of its call chain.
 const RECORDS_PER_FRAME: u64 = 1024;
 /// The call index format's version.
-pub const CALL_INDEX_VERSION: u32 = 1;
+pub const CALL_INDEX_VERSION: u32 = 2;
+/// Segments a reader looks past one waiting for its `next` at most; the
+/// `next` of one that waits longer is in the index ([`CallIndex::long_waits`]).
+pub const WINDOW: u64 = 4096;
 
 /// Where building may go on: a point of the instruction walk and the
 /// call builder as it stood there.
@@ -54,6 +63,37 @@ pub struct CallIndex {
     pub min_level: i32,
     /// Checkpoints, in record order.
     pub checkpoints: Vec<Checkpoint>,
+    /// The segments that waited for their `next` while [`WINDOW`] or more
+    /// segments closed, by segment. Those wait in the live call chain, so
+    /// there are at most about the chain's depth of them per [`WINDOW`]
+    /// segments.
+    #[serde(default)]
+    pub long_waits: Vec<LongWait>,
+}
+
+/// A segment that waited long for its `next`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LongWait {
+    /// The segment (an index: its number less one).
+    pub segment: u64,
+    /// Where its instance went on (an index); none when it ended.
+    pub next: Option<u64>,
+}
+
+impl CallIndex {
+    /// The `next` of segment `idx` (an index) if the index keeps it: a
+    /// segment for which [`WINDOW`] segments or more have closed since it
+    /// closed and which is not settled yet. `Some(None)`: it ended.
+    pub fn long_wait(&self, idx: usize) -> Option<Option<usize>> {
+        let at = self.long_waits.binary_search_by_key(&(idx as u64), |w| w.segment).ok()?;
+        Some(self.long_waits[at].next.map(|n| n as usize))
+    }
+}
+
+/// Whether a segment numbered `number`, settled (resumed or ended) when the
+/// last segment closed was numbered `last_closed`, waited long.
+pub fn waited_long(number: u64, last_closed: u64) -> bool {
+    last_closed.saturating_sub(number) >= WINDOW
 }
 
 /// What a reader of the call history does with it.
@@ -119,11 +159,25 @@ pub fn build_call_index<R: Read + Seek>(
 ) -> bts_reader::Result<CallIndex> {
     struct Count {
         min_level: i32,
+        last_closed: u64,
+        long_waits: Vec<LongWait>,
+    }
+    impl Count {
+        fn settled(&mut self, idx: usize, next: Option<usize>) {
+            if waited_long(idx as u64 + 1, self.last_closed) {
+                self.long_waits.push(LongWait { segment: idx as u64, next: next.map(|n| n as u64) });
+            }
+        }
     }
     impl CallSink for Count {
         fn event(&mut self, e: CallEvent<'_>) -> bool {
-            if let CallEvent::Closed { segment, .. } = e {
-                self.min_level = self.min_level.min(segment.level);
+            match e {
+                CallEvent::Closed { segment, .. } => {
+                    self.min_level = self.min_level.min(segment.level);
+                    self.last_closed = segment.number as u64;
+                }
+                CallEvent::Resumed { prev, next } => self.settled(prev, Some(next)),
+                CallEvent::Ended { frame, .. } => self.settled(frame.segment.number - 1, None),
             }
             true
         }
@@ -132,7 +186,7 @@ pub fn build_call_index<R: Read + Seek>(
     let code = img.map(|i| &i.code).unwrap_or(&empty);
     let mut walk = Walk::new(code, keep_kernel);
     let mut b = builder(img, None);
-    let mut count = Count { min_level: 0 };
+    let mut count = Count { min_level: 0, last_closed: 0, long_waits: Vec::new() };
     let mut checkpoints = Vec::new();
     let (mut seen, mut last_kept) = (0u64, 0u64);
     drive(src, &mut walk, 0, last_pc, progress, &mut |step, record| {
@@ -162,6 +216,10 @@ pub fn build_call_index<R: Read + Seek>(
         segments: b.state().made as u64,
         min_level: count.min_level,
         checkpoints,
+        long_waits: {
+            count.long_waits.sort_unstable_by_key(|w| w.segment);
+            count.long_waits
+        },
     })
 }
 
@@ -201,7 +259,7 @@ pub fn calls<R: Read + Seek>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
@@ -216,8 +274,21 @@ mod tests {
     /// 1000 call 1010; 1005 jmp 1000;
     /// 1010 jne 1013; 1012 ret; 1013 call 1020; 1018 ret; 1020 ret.
     fn call_trace(n: usize) -> TraceFile {
-        let mut records = Vec::with_capacity(n + 6);
+        call_trace_in(n, false)
+    }
+
+    /// [`call_trace`], called by an outer function when `outer`: 10f0 jmp
+    /// 1100; 1100 call 1000; 1105 jmp 1100, with the loop's `jmp` a `jne`
+    /// that falls through once, halfway, to a `ret` (1007). The outer
+    /// function's first segment goes on halfway, its second never.
+    pub(crate) fn call_trace_in(n: usize, outer: bool) -> TraceFile {
+        let mut records = Vec::with_capacity(n + 9);
+        if outer {
+            records.push(BtsRecord::branch(0x10f0, 0x1100));
+            records.push(BtsRecord::branch(0x1100, 0x1000));
+        }
         let mut x = 54321u32;
+        let mut returned = !outer;
         while records.len() < n {
             x = x.wrapping_mul(1103515245).wrapping_add(12345);
             records.push(BtsRecord::branch(0x1000, 0x1010));
@@ -229,12 +300,25 @@ mod tests {
             } else {
                 records.push(BtsRecord::branch(0x1012, 0x1005));
             }
-            records.push(BtsRecord::branch(0x1005, 0x1000));
+            if !returned && records.len() >= n / 2 {
+                returned = true;
+                records.push(BtsRecord::branch(0x1007, 0x1105));
+                records.push(BtsRecord::branch(0x1105, 0x1100));
+                records.push(BtsRecord::branch(0x1100, 0x1000));
+            } else {
+                records.push(BtsRecord::branch(0x1005, 0x1000));
+            }
         }
         let mut code = vec![0xcc; 0x21];
         code[..7].copy_from_slice(&[0xe8, 0x0b, 0, 0, 0, 0xeb, 0xf9]);
         code[0x10..0x19].copy_from_slice(&[0x75, 0x01, 0xc3, 0xe8, 0x08, 0, 0, 0, 0xc3]);
         code[0x20] = 0xc3;
+        if outer {
+            code[5..8].copy_from_slice(&[0x75, 0xf9, 0xc3]);
+            code.resize(0x107, 0xcc);
+            code[0xf0..0xf2].copy_from_slice(&[0xeb, 0x0e]);
+            code[0x100..].copy_from_slice(&[0xe8, 0xfb, 0xfe, 0xff, 0xff, 0xeb, 0xf9]);
+        }
         one_thread(records, &code, 0x1005)
     }
 

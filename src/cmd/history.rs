@@ -110,7 +110,7 @@ fn calls(a: &HistoryArgs) -> Result<(), InspectError> {
 }
 
 fn calls_of(a: &HistoryArgs, t: &Streamed, th: Thread<'_>) -> Result<(), InspectError> {
-    use analysis::callhistory::{CallJson, CallText, LongWaits, WINDOW};
+    use analysis::callhistory::{CallJson, CallText};
     use analysis::callstream::{self, CallSink};
     let Thread { keep_kernel, ordinal, pid, tid, last_pc, img, mut src } = th;
     let index = crate::index::index_of(&a.file, ordinal, keep_kernel, || {
@@ -131,13 +131,7 @@ fn calls_of(a: &HistoryArgs, t: &Streamed, th: Thread<'_>) -> Result<(), Inspect
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let mut walk = |sink: &mut dyn CallSink| callstream::calls(&mut src, &index, img, last_pc, range.0, sink);
     if a.json {
-        // A long range is read twice: first for the links that come late.
-        let links = (range.1 - range.0 >= WINDOW).then(|| {
-            let mut first = LongWaits::new(range);
-            walk(&mut first).map(|()| first.links)
-        });
-        let links = links.transpose().map_err(t.bad())?;
-        let mut sink = CallJson::new(img, range, index.min_level, links, &mut out);
+        let mut sink = CallJson::new(img, range, &index, &mut out);
         walk(&mut sink).map_err(t.bad())?;
         sink.finish(pid, tid, index.segments)?;
     } else {
