@@ -231,6 +231,23 @@ fn filter_keeps_the_records_whose_ends_lie_in_the_chosen_code() {
 
     // Nothing chosen: a usage error.
     assert_eq!(bts(&dir, &["filter", "all.bts", "-o", "none.bts"]).status.code(), Some(2));
+    // A module, thread or process the trace does not hold (a name cut
+    // short, a pid mistyped): an error that lists what it holds, no file.
+    for (args, said) in [
+        (["--module", "libc"], "no module `libc` (it has: "),
+        (["--tid", "1"], "no thread 1 (it has: "),
+        (["--pid", "1"], "no process 1 (it has: "),
+    ] {
+        let out = bts(&dir, &[&["filter", "all.bts", "-o", "absent.bts"][..], &args].concat());
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(said), "{args:?}: {err}");
+        assert!(!dir.join("absent.bts").exists(), "{args:?}");
+    }
+    let err = text(&bts(&dir, &["filter", "all.bts", "--module", "libc", "-o", "absent.bts"]).stderr);
+    assert!(err.contains("libc.so.6"), "{err}");
+    let err = text(&bts(&dir, &["filter", "all.bts", "--pid", "1", "-o", "absent.bts"]).stderr);
+    assert!(err.contains(&pid.to_string()), "{err}");
 
     // bts cut --time: a branch's time is its thread's last arrival.
     let info = json(&bts(&dir, &["info", "--json", "all.bts"]));
@@ -246,8 +263,16 @@ fn filter_keeps_the_records_whose_ends_lie_in_the_chosen_code() {
     assert!(bts(&dir, &["cut", "all.bts", "--time", &format!("{t1}..{t2}"), "-o", "t.bts"]).status.success());
     let t = bts_reader::TraceFile::read(&dir.join("t.bts")).unwrap();
     assert_eq!(branches(&t).len(), after_arrival);
-    assert!(bts(&dir, &["cut", "all.bts", "--time", &format!("0..{}", t1 - 1), "-o", "t0.bts"])
-        .status
-        .success());
-    assert!(branches(&bts_reader::TraceFile::read(&dir.join("t0.bts")).unwrap()).is_empty());
+    // A cut that keeps nothing (before the first arrival, past the end):
+    // an error that says what the trace has, and no file.
+    for (how, said) in [
+        (["--time", &format!("0..{}", t1 - 1)], format!("arrivals from {t1} to {t2} ns")),
+        (["--range", "100000000..100000001"], "no branch 100000000..100000001 in any buffer".into()),
+    ] {
+        let out = bts(&dir, &[&["cut", "all.bts", "-o", "t0.bts"][..], &how].concat());
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{how:?}: {err}");
+        assert!(err.contains(&said), "{how:?}: {err}");
+        assert!(!dir.join("t0.bts").exists());
+    }
 }

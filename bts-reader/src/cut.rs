@@ -49,6 +49,29 @@ impl Cut {
     }
 }
 
+/// The error of a cut that keeps no branch of a trace that has some: what
+/// the trace has instead.
+fn nothing_kept(cut: Cut, surveys: &[Survey]) -> Error {
+    let most = surveys.iter().map(|s| s.branches).max().unwrap_or(0);
+    let (what, known) = match cut {
+        Cut::First(n) => (format!("branch among the first {n}"), format!("buffers of up to {most} branches")),
+        Cut::Last(n) => (format!("branch among the last {n}"), format!("buffers of up to {most} branches")),
+        Cut::Range(a, b) => {
+            (format!("branch {a}..{b} in any buffer"), format!("buffers of up to {most} branches"))
+        }
+        Cut::Time(t1, t2) => {
+            let clocks = surveys.iter().flat_map(|s| s.clocks.iter().copied());
+            let span = clocks.clone().min().zip(clocks.max());
+            let known = match span {
+                Some((lo, hi)) => format!("arrivals from {lo} to {hi} ns"),
+                None => "no context record, so no times".to_string(),
+            };
+            (format!("branch taken between {t1} and {t2} ns"), known)
+        }
+    };
+    Error::NotInTrace { what, known: vec![known] }
+}
+
 /// What the first pass learns of one buffer.
 #[derive(Debug, Default, Clone)]
 struct Survey {
@@ -134,6 +157,10 @@ pub fn cut(input: &Path, output: &Path, cut: Cut) -> Result<u64> {
             }
             surveys.push(sv);
         }
+    }
+    let kept: u64 = surveys.iter().map(|s| cut.span(s)).map(|(a, b)| b - a).sum();
+    if kept == 0 && surveys.iter().any(|s| s.branches > 0) {
+        return Err(nothing_kept(cut, &surveys));
     }
     // Pass 2: write.
     let mut r = open(input)?;

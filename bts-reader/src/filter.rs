@@ -89,6 +89,31 @@ impl Chooser<'_> {
     }
 }
 
+/// An error if `filter` names a module, thread or process that the trace
+/// (its `modules`, and `threads` as (pid, tid)) does not hold: keeping
+/// nothing of it would be a mistyped name's silent answer.
+fn absent(filter: &Filter, modules: &[&Module], threads: &BTreeSet<(i32, i32)>) -> Option<Error> {
+    let list = |known: BTreeSet<String>| known.into_iter().collect();
+    let (what, known) = match filter {
+        Filter::Module(m) => {
+            if modules.iter().any(|x| x.map.path == *m || x.map.path.ends_with(&format!("/{m}"))) {
+                return None;
+            }
+            let names =
+                modules.iter().filter_map(|x| x.map.path.rsplit('/').next()).filter(|n| !n.is_empty());
+            (format!("module `{m}`"), list(names.map(String::from).collect()))
+        }
+        Filter::Tid(t) if !threads.iter().any(|&(_, tid)| tid == *t) => {
+            (format!("thread {t}"), list(threads.iter().map(|(_, tid)| tid.to_string()).collect()))
+        }
+        Filter::Pid(p) if !threads.iter().any(|&(pid, _)| pid == *p) => {
+            (format!("process {p}"), list(threads.iter().map(|(pid, _)| pid.to_string()).collect()))
+        }
+        _ => return None,
+    };
+    Some(Error::NotInTrace { what, known })
+}
+
 fn image_of(kind: &StreamKind) -> Option<(i32, u32)> {
     match *kind {
         StreamKind::Thread { pid, generation, .. } => Some((pid, generation)),
@@ -97,11 +122,14 @@ fn image_of(kind: &StreamKind) -> Option<(i32, u32)> {
 }
 
 /// Writes the records of `input` that `filter` keeps to `output` (a new
-/// file). Returns the branches kept.
+/// file). Returns the branches kept. A module, thread or process the
+/// trace does not hold is an error ([`Error::NotInTrace`]), and no file
+/// is written.
 pub fn filter(input: &Path, output: &Path, filter: &Filter) -> Result<u64> {
     let mut chooser = Chooser { filter, modules: HashMap::new(), symbols: HashMap::new() };
     // Pass 1: how many records of each buffer are kept.
     let mut counts = Vec::new();
+    let mut threads = BTreeSet::new();
     let mut r = open(input)?;
     let mut recs = Vec::with_capacity(CHUNK);
     while let Some(s) = r.next_section()? {
@@ -112,6 +140,9 @@ pub fn filter(input: &Path, output: &Path, filter: &Filter) -> Result<u64> {
                 }
             }
             Section::Stream(h) => {
+                if let StreamKind::Thread { pid, tid, .. } = h.kind {
+                    threads.insert((pid, tid));
+                }
                 let (keep, image) = (chooser.keeps_stream(&h.kind), image_of(&h.kind));
                 let mut n = 0u64;
                 while r.records(&mut recs, CHUNK)? > 0 {
@@ -124,6 +155,10 @@ pub fn filter(input: &Path, output: &Path, filter: &Filter) -> Result<u64> {
             }
             _ => {}
         }
+    }
+    let modules: Vec<&Module> = chooser.modules.values().flatten().collect();
+    if let Some(e) = absent(filter, &modules, &threads) {
+        return Err(e);
     }
     // Pass 2: write them. A whole buffer is decoded from record to
     // record; records picked by their ends each stand alone.

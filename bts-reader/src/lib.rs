@@ -64,6 +64,14 @@ pub enum Error {
     /// The file could not be written (see [`outfile`]).
     #[error(transparent)]
     Write(#[from] outfile::WriteError),
+    /// A command named a module, thread or process the trace does not hold.
+    #[error("the trace has no {what} (it has: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
+    NotInTrace {
+        /// What was named: "module `libc`", "thread 42".
+        what: String,
+        /// What the trace has of that kind.
+        known: Vec<String>,
+    },
 }
 
 /// The result of reading or writing a trace file.
