@@ -165,6 +165,12 @@ fn split_then_merge_gives_back_the_same_records() {
             v
         };
         assert_eq!(mods(&m), mods(&all), "{by}");
+        // A part named twice: its buffers would be there twice.
+        let out = bts(&dir, &["merge", &parts[0], &parts[1], &parts[0], "-o", "twice.bts"]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{by}: {err}");
+        assert!(err.contains(&format!("is in both {} and {}", parts[0], parts[0])), "{by}: {err}");
+        assert!(!dir.join("twice.bts").exists(), "{by}");
     }
 }
 

@@ -64,6 +64,16 @@ pub enum Error {
     /// The file could not be written (see [`outfile`]).
     #[error(transparent)]
     Write(#[from] outfile::WriteError),
+    /// Two traces to merge hold the same buffer.
+    #[error("{buffer} is in both {first} and {second}")]
+    MergeOverlap {
+        /// The buffer, in words.
+        buffer: String,
+        /// The first trace that holds it.
+        first: String,
+        /// The second.
+        second: String,
+    },
     /// A command named a module, thread or process the trace does not hold.
     #[error("the trace has no {what} (it has: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
     NotInTrace {

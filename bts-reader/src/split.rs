@@ -170,14 +170,44 @@ pub fn split(input: &Path, by: By, dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// The first context record's clock of `input`'s streams: where it starts
-/// in the run's time.
-fn first_clock(input: &Path) -> Result<u64> {
+/// A buffer as merging tells buffers apart: a thread's (pid, exec
+/// generation, tid) or a CPU's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum BufferKey {
+    Thread(i32, u32, i32),
+    Cpu(u32),
+}
+
+impl BufferKey {
+    fn of(kind: &StreamKind) -> BufferKey {
+        match *kind {
+            StreamKind::Thread { pid, generation, tid, .. } => BufferKey::Thread(pid, generation, tid),
+            StreamKind::Cpu { cpu } => BufferKey::Cpu(cpu),
+        }
+    }
+}
+
+impl std::fmt::Display for BufferKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            BufferKey::Thread(pid, generation, tid) => {
+                write!(f, "the buffer of thread {tid} (pid {pid}, image {generation})")
+            }
+            BufferKey::Cpu(cpu) => write!(f, "the catch-all buffer of CPU {cpu}"),
+        }
+    }
+}
+
+/// The first context record's clock of `input`'s streams (where it
+/// starts in the run's time), and its buffers.
+fn survey(input: &Path) -> Result<(u64, Vec<BufferKey>)> {
     let mut r = open(input)?;
     let mut first = u64::MAX;
+    let mut buffers = Vec::new();
     let mut recs = Vec::with_capacity(CHUNK);
     while let Some(s) = r.next_section()? {
-        if let Section::Stream(_) = s {
+        if let Section::Stream(h) = s {
+            buffers.push(BufferKey::of(&h.kind));
             // The arrival is the first record, or near it.
             r.records(&mut recs, 64)?;
             for rec in &recs {
@@ -189,16 +219,29 @@ fn first_clock(input: &Path) -> Result<u64> {
             recs.clear();
         }
     }
-    Ok(first)
+    Ok((first, buffers))
 }
 
 /// Merges traces of one run (its processes, or parts split off) into
 /// `output`, ordered by when each began (its first context record); the
-/// first to begin gives the metadata.
+/// first to begin gives the metadata. A buffer in two inputs (a file named
+/// twice, parts that overlap) is an error ([`Error::MergeOverlap`]), and
+/// nothing is written.
 pub fn merge(inputs: &[PathBuf], output: &Path) -> Result<()> {
     let mut order: Vec<(u64, usize)> = Vec::new();
+    let mut owner: HashMap<BufferKey, usize> = HashMap::new();
     for (i, p) in inputs.iter().enumerate() {
-        order.push((first_clock(p)?, i));
+        let (first, buffers) = survey(p)?;
+        for b in buffers {
+            match owner.insert(b, i) {
+                Some(j) if j != i => {
+                    let (first, second) = (inputs[j].display().to_string(), p.display().to_string());
+                    return Err(Error::MergeOverlap { buffer: b.to_string(), first, second });
+                }
+                _ => {}
+            }
+        }
+        order.push((first, i));
     }
     order.sort();
     let mut modules: Vec<Module> = Vec::new();

@@ -29,6 +29,9 @@ fn advice(e: &bts_reader::Error) -> &'static str {
         bts_reader::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
             " (bts does not overwrite a file: remove it, or name another)"
         }
+        bts_reader::Error::MergeOverlap { .. } => {
+            "; nothing was written (merge takes the traces of one run's processes, or the parts `bts split` made, each once)"
+        }
         bts_reader::Error::NotInTrace { .. } => {
             "; nothing was written (`bts info FILE` shows what the trace holds)"
         }
