@@ -348,4 +348,19 @@ fn a_call_history_range_reads_as_the_whole_history_does() {
             .unwrap();
         assert_eq!(text(&out.stderr), "", "bts {args} | head");
     }
+    // A call index of version 1 (no long waits) beside the trace is found
+    // old, rebuilt and kept, and the history reads the same.
+    let idx_path = dir.join("t.bts.idx");
+    let mut idx: serde_json::Value = serde_json::from_slice(&std::fs::read(&idx_path).unwrap()).unwrap();
+    let calls = idx["calls"].as_object_mut().unwrap().values_mut().next().unwrap();
+    let long_waits = calls["long_waits"].clone();
+    assert!(long_waits.is_array(), "{calls}");
+    calls["version"] = 1.into();
+    calls.as_object_mut().unwrap().remove("long_waits");
+    std::fs::write(&idx_path, serde_json::to_vec(&idx).unwrap()).unwrap();
+    assert_eq!(json("1,100000000"), whole_json);
+    let idx: serde_json::Value = serde_json::from_slice(&std::fs::read(&idx_path).unwrap()).unwrap();
+    let calls = idx["calls"].as_object().unwrap().values().next().unwrap();
+    assert_eq!(calls["version"], 2);
+    assert_eq!(calls["long_waits"], long_waits);
 }

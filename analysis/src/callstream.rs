@@ -66,7 +66,9 @@ pub struct CallIndex {
     /// The segments that waited for their `next` while [`WINDOW`] or more
     /// segments closed, by segment. Those wait in the live call chain, so
     /// there are at most about the chain's depth of them per [`WINDOW`]
-    /// segments.
+    /// segments. (`default`: an index file of version 1, without them,
+    /// must still parse, so that it is found old and rebuilt, not taken
+    /// for a file that is no index and left alone.)
     #[serde(default)]
     pub long_waits: Vec<LongWait>,
 }
@@ -81,17 +83,18 @@ pub struct LongWait {
 }
 
 impl CallIndex {
-    /// The `next` of segment `idx` (an index) if the index keeps it: a
-    /// segment for which [`WINDOW`] segments or more have closed since it
-    /// closed and which is not settled yet. `Some(None)`: it ended.
+    /// The `next` of segment `idx` (an index) if it waited long (see
+    /// [`waited_long`]); `Some(None)`: its instance ended.
     pub fn long_wait(&self, idx: usize) -> Option<Option<usize>> {
         let at = self.long_waits.binary_search_by_key(&(idx as u64), |w| w.segment).ok()?;
         Some(self.long_waits[at].next.map(|n| n as usize))
     }
 }
 
-/// Whether a segment numbered `number`, settled (resumed or ended) when the
-/// last segment closed was numbered `last_closed`, waited long.
+/// Whether a segment numbered `number` has waited long for its `next`
+/// once the segment numbered `last_closed` has closed: [`WINDOW`] or more
+/// segments closed after it. The index keeps those that waited long when
+/// they settled; a reader asks it for those still waiting.
 pub fn waited_long(number: u64, last_closed: u64) -> bool {
     last_closed.saturating_sub(number) >= WINDOW
 }
