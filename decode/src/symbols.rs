@@ -247,6 +247,9 @@ pub fn build_id(path: &str) -> Option<String> {
     Some(id.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Addresses whose symbol a [`Symbolizer`] keeps at most.
+pub const SYMBOLS_KEPT: usize = 1 << 17;
+
 /// Symbolizes addresses of one image; files are loaded on first use.
 pub struct Symbolizer {
     modules: Vec<Mapping>,
@@ -271,13 +274,19 @@ impl Symbolizer {
         self.modules.iter().rev().find(|m| (m.start..m.end).contains(&addr))
     }
 
-    /// What is known of `addr`.
+    /// What is known of `addr`. Answers are kept for the next asking, up
+    /// to [`SYMBOLS_KEPT`] addresses (then the cache starts over), so that
+    /// a trace through a large program stays in bounded memory.
     pub fn lookup(&self, addr: u64) -> Symbol {
         if let Some(s) = self.cache.borrow().get(&addr) {
             return s.clone();
         }
         let sym = self.resolve(addr);
-        self.cache.borrow_mut().insert(addr, sym.clone());
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= SYMBOLS_KEPT {
+            cache.clear();
+        }
+        cache.insert(addr, sym.clone());
         sym
     }
 
