@@ -184,6 +184,8 @@ fn the_end_of_a_huge_history_is_decoded_in_bounded_memory() {
     let rtext = text(&report.stdout) + &text(&report.stderr);
     assert!(report.status.success(), "{rtext}");
     assert!(rtext.contains("Last 16 branches of thread 42 (crashed)"), "{rtext}");
+    // The records it did not read are in the trace, not lost.
+    assert!(rtext.contains(&format!("({} older in the trace, 0 lost before it)", N - 16)), "{rtext}");
     // The call history and the exports, in bounded memory too.
     let calls = text(&bts(&dir, &["history", "loop.bts", "--calls", "--insn-range"]).stdout);
     let last = calls.lines().last().unwrap().to_string();

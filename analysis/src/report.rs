@@ -162,7 +162,7 @@ fn sym_name(img: Option<&Image>, addr: u64) -> (Option<String>, Option<String>) 
 
 fn thread_report(
     tf_images: &HashMap<(i32, u32), Image>,
-    s: &Stream,
+    (s, unread): (&Stream, u64),
     sel: &Selection,
     crash_pc: Option<u64>,
     root_pid: i32,
@@ -234,7 +234,7 @@ fn thread_report(
         cpu,
         crashed,
         lost: s.overwritten + s.lost,
-        recorded: branches.len(),
+        recorded: branches.len() + unread as usize,
         branches: shown,
         last_instructions: last,
         stack,
@@ -244,11 +244,28 @@ fn thread_report(
 impl Report {
     /// The report on `tf` for the threads `sel` chooses.
     pub fn build(tf: &TraceFile, trace_file: Option<String>, sel: &Selection) -> Report {
+        Report::build_partial(tf, trace_file, sel, &[])
+    }
+
+    /// [`Report::build`] of a trace read in part: `unread[i]` of stream
+    /// i's oldest records were left out (see
+    /// [`bts_reader::tracestream::read_newest`]). They count as older
+    /// branches in the trace, not as lost.
+    pub fn build_partial(
+        tf: &TraceFile,
+        trace_file: Option<String>,
+        sel: &Selection,
+        unread: &[u64],
+    ) -> Report {
         let imgs = images(tf);
         let m = &tf.meta;
+        let unread_of = |s: &Stream| {
+            let i = tf.streams.iter().position(|x| std::ptr::eq(x, s));
+            i.and_then(|i| unread.get(i)).copied().unwrap_or(0)
+        };
         let mut threads: Vec<ThreadReport> = crate::select::report_streams(tf, sel.thread, sel.cpu)
             .into_iter()
-            .map(|s| thread_report(&imgs, s, sel, m.pc, m.pid))
+            .map(|s| thread_report(&imgs, (s, unread_of(s)), sel, m.pc, m.pid))
             .collect();
         // The crashed thread last: nearest the prompt.
         threads.sort_by_key(|t| (t.crashed, t.tid));

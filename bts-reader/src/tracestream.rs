@@ -262,22 +262,23 @@ impl<R: Read + Seek> TraceReader<R> {
 
 /// A trace file whole but for its oldest records: each stream keeps its
 /// newest ones, `total` records over all streams (shared evenly, at least
-/// 65536 each); the records left out count as overwritten, as if the
-/// buffer had been smaller. What a report needs (the newest branches) from
-/// a trace of any size, in bounded memory.
-pub fn read_newest(path: &std::path::Path, total: u64) -> Result<crate::TraceFile> {
+/// 65536 each). What a report needs (the newest branches) from a trace of
+/// any size, in bounded memory. With it, the records of each stream left
+/// out, by stream: they are in the file, not lost.
+pub fn read_newest(path: &std::path::Path, total: u64) -> Result<(crate::TraceFile, Vec<u64>)> {
     let (mut tf, extents) = scan(path, true)?;
     let each = (total / extents.len().max(1) as u64).max(1 << 16);
     let f =
         std::fs::File::open(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
     let mut f = std::io::BufReader::with_capacity(1 << 20, f);
+    let mut unread = Vec::with_capacity(extents.len());
     for (s, e) in tf.streams.iter_mut().zip(&extents) {
         let first = e.count.saturating_sub(each);
         let mut at = StreamAt::new(&mut f, e.data, e.count);
         at.read(first, usize::try_from(each).unwrap_or(usize::MAX), &mut s.records)?;
-        s.overwritten += first;
+        unread.push(first);
     }
-    Ok(tf)
+    Ok((tf, unread))
 }
 
 /// Where a stream's records lie in its file.
@@ -471,9 +472,10 @@ mod tests {
         assert_eq!(at.read(69_990, 100, &mut out).unwrap(), 10);
         assert_eq!(out, tf.streams[2].records[69_990..]);
         assert_eq!(at.read(70_000, 100, &mut out).unwrap(), 0);
-        let newest = read_newest(&path, 3 * 65536).unwrap();
+        let (newest, unread) = read_newest(&path, 3 * 65536).unwrap();
         assert_eq!(newest.streams[2].records, tf.streams[2].records[70_000 - 65536..]);
-        assert_eq!(newest.streams[2].overwritten, tf.streams[2].overwritten + 70_000 - 65536);
+        assert_eq!(newest.streams[2].overwritten, tf.streams[2].overwritten);
+        assert_eq!(unread, [0, 0, 70_000 - 65536]);
         assert_eq!(newest.streams[0].records, tf.streams[0].records, "short streams whole");
         std::fs::remove_dir_all(&dir).unwrap();
     }

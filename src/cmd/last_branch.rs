@@ -15,7 +15,7 @@ const NEWEST: u64 = 1 << 20;
 
 /// `bts last-branch FILE`.
 pub fn run(out: &OutputArgs, thread: Option<i32>, cpu: Option<u32>, file: &Path) -> ExitCode {
-    let tf = match bts_reader::tracestream::read_newest(file, NEWEST) {
+    let (tf, unread) = match bts_reader::tracestream::read_newest(file, NEWEST) {
         Ok(t) => t,
         // An I/O error names the path already.
         Err(e @ bts_reader::Error::Io { .. }) => {
@@ -41,7 +41,7 @@ pub fn run(out: &OutputArgs, thread: Option<i32>, cpu: Option<u32>, file: &Path)
         }
     }
     let sel = Selection { branches: out.branches, insns: out.insns, thread, cpu };
-    let report = Report::build(&tf, Some(file.display().to_string()), &sel);
+    let report = Report::build_partial(&tf, Some(file.display().to_string()), &sel, &unread);
     if out.json {
         crate::outln!("{}", report.to_json());
     } else {
