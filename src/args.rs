@@ -350,6 +350,12 @@ pub struct GdbTarget {
     /// The trace file (post-mortem).
     #[arg(required_unless_present_any = ["attach", "command"], conflicts_with = "command")]
     pub file: Option<PathBuf>,
+    /// From a trace file, GDB reads each thread's newest N branches (`all`:
+    /// every one). GDB decodes some 8000 branches a second and holds every
+    /// instruction, so a whole large trace would keep it busy for minutes;
+    /// `bts history FILE` shows all of them.
+    #[arg(long, value_name = "N|all", default_value = "32768", value_parser = parse_branch_cap)]
+    pub gdb_branches: BranchCap,
     /// Launch this program traced live.
     #[arg(last = true, num_args = 1..)]
     pub command: Vec<OsString>,
@@ -446,6 +452,30 @@ pub enum SizeError {
     /// More bytes than this machine can address.
     #[error("{0} is too large")]
     TooLarge(String),
+}
+
+/// How many of each thread's newest branches GDB reads: `None`, all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BranchCap(pub Option<u64>);
+
+impl std::fmt::Display for BranchCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("all"),
+        }
+    }
+}
+
+/// Parses `--gdb-branches`: a positive count, or `all`.
+pub fn parse_branch_cap(s: &str) -> Result<BranchCap, String> {
+    if s == "all" {
+        return Ok(BranchCap(None));
+    }
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(BranchCap(Some(n))),
+        _ => Err(format!("'{s}' is not a positive number of branches, nor `all`")),
+    }
 }
 
 /// Parses `4096`, `64K`, `1M`, `1G` (binary units).

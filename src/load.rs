@@ -44,10 +44,26 @@ pub fn failed(e: &InspectError) -> std::process::ExitCode {
 
 /// Reads a trace file.
 pub fn load(file: &Path) -> Result<TraceFile, InspectError> {
-    TraceFile::read(file).map_err(|e| match e {
+    TraceFile::read(file).map_err(|e| bad_file(file, e))
+}
+
+/// Reads a trace file with the newest `each` records of each buffer at
+/// most (`None`: all), and the records of each left out.
+pub fn load_newest(file: &Path, each: Option<u64>) -> Result<(TraceFile, Vec<u64>), InspectError> {
+    match each {
+        Some(each) => bts_reader::tracestream::read_newest_each(file, each).map_err(|e| bad_file(file, e)),
+        None => load(file).map(|tf| {
+            let n = tf.streams.len();
+            (tf, vec![0; n])
+        }),
+    }
+}
+
+fn bad_file(file: &Path, e: bts_reader::Error) -> InspectError {
+    match e {
         bts_reader::Error::Io { .. } => InspectError::Io(e),
         e => InspectError::Bad { path: file.to_path_buf(), source: e },
-    })
+    }
 }
 
 /// `--kernel` only for a caller allowed to see kernel addresses.

@@ -245,3 +245,29 @@ fn bad_trace_files_are_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no process 999999999"), "{}", text(&out.stderr));
 }
+
+/// "Recorded N instructions" of GDB's `info record`.
+fn recorded_insns(gdb_out: &str) -> u64 {
+    let line = gdb_out.lines().find(|l| l.starts_with("Recorded ")).unwrap_or_else(|| panic!("{gdb_out}"));
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+}
+
+/// GDB decodes some 8000 branches a second: from a trace file it reads
+/// each thread's newest `--gdb-branches` (32768 by default), the same
+/// branches a trace cut to them holds, and is told so.
+#[test]
+fn gdb_reads_the_newest_branches_of_a_large_trace() {
+    let dir = scratch("gdb_newest");
+    let file = record(&dir, &fixture("null_call"));
+    let all = gdb(&dir, &file, "info record");
+    assert!(!all.contains("GDB reads the newest"), "a small trace is read whole:\n{all}");
+    let capped = common::gdb_batch(&dir, &["--gdb-branches=200", &file], "info record");
+    assert!(capped.contains("bts: GDB reads the newest 200 branches of each thread"), "{capped}");
+    let cut = bts(&dir, &["cut", &file, "--last", "200", "-o", "last200.bts"]);
+    assert!(cut.status.success(), "{}", text(&cut.stderr));
+    let of_cut = gdb(&dir, "last200.bts", "info record");
+    assert_eq!(recorded_insns(&capped), recorded_insns(&of_cut), "{capped}\n{of_cut}");
+    assert!(recorded_insns(&capped) < recorded_insns(&all), "{capped}\n{all}");
+    let everything = common::gdb_batch(&dir, &["--gdb-branches=all", &file], "info record");
+    assert_eq!(recorded_insns(&everything), recorded_insns(&all));
+}

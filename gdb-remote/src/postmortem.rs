@@ -38,6 +38,9 @@ pub struct PostMortem {
     auxv: Vec<(u64, u64)>,
     /// Threads whose whole trace GDB has read: it does not change.
     read: HashSet<i32>,
+    /// The oldest records of each stream not read from the file (see
+    /// [`PostMortem::leaving_out`]).
+    unread: Vec<u64>,
 }
 
 const AT_NULL: u64 = 0;
@@ -109,7 +112,17 @@ impl PostMortem {
             libraries,
             auxv,
             read: HashSet::new(),
+            unread: Vec::new(),
         })
+    }
+
+    /// The target of a trace read in part: `unread[i]` of stream i's
+    /// oldest records were left out (`bts_reader::tracestream::read_newest_each`).
+    /// GDB reads what is there; `monitor last-branch` counts them as in
+    /// the trace, not lost.
+    pub fn leaving_out(mut self, unread: Vec<u64>) -> Self {
+        self.unread = unread;
+        self
     }
 
     fn thread(&self, tid: i32) -> Result<&ThreadView, TargetError> {
@@ -132,7 +145,7 @@ impl PostMortem {
             },
         };
         let sel = Selection { branches: n, insns: 0, thread: Some(self.threads[0].tid), cpu: None };
-        Report::build(&self.tf, Some(self.label.clone()), &sel).to_text(true)
+        Report::build_partial(&self.tf, Some(self.label.clone()), &sel, &self.unread).to_text(true)
     }
 }
 

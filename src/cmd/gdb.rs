@@ -42,9 +42,10 @@ fn plan(target: &GdbTarget) -> Result<(Option<String>, Vec<String>), String> {
     if let Some(file) = &target.file {
         // Checked here, so that a bad file is a clear error, not a failed
         // `target remote` inside GDB.
-        let tf = crate::load::load(file).map_err(|e| e.to_string())?;
+        let (tf, _) = crate::load::load_newest(file, target.gdb_branches.0).map_err(|e| e.to_string())?;
         let t = gdb_remote::PostMortem::new(tf, file.display().to_string())
             .map_err(|e| format!("{}: {e}", file.display()))?;
+        args.push(format!("--gdb-branches={}", target.gdb_branches));
         args.push(file.display().to_string());
         return Ok((gdb_remote::Target::exec_file(&t), args));
     }

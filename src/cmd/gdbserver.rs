@@ -127,13 +127,28 @@ fn serve_on<T: gdb_remote::Target>(target: &mut T, conn: Conn) -> Result<(), Stu
     }
 }
 
+/// What GDB will not see of a trace read with `cap`: none when it sees all.
+fn left_out_note(tf: &bts_reader::TraceFile, unread: &[u64], cap: crate::args::BranchCap) -> Option<String> {
+    let most = tf.streams.iter().zip(unread).map(|(s, u)| s.records.len() as u64 + u).max()?;
+    unread.iter().any(|&u| u > 0).then(|| {
+        format!(
+            "bts: GDB reads the newest {cap} branches of each thread, of up to {most} in the trace \
+             (GDB decodes some 8000 a second): --gdb-branches N or all for more; `bts history FILE` shows them all"
+        )
+    })
+}
+
 fn run_inner(target: &GdbTarget, transport: Transport) -> Result<(), StubError> {
     let stdio = matches!(transport, Transport::Stdio);
     let conn = open_conn(&transport, target.file.is_none())?;
     if let Some(file) = &target.file {
-        let tf = crate::load::load(file)?;
+        let (tf, unread) = crate::load::load_newest(file, target.gdb_branches.0)?;
+        if let Some(note) = left_out_note(&tf, &unread, target.gdb_branches) {
+            crate::errln!("{note}");
+        }
         let mut t = PostMortem::new(tf, file.display().to_string())
-            .map_err(|source| StubError::Trace { file: file.display().to_string(), source })?;
+            .map_err(|source| StubError::Trace { file: file.display().to_string(), source })?
+            .leaving_out(unread);
         if stdio {
             // GDB sends Ctrl-C as a byte on the pipe; the terminal's SIGINT
             // to the whole process group must not end the stub.
