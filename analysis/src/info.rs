@@ -4,9 +4,35 @@
 
 use std::collections::BTreeMap;
 
-use bts_reader::{SectionSize, StreamKind, TraceFile};
+use bts_reader::tracestream::{open, Section};
+use bts_reader::{Meta, Module, SectionSize, StreamHeader, StreamKind};
 use ds_alloc::RecordKind;
 use serde::Serialize;
+
+/// Records read at a time.
+const CHUNK: usize = 1 << 16;
+
+/// A buffer's line, from its header and what its records were.
+fn buffer_info(h: &StreamHeader, branches: u64, context: u64) -> BufferInfo {
+    let (pid, generation, tid, cpu, crashed) = match h.kind {
+        StreamKind::Thread { pid, generation, tid, crashed, .. } => {
+            (Some(pid), Some(generation), Some(tid), None, crashed)
+        }
+        StreamKind::Cpu { cpu } => (None, None, None, Some(cpu), false),
+    };
+    BufferInfo {
+        pid,
+        generation,
+        tid,
+        cpu,
+        crashed,
+        branches,
+        context,
+        capacity: h.capacity,
+        overwritten: h.overwritten,
+        lost: h.lost,
+    }
+}
 
 /// One buffer of the trace.
 #[derive(Debug, Clone, Serialize)]
@@ -90,55 +116,87 @@ pub struct Info {
     pub sections: Vec<SectionSize>,
 }
 
-/// The modules by image, then address.
-fn sorted_modules(tf: &TraceFile) -> Vec<&bts_reader::Module> {
-    let mut mods: Vec<&bts_reader::Module> = tf.modules.iter().collect();
-    mods.sort_by_key(|m| (m.pid, m.generation, m.map.start));
-    mods
-}
-
 impl Info {
-    /// What `tf` holds.
-    pub fn of(tf: &TraceFile) -> Info {
-        let mut processes: Vec<i32> = tf.modules.iter().map(|m| m.pid).collect();
-        let mut buffers = Vec::new();
-        let mut span: Option<(u64, u64)> = None;
-        for s in &tf.streams {
-            let (mut branches, mut context) = (0, 0);
-            for r in &s.records {
-                match r.kind() {
-                    RecordKind::Branch { .. } => branches += 1,
-                    RecordKind::Context { clock, .. } => {
-                        context += 1;
-                        span = Some(span.map_or((clock, clock), |(a, b)| (a.min(clock), b.max(clock))));
+    /// What the trace file at `path` holds, read a section at a time: a
+    /// trace of any size takes the memory of its modules and code only.
+    pub fn read(path: &std::path::Path) -> bts_reader::Result<Info> {
+        let mut r = open(path)?;
+        let (mut meta, mut mods) = (None, Vec::new());
+        let (mut buffers, mut span) = (Vec::new(), None::<(u64, u64)>);
+        let (mut code_bytes, mut thread_states) = (0u64, 0usize);
+        let mut sizes: Vec<SectionSize> = ["META", "MODULES", "STREAM", "CODE", "STATE"]
+            .into_iter()
+            .map(|name| SectionSize { name, count: 0, bytes: 0 })
+            .collect();
+        let mut recs = Vec::with_capacity(CHUNK);
+        loop {
+            let at = r.position();
+            let Some(section) = r.next_section()? else { break };
+            let kind = match section {
+                Section::Meta(m) => {
+                    meta = Some(m);
+                    0
+                }
+                Section::Modules(m) => {
+                    mods = m;
+                    1
+                }
+                Section::Stream(h) => {
+                    let (mut branches, mut context) = (0, 0);
+                    while r.records(&mut recs, CHUNK)? > 0 {
+                        for rec in &recs {
+                            match rec.kind() {
+                                RecordKind::Branch { .. } => branches += 1,
+                                RecordKind::Context { clock, .. } => {
+                                    context += 1;
+                                    span = Some(
+                                        span.map_or((clock, clock), |(a, b)| (a.min(clock), b.max(clock))),
+                                    );
+                                }
+                            }
+                        }
+                        recs.clear();
                     }
+                    buffers.push(buffer_info(&h, branches, context));
+                    2
                 }
-            }
-            let (pid, generation, tid, cpu, crashed) = match s.kind {
-                StreamKind::Thread { pid, generation, tid, crashed, .. } => {
-                    processes.push(pid);
-                    (Some(pid), Some(generation), Some(tid), None, crashed)
+                Section::Code(c) => {
+                    code_bytes += c.bytes.len() as u64;
+                    3
                 }
-                StreamKind::Cpu { cpu } => (None, None, None, Some(cpu), false),
+                Section::State(_) => {
+                    thread_states += 1;
+                    4
+                }
             };
-            buffers.push(BufferInfo {
-                pid,
-                generation,
-                tid,
-                cpu,
-                crashed,
-                branches,
-                context,
-                capacity: s.capacity,
-                overwritten: s.overwritten,
-                lost: s.lost,
-            });
+            sizes[kind].count += 1;
+            sizes[kind].bytes += r.position() - at;
         }
+        let file_len = std::fs::metadata(path)
+            .map_err(|source| bts_reader::Error::Io { path: path.display().to_string(), source })?
+            .len();
+        let sections: u64 = sizes.iter().map(|s| s.bytes).sum();
+        sizes.push(SectionSize { name: "FILE", count: 1, bytes: file_len.saturating_sub(sections) });
+        let meta = meta.ok_or_else(|| bts_reader::Error::Corrupt("no metadata section".into()))?;
+        Ok(Info::of_parts(&meta, &mods, buffers, span, (code_bytes, thread_states), sizes))
+    }
+
+    fn of_parts(
+        m: &Meta,
+        mods: &[Module],
+        buffers: Vec<BufferInfo>,
+        time_span_ns: Option<(u64, u64)>,
+        (code_bytes, thread_states): (u64, usize),
+        sections: Vec<SectionSize>,
+    ) -> Info {
+        let mut processes: Vec<i32> =
+            mods.iter().map(|m| m.pid).chain(buffers.iter().filter_map(|b| b.pid)).collect();
         processes.sort_unstable();
         processes.dedup();
         let mut cpus: Vec<u32> = buffers.iter().filter_map(|b| b.cpu).collect();
         cpus.sort_unstable();
-        let m = &tf.meta;
+        let mut modules: Vec<&Module> = mods.iter().collect();
+        modules.sort_by_key(|m| (m.pid, m.generation, m.map.start));
         Info {
             command: m.command.clone(),
             pid: m.pid,
@@ -152,8 +210,8 @@ impl Info {
             branches: buffers.iter().map(|b| b.branches).sum(),
             context_records: buffers.iter().map(|b| b.context).sum(),
             buffers,
-            time_span_ns: span,
-            modules: sorted_modules(tf)
+            time_span_ns,
+            modules: modules
                 .into_iter()
                 .map(|md| ModuleInfo {
                     pid: md.pid,
@@ -164,9 +222,9 @@ impl Info {
                     build_id: md.build_id.clone(),
                 })
                 .collect(),
-            code_bytes: tf.code.iter().map(|c| c.bytes.len() as u64).sum(),
-            thread_states: tf.states.len(),
-            sections: tf.section_sizes(),
+            code_bytes,
+            thread_states,
+            sections,
         }
     }
 

@@ -1,4 +1,5 @@
-//! `bts info FILE`: what a trace file holds, at a glance.
+//! `bts info FILE`: what a trace file holds, at a glance, read a section
+//! at a time (a trace of any size in bounded memory).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -7,14 +8,18 @@ use analysis::info::Info;
 
 /// `bts info FILE [--json]`.
 pub fn run(file: &Path, json: bool) -> ExitCode {
-    let tf = match crate::load::load(file) {
-        Ok(t) => t,
-        Err(e) => {
+    let info = match Info::read(file) {
+        Ok(i) => i,
+        // An I/O error names the path already.
+        Err(e @ bts_reader::Error::Io { .. }) => {
             crate::errln!("bts: {e}");
             return ExitCode::FAILURE;
         }
+        Err(e) => {
+            crate::errln!("bts: {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
     };
-    let info = Info::of(&tf);
     if json {
         crate::outln!("{}", serde_json::to_string_pretty(&info).expect("the info serializes"));
     } else {
