@@ -295,29 +295,6 @@ impl TraceFile {
         out
     }
 
-    /// How many bytes each kind of section takes in the file this trace
-    /// writes (headers included), by name: `META`, `MODULES`, `STREAM`,
-    /// `CODE`, `STATE`, then the file's own header and end marker as `FILE`.
-    pub fn section_sizes(&self) -> Vec<SectionSize> {
-        let names = [
-            (TAG_META, "META"),
-            (TAG_MODULES, "MODULES"),
-            (TAG_STREAM, "STREAM"),
-            (TAG_CODE, "CODE"),
-            (TAG_STATE, "STATE"),
-        ];
-        let mut sizes: Vec<SectionSize> =
-            names.iter().map(|&(_, name)| SectionSize { name, count: 0, bytes: 0 }).collect();
-        self.each_section(|tag, payload| {
-            if let Some(i) = names.iter().position(|&(t, _)| t == tag) {
-                sizes[i].count += 1;
-                sizes[i].bytes += (SECTION_HEADER + payload.len()) as u64;
-            }
-        });
-        sizes.push(SectionSize { name: "FILE", count: 1, bytes: (MAGIC.len() + 8 + SECTION_HEADER) as u64 });
-        sizes
-    }
-
     /// Every section of the file, in order: its tag and payload.
     fn each_section(&self, mut emit: impl FnMut(u32, &[u8])) {
         emit(TAG_META, &json(&self.meta));
