@@ -84,13 +84,13 @@ pub enum Command {
     Cut {
         file: PathBuf,
         /// The first N branches of each buffer.
-        #[arg(long, value_name = "N", group = "how")]
+        #[arg(long, value_name = "N", group = "how", value_parser = crate::cmd::cut::parse_count)]
         first: Option<u64>,
         /// The last N branches of each buffer.
-        #[arg(long, value_name = "N", group = "how")]
+        #[arg(long, value_name = "N", group = "how", value_parser = crate::cmd::cut::parse_count)]
         last: Option<u64>,
         /// Branches A up to (not including) B of each buffer, counted from 0.
-        #[arg(long, value_name = "A..B", group = "how", value_parser = crate::cmd::cut::parse_range)]
+        #[arg(long, value_name = "A..B", group = "how", value_parser = crate::cmd::cut::parse_branch_range)]
         range: Option<(u64, u64)>,
         /// The branches taken between clocks T1 and T2 (ns, as `bts info`
         /// shows them; a branch's time is its thread's last arrival on a CPU).
@@ -354,7 +354,13 @@ pub struct GdbTarget {
     /// every one). GDB decodes some 8000 branches a second and holds every
     /// instruction, so a whole large trace would keep it busy for minutes;
     /// `bts history FILE` shows all of them.
-    #[arg(long, value_name = "N|all", default_value = "32768", value_parser = parse_branch_cap)]
+    #[arg(
+        long,
+        value_name = "N|all",
+        default_value = "32768",
+        value_parser = parse_branch_cap,
+        conflicts_with_all = ["attach", "command"]
+    )]
     pub gdb_branches: BranchCap,
     /// Launch this program traced live.
     #[arg(last = true, num_args = 1..)]

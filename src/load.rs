@@ -47,11 +47,11 @@ pub fn load(file: &Path) -> Result<TraceFile, InspectError> {
     TraceFile::read(file).map_err(|e| bad_file(file, e))
 }
 
-/// Reads a trace file with the newest `each` records of each buffer at
-/// most (`None`: all), and the records of each left out.
+/// Reads a trace file with the newest `each` branches of each buffer at
+/// most (`None`: all), and the branches of each left out.
 pub fn load_newest(file: &Path, each: Option<u64>) -> Result<(TraceFile, Vec<u64>), InspectError> {
     match each {
-        Some(each) => bts_reader::tracestream::read_newest_each(file, each).map_err(|e| bad_file(file, e)),
+        Some(each) => bts_reader::newest::read_newest_each(file, each).map_err(|e| bad_file(file, e)),
         None => load(file).map(|tf| {
             let n = tf.streams.len();
             (tf, vec![0; n])

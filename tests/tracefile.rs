@@ -241,8 +241,8 @@ fn filter_keeps_the_records_whose_ends_lie_in_the_chosen_code() {
     // short, a pid mistyped): an error that lists what it holds, no file.
     for (args, said) in [
         (["--module", "libc"], "no module `libc` (it has: "),
-        (["--tid", "1"], "no thread 1 (it has: "),
-        (["--pid", "1"], "no process 1 (it has: "),
+        (["--tid", "1"], "no buffer of thread 1 (it has: "),
+        (["--pid", "1"], "no thread buffer of process 1 (it has: "),
     ] {
         let out = bts(&dir, &[&["filter", "all.bts", "-o", "absent.bts"][..], &args].concat());
         let err = text(&out.stderr);

@@ -248,9 +248,9 @@ impl Report {
     }
 
     /// [`Report::build`] of a trace read in part: `unread[i]` of stream
-    /// i's oldest records were left out (see
-    /// [`bts_reader::tracestream::read_newest`]). They count as older
-    /// branches in the trace, not as lost.
+    /// i's oldest branches were left out (see
+    /// [`bts_reader::newest::read_newest`]). They count as older branches
+    /// in the trace, not as lost.
     pub fn build_partial(
         tf: &TraceFile,
         trace_file: Option<String>,
@@ -259,6 +259,8 @@ impl Report {
     ) -> Report {
         let imgs = images(tf);
         let m = &tf.meta;
+        // `report_streams` hands out references into `tf.streams`: a
+        // stream's place is where its reference points.
         let unread_of = |s: &Stream| {
             let i = tf.streams.iter().position(|x| std::ptr::eq(x, s));
             i.and_then(|i| unread.get(i)).copied().unwrap_or(0)

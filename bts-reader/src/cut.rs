@@ -60,13 +60,21 @@ fn nothing_kept(cut: Cut, surveys: &[Survey]) -> Error {
             (format!("branch {a}..{b} in any buffer"), format!("buffers of up to {most} branches"))
         }
         Cut::Time(t1, t2) => {
+            // A branch's time is its thread's last arrival: no arrival in
+            // the window, no branch.
             let clocks = surveys.iter().flat_map(|s| s.clocks.iter().copied());
-            let span = clocks.clone().min().zip(clocks.max());
-            let known = match span {
-                Some((lo, hi)) => format!("arrivals from {lo} to {hi} ns"),
-                None => "no context record, so no times".to_string(),
+            let before = clocks.clone().filter(|&c| c < t1).max();
+            let after = clocks.clone().filter(|&c| c > t2).min();
+            let known = match (clocks.clone().min().zip(clocks.max()), before, after) {
+                (None, ..) => "no context record, so no times".to_string(),
+                (Some((lo, hi)), b, a) => {
+                    let near = |c: Option<u64>, side: &str| c.map(|c| format!(", the nearest {side} at {c}"));
+                    let near =
+                        [near(b, "before"), near(a, "after")].into_iter().flatten().collect::<String>();
+                    format!("arrivals from {lo} to {hi} ns{near}")
+                }
             };
-            (format!("branch taken between {t1} and {t2} ns"), known)
+            (format!("arrival on a CPU between {t1} and {t2} ns, so no branch timed in it"), known)
         }
     };
     Error::NotInTrace { what, known: vec![known] }
@@ -74,8 +82,8 @@ fn nothing_kept(cut: Cut, surveys: &[Survey]) -> Error {
 
 /// What the first pass learns of one buffer.
 #[derive(Debug, Default, Clone)]
-struct Survey {
-    branches: u64,
+pub(crate) struct Survey {
+    pub(crate) branches: u64,
     /// Record positions of the context records, ascending.
     context: Vec<u64>,
     /// Their clocks.
@@ -100,16 +108,16 @@ impl Survey {
 /// The records of one buffer to keep: positions `lo..=hi`, and the one
 /// context record before `lo`.
 #[derive(Debug, Clone, Copy)]
-struct Keep {
-    lo: u64,
-    hi: u64,
-    before: Option<u64>,
-    branches_dropped_before: u64,
+pub(crate) struct Keep {
+    pub(crate) lo: u64,
+    pub(crate) hi: u64,
+    pub(crate) before: Option<u64>,
+    pub(crate) branches_dropped_before: u64,
     keeps_end: bool,
 }
 
 impl Keep {
-    fn of(s: &Survey, cut: Cut) -> Option<Keep> {
+    pub(crate) fn of(s: &Survey, cut: Cut) -> Option<Keep> {
         let (a, b) = cut.span(s);
         if a >= b {
             return None;
@@ -132,10 +140,9 @@ impl Keep {
 /// Records read at a time.
 const CHUNK: usize = 1 << 16;
 
-/// Writes `input` cut by `cut` to `output` (a new file: an existing one is
-/// refused). Returns the branches kept.
-pub fn cut(input: &Path, output: &Path, cut: Cut) -> Result<u64> {
-    // Pass 1: each buffer's branches and context positions.
+/// Each buffer's branches and context records, in file order, reading
+/// (and checking) every record once.
+pub(crate) fn surveys(input: &Path) -> Result<Vec<Survey>> {
     let mut surveys = Vec::new();
     let mut r = open(input)?;
     let mut recs = Vec::with_capacity(CHUNK);
@@ -158,12 +165,21 @@ pub fn cut(input: &Path, output: &Path, cut: Cut) -> Result<u64> {
             surveys.push(sv);
         }
     }
+    Ok(surveys)
+}
+
+/// Writes `input` cut by `cut` to `output` (a new file: an existing one is
+/// refused). Returns the branches kept.
+pub fn cut(input: &Path, output: &Path, cut: Cut) -> Result<u64> {
+    // Pass 1: each buffer's branches and context positions.
+    let surveys = surveys(input)?;
     let kept: u64 = surveys.iter().map(|s| cut.span(s)).map(|(a, b)| b - a).sum();
     if kept == 0 && surveys.iter().any(|s| s.branches > 0) {
         return Err(nothing_kept(cut, &surveys));
     }
     // Pass 2: write.
     let mut r = open(input)?;
+    let mut recs = Vec::with_capacity(CHUNK);
     let mut out = None;
     let mut meta = None;
     let mut ends_kept: HashMap<(i32, u32, i32), bool> = HashMap::new();

@@ -53,11 +53,9 @@ impl Chooser<'_> {
     }
 
     fn in_module(&self, image: (i32, u32), addr: u64, name: &str) -> bool {
-        self.modules.get(&image).is_some_and(|mods| {
-            mods.iter().any(|m| {
-                m.map.contains(addr) && (m.map.path == name || m.map.path.ends_with(&format!("/{name}")))
-            })
-        })
+        self.modules
+            .get(&image)
+            .is_some_and(|mods| mods.iter().any(|m| m.map.contains(addr) && is_named(&m.map.path, name)))
     }
 
     fn in_function(&mut self, image: (i32, u32), addr: u64, name: &str) -> bool {
@@ -89,6 +87,12 @@ impl Chooser<'_> {
     }
 }
 
+/// Whether a module's `path` is `name`, or ends in `/name`. An empty name
+/// names nothing (an anonymous mapping has an empty path).
+fn is_named(path: &str, name: &str) -> bool {
+    !name.is_empty() && path.strip_suffix(name).is_some_and(|rest| rest.is_empty() || rest.ends_with('/'))
+}
+
 /// An error if `filter` names a module, thread or process that the trace
 /// (its `modules`, and `threads` as (pid, tid)) does not hold: keeping
 /// nothing of it would be a mistyped name's silent answer.
@@ -96,7 +100,7 @@ fn absent(filter: &Filter, modules: &[&Module], threads: &BTreeSet<(i32, i32)>) 
     let list = |known: BTreeSet<String>| known.into_iter().collect();
     let (what, known) = match filter {
         Filter::Module(m) => {
-            if modules.iter().any(|x| x.map.path == *m || x.map.path.ends_with(&format!("/{m}"))) {
+            if modules.iter().any(|x| is_named(&x.map.path, m)) {
                 return None;
             }
             let names =
@@ -104,10 +108,11 @@ fn absent(filter: &Filter, modules: &[&Module], threads: &BTreeSet<(i32, i32)>) 
             (format!("module `{m}`"), list(names.map(String::from).collect()))
         }
         Filter::Tid(t) if !threads.iter().any(|&(_, tid)| tid == *t) => {
-            (format!("thread {t}"), list(threads.iter().map(|(_, tid)| tid.to_string()).collect()))
+            (format!("buffer of thread {t}"), list(threads.iter().map(|(_, tid)| tid.to_string()).collect()))
         }
         Filter::Pid(p) if !threads.iter().any(|&(pid, _)| pid == *p) => {
-            (format!("process {p}"), list(threads.iter().map(|(pid, _)| pid.to_string()).collect()))
+            let pids = threads.iter().map(|(pid, _)| pid.to_string());
+            (format!("thread buffer of process {p}"), list(pids.collect()))
         }
         _ => return None,
     };
@@ -135,6 +140,13 @@ pub fn filter(input: &Path, output: &Path, filter: &Filter) -> Result<u64> {
     while let Some(s) = r.next_section()? {
         match s {
             Section::Modules(mods) => {
+                // A module is known from here: a name not there is told at
+                // once, not after reading every record.
+                if matches!(filter, Filter::Module(_)) {
+                    if let Some(e) = absent(filter, &mods.iter().collect::<Vec<_>>(), &threads) {
+                        return Err(e);
+                    }
+                }
                 for m in mods {
                     chooser.modules.entry((m.pid, m.generation)).or_default().push(m);
                 }

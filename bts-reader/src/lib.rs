@@ -12,6 +12,7 @@
 
 pub mod cut;
 pub mod filter;
+pub mod newest;
 mod newtrace;
 pub mod outfile;
 pub mod perf;
@@ -74,12 +75,14 @@ pub enum Error {
         /// The second.
         second: String,
     },
-    /// A command named a module, thread or process the trace does not hold.
+    /// A command named something the trace does not hold: a module, a
+    /// thread's or process's buffer (`bts filter`), branches in a range or
+    /// a time (`bts cut`).
     #[error("the trace has no {what} (it has: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })]
     NotInTrace {
-        /// What was named: "module `libc`", "thread 42".
+        /// What was named: "module `libc`", "buffer of thread 42".
         what: String,
-        /// What the trace has of that kind.
+        /// What the trace has instead: a list of names, or a sentence.
         known: Vec<String>,
     },
 }

@@ -260,42 +260,6 @@ impl<R: Read + Seek> TraceReader<R> {
     }
 }
 
-/// A trace file whole but for its oldest records: each stream keeps its
-/// newest ones, `total` records over all streams (shared evenly, at least
-/// 65536 each). What a report needs (the newest branches) from a trace of
-/// any size, in bounded memory. With it, the records of each stream left
-/// out, by stream: they are in the file, not lost.
-pub fn read_newest(path: &std::path::Path, total: u64) -> Result<(crate::TraceFile, Vec<u64>)> {
-    let (tf, extents) = scan(path, true)?;
-    let each = (total / extents.len().max(1) as u64).max(1 << 16);
-    newest_of(path, tf, &extents, each)
-}
-
-/// [`read_newest`] with `each` records of each stream at most.
-pub fn read_newest_each(path: &std::path::Path, each: u64) -> Result<(crate::TraceFile, Vec<u64>)> {
-    let (tf, extents) = scan(path, true)?;
-    newest_of(path, tf, &extents, each)
-}
-
-fn newest_of(
-    path: &std::path::Path,
-    mut tf: crate::TraceFile,
-    extents: &[Extent],
-    each: u64,
-) -> Result<(crate::TraceFile, Vec<u64>)> {
-    let f =
-        std::fs::File::open(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-    let mut f = std::io::BufReader::with_capacity(1 << 20, f);
-    let mut unread = Vec::with_capacity(extents.len());
-    for (s, e) in tf.streams.iter_mut().zip(extents) {
-        let first = e.count.saturating_sub(each);
-        let mut at = StreamAt::new(&mut f, e.data, e.count);
-        at.read(first, usize::try_from(each).unwrap_or(usize::MAX), &mut s.records)?;
-        unread.push(first);
-    }
-    Ok((tf, unread))
-}
-
 /// Where a stream's records lie in its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
@@ -487,15 +451,6 @@ mod tests {
         assert_eq!(at.read(69_990, 100, &mut out).unwrap(), 10);
         assert_eq!(out, tf.streams[2].records[69_990..]);
         assert_eq!(at.read(70_000, 100, &mut out).unwrap(), 0);
-        let (newest, unread) = read_newest(&path, 3 * 65536).unwrap();
-        assert_eq!(newest.streams[2].records, tf.streams[2].records[70_000 - 65536..]);
-        assert_eq!(newest.streams[2].overwritten, tf.streams[2].overwritten);
-        assert_eq!(unread, [0, 0, 70_000 - 65536]);
-        let (ten, unread) = read_newest_each(&path, 10).unwrap();
-        assert_eq!(ten.streams[2].records, tf.streams[2].records[70_000 - 10..]);
-        assert_eq!(unread[2], 70_000 - 10);
-        assert!(ten.streams.iter().all(|s| s.records.len() <= 10));
-        assert_eq!(newest.streams[0].records, tf.streams[0].records, "short streams whole");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -38,7 +38,7 @@ pub struct PostMortem {
     auxv: Vec<(u64, u64)>,
     /// Threads whose whole trace GDB has read: it does not change.
     read: HashSet<i32>,
-    /// The oldest records of each stream not read from the file (see
+    /// The oldest branches of each stream not read from the file (see
     /// [`PostMortem::leaving_out`]).
     unread: Vec<u64>,
 }
@@ -117,7 +117,7 @@ impl PostMortem {
     }
 
     /// The target of a trace read in part: `unread[i]` of stream i's
-    /// oldest records were left out (`bts_reader::tracestream::read_newest_each`).
+    /// oldest branches were left out (`bts_reader::newest::read_newest_each`).
     /// GDB reads what is there; `monitor last-branch` counts them as in
     /// the trace, not lost.
     pub fn leaving_out(mut self, unread: Vec<u64>) -> Self {

@@ -12,7 +12,15 @@ use bts_reader::cut::{cut, Cut};
 #[error("'{0}' is not a range: write A..B (branch A up to, not including, B)")]
 pub struct RangeError(String);
 
-/// Parses `A..B`.
+/// Parses `--first N` and `--last N`: a positive number of branches.
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{s}' is not a positive number of branches")),
+    }
+}
+
+/// Parses `A..B` (A at most B): `--time`.
 pub fn parse_range(s: &str) -> Result<(u64, u64), RangeError> {
     let bad = || RangeError(s.to_string());
     let (a, b) = s.split_once("..").ok_or_else(bad)?;
@@ -23,19 +31,25 @@ pub fn parse_range(s: &str) -> Result<(u64, u64), RangeError> {
     Ok((a, b))
 }
 
-/// The advice for an error of a trace tool.
-fn advice(e: &bts_reader::Error) -> &'static str {
+/// Parses `A..B` with A below B (B is left out, so A..A is no branch):
+/// `--range`.
+pub fn parse_branch_range(s: &str) -> Result<(u64, u64), RangeError> {
+    parse_range(s).and_then(|(a, b)| if a < b { Ok((a, b)) } else { Err(RangeError(s.to_string())) })
+}
+
+/// The advice for an error of a trace tool on `file`.
+fn advice(e: &bts_reader::Error, file: &Path) -> String {
     match e {
         bts_reader::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
-            " (bts does not overwrite a file: remove it, or name another)"
+            " (bts does not overwrite a file: remove it, or name another)".into()
         }
         bts_reader::Error::MergeOverlap { .. } => {
-            "; nothing was written (merge takes the traces of one run's processes, or the parts `bts split` made, each once)"
+            "; nothing was written (merge takes the traces of one run's processes, or the parts `bts split` made, each once)".into()
         }
         bts_reader::Error::NotInTrace { .. } => {
-            "; nothing was written (`bts info FILE` shows what the trace holds)"
+            format!("; nothing was written (`bts info {}` shows what the trace holds)", file.display())
         }
-        _ => "",
+        _ => String::new(),
     }
 }
 
@@ -47,7 +61,7 @@ pub fn run(file: &Path, how: Cut, output: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            crate::errln!("bts: cannot cut {}: {e}{}", file.display(), advice(&e));
+            crate::errln!("bts: cannot cut {}: {e}{}", file.display(), advice(&e, file));
             ExitCode::FAILURE
         }
     }
@@ -72,7 +86,7 @@ pub fn split(file: &Path, by: crate::args::SplitBy, dir: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            crate::errln!("bts: cannot split {}: {e}{}", file.display(), advice(&e));
+            crate::errln!("bts: cannot split {}: {e}{}", file.display(), advice(&e, file));
             ExitCode::FAILURE
         }
     }
@@ -92,7 +106,7 @@ pub fn filter(file: &Path, what: &bts_reader::filter::Filter, output: &Path) -> 
             ExitCode::SUCCESS
         }
         Err(e) => {
-            crate::errln!("bts: cannot filter {}: {e}{}", file.display(), advice(&e));
+            crate::errln!("bts: cannot filter {}: {e}{}", file.display(), advice(&e, file));
             ExitCode::FAILURE
         }
     }
@@ -106,7 +120,7 @@ pub fn merge(files: &[PathBuf], output: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            crate::errln!("bts: cannot merge into {}: {e}{}", output.display(), advice(&e));
+            crate::errln!("bts: cannot merge into {}: {e}{}", output.display(), advice(&e, output));
             ExitCode::FAILURE
         }
     }
@@ -122,5 +136,8 @@ mod tests {
         assert!(parse_range("10..3").is_err());
         assert!(parse_range("3-10").is_err());
         assert!(parse_range("a..b").is_err());
+        assert_eq!(parse_range("5..5"), Ok((5, 5)));
+        assert!(parse_branch_range("5..5").is_err(), "no branch");
+        assert_eq!(parse_branch_range("5..6"), Ok((5, 6)));
     }
 }

@@ -129,10 +129,16 @@ fn serve_on<T: gdb_remote::Target>(target: &mut T, conn: Conn) -> Result<(), Stu
 
 /// What GDB will not see of a trace read with `cap`: none when it sees all.
 fn left_out_note(tf: &bts_reader::TraceFile, unread: &[u64], cap: crate::args::BranchCap) -> Option<String> {
-    let most = tf.streams.iter().zip(unread).map(|(s, u)| s.records.len() as u64 + u).max()?;
+    let branches = |s: &bts_reader::Stream| s.records.iter().filter(|r| r.is_branch()).count() as u64;
+    let threads = tf
+        .streams
+        .iter()
+        .zip(unread)
+        .filter(|(s, _)| matches!(s.kind, bts_reader::StreamKind::Thread { .. }));
+    let most = threads.map(|(s, u)| branches(s) + u).max()?;
     unread.iter().any(|&u| u > 0).then(|| {
         format!(
-            "bts: GDB reads the newest {cap} branches of each thread, of up to {most} in the trace \
+            "bts: GDB reads the newest {cap} branches of each thread, of up to {most} a thread in the trace \
              (GDB decodes some 8000 a second): --gdb-branches N or all for more; `bts history FILE` shows them all"
         )
     })

@@ -10,9 +10,9 @@ use analysis::info::Info;
 pub fn run(file: &Path, json: bool) -> ExitCode {
     let info = match Info::read(file) {
         Ok(i) => i,
-        // An I/O error names the path already.
-        Err(e @ bts_reader::Error::Io { .. }) => {
-            crate::errln!("bts: {e}");
+        // A read error's own path is "the trace": name the file.
+        Err(bts_reader::Error::Io { source, .. }) => {
+            crate::errln!("bts: {}: {source}", file.display());
             return ExitCode::FAILURE;
         }
         Err(e) => {

@@ -8,14 +8,14 @@ use bts_reader::StreamKind;
 
 use crate::args::OutputArgs;
 
-/// Records read of a trace, over all its buffers: the report shows the
+/// Branches read of a trace, over all its buffers: the report shows the
 /// newest branches (and the call stack they leave), so a trace of any size
-/// is read in bounded memory (1M records, about 40 MB as the report works).
+/// is read in bounded memory (1M branches, about 40 MB as the report works).
 const NEWEST: u64 = 1 << 20;
 
 /// `bts last-branch FILE`.
 pub fn run(out: &OutputArgs, thread: Option<i32>, cpu: Option<u32>, file: &Path) -> ExitCode {
-    let (tf, unread) = match bts_reader::tracestream::read_newest(file, NEWEST) {
+    let (tf, unread) = match bts_reader::newest::read_newest(file, NEWEST) {
         Ok(t) => t,
         // An I/O error names the path already.
         Err(e @ bts_reader::Error::Io { .. }) => {
