@@ -54,6 +54,8 @@ fn truncated_and_corrupt_files_are_clear_errors() {
     for cut in [20, 100, bytes.len() / 2, bytes.len() - 1] {
         check(&bytes[..cut], "truncated");
     }
+    // Whole but for its end marker (16 bytes): a recording cut short.
+    check(&bytes[..bytes.len() - 16], "no end marker");
     for at in [40, bytes.len() / 3, bytes.len() - 40] {
         let mut b = bytes.clone();
         b[at] ^= 0xff;

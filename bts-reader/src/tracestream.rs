@@ -48,6 +48,8 @@ pub struct TraceReader<R: Read> {
     pos: u64,
     open: Option<Open>,
     ended: bool,
+    /// Where the section being read began.
+    section_at: u64,
 }
 
 fn io(e: std::io::Error) -> Error {
@@ -83,13 +85,45 @@ impl<R: Read> TraceReader<R> {
         if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion { found: version });
         }
-        Ok(TraceReader { r, pos: 16, open: None, ended: false })
+        Ok(TraceReader { r, pos: 16, open: None, ended: false, section_at: 16 })
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<()> {
-        self.r.read_exact(buf).map_err(io)?;
+        self.r.read_exact(buf).map_err(|e| self.cut_short(e))?;
         self.pos += buf.len() as u64;
         Ok(())
+    }
+
+    /// An error reading the section at `section_at`: one cut short says where.
+    fn cut_short(&self, e: std::io::Error) -> Error {
+        match io(e) {
+            Error::Truncated(_) => {
+                Error::Truncated(format!("the file ends inside the section at offset {}", self.section_at))
+            }
+            e => e,
+        }
+    }
+
+    /// The next section's header, at `at`: a file that ends just before it
+    /// lacks its end marker (the recording was cut short).
+    fn read_header(&mut self, h: &mut [u8], at: u64) -> Result<()> {
+        let mut got = 0;
+        while got < h.len() {
+            match self.r.read(&mut h[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        self.pos += got as u64;
+        match got {
+            0 => {
+                Err(Error::Truncated(format!("no end marker after {at} bytes (the recording was cut short)")))
+            }
+            n if n < h.len() => Err(Error::Truncated(format!("section header at offset {at} is cut short"))),
+            _ => Ok(()),
+        }
     }
 
     /// The next section (none after the end marker). The records of a
@@ -105,8 +139,9 @@ impl<R: Read> TraceReader<R> {
                 return Ok(None);
             }
             let at = self.pos;
+            self.section_at = at;
             let mut h = [0u8; SECTION_HEADER];
-            self.read(&mut h)?;
+            self.read_header(&mut h, at)?;
             let tag = u32::from_le_bytes(h[..4].try_into().expect("4 bytes"));
             let crc = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
             let len = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
@@ -183,8 +218,14 @@ impl<R: Read> TraceReader<R> {
         out.resize(old + n, BtsRecord::default());
         let bytes = zerocopy::IntoBytes::as_mut_bytes(&mut out[old..]);
         if let Err(e) = self.r.read_exact(bytes) {
+            let at = open.at;
             out.truncate(old);
-            return Err(io(e));
+            return Err(match io(e) {
+                Error::Truncated(_) => {
+                    Error::Truncated(format!("the file ends inside the stream at offset {at}"))
+                }
+                e => e,
+            });
         }
         self.pos += bytes.len() as u64;
         open.crc.update(bytes);
