@@ -68,3 +68,24 @@ fn info_on_a_bad_file_names_it() {
     assert!(text(&out.stderr).contains("junk.bts"), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty());
 }
+
+/// A name that is no file to read (a folder) is named in the error of
+/// every command that reads traces, not called "the trace".
+#[test]
+fn a_folder_given_as_a_trace_is_named() {
+    let dir = scratch("info_folder");
+    std::fs::create_dir_all(dir.join("d.bts")).unwrap();
+    for args in [
+        &["info", "d.bts"][..],
+        &["last-branch", "d.bts"],
+        &["history", "d.bts"],
+        &["cut", "d.bts", "--last", "5", "-o", "x.bts"],
+        &["filter", "d.bts", "--pid", "1", "-o", "x.bts"],
+    ] {
+        let out = bts(&dir, args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("d.bts: Is a directory"), "{args:?}: {err}");
+        assert!(!err.contains("the trace:"), "{args:?}: {err}");
+    }
+}

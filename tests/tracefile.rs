@@ -274,7 +274,7 @@ fn filter_keeps_the_records_whose_ends_lie_in_the_chosen_code() {
     // A cut that keeps nothing (before the first arrival, past the end):
     // an error that says what the trace has, and no file.
     for (how, said) in [
-        (["--time", &format!("0..{}", t1 - 1)], format!("arrivals from {t1} to {t2} ns")),
+        (["--time", &format!("0..{}", t1 - 1)], format!("branches timed from {t1} to")),
         (["--range", "100000000..100000001"], "no branch 100000000..100000001 in any buffer".into()),
     ] {
         let out = bts(&dir, &[&["cut", "all.bts", "-o", "t0.bts"][..], &how].concat());

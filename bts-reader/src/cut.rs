@@ -60,21 +60,24 @@ fn nothing_kept(cut: Cut, surveys: &[Survey]) -> Error {
             (format!("branch {a}..{b} in any buffer"), format!("buffers of up to {most} branches"))
         }
         Cut::Time(t1, t2) => {
-            // A branch's time is its thread's last arrival: no arrival in
-            // the window, no branch.
-            let clocks = surveys.iter().flat_map(|s| s.clocks.iter().copied());
-            let before = clocks.clone().filter(|&c| c < t1).max();
-            let after = clocks.clone().filter(|&c| c > t2).min();
-            let known = match (clocks.clone().min().zip(clocks.max()), before, after) {
-                (None, ..) => "no context record, so no times".to_string(),
+            // A branch's time is that of the context record before it:
+            // the times that some branch has.
+            let clocks: Vec<u64> = surveys.iter().flat_map(Survey::branch_times).collect();
+            let before = clocks.iter().copied().filter(|&c| c < t1).max();
+            let after = clocks.iter().copied().filter(|&c| c > t2).min();
+            let known = match (clocks.iter().min().zip(clocks.iter().max()), before, after) {
+                (None, ..) => "no branch after a context record, so no times".to_string(),
                 (Some((lo, hi)), b, a) => {
                     let near = |c: Option<u64>, side: &str| c.map(|c| format!(", the nearest {side} at {c}"));
                     let near =
                         [near(b, "before"), near(a, "after")].into_iter().flatten().collect::<String>();
-                    format!("arrivals from {lo} to {hi} ns{near}")
+                    format!("branches timed from {lo} to {hi} ns{near}")
                 }
             };
-            (format!("arrival on a CPU between {t1} and {t2} ns, so no branch timed in it"), known)
+            let what = format!(
+                "branch timed between {t1} and {t2} ns (a branch's time is its thread's last arrival on a CPU)"
+            );
+            (what, known)
         }
     };
     Error::NotInTrace { what, known: vec![known] }
@@ -85,12 +88,19 @@ fn nothing_kept(cut: Cut, surveys: &[Survey]) -> Error {
 pub(crate) struct Survey {
     pub(crate) branches: u64,
     /// Record positions of the context records, ascending.
-    context: Vec<u64>,
+    pub(crate) context: Vec<u64>,
     /// Their clocks.
     clocks: Vec<u64>,
 }
 
 impl Survey {
+    /// The clocks of the context records that time a branch (one follows
+    /// them before the next context record).
+    fn branch_times(&self) -> impl Iterator<Item = u64> + '_ {
+        let branch_at = |i: usize| self.context.get(i).map_or(self.branches, |&p| p - i as u64);
+        (0..self.context.len()).filter(move |&i| branch_at(i + 1) > branch_at(i)).map(|i| self.clocks[i])
+    }
+
     /// The record position of branch `k`.
     fn position_of(&self, k: u64) -> u64 {
         let mut p = k;

@@ -28,9 +28,14 @@ pub fn read_newest_each(path: &Path, each: u64) -> Result<(TraceFile, Vec<u64>)>
 
 fn newest(path: &Path, buffers: &[crate::cut::Survey], each: u64) -> Result<(TraceFile, Vec<u64>)> {
     let (mut tf, extents) = scan(path, false)?;
-    if extents.len() != buffers.len() {
+    let same = |(e, sv): (&crate::tracestream::Extent, &crate::cut::Survey)| {
+        e.count == sv.branches + sv.context.len() as u64
+    };
+    if extents.len() != buffers.len() || !extents.iter().zip(buffers).all(same) {
         return Err(Error::Corrupt("the file changed while it was read".into()));
     }
+    // No branch at all would be every branch (`Cut::Last(0)` keeps none).
+    let each = each.max(1);
     let f =
         std::fs::File::open(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
     let mut f = std::io::BufReader::with_capacity(1 << 20, f);

@@ -50,13 +50,19 @@ pub struct TraceReader<R: Read> {
     ended: bool,
     /// Where the section being read began.
     section_at: u64,
+    /// What errors call the file: its path, once [`open`] opened it.
+    name: String,
 }
 
 fn io(e: std::io::Error) -> Error {
+    io_named(e, "the trace")
+}
+
+fn io_named(e: std::io::Error, name: &str) -> Error {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         Error::Truncated("the file ends inside a section".into())
     } else {
-        Error::Io { path: "the trace".into(), source: e }
+        Error::Io { path: name.into(), source: e }
     }
 }
 
@@ -85,7 +91,7 @@ impl<R: Read> TraceReader<R> {
         if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(Error::UnsupportedVersion { found: version });
         }
-        Ok(TraceReader { r, pos: 16, open: None, ended: false, section_at: 16 })
+        Ok(TraceReader { r, pos: 16, open: None, ended: false, section_at: 16, name: "the trace".into() })
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<()> {
@@ -96,7 +102,7 @@ impl<R: Read> TraceReader<R> {
 
     /// An error reading the section at `section_at`: one cut short says where.
     fn cut_short(&self, e: std::io::Error) -> Error {
-        match io(e) {
+        match io_named(e, &self.name) {
             Error::Truncated(_) => {
                 Error::Truncated(format!("the file ends inside the section at offset {}", self.section_at))
             }
@@ -113,7 +119,7 @@ impl<R: Read> TraceReader<R> {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io(e)),
+                Err(e) => return Err(io_named(e, &self.name)),
             }
         }
         self.pos += got as u64;
@@ -220,7 +226,7 @@ impl<R: Read> TraceReader<R> {
         if let Err(e) = self.r.read_exact(bytes) {
             let at = open.at;
             out.truncate(old);
-            return Err(match io(e) {
+            return Err(match io_named(e, &self.name) {
                 Error::Truncated(_) => {
                     Error::Truncated(format!("the file ends inside the stream at offset {at}"))
                 }
@@ -345,9 +351,14 @@ pub fn scan(path: &std::path::Path, check: bool) -> Result<(crate::TraceFile, Ve
 
 /// A trace file opened for reading a section at a time.
 pub fn open(path: &std::path::Path) -> Result<TraceReader<std::io::BufReader<std::fs::File>>> {
-    let f =
-        std::fs::File::open(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
-    TraceReader::new(std::io::BufReader::with_capacity(1 << 20, f))
+    let name = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|source| Error::Io { path: name.clone(), source })?;
+    let mut r = TraceReader::new(std::io::BufReader::with_capacity(1 << 20, f)).map_err(|e| match e {
+        Error::Io { source, .. } => Error::Io { path: name.clone(), source },
+        e => e,
+    })?;
+    r.name = name;
+    Ok(r)
 }
 
 /// Writes a trace file section by section: META and MODULES first, then

@@ -130,13 +130,15 @@ fn serve_on<T: gdb_remote::Target>(target: &mut T, conn: Conn) -> Result<(), Stu
 /// What GDB will not see of a trace read with `cap`: none when it sees all.
 fn left_out_note(tf: &bts_reader::TraceFile, unread: &[u64], cap: crate::args::BranchCap) -> Option<String> {
     let branches = |s: &bts_reader::Stream| s.records.iter().filter(|r| r.is_branch()).count() as u64;
-    let threads = tf
+    // GDB sees threads only: a CPU's buffer cut short is no news to it.
+    let threads: Vec<(&bts_reader::Stream, u64)> = tf
         .streams
         .iter()
-        .zip(unread)
-        .filter(|(s, _)| matches!(s.kind, bts_reader::StreamKind::Thread { .. }));
-    let most = threads.map(|(s, u)| branches(s) + u).max()?;
-    unread.iter().any(|&u| u > 0).then(|| {
+        .zip(unread.iter().copied())
+        .filter(|(s, _)| matches!(s.kind, bts_reader::StreamKind::Thread { .. }))
+        .collect();
+    let most = threads.iter().map(|&(s, u)| branches(s) + u).max()?;
+    threads.iter().any(|&(_, u)| u > 0).then(|| {
         format!(
             "bts: GDB reads the newest {cap} branches of each thread, of up to {most} a thread in the trace \
              (GDB decodes some 8000 a second): --gdb-branches N or all for more; `bts history FILE` shows them all"
