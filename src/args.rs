@@ -478,10 +478,7 @@ pub fn parse_branch_cap(s: &str) -> Result<BranchCap, String> {
     if s == "all" {
         return Ok(BranchCap(None));
     }
-    match s.parse::<u64>() {
-        Ok(n) if n > 0 => Ok(BranchCap(Some(n))),
-        _ => Err(format!("'{s}' is not a positive number of branches, nor `all`")),
-    }
+    crate::cmd::cut::parse_count(s).map(|n| BranchCap(Some(n))).map_err(|e| format!("{e}, nor `all`"))
 }
 
 /// Parses `4096`, `64K`, `1M`, `1G` (binary units).

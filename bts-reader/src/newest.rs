@@ -42,7 +42,6 @@ fn newest(path: &Path, buffers: &[crate::cut::Survey], each: u64) -> Result<(Tra
     let mut unread = Vec::with_capacity(buffers.len());
     for ((s, e), sv) in tf.streams.iter_mut().zip(&extents).zip(buffers) {
         let mut at = StreamAt::new(&mut f, e.data, e.count);
-        let all = usize::try_from(e.count).unwrap_or(usize::MAX);
         match Keep::of(sv, Cut::Last(each)).filter(|k| k.branches_dropped_before > 0) {
             Some(k) => {
                 if let Some(c) = k.before {
@@ -52,7 +51,7 @@ fn newest(path: &Path, buffers: &[crate::cut::Survey], each: u64) -> Result<(Tra
                 unread.push(k.branches_dropped_before);
             }
             None => {
-                at.read(0, all, &mut s.records)?;
+                at.read(0, usize::try_from(e.count).unwrap_or(usize::MAX), &mut s.records)?;
                 unread.push(0);
             }
         }

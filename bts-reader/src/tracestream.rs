@@ -55,12 +55,14 @@ pub struct TraceReader<R: Read> {
 }
 
 fn io(e: std::io::Error) -> Error {
-    io_named(e, "the trace")
+    io_named(e, "the trace", "a section")
 }
 
-fn io_named(e: std::io::Error, name: &str) -> Error {
+/// An error reading the file called `name`: one that ends early ends
+/// `inside` something ("the section at offset 1591").
+fn io_named(e: std::io::Error, name: &str, inside: impl std::fmt::Display) -> Error {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        Error::Truncated("the file ends inside a section".into())
+        Error::Truncated(format!("the file ends inside {inside}"))
     } else {
         Error::Io { path: name.into(), source: e }
     }
@@ -95,19 +97,10 @@ impl<R: Read> TraceReader<R> {
     }
 
     fn read(&mut self, buf: &mut [u8]) -> Result<()> {
-        self.r.read_exact(buf).map_err(|e| self.cut_short(e))?;
+        let inside = |e| io_named(e, &self.name, format_args!("the section at offset {}", self.section_at));
+        self.r.read_exact(buf).map_err(inside)?;
         self.pos += buf.len() as u64;
         Ok(())
-    }
-
-    /// An error reading the section at `section_at`: one cut short says where.
-    fn cut_short(&self, e: std::io::Error) -> Error {
-        match io_named(e, &self.name) {
-            Error::Truncated(_) => {
-                Error::Truncated(format!("the file ends inside the section at offset {}", self.section_at))
-            }
-            e => e,
-        }
     }
 
     /// The next section's header, at `at`: a file that ends just before it
@@ -119,7 +112,7 @@ impl<R: Read> TraceReader<R> {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_named(e, &self.name)),
+                Err(e) => return Err(io_named(e, &self.name, "a section header")),
             }
         }
         self.pos += got as u64;
@@ -226,12 +219,7 @@ impl<R: Read> TraceReader<R> {
         if let Err(e) = self.r.read_exact(bytes) {
             let at = open.at;
             out.truncate(old);
-            return Err(match io_named(e, &self.name) {
-                Error::Truncated(_) => {
-                    Error::Truncated(format!("the file ends inside the stream at offset {at}"))
-                }
-                e => e,
-            });
+            return Err(io_named(e, &self.name, format_args!("the stream at offset {at}")));
         }
         self.pos += bytes.len() as u64;
         open.crc.update(bytes);
